@@ -22,7 +22,9 @@ impl CniArgs {
         let mut unknown = Vec::new();
         for pair in raw.split(';').filter(|p| !p.is_empty()) {
             let Some((key, value)) = pair.split_once('=') else {
-                return Err(CniError::invalid_env(format!("CNI_ARGS: invalid pair {pair:?}, want KEY=VALUE")));
+                return Err(CniError::invalid_env(format!(
+                    "CNI_ARGS: invalid pair {pair:?}, want KEY=VALUE"
+                )));
             };
             if key.is_empty() {
                 return Err(CniError::invalid_env(format!("CNI_ARGS: empty key in {pair:?}")));
@@ -80,7 +82,10 @@ mod tests {
     #[test]
     fn empty_and_trailing_separators_are_fine() {
         assert_eq!(CniArgs::parse("").unwrap(), CniArgs::default());
-        assert_eq!(CniArgs::parse("K8S_POD_NAME=a;").unwrap().k8s_pod_name.as_deref(), Some("a"));
+        assert_eq!(
+            CniArgs::parse("K8S_POD_NAME=a;").unwrap().k8s_pod_name.as_deref(),
+            Some("a")
+        );
         // A value may itself contain '='.
         let args = CniArgs::parse("IgnoreUnknown=true;X=a=b").unwrap();
         assert_eq!(args.other[0].1, "a=b");
@@ -88,7 +93,13 @@ mod tests {
 
     #[test]
     fn rejects_unknown_keys_and_malformed_pairs() {
-        for bad in ["FOO=bar", "K8S_POD_NAME", "=x", "IgnoreUnknown=maybe", "IgnoreUnknown=0;X=1"] {
+        for bad in [
+            "FOO=bar",
+            "K8S_POD_NAME",
+            "=x",
+            "IgnoreUnknown=maybe",
+            "IgnoreUnknown=0;X=1",
+        ] {
             let err = CniArgs::parse(bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidEnvironmentVariables as u32, "{bad}");
         }

@@ -39,7 +39,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        CniError { code: code as u32, msg: msg.into(), details: String::new() }
+        CniError {
+            code: code as u32,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
@@ -74,10 +78,19 @@ impl CniError {
             #[serde(skip_serializing_if = "str::is_empty")]
             details: &'a str,
         }
-        let wire = Wire { cni_version: version.as_str(), code: self.code, msg: &self.msg, details: &self.details };
+        let wire = Wire {
+            cni_version: version.as_str(),
+            code: self.code,
+            msg: &self.msg,
+            details: &self.details,
+        };
         // Serialising plain strings and integers cannot fail; keep a hand-written fallback anyway.
-        serde_json::to_string(&wire)
-            .unwrap_or_else(|_| format!("{{\"cniVersion\":\"{version}\",\"code\":{},\"msg\":\"error\"}}", self.code))
+        serde_json::to_string(&wire).unwrap_or_else(|_| {
+            format!(
+                "{{\"cniVersion\":\"{version}\",\"code\":{},\"msg\":\"error\"}}",
+                self.code
+            )
+        })
     }
 }
 

@@ -64,7 +64,11 @@ impl NetConf {
         let wire: Wire = serde_json::from_value(raw.clone())
             .map_err(|e| CniError::decoding(format!("failed to parse network configuration: {e}")))?;
         let cni_version: CniVersion = match wire.cni_version.as_deref() {
-            None | Some("") => return Err(CniError::invalid_config("network configuration has no cniVersion")),
+            None | Some("") => {
+                return Err(CniError::invalid_config(
+                    "network configuration has no cniVersion",
+                ));
+            }
             Some(v) => v.parse()?,
         };
         let name = wire.name.unwrap_or_default();
@@ -92,7 +96,9 @@ fn validate_network_name(name: &str) -> Result<(), CniError> {
         return Err(CniError::invalid_config("network configuration has no name"));
     }
     if !is_identifier(name) {
-        return Err(CniError::invalid_config(format!("invalid characters in network name {name:?}")));
+        return Err(CniError::invalid_config(format!(
+            "invalid characters in network name {name:?}"
+        )));
     }
     Ok(())
 }
@@ -118,7 +124,10 @@ mod tests {
         assert_eq!(conf.cni_version, CniVersion::V1_0_0);
         assert_eq!(conf.name, "net1");
         assert_eq!(conf.plugin_type, "macvlan");
-        assert_eq!(conf.prev_result.unwrap().ips[0].address.to_string(), "10.0.0.2/24");
+        assert_eq!(
+            conf.prev_result.unwrap().ips[0].address.to_string(),
+            "10.0.0.2/24"
+        );
         assert_eq!(conf.raw["ipam"]["type"], "spiderpool");
     }
 
@@ -130,7 +139,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             conf.valid_attachments.unwrap(),
-            vec![Attachment { container_id: "c1".into(), ifname: "eth0".into() }]
+            vec![Attachment {
+                container_id: "c1".into(),
+                ifname: "eth0".into()
+            }]
         );
     }
 
@@ -143,7 +155,10 @@ mod tests {
             (br#"{"cniVersion":"0.2.0","name":"n"}"#, 1),
             (br#"{"cniVersion":"1.0.0"}"#, 7),
             (br#"{"cniVersion":"1.0.0","name":"bad name"}"#, 7),
-            (br#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"x"}]}}"#, 6),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"x"}]}}"#,
+                6,
+            ),
             (br#"{"cniVersion":"1.0.0","name":7}"#, 6),
         ];
         for (doc, code) in cases {

@@ -63,7 +63,15 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Self {
-        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -107,13 +115,18 @@ impl CniResult {
     pub fn from_json(value: &Value, default_version: CniVersion) -> Result<CniResult, CniError> {
         let version = match value.get("cniVersion") {
             Some(Value::String(v)) => v.parse::<CniVersion>()?,
-            Some(other) => return Err(CniError::decoding(format!("result cniVersion {other} is not a string"))),
+            Some(other) => {
+                return Err(CniError::decoding(format!(
+                    "result cniVersion {other} is not a string"
+                )));
+            }
             None => default_version,
         };
         if version.result_has_ip_version() {
             check_ip_versions(value)?;
         }
-        serde_json::from_value(value.clone()).map_err(|e| CniError::decoding(format!("failed to parse result: {e}")))
+        serde_json::from_value(value.clone())
+            .map_err(|e| CniError::decoding(format!("failed to parse result: {e}")))
     }
 
     /// Writes the result in the shape of `version`, with its `cniVersion`.
@@ -159,7 +172,8 @@ fn check_ip_versions(value: &Value) -> Result<(), CniError> {
         return Ok(());
     };
     for ip in ips {
-        let (Some(family), Some(address)) = (ip.get("version"), ip.get("address").and_then(Value::as_str)) else {
+        let (Some(family), Some(address)) = (ip.get("version"), ip.get("address").and_then(Value::as_str))
+        else {
             continue;
         };
         let want = match address.parse::<IpNet>() {
@@ -197,7 +211,11 @@ mod tests {
                     gateway: Some("10.6.0.1".parse().unwrap()),
                     interface: Some(0),
                 },
-                IpConfig { address: "fd00:6::10/64".parse().unwrap(), gateway: None, interface: None },
+                IpConfig {
+                    address: "fd00:6::10/64".parse().unwrap(),
+                    gateway: None,
+                    interface: None,
+                },
             ],
             routes: vec![Route {
                 mtu: Some(9000),
@@ -237,7 +255,11 @@ mod tests {
         reduced.interfaces[0].pci_id = None;
         for version in CniVersion::ALL {
             let back = CniResult::from_json(&sample().to_json(version), CniVersion::V1_1_0).unwrap();
-            let want = if version == CniVersion::V1_1_0 { sample() } else { reduced.clone() };
+            let want = if version == CniVersion::V1_1_0 {
+                sample()
+            } else {
+                reduced.clone()
+            };
             assert_eq!(back, want, "{version}");
         }
     }
@@ -258,9 +280,18 @@ mod tests {
             json!({"cniVersion": 1, "ips": []}),
         ];
         for c in cases {
-            assert_eq!(CniResult::from_json(&c, CniVersion::V1_0_0).unwrap_err().code, 6, "{c}");
+            assert_eq!(
+                CniResult::from_json(&c, CniVersion::V1_0_0).unwrap_err().code,
+                6,
+                "{c}"
+            );
         }
         let incompatible = json!({"cniVersion": "0.2.0", "ip4": {"ip": "10.1.0.5/24"}});
-        assert_eq!(CniResult::from_json(&incompatible, CniVersion::V1_0_0).unwrap_err().code, 1);
+        assert_eq!(
+            CniResult::from_json(&incompatible, CniVersion::V1_0_0)
+                .unwrap_err()
+                .code,
+            1
+        );
     }
 }

@@ -119,7 +119,9 @@ pub fn run(plugin: &dyn Plugin, env: &dyn Environment, stdin: &mut dyn Read) -> 
             .filter(|k| env.var(k).is_none_or(|v| v.is_empty()))
             .collect();
         if !missing.is_empty() {
-            return Err(CniError::invalid_env(format!("required env variables {missing:?} missing")));
+            return Err(CniError::invalid_env(format!(
+                "required env variables {missing:?} missing"
+            )));
         }
         stdin
             .read_to_end(&mut stdin_bytes)
@@ -146,7 +148,9 @@ pub fn run(plugin: &dyn Plugin, env: &dyn Environment, stdin: &mut dyn Read) -> 
         }
         let container_id = env.var("CNI_CONTAINERID").unwrap_or_default();
         if !container_id.is_empty() && !is_identifier(&container_id) {
-            return Err(CniError::invalid_env("invalid characters in CNI_CONTAINERID").with_details(container_id));
+            return Err(
+                CniError::invalid_env("invalid characters in CNI_CONTAINERID").with_details(container_id)
+            );
         }
         let ifname = env.var("CNI_IFNAME").unwrap_or_default();
         if !ifname.is_empty() {
@@ -172,12 +176,22 @@ pub fn run(plugin: &dyn Plugin, env: &dyn Environment, stdin: &mut dyn Read) -> 
         }
     })();
     match result {
-        Ok(Some(stdout)) => Outcome { stdout, stderr: String::new(), exit_code: 0 },
-        Ok(None) if env.var("CNI_COMMAND").is_none_or(|c| c.is_empty()) => {
-            Outcome { stdout: String::new(), stderr: format!("{}\n", plugin.info().about), exit_code: 0 }
-        }
+        Ok(Some(stdout)) => Outcome {
+            stdout,
+            stderr: String::new(),
+            exit_code: 0,
+        },
+        Ok(None) if env.var("CNI_COMMAND").is_none_or(|c| c.is_empty()) => Outcome {
+            stdout: String::new(),
+            stderr: format!("{}\n", plugin.info().about),
+            exit_code: 0,
+        },
         Ok(None) => Outcome::default(),
-        Err(err) => Outcome { stdout: err.to_json(version_for_errors), stderr: String::new(), exit_code: 1 },
+        Err(err) => Outcome {
+            stdout: err.to_json(version_for_errors),
+            stderr: String::new(),
+            exit_code: 1,
+        },
     }
 }
 
@@ -187,9 +201,16 @@ pub fn main(plugin: &dyn Plugin) -> ! {
     std::panic::set_hook(Box::new(|info| {
         let msg = match info.payload().downcast_ref::<&str>() {
             Some(s) => (*s).to_string(),
-            None => info.payload().downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".into()),
+            None => info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "panic".into()),
         };
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         let err = CniError::new(ErrorCode::Internal, format!("internal error: {msg}")).with_details(location);
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(err.to_json(CniVersion::LATEST).as_bytes());
@@ -235,12 +256,18 @@ mod tests {
 
     impl Plugin for Recorder {
         fn info(&self) -> PluginInfo {
-            PluginInfo { about: "test plugin".into() }
+            PluginInfo {
+                about: "test plugin".into(),
+            }
         }
         fn add(&self, req: &Request) -> Result<CniResult, CniError> {
             self.record(req);
             Ok(CniResult {
-                ips: vec![IpConfig { address: "10.0.0.2/24".parse().unwrap(), gateway: None, interface: None }],
+                ips: vec![IpConfig {
+                    address: "10.0.0.2/24".parse().unwrap(),
+                    gateway: None,
+                    interface: None,
+                }],
                 ..CniResult::default()
             })
         }
@@ -264,12 +291,17 @@ mod tests {
 
     impl Recorder {
         fn record(&self, req: &Request) {
-            self.calls.borrow_mut().push((req.command, req.container_id.clone(), req.netns.clone()));
+            self.calls
+                .borrow_mut()
+                .push((req.command, req.container_id.clone(), req.netns.clone()));
         }
     }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const FULL: [(&str, &str); 5] = [
@@ -307,21 +339,34 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(v["cniVersion"], "0.3.1");
         assert_eq!(v["ips"][0]["version"], "4");
-        assert_eq!(plugin.calls.borrow()[0], (Command::Add, "c1".into(), "/run/netns/x".into()));
+        assert_eq!(
+            plugin.calls.borrow()[0],
+            (Command::Add, "c1".into(), "/run/netns/x".into())
+        );
     }
 
     #[test]
     fn del_without_netns_is_fine() {
-        let (out, plugin) = run_with("DEL", &[("CNI_NETNS", "")], r#"{"cniVersion":"1.0.0","name":"n"}"#);
+        let (out, plugin) = run_with(
+            "DEL",
+            &[("CNI_NETNS", "")],
+            r#"{"cniVersion":"1.0.0","name":"n"}"#,
+        );
         assert_eq!((out.exit_code, out.stdout.as_str()), (0, ""));
-        assert_eq!(plugin.calls.borrow()[0], (Command::Del, "c1".into(), String::new()));
+        assert_eq!(
+            plugin.calls.borrow()[0],
+            (Command::Del, "c1".into(), String::new())
+        );
     }
 
     #[test]
     fn version_lists_every_supported_version() {
         let (out, _) = run_with("VERSION", &[], r#"{"cniVersion":"0.4.0"}"#);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["supportedVersions"], serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            v["supportedVersions"],
+            serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
     }
 
     #[test]
@@ -371,7 +416,11 @@ mod tests {
             let mut e = env(&[("CNI_PATH", "/opt/cni/bin")]);
             e.insert("CNI_COMMAND".into(), cmd.into());
             let plugin = Recorder::default();
-            let out = run(&plugin, &e, &mut r#"{"cniVersion":"1.1.0","name":"n"}"#.as_bytes());
+            let out = run(
+                &plugin,
+                &e,
+                &mut r#"{"cniVersion":"1.1.0","name":"n"}"#.as_bytes(),
+            );
             assert_eq!(out.exit_code, 0, "{cmd}: {}", out.stdout);
         }
     }

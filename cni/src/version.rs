@@ -64,13 +64,16 @@ impl FromStr for CniVersion {
     type Err = CniError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CniVersion::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
-            let supported: Vec<&str> = CniVersion::ALL.iter().map(|v| v.as_str()).collect();
-            CniError::new(
-                ErrorCode::IncompatibleCniVersion,
-                format!("incompatible CNI versions: config is \"{s}\", plugin supports {supported:?}"),
-            )
-        })
+        CniVersion::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                let supported: Vec<&str> = CniVersion::ALL.iter().map(|v| v.as_str()).collect();
+                CniError::new(
+                    ErrorCode::IncompatibleCniVersion,
+                    format!("incompatible CNI versions: config is \"{s}\", plugin supports {supported:?}"),
+                )
+            })
     }
 }
 

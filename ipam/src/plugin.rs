@@ -1,0 +1,256 @@
+//! The `spiderpool` CNI IPAM plugin in standalone mode: pools from the netconf or a pool file,
+//! state in the embedded store.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use spiderpool_cni::{CniError, CniResult, ErrorCode, IpConfig, Plugin, PluginInfo, Request};
+
+use crate::allocator::{allocate, holds, release};
+use crate::config::{ConfigError, IpamConfig};
+use crate::pool::Pool;
+use crate::range::Family;
+use crate::store::{AllocatedIp, DB_FILE, LOCK_TIMEOUT, OwnerRecord, Store, StoreError, Tables, owner_key};
+
+pub struct SpiderpoolIpam;
+
+impl From<StoreError> for CniError {
+    fn from(e: StoreError) -> CniError {
+        let code = match e {
+            StoreError::Busy { .. } => ErrorCode::TryAgainLater,
+            _ => ErrorCode::IoFailure,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
+
+fn config_error(e: ConfigError) -> CniError {
+    let code = match e {
+        ConfigError::Decode(_) => ErrorCode::DecodingFailure,
+        _ => ErrorCode::InvalidNetworkConfig,
+    };
+    CniError::new(code, e.to_string())
+}
+
+fn key_of(req: &Request) -> String {
+    owner_key(&req.conf.name, &req.container_id, &req.ifname)
+}
+
+fn exhausted(family: Family, pools: &[Pool]) -> CniError {
+    let names: Vec<String> = pools
+        .iter()
+        .map(|p| {
+            if p.disabled {
+                format!("{} (disabled)", p.name)
+            } else {
+                p.name.clone()
+            }
+        })
+        .collect();
+    CniError::new(
+        ErrorCode::PoolExhausted,
+        format!(
+            "no free IPv{} address in pools [{}]",
+            family.number(),
+            names.join(", ")
+        ),
+    )
+}
+
+/// Allocates one address per configured family, first free pool first; all or nothing.
+fn allocate_all(
+    t: &mut Tables<'_>,
+    config: &IpamConfig,
+    req: &Request,
+    key: &str,
+) -> Result<OwnerRecord, CniError> {
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    for (family, pools) in config.families() {
+        let mut got = None;
+        for pool in pools.iter().filter(|p| !p.disabled) {
+            if let Some(ip) = allocate(t, pool, key)? {
+                got = Some((pool, ip));
+                break;
+            }
+        }
+        // Returning the error discards the transaction: no family keeps a partial allocation.
+        let (pool, ip) = got.ok_or_else(|| exhausted(family, pools))?;
+        ips.push(AllocatedIp {
+            pool: pool.name.clone(),
+            address: pool.address(ip),
+            gateway: if config.clean_gateway { None } else { pool.gateway },
+        });
+        routes.extend(pool.routes.iter().cloned());
+    }
+    Ok(OwnerRecord {
+        network: req.conf.name.clone(),
+        container_id: req.container_id.clone(),
+        ifname: req.ifname.clone(),
+        pod_namespace: req.args.k8s_pod_namespace.clone(),
+        pod_name: req.args.k8s_pod_name.clone(),
+        pod_uid: req.args.k8s_pod_uid.clone(),
+        ips,
+        routes,
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    })
+}
+
+fn result_of(record: &OwnerRecord) -> CniResult {
+    CniResult {
+        ips: record
+            .ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: ip.address,
+                gateway: ip.gateway,
+                interface: None,
+            })
+            .collect(),
+        routes: record.routes.clone(),
+        ..CniResult::default()
+    }
+}
+
+fn release_record(t: &mut Tables<'_>, key: &str) -> Result<(), StoreError> {
+    if let Some(record) = t.owner(key)? {
+        for ip in &record.ips {
+            release(t, ip.address.addr(), key)?;
+        }
+        t.remove_owner(key)?;
+    }
+    Ok(())
+}
+
+/// Opens the store for DEL and GC, or `None` when it was never created (nothing to release).
+fn existing_store(req: &Request) -> Result<Option<Store>, CniError> {
+    let dir = IpamConfig::load_data_dir(&req.conf.raw).map_err(config_error)?;
+    if !dir.join(DB_FILE).exists() {
+        return Ok(None);
+    }
+    Ok(Some(Store::open(&dir, LOCK_TIMEOUT)?))
+}
+
+impl Plugin for SpiderpoolIpam {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            about: format!("spiderpool IPAM plugin {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let config = IpamConfig::load(&req.conf.raw).map_err(config_error)?;
+        let store = Store::open(&config.data_dir, LOCK_TIMEOUT)?;
+        let key = key_of(req);
+        let record = store.write(|t| match t.owner(&key)? {
+            Some(existing) => Ok(existing), // a repeated ADD answers what the first one did
+            None => {
+                let record = allocate_all(t, &config, req, &key)?;
+                t.put_owner(&key, &record)?;
+                Ok::<_, CniError>(record)
+            }
+        })?;
+        // The result is printed only after the close has made the allocation persistent.
+        store.close()?;
+        Ok(result_of(&record))
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        let Some(store) = existing_store(req)? else {
+            return Ok(());
+        };
+        let key = key_of(req);
+        store.write(|t| release_record(t, &key))?;
+        store.close()?;
+        Ok(())
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let config = IpamConfig::load(&req.conf.raw).map_err(config_error)?;
+        let store = Store::open(&config.data_dir, LOCK_TIMEOUT)?;
+        let key = key_of(req);
+        store.dry_run(|t| {
+            let record = t.owner(&key)?.ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::UnknownContainer,
+                    format!(
+                        "no allocation for container {} interface {} in network {}",
+                        req.container_id, req.ifname, req.conf.name
+                    ),
+                )
+            })?;
+            for ip in &record.ips {
+                if !holds(t, ip.address.addr(), &key)? {
+                    return Err(CniError::new(
+                        ErrorCode::AllocationMismatch,
+                        format!(
+                            "address {} of {key} is no longer held in pool {}",
+                            ip.address, ip.pool
+                        ),
+                    ));
+                }
+            }
+            if let Some(prev) = &req.conf.prev_result {
+                for ip in &record.ips {
+                    if !prev.ips.iter().any(|p| p.address.addr() == ip.address.addr()) {
+                        return Err(CniError::new(
+                            ErrorCode::AllocationMismatch,
+                            format!(
+                                "allocated address {} of {key} is missing from prevResult",
+                                ip.address
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        let config = IpamConfig::load(&req.conf.raw).map_err(config_error)?;
+        let store = Store::open(&config.data_dir, LOCK_TIMEOUT)?;
+        store.dry_run(|t| {
+            for (family, pools) in config.families() {
+                let mut free = false;
+                for pool in pools.iter().filter(|p| !p.disabled) {
+                    if allocate(t, pool, "status-probe")?.is_some() {
+                        free = true;
+                        break;
+                    }
+                }
+                if !free {
+                    let why = exhausted(family, pools);
+                    return Err(CniError::new(ErrorCode::PluginNotAvailable, why.msg));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let valid: HashSet<String> = req
+            .conf
+            .valid_attachments
+            .as_ref()
+            .ok_or_else(|| CniError::invalid_config("GC needs \"cni.dev/valid-attachments\" in the netconf"))?
+            .iter()
+            .map(|a| owner_key(&req.conf.name, &a.container_id, &a.ifname))
+            .collect();
+        let Some(store) = existing_store(req)? else {
+            return Ok(());
+        };
+        store.write(|t| {
+            for key in t.owner_keys_of_network(&req.conf.name)? {
+                if !valid.contains(&key) {
+                    release_record(t, &key)?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        store.close()?;
+        Ok(())
+    }
+}

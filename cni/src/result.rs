@@ -139,13 +139,13 @@ impl CniResult {
             strip_fields(map.get_mut("routes"), &ROUTE_FIELDS_1_1);
             strip_fields(map.get_mut("interfaces"), &INTERFACE_FIELDS_1_1);
         }
-        if version.result_has_ip_version() {
-            if let Some(Value::Array(ips)) = map.get_mut("ips") {
-                for (ip, cfg) in ips.iter_mut().zip(&self.ips) {
-                    if let Value::Object(ip) = ip {
-                        let family = if cfg.address.addr().is_ipv4() { "4" } else { "6" };
-                        ip.insert("version".into(), Value::String(family.into()));
-                    }
+        if version.result_has_ip_version()
+            && let Some(Value::Array(ips)) = map.get_mut("ips")
+        {
+            for (ip, cfg) in ips.iter_mut().zip(&self.ips) {
+                if let Value::Object(ip) = ip {
+                    let family = if cfg.address.addr().is_ipv4() { "4" } else { "6" };
+                    ip.insert("version".into(), Value::String(family.into()));
                 }
             }
         }

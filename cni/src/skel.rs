@@ -379,7 +379,9 @@ mod tests {
     #[test]
     fn error_table() {
         let conf10 = r#"{"cniVersion":"1.0.0","name":"n"}"#;
-        let cases: Vec<(&str, Vec<(&str, &str)>, &str, u64)> = vec![
+        // (verb, env overrides, stdin, expected code)
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, u64);
+        let cases: Vec<Case> = vec![
             ("ADD", vec![("CNI_NETNS", "")], conf10, 4),
             ("ADD", vec![("CNI_CONTAINERID", "")], conf10, 4),
             ("ADD", vec![("CNI_PATH", "")], conf10, 4),

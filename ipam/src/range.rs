@@ -52,7 +52,8 @@ pub struct Range {
 }
 
 impl Range {
-    pub fn len(&self) -> u128 {
+    /// Number of addresses (a range always holds at least one).
+    pub fn size(&self) -> u128 {
         (self.end - self.start).saturating_add(1)
     }
 }
@@ -116,7 +117,7 @@ impl IpSet {
 
     /// Number of addresses (saturating at `u128::MAX`).
     pub fn len(&self) -> u128 {
-        self.ranges.iter().fold(0u128, |n, r| n.saturating_add(r.len()))
+        self.ranges.iter().fold(0u128, |n, r| n.saturating_add(r.size()))
     }
 
     pub fn contains(&self, key: u128) -> bool {
@@ -215,11 +216,11 @@ mod tests {
 
     #[test]
     fn parses_single_ips_and_ranges() {
-        assert_eq!(parse_range("10.0.0.5").unwrap().1.len(), 1);
-        assert_eq!(parse_range("10.0.0.5-10.0.0.9").unwrap().1.len(), 5);
-        assert_eq!(parse_range("10.0.0.5 - 10.0.0.9").unwrap().1.len(), 5);
+        assert_eq!(parse_range("10.0.0.5").unwrap().1.size(), 1);
+        assert_eq!(parse_range("10.0.0.5-10.0.0.9").unwrap().1.size(), 5);
+        assert_eq!(parse_range("10.0.0.5 - 10.0.0.9").unwrap().1.size(), 5);
         let (fam, r) = parse_range("fd00::10-fd00::ffff").unwrap();
-        assert_eq!((fam, r.len()), (Family::V6, 0xffff - 0x10 + 1));
+        assert_eq!((fam, r.size()), (Family::V6, 0xffff - 0x10 + 1));
     }
 
     #[test]

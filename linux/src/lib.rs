@@ -1,0 +1,4 @@
+//! Thin typed wrappers over the kernel. Everything that touches the host takes its handle or root
+//! path as an argument so tests can point it elsewhere.
+
+pub mod netns;

@@ -1,0 +1,130 @@
+//! Helpers for the cross-crate tiers: where the project's binaries and Debian's CNI plugins are,
+//! and a small network topology of namespaces to run CNI chains in.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use spiderpool_cni::exec::{Invocation, Output, run_command};
+use spiderpool_linux::netns::NetNs;
+
+/// Where Debian's `containernetworking-plugins` installs the reference plugins.
+pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
+
+/// The directory holding this workspace's binaries (`spiderpool`, ...): `SPIDERPOOL_BIN_DIR`, or
+/// the target directory this test binary was built into (hack/test.sh builds the binaries first).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SPIDERPOOL_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    assert!(
+        dir.join("spiderpool").exists(),
+        "{} has no spiderpool binary: run `cargo build --workspace --bins` first (hack/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs a command and fails with its output when it fails.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip -n <ns> <args>`.
+pub fn ip(ns: &NetNs, args: &[&str]) -> Result<String> {
+    run(Command::new("ip").arg("-n").arg(ns.name()).args(args))
+}
+
+/// A node with one uplink to a gateway: `node` holds `up0`, whose veth peer `eth0` in `gateway`
+/// carries the gateway addresses. Pods are further namespaces; plugins run inside `node`, so the
+/// host's own interfaces are never touched.
+pub struct Topology {
+    pub tag: String,
+    pub node: NetNs,
+    pub gateway: NetNs,
+}
+
+impl Topology {
+    /// `tag` keeps names unique per test (namespaces are global to the host).
+    pub fn new(tag: &str, gateway_addrs: &[&str]) -> Result<Topology> {
+        let tag = format!("{tag}-{}", std::process::id());
+        let node = NetNs::create(&format!("spn-{tag}"))?;
+        let gateway = NetNs::create(&format!("spg-{tag}"))?;
+        ip(
+            &node,
+            &[
+                "link",
+                "add",
+                "up0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                gateway.name(),
+            ],
+        )?;
+        ip(&node, &["link", "set", "up0", "up"])?;
+        for addr in gateway_addrs {
+            let mut args = vec!["addr", "add", addr, "dev", "eth0"];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ip(&gateway, &args)?;
+        }
+        ip(&gateway, &["link", "set", "eth0", "up"])?;
+        Ok(Topology { tag, node, gateway })
+    }
+
+    pub fn pod(&self, name: &str) -> Result<NetNs> {
+        Ok(NetNs::create(&format!("spp-{name}-{}", self.tag))?)
+    }
+
+    /// CNI_PATH for chains: our binaries first, then Debian's plugins.
+    pub fn cni_path() -> Vec<PathBuf> {
+        vec![bin_dir(), PathBuf::from(DEBIAN_CNI_DIR)]
+    }
+
+    /// Runs Debian's plugin `plugin` inside the node namespace.
+    pub fn exec(&self, plugin: &str, inv: &Invocation, netconf: &Value) -> Result<Output> {
+        let inv = inv.clone().with_path(Self::cni_path());
+        let mut cmd = inv.command(&Path::new(DEBIAN_CNI_DIR).join(plugin));
+        self.node.enter_on_spawn(&mut cmd);
+        Ok(run_command(cmd, netconf.to_string().as_bytes())?)
+    }
+}
+
+/// Pings `target` from `ns`, retrying for a few seconds (IPv6 addresses need DAD first).
+pub fn ping(ns: &NetNs, target: &str) -> Result<()> {
+    let mut last = String::new();
+    for _ in 0..8 {
+        let out = ns.command("ping").args(["-c", "1", "-W", "1", target]).output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    bail!("{} cannot reach {target}: {last}", ns.name())
+}

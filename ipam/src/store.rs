@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -117,9 +117,17 @@ impl Store {
             },
         })?;
         let path = dir.join(DB_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let db = Database::builder()
             .set_cache_size(4 << 20)
-            .create(&path)
+            .create_with_backend(UnsyncedFile(file))
             .map_err(|e| StoreError::Db {
                 path: path.clone(),
                 why: e.to_string(),
@@ -141,10 +149,9 @@ impl Store {
             why,
         };
         let mut txn: WriteTransaction = self.db.begin_write().map_err(|e| db_err(e.to_string()))?;
-        // Durability across a power loss is not needed (the store lives under /run, cleared on
-        // reboot like the interfaces it describes); atomicity across a kill is: redb keeps it, and
-        // the close after the last commit makes it persistent before the plugin prints its result.
-        txn.set_durability(Durability::None)
+        // Immediate: the commit is complete in the file when it returns (there is no fsync to
+        // pay for, see `UnsyncedFile`), so a process killed after it keeps its allocation.
+        txn.set_durability(Durability::Immediate)
             .map_err(|e| db_err(e.to_string()))?;
         let outcome = match Tables::open(&txn, &self.path) {
             Ok(mut tables) => f(&mut tables),
@@ -187,6 +194,36 @@ impl Store {
             path,
             why: e.to_string(),
         })
+    }
+}
+
+/// The database file, without `fsync`. Its state describes interfaces that do not survive a
+/// reboot, so it needs atomicity across a killed process, not durability across a power loss:
+/// writes that returned are in the page cache whatever happens to the process, in the order redb
+/// issued them, so a kill leaves the last committed header. Syncing would cost several
+/// milliseconds per call on a disk-backed data directory and buy nothing (on tmpfs it is free).
+#[derive(Debug)]
+struct UnsyncedFile(File);
+
+impl redb::StorageBackend for UnsyncedFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(data, offset)
     }
 }
 

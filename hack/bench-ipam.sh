@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# spiderpool vs Debian's host-local, side by side in one run (see tests/src/bin/bench-ipam.rs).
+# usage: hack/bench-ipam.sh [N]   (default 1000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source hack/lib.sh
+apt_install containernetworking-plugins
+cargo build --release --quiet --locked -p spiderpool-ipam -p spiderpool-e2e --bins
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+echo "$(nproc) CPUs, $(uname -r), data dirs on $(df -T "${TMPDIR:-/tmp}" | awk 'NR==2{print $2}')"
+exec "$target_dir/release/bench-ipam" "$target_dir/release/spiderpool" /usr/lib/cni/host-local "${1:-1000}"

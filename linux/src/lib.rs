@@ -1,4 +1,6 @@
 //! Thin typed wrappers over the kernel. Everything that touches the host takes its handle or root
 //! path as an argument so tests can point it elsewhere.
 
+pub mod links;
 pub mod netns;
+pub mod sysfs;

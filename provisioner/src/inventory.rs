@@ -1,0 +1,109 @@
+//! The node inventory: what NICs, VFs, RDMA devices, bonds and NUMA layout a node has. Field
+//! names are camelCase because this struct becomes the SpiderNodeInventory status.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    pub node: NodeInfo,
+    pub nics: Vec<Nic>,
+    pub rdma_devices: Vec<RdmaDevice>,
+    pub bonds: Vec<Bond>,
+    /// Files that existed but could not be read or understood; the scan went on without them.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub hostname: Option<String>,
+    pub kernel: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub numa_nodes: Option<u32>,
+    /// `shared` or `exclusive`.
+    pub rdma_netns_mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nic {
+    /// The netdev name; `None` for a function bound to vfio-pci.
+    pub name: Option<String>,
+    pub alt_names: Vec<String>,
+    pub pci_address: String,
+    /// Four lowercase hex digits, as `lspci -n` and the SR-IOV device plugin write them.
+    pub vendor_id: Option<String>,
+    pub device_id: Option<String>,
+    pub vendor_name: Option<String>,
+    pub device_name: Option<String>,
+    pub driver: Option<String>,
+    pub numa_node: Option<u32>,
+    pub mac: Option<String>,
+    pub mtu: Option<u32>,
+    pub oper_state: Option<String>,
+    pub link_speed_mbps: Option<u64>,
+    /// `ether` or `infiniband`.
+    pub link_type: Option<String>,
+    pub bond_master: Option<String>,
+    pub sriov: Option<Sriov>,
+    pub rdma_devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sriov {
+    pub total_vfs: Option<u32>,
+    pub num_vfs: Option<u32>,
+    pub vfs: Vec<Vf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vf {
+    pub vf_id: u32,
+    pub pci_address: String,
+    /// The VF's netdev, when it is bound to a network driver.
+    pub name: Option<String>,
+    pub driver: Option<String>,
+    pub mac: Option<String>,
+    pub vlan: Option<u16>,
+    pub trust: Option<bool>,
+    pub spoof_chk: Option<bool>,
+    pub rdma_device: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RdmaDevice {
+    pub name: String,
+    /// `None` for software devices (Soft-RoCE) that have no PCI function of their own.
+    pub pci_address: Option<String>,
+    pub node_guid: Option<String>,
+    pub ports: Vec<RdmaPort>,
+    /// `/dev/infiniband/...` nodes of this device, plus the global `rdma_cm`.
+    pub char_devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RdmaPort {
+    pub port: u32,
+    /// e.g. `ACTIVE`, `DOWN`, `INIT`.
+    pub state: Option<String>,
+    /// `Ethernet` or `InfiniBand`.
+    pub link_layer: Option<String>,
+    pub rate_gbps: Option<f64>,
+    pub netdev: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bond {
+    pub name: String,
+    /// e.g. `802.3ad`, `active-backup`.
+    pub mode: Option<String>,
+    pub slaves: Vec<String>,
+    pub vlans: Vec<String>,
+}

@@ -361,16 +361,8 @@ fn cx6dx(b: &mut SysfsBuilder) -> io::Result<()> {
         let mut f = PciFunction::nic(&bdf, 0x15b3, 0x101d, "mlx5_core", 0, Some(nd));
         f.sriov_total = Some(8);
         f.rdma = Some(Rdma {
-            name: format!("mlx5_{port}"),
             node_guid: format!("b8ce:f603:004a:1c2{port}"),
-            ports: vec![RdmaPort {
-                state: "4: ACTIVE",
-                link_layer: "Ethernet",
-                rate: "100 Gb/sec (4X EDR)",
-                gid_netdev: Some(name.clone()),
-            }],
-            uverbs: port,
-            mad: vec![port],
+            ..roce(&format!("mlx5_{port}"), &name, port)
         });
         b.pci_function(&f)?;
     }
@@ -388,17 +380,10 @@ fn cx6dx(b: &mut SysfsBuilder) -> io::Result<()> {
                 let name = format!("ens1f{port}v{i}");
                 let nd = Netdev::ether(&name, &mac(&format!("02:00:00:00:0{port}"), i as usize), 100_000);
                 let mut vf = PciFunction::nic(&bdf, 0x15b3, 0x101e, "mlx5_core", 0, Some(nd));
+                let index = 2 + port * 4 + i;
                 vf.rdma = Some(Rdma {
-                    name: format!("mlx5_{}", 2 + port * 4 + i),
                     node_guid: format!("0000:0000:0000:{:04x}", 0x100 + port * 4 + i),
-                    ports: vec![RdmaPort {
-                        state: "4: ACTIVE",
-                        link_layer: "Ethernet",
-                        rate: "100 Gb/sec (4X EDR)",
-                        gid_netdev: Some(name),
-                    }],
-                    uverbs: 2 + port * 4 + i,
-                    mad: vec![2 + port * 4 + i],
+                    ..roce(&format!("mlx5_{index}"), &name, index)
                 });
                 vf
             })

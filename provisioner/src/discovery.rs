@@ -8,7 +8,7 @@ use pci_ids::FromId;
 use spiderpool_linux::links::LinkTable;
 use spiderpool_linux::sysfs::{Problem, Sysfs};
 
-use crate::inventory::{Bond, Inventory, Nic, NodeInfo, RdmaDevice, RdmaPort, Sriov, Vf};
+use spiderpool_api::inventory::{Bond, Inventory, Nic, NodeInfo, RdmaDevice, RdmaPort, Sriov, Vf};
 
 /// Facts about the node that do not come from sysfs (the live host's `uname` and
 /// `/proc/meminfo`; fixed values in tests).

@@ -1,6 +1,6 @@
 //! The node side that is not a CNI plugin: discovery of NICs, VFs, RDMA devices and NUMA
-//! (sysfs + netlink → [`inventory::Inventory`]) and its rendering; the `spiderpool-agent` binary.
+//! (sysfs + netlink → [`spiderpool_api::inventory::Inventory`]) and its rendering; the
+//! `spiderpool-agent` binary.
 
 pub mod discovery;
-pub mod inventory;
 pub mod render;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::inventory::Inventory;
+use spiderpool_api::inventory::Inventory;
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
+use spiderpool_api::inventory::Inventory;
 use spiderpool_e2e::sysfs_fixture::{FIXTURES, SysfsBuilder, build_fixture, fixtures_dir};
 use spiderpool_linux::links::{LinkTable, VfConfig};
 use spiderpool_linux::sysfs::Sysfs;
 use spiderpool_provisioner::discovery::{NodeIdentity, scan};
-use spiderpool_provisioner::inventory::Inventory;
 
 fn identity() -> NodeIdentity {
     NodeIdentity {

@@ -1,0 +1,255 @@
+//! Which devices become which kubelet resources: a list of resources, each with a kind and
+//! selectors, written like the SR-IOV device plugin's (`resourceList`) and the RDMA shared device
+//! plugin's (`rdmaHcaMax`) configs. A device belongs to the first resource that selects it.
+
+use serde::Deserialize;
+
+pub const DEFAULT_PREFIX: &str = "spidernet.io";
+/// Slots a shared RDMA resource advertises when the config does not say (like `rdmaHcaMax`).
+pub const DEFAULT_RDMA_HCA_MAX: u32 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Exclusive devices: each VF (or PF without VFs) is one device.
+    #[default]
+    Vf,
+    /// Shared RDMA: `rdmaHcaMax` interchangeable slots over the matched HCAs.
+    Rdma,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selectors {
+    #[serde(default)]
+    pub vendors: Vec<String>,
+    #[serde(default)]
+    pub devices: Vec<String>,
+    #[serde(default)]
+    pub drivers: Vec<String>,
+    /// PF netdev names, optionally with VF index ranges: `ens1f0#0,2-7`.
+    #[serde(default)]
+    pub pf_names: Vec<String>,
+    /// PF PCI addresses, optionally with VF index ranges: `0000:86:00.0#0-1`.
+    #[serde(default)]
+    pub root_devices: Vec<String>,
+    #[serde(default)]
+    pub pci_addresses: Vec<String>,
+    /// `ether` or `infiniband`.
+    #[serde(default)]
+    pub link_types: Vec<String>,
+    #[serde(default)]
+    pub is_rdma: Option<bool>,
+    #[serde(default)]
+    pub numa_nodes: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// `name` (prefixed with `resourcePrefix`) or a full `prefix/name`.
+    pub resource_name: String,
+    #[serde(default)]
+    pub resource_prefix: Option<String>,
+    #[serde(default)]
+    pub kind: Kind,
+    #[serde(default)]
+    pub rdma_hca_max: Option<u32>,
+    #[serde(default)]
+    pub selectors: Selectors,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(alias = "resourceList")]
+    pub resources: Vec<ResourceSpec>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Decode(String),
+    #[error("config: resource {0:?} is defined twice")]
+    Duplicate(String),
+    #[error("config: resource name {0:?} is invalid (want [prefix/]name, letters, digits, '-', '_', '.')")]
+    BadName(String),
+    #[error("config: selector {0:?} is invalid: {1}")]
+    BadSelector(String, String),
+}
+
+impl Default for Config {
+    /// `spidernet.io/rdma` over every RDMA device found.
+    fn default() -> Config {
+        Config {
+            resources: vec![ResourceSpec {
+                resource_name: "rdma".into(),
+                resource_prefix: None,
+                kind: Kind::Rdma,
+                rdma_hca_max: None,
+                selectors: Selectors::default(),
+            }],
+        }
+    }
+}
+
+/// A resource name split into the parts kubelet and the env variables use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceName {
+    pub prefix: String,
+    pub name: String,
+}
+
+impl ResourceName {
+    pub fn full(&self) -> String {
+        format!("{}/{}", self.prefix, self.name)
+    }
+
+    /// The plugin's socket file: `<prefix>_<name>.sock`, as the SR-IOV device plugin names it.
+    pub fn socket_file(&self) -> String {
+        format!("{}_{}.sock", self.prefix, self.name)
+    }
+
+    /// `PCIDEVICE_<PREFIX>_<NAME>`, with `.` and `-` as `_`, upper case.
+    pub fn env_name(&self) -> String {
+        format!("PCIDEVICE_{}_{}", self.prefix, self.name)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+}
+
+fn valid_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl ResourceSpec {
+    pub fn name(&self) -> Result<ResourceName, ConfigError> {
+        let (prefix, name) = match self.resource_name.split_once('/') {
+            Some((p, n)) => (p.to_string(), n.to_string()),
+            None => (
+                self.resource_prefix
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PREFIX.into()),
+                self.resource_name.clone(),
+            ),
+        };
+        if !valid_part(&prefix) || !valid_part(&name) {
+            return Err(ConfigError::BadName(self.resource_name.clone()));
+        }
+        Ok(ResourceName { prefix, name })
+    }
+}
+
+impl Config {
+    /// Reads a YAML or JSON document.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Decode(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.resources {
+            if !seen.insert(r.name()?.full()) {
+                return Err(ConfigError::Duplicate(r.name()?.full()));
+            }
+            for s in r.selectors.pf_names.iter().chain(&r.selectors.root_devices) {
+                parse_with_ranges(s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Inclusive VF index ranges; `None` means every VF (and the PF itself).
+pub type VfRanges = Option<Vec<(u32, u32)>>;
+
+/// `name#0,2-7` → (`name`, Some([0, 2..=7])); `name` → (`name`, None).
+pub fn parse_with_ranges(s: &str) -> Result<(String, VfRanges), ConfigError> {
+    let bad = |why: &str| ConfigError::BadSelector(s.to_string(), why.to_string());
+    let Some((name, ranges)) = s.split_once('#') else {
+        return Ok((s.to_string(), None));
+    };
+    if name.is_empty() {
+        return Err(bad("no name before '#'"));
+    }
+    let mut out = Vec::new();
+    for part in ranges.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let a: u32 = a.trim().parse().map_err(|_| bad("VF index is not a number"))?;
+        let b: u32 = b.trim().parse().map_err(|_| bad("VF index is not a number"))?;
+        if b < a {
+            return Err(bad("range ends before it starts"));
+        }
+        out.push((a, b));
+    }
+    Ok((name.to_string(), Some(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sockets_and_env() {
+        let spec = |name: &str, prefix: Option<&str>| ResourceSpec {
+            resource_name: name.into(),
+            resource_prefix: prefix.map(Into::into),
+            kind: Kind::Vf,
+            rdma_hca_max: None,
+            selectors: Selectors::default(),
+        };
+        let n = spec("mlx_vfs", None).name().unwrap();
+        assert_eq!(n.full(), "spidernet.io/mlx_vfs");
+        assert_eq!(n.socket_file(), "spidernet.io_mlx_vfs.sock");
+        assert_eq!(n.env_name(), "PCIDEVICE_SPIDERNET_IO_MLX_VFS");
+        assert_eq!(
+            spec("intel.com/e810-vf", None).name().unwrap().env_name(),
+            "PCIDEVICE_INTEL_COM_E810_VF"
+        );
+        assert_eq!(
+            spec("x", Some("example.org")).name().unwrap().full(),
+            "example.org/x"
+        );
+        assert!(spec("a/b/c", None).name().is_err());
+        assert!(spec("", None).name().is_err());
+    }
+
+    #[test]
+    fn parses_yaml_with_selectors_and_rejects_mistakes() {
+        let c = Config::parse(
+            "resources:\n- resourceName: cx6_vfs\n  selectors: {vendors: ['15b3'], pfNames: ['ens1f0#0,2-3']}\n\
+             - resourceName: rdma\n  kind: rdma\n  rdmaHcaMax: 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.resources.len(), 2);
+        assert_eq!(c.resources[1].kind, Kind::Rdma);
+        assert_eq!(
+            parse_with_ranges("ens1f0#0,2-3").unwrap(),
+            ("ens1f0".into(), Some(vec![(0, 0), (2, 3)]))
+        );
+        for bad in [
+            "resources:\n- resourceName: a\n- resourceName: a\n",
+            "resources:\n- resourceName: a\n  selectors: {pfNames: ['x#3-1']}\n",
+            "resources:\n- resourceName: a\n  selectors: {vendor: ['15b3']}\n",
+            "resources: 7\n",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Config::default().resources[0].name().unwrap().full(),
+            "spidernet.io/rdma"
+        );
+    }
+}

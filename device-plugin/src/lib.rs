@@ -3,7 +3,10 @@
 
 pub mod allocate;
 pub mod config;
+pub mod kubelet;
 pub mod pool;
+pub mod preferred;
+pub mod server;
 
 /// The kubelet device plugin API v1beta1, generated from `proto/deviceplugin.proto`.
 #[allow(clippy::all, missing_docs)]

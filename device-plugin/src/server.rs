@@ -1,0 +1,277 @@
+//! One resource served to kubelet: the DevicePlugin gRPC service on `<dir>/<prefix>_<name>.sock`,
+//! registered with kubelet, its device list pushed through ListAndWatch whenever it changes.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use spiderpool_api::inventory::Inventory;
+use spiderpool_linux::sysfs::Sysfs;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::allocate::{AllocateContext, remove_device_infos};
+use crate::api::device_plugin_server::{DevicePlugin, DevicePluginServer};
+use crate::api::{
+    AllocateRequest, AllocateResponse, ContainerPreferredAllocationResponse, Device, DevicePluginOptions,
+    Empty, ListAndWatchResponse, NumaNode, PreStartContainerRequest, PreStartContainerResponse,
+    PreferredAllocationRequest, PreferredAllocationResponse, TopologyInfo,
+};
+use crate::kubelet::register;
+use crate::pool::{Members, Resource};
+use crate::preferred::preferred;
+
+pub const HEALTHY: &str = "Healthy";
+pub const UNHEALTHY: &str = "Unhealthy";
+
+/// What the service answers from: replaced as a whole on every rescan.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub resource: Resource,
+    pub inventory: Inventory,
+}
+
+/// The kubelet device list of a snapshot.
+pub fn devices_of(snapshot: &Snapshot) -> Vec<Device> {
+    let inv = &snapshot.inventory;
+    match &snapshot.resource.members {
+        Members::Devices(members) => members
+            .iter()
+            .map(|c| {
+                // A VF follows its PF's link: a PF that is down takes its VFs down with it.
+                let pf_down = inv
+                    .nics
+                    .iter()
+                    .find(|n| n.pci_address == c.pf_pci)
+                    .is_some_and(|n| n.oper_state.as_deref() == Some("down"));
+                let rdma_inactive = c.rdma_devices.iter().any(|h| !hca_active(inv, h));
+                Device {
+                    id: c.pci_address.clone(),
+                    health: if pf_down || rdma_inactive {
+                        UNHEALTHY
+                    } else {
+                        HEALTHY
+                    }
+                    .into(),
+                    topology: c.numa_node.map(|n| TopologyInfo {
+                        nodes: vec![NumaNode { id: i64::from(n) }],
+                    }),
+                }
+            })
+            .collect(),
+        Members::SharedRdma { hcas, slots } => {
+            // The slots stand for all the HCAs together: usable while any of them is.
+            let health = if hcas.iter().any(|h| hca_active(inv, h)) {
+                HEALTHY
+            } else {
+                UNHEALTHY
+            };
+            if hcas.is_empty() {
+                return Vec::new();
+            }
+            (0..*slots)
+                .map(|i| Device {
+                    id: format!("{}-{i}", snapshot.resource.name.name),
+                    health: health.into(),
+                    topology: None,
+                })
+                .collect()
+        }
+    }
+}
+
+fn hca_active(inv: &Inventory, hca: &str) -> bool {
+    inv.rdma_devices
+        .iter()
+        .find(|d| d.name == hca)
+        .is_some_and(|d| d.ports.iter().any(|p| p.state.as_deref() == Some("ACTIVE")))
+}
+
+struct Service {
+    snapshot: RwLock<Snapshot>,
+    devices: watch::Sender<Vec<Device>>,
+    sysfs: Sysfs,
+    devinfo_dir: Option<PathBuf>,
+}
+
+type ListStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DevicePlugin for Arc<Service> {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
+        Ok(Response::new(DevicePluginOptions {
+            pre_start_required: false,
+            get_preferred_allocation_available: true,
+        }))
+    }
+
+    type ListAndWatchStream = ListStream;
+
+    async fn list_and_watch(&self, _: Request<Empty>) -> Result<Response<ListStream>, Status> {
+        let stream =
+            WatchStream::new(self.devices.subscribe()).map(|devices| Ok(ListAndWatchResponse { devices }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        request: Request<PreferredAllocationRequest>,
+    ) -> Result<Response<PreferredAllocationResponse>, Status> {
+        let snapshot = self
+            .snapshot
+            .read()
+            .map_err(|_| Status::internal("state lock poisoned"))?;
+        let members = match &snapshot.resource.members {
+            Members::Devices(m) => m.as_slice(),
+            Members::SharedRdma { .. } => &[],
+        };
+        let container_responses = request
+            .into_inner()
+            .container_requests
+            .iter()
+            .map(|r| {
+                let size = usize::try_from(r.allocation_size).unwrap_or(0);
+                let device_ids = if members.is_empty() {
+                    // Shared slots are interchangeable: any will do.
+                    r.must_include_device_i_ds
+                        .iter()
+                        .chain(&r.available_device_i_ds)
+                        .take(size)
+                        .cloned()
+                        .collect()
+                } else {
+                    preferred(
+                        members,
+                        &r.available_device_i_ds,
+                        &r.must_include_device_i_ds,
+                        size,
+                    )
+                };
+                ContainerPreferredAllocationResponse {
+                    device_i_ds: device_ids,
+                }
+            })
+            .collect();
+        Ok(Response::new(PreferredAllocationResponse { container_responses }))
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let snapshot = self
+            .snapshot
+            .read()
+            .map_err(|_| Status::internal("state lock poisoned"))?;
+        let ctx = AllocateContext {
+            inventory: &snapshot.inventory,
+            sysfs: &self.sysfs,
+            devinfo_dir: self.devinfo_dir.as_deref(),
+        };
+        let mut container_responses = Vec::new();
+        for r in request.into_inner().container_requests {
+            let response = ctx
+                .allocate(&snapshot.resource, &r.devices_ids)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            container_responses.push(response);
+        }
+        Ok(Response::new(AllocateResponse { container_responses }))
+    }
+
+    async fn pre_start_container(
+        &self,
+        _: Request<PreStartContainerRequest>,
+    ) -> Result<Response<PreStartContainerResponse>, Status> {
+        Ok(Response::new(PreStartContainerResponse {}))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("device plugin socket {0}: {1}")]
+    Socket(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Register(#[from] crate::kubelet::RegisterError),
+}
+
+/// A served resource. Dropping it stops nothing; call [`Served::stop`].
+pub struct Served {
+    service: Arc<Service>,
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Serves `snapshot`'s resource in `dir` and registers it with kubelet there.
+    pub async fn start(
+        dir: &Path,
+        snapshot: Snapshot,
+        sysfs: Sysfs,
+        devinfo_dir: Option<PathBuf>,
+    ) -> Result<Served, ServeError> {
+        let name = snapshot.resource.name.clone();
+        let socket = dir.join(name.socket_file());
+        let (devices, _) = watch::channel(devices_of(&snapshot));
+        let service = Arc::new(Service {
+            snapshot: RwLock::new(snapshot),
+            devices,
+            sysfs,
+            devinfo_dir,
+        });
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(|e| ServeError::Socket(socket.clone(), e))?;
+        // Root-only: whoever can talk to the socket can ask for device nodes.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ServeError::Socket(socket.clone(), e))?;
+        let server =
+            tonic::transport::Server::builder().add_service(DevicePluginServer::new(service.clone()));
+        let task = tokio::spawn(async move {
+            if let Err(e) = server
+                .serve_with_incoming(UnixListenerStream::new(listener))
+                .await
+            {
+                tracing::error!("device plugin server stopped: {e}");
+            }
+        });
+        register(dir, &name.socket_file(), &name.full()).await?;
+        tracing::info!(resource = %name.full(), socket = %socket.display(), "registered with kubelet");
+        Ok(Served {
+            service,
+            socket,
+            task,
+        })
+    }
+
+    /// Replaces the snapshot (a rescan); ListAndWatch clients see the new list if it changed.
+    pub fn update(&self, snapshot: Snapshot) {
+        let devices = devices_of(&snapshot);
+        if let Ok(mut s) = self.service.snapshot.write() {
+            *s = snapshot;
+        }
+        self.service.devices.send_if_modified(|current| {
+            let changed = *current != devices;
+            *current = devices;
+            changed
+        });
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops serving, removes the socket and the resource's device-info files.
+    pub fn stop(self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        if let (Some(dir), Ok(s)) = (&self.service.devinfo_dir, self.service.snapshot.read()) {
+            remove_device_infos(dir, &s.resource);
+        }
+    }
+}

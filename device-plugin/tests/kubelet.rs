@@ -1,0 +1,263 @@
+//! The device plugin against an in-process fake kubelet: a Registration server on a temp socket
+//! that records registrations, and a gRPC client that calls the plugin the way kubelet does.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use spiderpool_api::inventory::Inventory;
+use spiderpool_device_plugin::api::device_plugin_client::DevicePluginClient;
+use spiderpool_device_plugin::api::registration_server::{Registration, RegistrationServer};
+use spiderpool_device_plugin::api::{
+    AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty,
+    PreferredAllocationRequest, RegisterRequest,
+};
+use spiderpool_device_plugin::config::{Config, Kind, ResourceSpec, Selectors};
+use spiderpool_device_plugin::kubelet::{KUBELET_SOCKET, unix_channel};
+use spiderpool_device_plugin::pool::assign;
+use spiderpool_device_plugin::server::{Served, Snapshot};
+use spiderpool_linux::sysfs::Sysfs;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+struct FakeKubelet {
+    registered: mpsc::UnboundedSender<RegisterRequest>,
+}
+
+#[tonic::async_trait]
+impl Registration for FakeKubelet {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
+        let _ = self.registered.send(request.into_inner());
+        Ok(Response::new(Empty {}))
+    }
+}
+
+fn start_kubelet(dir: &Path) -> mpsc::UnboundedReceiver<RegisterRequest> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let listener = UnixListener::bind(dir.join(KUBELET_SOCKET)).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(FakeKubelet { registered: tx }))
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+    rx
+}
+
+fn fixture(name: &str) -> (Inventory, PathBuf) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/sysfs")
+        .join(name);
+    let inv = serde_json::from_str(&std::fs::read_to_string(root.with_extension("json")).unwrap()).unwrap();
+    (inv, root)
+}
+
+fn vf_config() -> Config {
+    Config {
+        resources: vec![ResourceSpec {
+            resource_name: "cx6_vfs".into(),
+            resource_prefix: None,
+            kind: Kind::Vf,
+            rdma_hca_max: None,
+            selectors: Selectors {
+                drivers: vec!["mlx5_core".into()],
+                ..Selectors::default()
+            },
+        }],
+    }
+}
+
+#[tokio::test]
+async fn registers_lists_allocates_and_prefers_like_kubelet_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let devinfo = tempfile::tempdir().unwrap();
+    let mut registrations = start_kubelet(dir.path());
+    let (inv, root) = fixture("cx6dx");
+    let resource = assign(&vf_config(), &inv).unwrap().0.remove(0);
+    let snapshot = Snapshot {
+        resource,
+        inventory: inv.clone(),
+    };
+    let served = Served::start(
+        dir.path(),
+        snapshot.clone(),
+        Sysfs::new(&root),
+        Some(devinfo.path().to_path_buf()),
+    )
+    .await
+    .unwrap();
+
+    let reg = tokio::time::timeout(Duration::from_secs(2), registrations.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reg.version, "v1beta1");
+    assert_eq!(reg.endpoint, "spidernet.io_cx6_vfs.sock");
+    assert_eq!(reg.resource_name, "spidernet.io/cx6_vfs");
+    assert!(reg.options.unwrap().get_preferred_allocation_available);
+    let mode = std::fs::metadata(served.socket())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
+    assert_eq!(mode & 0o777, 0o600, "root-only socket");
+
+    let mut client = DevicePluginClient::new(unix_channel(&dir.path().join(&reg.endpoint)).await.unwrap());
+    let options = client
+        .get_device_plugin_options(Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(options.get_preferred_allocation_available && !options.pre_start_required);
+
+    let mut stream = client.list_and_watch(Empty {}).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let ids: Vec<&str> = first.devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "0000:3b:00.2",
+            "0000:3b:00.3",
+            "0000:3b:00.4",
+            "0000:3b:00.5",
+            "0000:3b:01.2",
+            "0000:3b:01.3",
+            "0000:3b:01.4"
+        ]
+    );
+    assert!(first.devices.iter().all(|d| d.health == "Healthy"));
+    assert!(
+        first
+            .devices
+            .iter()
+            .all(|d| d.topology.as_ref().unwrap().nodes[0].id == 0)
+    );
+
+    let preferred = client
+        .get_preferred_allocation(PreferredAllocationRequest {
+            container_requests: vec![ContainerPreferredAllocationRequest {
+                available_device_i_ds: ids.iter().map(|s| s.to_string()).collect(),
+                must_include_device_i_ds: vec!["0000:3b:01.3".into()],
+                allocation_size: 2,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        preferred.container_responses[0].device_i_ds,
+        ["0000:3b:01.3", "0000:3b:01.2"],
+        "same PF as the must-include"
+    );
+
+    let alloc = client
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["0000:3b:00.2".into()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = &alloc.container_responses[0];
+    assert_eq!(c.envs["PCIDEVICE_SPIDERNET_IO_CX6_VFS"], "0000:3b:00.2");
+    assert!(c.devices.iter().any(|d| d.host_path == "/dev/infiniband/uverbs2"));
+    let info_file = devinfo
+        .path()
+        .join("spidernet.io-cx6_vfs-0000:3b:00.2-device.json");
+    assert!(info_file.exists());
+    let bad = client
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["nope".into()],
+            }],
+        })
+        .await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // PF 0 goes down: its VFs turn Unhealthy in the stream.
+    let mut down = inv.clone();
+    down.nics[0].oper_state = Some("down".into());
+    served.update(Snapshot {
+        inventory: down,
+        ..snapshot
+    });
+    let next = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let unhealthy: Vec<&str> = next
+        .devices
+        .iter()
+        .filter(|d| d.health == "Unhealthy")
+        .map(|d| d.id.as_str())
+        .collect();
+    assert_eq!(
+        unhealthy,
+        ["0000:3b:00.2", "0000:3b:00.3", "0000:3b:00.4", "0000:3b:00.5"]
+    );
+
+    let socket = served.socket().to_path_buf();
+    served.stop();
+    assert!(!socket.exists());
+    assert!(!info_file.exists(), "device-info files go with the plugin");
+}
+
+#[tokio::test]
+async fn default_config_advertises_shared_rdma_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registrations = start_kubelet(dir.path());
+    let (inv, root) = fixture("cx7-ib");
+    let resource = assign(&Config::default(), &inv).unwrap().0.remove(0);
+    let served = Served::start(
+        dir.path(),
+        Snapshot {
+            resource,
+            inventory: inv,
+        },
+        Sysfs::new(&root),
+        None,
+    )
+    .await
+    .unwrap();
+    let reg = registrations.recv().await.unwrap();
+    assert_eq!(reg.resource_name, "spidernet.io/rdma");
+    let mut client = DevicePluginClient::new(unix_channel(&dir.path().join(&reg.endpoint)).await.unwrap());
+    let list = client
+        .list_and_watch(Empty {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(list.devices.len(), 100);
+    assert_eq!(list.devices[0].id, "rdma-0");
+    let alloc = client
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["rdma-7".into()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let paths: Vec<&str> = alloc.container_responses[0]
+        .devices
+        .iter()
+        .map(|d| d.host_path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/dev/infiniband/uverbs0",
+            "/dev/infiniband/issm0",
+            "/dev/infiniband/umad0",
+            "/dev/infiniband/rdma_cm"
+        ]
+    );
+    served.stop();
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test tier the project has: static checks, unit (with the plugin driven as a process),
-# and netns (real Debian CNI plugins calling ours in network namespaces; root).
+# netns (real Debian CNI plugins calling ours in network namespaces; root) and vm (a real kernel
+# with emulated SR-IOV NICs under QEMU; root).
 # A tier whose prerequisites are missing prints SKIPPED with the reason; under CI=true it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,22 @@ if reason=$(netns_ready); then
     cargo test --workspace --locked -- --ignored
 else
     skip netns "$reason"
+fi
+
+step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE (tests/vm/*.sh)"
+if is_root; then
+    # Only the binaries the guest scripts run, stripped: they travel in the initramfs.
+    vm_bin="$target_dir/vm-bin"
+    rm -rf "$vm_bin" && mkdir -p "$vm_bin"
+    for bin in spiderpool-agent spiderpool; do
+        strip -o "$vm_bin/$bin" "$target_dir/debug/$bin"
+    done
+    for script in hack/vm/selftest.sh tests/vm/*.sh; do
+        echo "--- $script"
+        SPIDERPOOL_BIN_DIR="$vm_bin" hack/vm-test.sh "$script"
+    done
+else
+    skip vm "needs root (installs QEMU and the guest kernel, builds the initramfs)"
 fi
 
 echo

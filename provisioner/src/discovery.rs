@@ -194,8 +194,13 @@ impl Scan<'_> {
     /// `/dev/infiniband/*` nodes per RDMA device, from the `ibdev` file of each char device class.
     fn char_devices(&mut self) -> HashMap<String, Vec<String>> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
-        for class in ["infiniband_verbs", "infiniband_mad", "infiniband_cm"] {
+        // Each class also holds plain files (e.g. `abi_version`): only the device entries count.
+        let classes = [("infiniband_verbs", &["uverbs"][..]), ("infiniband_mad", &["umad", "issm"]), ("infiniband_cm", &["ucm"])];
+        for (class, prefixes) in classes {
             for node in self.sysfs.list(format!("class/{class}")) {
+                if !prefixes.iter().any(|p| node.starts_with(p)) {
+                    continue;
+                }
                 if let Some(ibdev) = self.read(format!("class/{class}/{node}/ibdev")) {
                     map.entry(ibdev)
                         .or_default()

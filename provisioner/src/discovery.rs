@@ -195,7 +195,11 @@ impl Scan<'_> {
     fn char_devices(&mut self) -> HashMap<String, Vec<String>> {
         let mut map: HashMap<String, Vec<String>> = HashMap::new();
         // Each class also holds plain files (e.g. `abi_version`): only the device entries count.
-        let classes = [("infiniband_verbs", &["uverbs"][..]), ("infiniband_mad", &["umad", "issm"]), ("infiniband_cm", &["ucm"])];
+        let classes = [
+            ("infiniband_verbs", &["uverbs"][..]),
+            ("infiniband_mad", &["umad", "issm"]),
+            ("infiniband_cm", &["ucm"]),
+        ];
         for (class, prefixes) in classes {
             for node in self.sysfs.list(format!("class/{class}")) {
                 if !prefixes.iter().any(|p| node.starts_with(p)) {

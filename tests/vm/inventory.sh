@@ -19,6 +19,8 @@ check "two igb PFs 8086:10c9, 7 VFs possible, none configured" \
 
 pf=$(inv | jq -r '.nics[0].name')
 pf_pci=$(inv | jq -r '.nics[0].pciAddress')
+ip link property add dev "$pf" altname sp-uplink0
+check "altnames from netlink" '.nics[0].altNames == ["sp-uplink0"]' 
 # igbvf finds the PF still in reset unless the PF is up first.
 ip link set "$pf" up
 echo 3 > "/sys/bus/pci/devices/$pf_pci/sriov_numvfs"

@@ -4,6 +4,7 @@
 pub mod allocate;
 pub mod config;
 pub mod kubelet;
+pub mod manager;
 pub mod pool;
 pub mod preferred;
 pub mod server;

@@ -1,6 +1,7 @@
 //! One resource served to kubelet: the DevicePlugin gRPC service on `<dir>/<prefix>_<name>.sock`,
 //! registered with kubelet, its device list pushed through ListAndWatch whenever it changes.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -32,6 +33,8 @@ pub const UNHEALTHY: &str = "Unhealthy";
 pub struct Snapshot {
     pub resource: Resource,
     pub inventory: Inventory,
+    /// Netdevs whose link was seen going down and has not come back (see `manager::LinkWatch`).
+    pub links_down: BTreeSet<String>,
 }
 
 /// The kubelet device list of a snapshot.
@@ -48,9 +51,10 @@ pub fn devices_of(snapshot: &Snapshot) -> Vec<Device> {
                     .find(|n| n.pci_address == c.pf_pci)
                     .is_some_and(|n| n.oper_state.as_deref() == Some("down"));
                 let rdma_inactive = c.rdma_devices.iter().any(|h| !hca_active(inv, h));
+                let link_down = c.netdev.as_ref().is_some_and(|n| snapshot.links_down.contains(n));
                 Device {
                     id: c.pci_address.clone(),
-                    health: if pf_down || rdma_inactive {
+                    health: if pf_down || rdma_inactive || link_down {
                         UNHEALTHY
                     } else {
                         HEALTHY
@@ -240,7 +244,11 @@ impl Served {
                 tracing::error!("device plugin server stopped: {e}");
             }
         });
-        register(dir, &name.socket_file(), &name.full()).await?;
+        if let Err(e) = register(dir, &name.socket_file(), &name.full()).await {
+            task.abort();
+            let _ = std::fs::remove_file(&socket);
+            return Err(e.into());
+        }
         tracing::info!(resource = %name.full(), socket = %socket.display(), "registered with kubelet");
         Ok(Served {
             service,
@@ -264,6 +272,12 @@ impl Served {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Whether our socket is still there: a starting kubelet deletes every socket in its
+    /// directory, and then we must serve and register again.
+    pub fn socket_present(&self) -> bool {
+        self.socket.exists()
     }
 
     /// Stops serving, removes the socket and the resource's device-info files.

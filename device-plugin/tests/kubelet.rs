@@ -4,56 +4,21 @@
 // Test code: a failed unwrap is a failed test with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Duration;
 
-use spiderpool_api::inventory::Inventory;
+use common::{fixture, start_kubelet};
 use spiderpool_device_plugin::api::device_plugin_client::DevicePluginClient;
-use spiderpool_device_plugin::api::registration_server::{Registration, RegistrationServer};
 use spiderpool_device_plugin::api::{
     AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty,
-    PreferredAllocationRequest, RegisterRequest,
+    PreferredAllocationRequest,
 };
 use spiderpool_device_plugin::config::{Config, Kind, ResourceSpec, Selectors};
-use spiderpool_device_plugin::kubelet::{KUBELET_SOCKET, unix_channel};
+use spiderpool_device_plugin::kubelet::unix_channel;
 use spiderpool_device_plugin::pool::assign;
 use spiderpool_device_plugin::server::{Served, Snapshot};
 use spiderpool_linux::sysfs::Sysfs;
-use tokio::net::UnixListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
-
-struct FakeKubelet {
-    registered: mpsc::UnboundedSender<RegisterRequest>,
-}
-
-#[tonic::async_trait]
-impl Registration for FakeKubelet {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
-        let _ = self.registered.send(request.into_inner());
-        Ok(Response::new(Empty {}))
-    }
-}
-
-fn start_kubelet(dir: &Path) -> mpsc::UnboundedReceiver<RegisterRequest> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let listener = UnixListener::bind(dir.join(KUBELET_SOCKET)).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegistrationServer::new(FakeKubelet { registered: tx }))
-            .serve_with_incoming(UnixListenerStream::new(listener)),
-    );
-    rx
-}
-
-fn fixture(name: &str) -> (Inventory, PathBuf) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/sysfs")
-        .join(name);
-    let inv = serde_json::from_str(&std::fs::read_to_string(root.with_extension("json")).unwrap()).unwrap();
-    (inv, root)
-}
 
 fn vf_config() -> Config {
     Config {
@@ -80,6 +45,7 @@ async fn registers_lists_allocates_and_prefers_like_kubelet_expects() {
     let snapshot = Snapshot {
         resource,
         inventory: inv.clone(),
+        links_down: Default::default(),
     };
     let served = Served::start(
         dir.path(),
@@ -216,6 +182,7 @@ async fn default_config_advertises_shared_rdma_slots() {
         Snapshot {
             resource,
             inventory: inv,
+            links_down: Default::default(),
         },
         Sysfs::new(&root),
         None,

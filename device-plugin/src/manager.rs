@@ -1,0 +1,205 @@
+//! The running device plugin: every resync it rescans the node, rereads the config, tracks link
+//! health and serves, updates, re-registers or stops each resource as needed. One loop covers new
+//! or removed VFs, config edits, link changes and kubelet restarts (which delete our sockets).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spiderpool_api::inventory::Inventory;
+use spiderpool_linux::sysfs::Sysfs;
+
+use crate::config::Config;
+use crate::pool::{assign, candidates};
+use crate::server::{Served, Snapshot};
+
+pub struct ManagerOptions {
+    pub kubelet_dir: PathBuf,
+    /// `None`: the built-in config (shared `spidernet.io/rdma` over every RDMA device).
+    pub config_file: Option<PathBuf>,
+    pub sysfs: Sysfs,
+    pub devinfo_dir: Option<PathBuf>,
+    /// How often to rescan; the bound on how late a change is seen.
+    pub resync: Duration,
+}
+
+/// Link health from transitions: a netdev seen up and then down is unhealthy until it is up
+/// again. A VF that was never up (the usual state of a VF waiting in the host for a pod) is not.
+#[derive(Debug, Default)]
+pub struct LinkWatch {
+    last: HashMap<String, bool>,
+    down: BTreeSet<String>,
+}
+
+impl LinkWatch {
+    /// Records the current states (`true` = up) and returns the netdevs now considered down.
+    pub fn observe(&mut self, states: impl IntoIterator<Item = (String, bool)>) -> BTreeSet<String> {
+        let mut seen = HashMap::new();
+        for (netdev, up) in states {
+            match (self.last.get(&netdev), up) {
+                (Some(true), false) => {
+                    self.down.insert(netdev.clone());
+                }
+                (_, true) => {
+                    self.down.remove(&netdev);
+                }
+                _ => {}
+            }
+            seen.insert(netdev, up);
+        }
+        self.down.retain(|n| seen.contains_key(n));
+        self.last = seen;
+        self.down.clone()
+    }
+}
+
+fn read_config(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Config::parse(&text).map_err(|e| format!("{}: {e}", p.display()))
+        }
+    }
+}
+
+/// Runs until `shutdown` completes, then stops every resource (sockets and device-info files go).
+pub async fn run<S, F>(options: ManagerOptions, scan: S, shutdown: F)
+where
+    S: Fn() -> Inventory + Send + Sync + 'static,
+    F: Future<Output = ()>,
+{
+    let scan = Arc::new(scan);
+    let mut served: BTreeMap<String, Served> = BTreeMap::new();
+    let mut config = Config::default();
+    let mut config_error: Option<String> = None;
+    let mut links = LinkWatch::default();
+    let mut ticker = tokio::time::interval(options.resync);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => {}
+        }
+        // A broken config edit keeps the last good one, and says so once.
+        match read_config(options.config_file.as_ref()) {
+            Ok(c) => {
+                config = c;
+                config_error = None;
+            }
+            Err(e) => {
+                if config_error.as_deref() != Some(e.as_str()) {
+                    tracing::error!("device plugin config: {e}; keeping the previous one");
+                }
+                config_error = Some(e);
+            }
+        }
+        let scanner = scan.clone();
+        let Ok(inventory) = tokio::task::spawn_blocking(move || scanner()).await else {
+            continue;
+        };
+        let states: Vec<(String, bool)> = candidates(&inventory)
+            .into_iter()
+            .filter_map(|c| c.netdev)
+            .filter_map(|n| {
+                let state = options
+                    .sysfs
+                    .read(format!("class/net/{n}/operstate"), &mut Vec::new())?;
+                Some((n, state == "up"))
+            })
+            .collect();
+        let links_down = links.observe(states);
+        let resources = match assign(&config, &inventory) {
+            Ok((resources, notes)) => {
+                for note in notes {
+                    tracing::debug!("{note}");
+                }
+                resources
+            }
+            Err(e) => {
+                tracing::error!("device plugin config: {e}");
+                continue;
+            }
+        };
+        let mut wanted = BTreeSet::new();
+        for resource in resources {
+            let key = resource.name.full();
+            wanted.insert(key.clone());
+            let snapshot = Snapshot {
+                resource,
+                inventory: inventory.clone(),
+                links_down: links_down.clone(),
+            };
+            match served.remove(&key) {
+                Some(s) if s.socket_present() => {
+                    s.update(snapshot);
+                    served.insert(key, s);
+                }
+                previous => {
+                    if let Some(s) = previous {
+                        tracing::info!(resource = %key, "socket gone (kubelet restarted?): serving and registering again");
+                        s.stop();
+                    }
+                    match Served::start(
+                        &options.kubelet_dir,
+                        snapshot,
+                        options.sysfs.clone(),
+                        options.devinfo_dir.clone(),
+                    )
+                    .await
+                    {
+                        Ok(s) => {
+                            served.insert(key, s);
+                        }
+                        Err(e) => tracing::warn!(resource = %key, "not served yet: {e}"),
+                    }
+                }
+            }
+        }
+        for key in served
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            if let Some(s) = served.remove(&key) {
+                tracing::info!(resource = %key, "no longer configured: stopped");
+                s.stop();
+            }
+        }
+    }
+    for (_, s) in served {
+        s.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_watch_needs_an_up_before_a_down() {
+        let mut w = LinkWatch::default();
+        let s = |v: &[(&str, bool)]| v.iter().map(|(n, u)| (n.to_string(), *u)).collect::<Vec<_>>();
+        assert!(
+            w.observe(s(&[("vf0", false), ("vf1", true)])).is_empty(),
+            "never up: not a failure"
+        );
+        assert_eq!(
+            w.observe(s(&[("vf0", false), ("vf1", false)])),
+            BTreeSet::from(["vf1".to_string()])
+        );
+        assert_eq!(
+            w.observe(s(&[("vf0", false), ("vf1", false)])),
+            BTreeSet::from(["vf1".to_string()])
+        );
+        assert!(w.observe(s(&[("vf0", false), ("vf1", true)])).is_empty());
+        assert!(
+            w.observe(s(&[("vf0", false)])).is_empty(),
+            "a vanished netdev is forgotten"
+        );
+    }
+}

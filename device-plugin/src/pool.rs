@@ -161,6 +161,7 @@ pub fn assign(config: &Config, inv: &Inventory) -> Result<(Vec<Resource>, Vec<St
             }
             Kind::Rdma => {
                 let mut hcas = BTreeSet::new();
+                let mut owners = Vec::new();
                 for c in &all {
                     if c.rdma_devices.is_empty()
                         || taken_pci.contains(&c.pci_address)
@@ -169,7 +170,10 @@ pub fn assign(config: &Config, inv: &Inventory) -> Result<(Vec<Resource>, Vec<St
                         continue;
                     }
                     hcas.extend(c.rdma_devices.iter().filter(|h| !taken_hca.contains(*h)).cloned());
+                    owners.push(c.pci_address.clone());
                 }
+                // A VF whose HCA is shared here is not also handed out whole by a later resource.
+                taken_pci.extend(owners);
                 // Without selectors, RDMA devices no NIC owns (Soft-RoCE on a veth, say) count too.
                 if spec.selectors == Selectors::default() {
                     hcas.extend(
@@ -286,6 +290,34 @@ mod tests {
                 .any(|n| n.contains("0000:3b:00.2 also matches spidernet.io/all_vfs")),
             "{notes:?}"
         );
+    }
+
+    #[test]
+    fn a_vf_whose_hca_is_shared_is_not_also_exclusive() {
+        let inv = fixture_inventory("cx6dx");
+        let config = Config {
+            resources: vec![
+                spec(
+                    "rdma",
+                    Kind::Rdma,
+                    Selectors {
+                        pf_names: vec!["ens1f0np0".into()],
+                        ..Selectors::default()
+                    },
+                ),
+                spec(
+                    "vfs",
+                    Kind::Vf,
+                    Selectors {
+                        drivers: vec!["mlx5_core".into()],
+                        ..Selectors::default()
+                    },
+                ),
+            ],
+        };
+        let (res, _) = assign(&config, &inv).unwrap();
+        assert_eq!(pcis(&res[0]), ["mlx5_0", "mlx5_2", "mlx5_3", "mlx5_4", "mlx5_5"]);
+        assert_eq!(pcis(&res[1]), ["0000:3b:01.2", "0000:3b:01.3", "0000:3b:01.4"]);
     }
 
     #[test]

@@ -2,8 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use spiderpool_api::inventory::Inventory;
+use spiderpool_device_plugin::allocate::DEVINFO_DIR;
+use spiderpool_device_plugin::kubelet::DEFAULT_KUBELET_DIR;
+use spiderpool_device_plugin::manager::{ManagerOptions, run as run_device_plugin};
 use spiderpool_linux::links::LinkTable;
 use spiderpool_linux::sysfs::{DEFAULT_SYSFS_ROOT, Sysfs};
 use spiderpool_provisioner::discovery::{NodeIdentity, scan};
@@ -26,6 +32,23 @@ enum Command {
         sysfs_root: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+    /// Serve SR-IOV VF pools and shared RDMA to kubelet (the device plugin alone).
+    DevicePlugin {
+        #[arg(long, default_value = DEFAULT_SYSFS_ROOT)]
+        sysfs_root: PathBuf,
+        #[arg(long, default_value = DEFAULT_KUBELET_DIR)]
+        kubelet_dir: PathBuf,
+        /// Resources and selectors (YAML or JSON); reread every resync. Default: `spidernet.io/rdma`
+        /// shared over every RDMA device.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where device-info files for CNI plugins go.
+        #[arg(long, default_value = DEVINFO_DIR)]
+        devinfo_dir: PathBuf,
+        /// Rescan interval in milliseconds: the bound on how late a VF, link or config change shows.
+        #[arg(long, default_value_t = 1000)]
+        resync_ms: u64,
     },
 }
 
@@ -58,12 +81,14 @@ fn live_identity() -> NodeIdentity {
     }
 }
 
-fn inventory(sysfs_root: &Path, output: Format) -> Result<()> {
+/// Scans the node under `sysfs_root`. Netlink (VF settings, altnames) and the host's identity
+/// describe this machine, so they join only a scan of the real /sys.
+fn scan_node(sysfs_root: &Path) -> Inventory {
     let live = sysfs_root == Path::new(DEFAULT_SYSFS_ROOT);
-    let mut extra_warnings = Vec::new();
+    let mut netlink_warning = None;
     let links = if live {
         LinkTable::dump().unwrap_or_else(|e| {
-            extra_warnings.push(format!(
+            netlink_warning = Some(format!(
                 "netlink link dump failed, VF settings and altnames unknown: {e}"
             ));
             LinkTable::default()
@@ -77,7 +102,12 @@ fn inventory(sysfs_root: &Path, output: Format) -> Result<()> {
         NodeIdentity::default()
     };
     let mut inv = scan(&Sysfs::new(sysfs_root), &links, &identity);
-    inv.warnings.extend(extra_warnings);
+    inv.warnings.extend(netlink_warning);
+    inv
+}
+
+fn inventory(sysfs_root: &Path, output: Format) -> Result<()> {
+    let inv = scan_node(sysfs_root);
     let text = match output {
         Format::Table => render_table(&inv),
         Format::Json => serde_json::to_string_pretty(&inv).context("encode JSON")? + "\n",
@@ -87,8 +117,54 @@ fn inventory(sysfs_root: &Path, output: Format) -> Result<()> {
     Ok(())
 }
 
+fn device_plugin(
+    sysfs_root: PathBuf,
+    kubelet_dir: PathBuf,
+    config: Option<PathBuf>,
+    devinfo_dir: PathBuf,
+    resync_ms: u64,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let options = ManagerOptions {
+            kubelet_dir,
+            config_file: config,
+            sysfs: Sysfs::new(&sysfs_root),
+            devinfo_dir: Some(devinfo_dir),
+            resync: Duration::from_millis(resync_ms.max(100)),
+        };
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            tracing::info!("stopping: removing sockets and device-info files");
+        };
+        run_device_plugin(options, move || scan_node(&sysfs_root), shutdown).await;
+    });
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Inventory { sysfs_root, output } => inventory(&sysfs_root, output),
+        Command::DevicePlugin {
+            sysfs_root,
+            kubelet_dir,
+            config,
+            devinfo_dir,
+            resync_ms,
+        } => device_plugin(sysfs_root, kubelet_dir, config, devinfo_dir, resync_ms),
     }
 }

@@ -1,0 +1,98 @@
+#!/bin/bash
+# VM tier, device plugin: `spiderpool-agent device-plugin` on real igb VFs and Soft-RoCE, driven by
+# tests' fake-kubelet: registration, a VF pool and shared `spidernet.io/rdma`, Allocate, health
+# following VF links, and VFs created while running. Runs as root in the guest of hack/vm-test.sh.
+set -euo pipefail
+
+fail() { echo "FAIL: $*" >&2; tail -n 20 /tmp/kubelet.log /tmp/agent.log >&2 || true; exit 1; }
+inv() { spiderpool-agent inventory -o json; }
+# busybox date has no %N; bash's clock in microseconds does.
+now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+# wait_for DESCRIPTION SECONDS JQ-FILTER: until the kubelet log holds a line the filter selects.
+wait_for() {
+    local deadline=$(($(date +%s) + $2))
+    while [ "$(date +%s)" -le "$deadline" ]; do
+        if jq -c "select($3)" /tmp/kubelet.log 2>/dev/null | grep -q .; then
+            echo "ok: $1"
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail "$1 (within $2 s)"
+}
+# The latest device list of a resource.
+latest() { jq -c "select(.event == \"devices\" and .resource == \"$1\")" /tmp/kubelet.log | tail -n 1; }
+
+pf=$(inv | jq -r '.nics[0].name')
+pf_pci=$(inv | jq -r '.nics[0].pciAddress')
+ip link set "$pf" up
+echo 3 > "/sys/bus/pci/devices/$pf_pci/sriov_numvfs"
+for _ in $(seq 50); do
+    [ "$(inv | jq '[.nics[0].sriov.vfs[] | select(.name != null)] | length')" = 3 ] && break
+    sleep 0.2
+done
+vf0=$(inv | jq -r '.nics[0].sriov.vfs[0].name')
+vf1=$(inv | jq -r '.nics[0].sriov.vfs[1].name')
+vf1_pci=$(inv | jq -r '.nics[0].sriov.vfs[1].pciAddress')
+ip link set "$vf0" up
+modprobe crc32_generic
+modprobe rdma_rxe
+modprobe rdma_ucm
+rdma link add rxe0 type rxe netdev "$vf0"
+
+cat > /tmp/dp.yaml <<YAML
+resources:
+- resourceName: rdma
+  kind: rdma
+  rdmaHcaMax: 4
+  selectors: {pfNames: ["$pf#0"]}
+- resourceName: igb_vfs
+  selectors: {drivers: [igbvf]}
+YAML
+dir=/var/lib/kubelet/device-plugins
+mkdir -p "$dir"
+fake-kubelet "$dir" > /tmp/kubelet.log 2>&1 &
+sleep 0.3
+spiderpool-agent device-plugin --config /tmp/dp.yaml 2> /tmp/agent.log &
+agent=$!
+
+wait_for "spidernet.io/rdma registered" 10 '.event == "register" and .resource == "spidernet.io/rdma" and .version == "v1beta1"'
+wait_for "4 healthy shared RDMA slots" 5 \
+    '.event == "devices" and .resource == "spidernet.io/rdma" and (.devices | length) == 4 and all(.devices[]; .health == "Healthy")'
+wait_for "Allocate of a slot hands out rxe0's uverbs and rdma_cm" 5 \
+    '.event == "allocate" and .resource == "spidernet.io/rdma" and (.devices | index("/dev/infiniband/rdma_cm")) != null and any(.devices[]; test("uverbs"))'
+wait_for "VF pool of the two VFs without RDMA" 5 \
+    ".event == \"devices\" and .resource == \"spidernet.io/igb_vfs\" and (.devices | length) == 2 and (.devices | map(.id) | index(\"$vf1_pci\")) != null"
+wait_for "Allocate of a VF sets PCIDEVICE_SPIDERNET_IO_IGB_VFS" 5 \
+    '.event == "allocate" and .resource == "spidernet.io/igb_vfs" and (.envs.PCIDEVICE_SPIDERNET_IO_IGB_VFS | length) > 0'
+
+# Link health: up, then down -> Unhealthy, then up -> Healthy.
+ip link set "$vf1" up
+sleep 2
+down_at=$(now_ms)
+ip link set "$vf1" down
+wait_for "$vf1 down -> Unhealthy" 2 \
+    ".event == \"devices\" and .resource == \"spidernet.io/igb_vfs\" and any(.devices[]; .id == \"$vf1_pci\" and .health == \"Unhealthy\")"
+unhealthy_at=$(jq -c "select(.event == \"devices\" and any(.devices[]; .id == \"$vf1_pci\" and .health == \"Unhealthy\")) | .t" /tmp/kubelet.log | head -n 1)
+echo "figure: link down -> Unhealthy in $((unhealthy_at - down_at)) ms"
+ip link set "$vf1" up
+for _ in $(seq 30); do
+    latest spidernet.io/igb_vfs | jq -e "any(.devices[]; .id == \"$vf1_pci\" and .health == \"Healthy\")" > /dev/null && break
+    sleep 0.1
+done
+latest spidernet.io/igb_vfs | jq -e "any(.devices[]; .id == \"$vf1_pci\" and .health == \"Healthy\")" > /dev/null \
+    || fail "$vf1 up -> Healthy"
+echo "ok: $vf1 up -> Healthy"
+
+# More VFs while running: the pool grows without a restart (the kernel wants 0 in between).
+rdma link delete rxe0
+echo 0 > "/sys/bus/pci/devices/$pf_pci/sriov_numvfs"
+echo 5 > "/sys/bus/pci/devices/$pf_pci/sriov_numvfs"
+wait_for "5 VFs in the pool after sriov_numvfs 3 -> 5" 15 \
+    '.event == "devices" and .resource == "spidernet.io/igb_vfs" and (.devices | length) == 5'
+
+kill -TERM "$agent"
+wait "$agent" || true
+[ -z "$(ls "$dir"/spidernet.io_* 2>/dev/null)" ] || fail "plugin sockets left after SIGTERM"
+echo "ok: sockets removed on SIGTERM"
+echo "device plugin VM tier passed"

@@ -23,6 +23,8 @@ pub struct ManagerOptions {
     pub devinfo_dir: Option<PathBuf>,
     /// How often to rescan; the bound on how late a change is seen.
     pub resync: Duration,
+    /// Woken on link events (netlink), for a rescan right away instead of at the next resync.
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Link health from transitions: a netdev seen up and then down is unhealthy until it is up
@@ -80,9 +82,15 @@ where
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        let wake = options.wake.clone();
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => {}
+            _ = async { match &wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {
+                // A burst of events (a VF flapping, many VFs appearing) needs one rescan.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                ticker.reset();
+            }
         }
         // A broken config edit keeps the last good one, and says so once.
         match read_config(options.config_file.as_ref()) {

@@ -88,6 +88,7 @@ async fn rescans_reloads_tracks_links_and_survives_kubelet_restarts() {
         sysfs: Sysfs::new(&sysroot),
         devinfo_dir: Some(devinfo.path().to_path_buf()),
         resync: Duration::from_millis(200),
+        wake: None,
     };
     let manager = tokio::spawn(run(options, scan, async {
         let _ = stopped.await;
@@ -154,4 +155,51 @@ async fn rescans_reloads_tracks_links_and_survives_kubelet_restarts() {
     assert!(!socket.exists(), "sockets go with the plugin");
     let left: Vec<_> = std::fs::read_dir(devinfo.path()).unwrap().collect();
     assert!(left.is_empty(), "device-info files go with the plugin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_rescans_at_once_without_waiting_for_the_resync() {
+    let kubelet_dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (inv, root) = fixture("cx6dx");
+    let config = work.path().join("config.yaml");
+    write(&config, VF_CONFIG);
+    let mut registrations = start_kubelet(kubelet_dir.path());
+    let inventory = Arc::new(Mutex::new(inv));
+    let scan = {
+        let inventory = inventory.clone();
+        move || inventory.lock().unwrap().clone()
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let options = ManagerOptions {
+        kubelet_dir: kubelet_dir.path().to_path_buf(),
+        config_file: Some(config),
+        sysfs: Sysfs::new(&root),
+        devinfo_dir: None,
+        resync: Duration::from_secs(3600),
+        wake: Some(wake.clone()),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let manager = tokio::spawn(run(options, scan, async {
+        let _ = stopped.await;
+    }));
+    let reg = next_registration(&mut registrations).await;
+    let socket = kubelet_dir.path().join(&reg.endpoint);
+    let mut client = DevicePluginClient::new(unix_channel(&socket).await.unwrap());
+    let mut stream = client.list_and_watch(Empty {}).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().devices.len(), 7);
+    inventory.lock().unwrap().nics[0]
+        .sriov
+        .as_mut()
+        .unwrap()
+        .vfs
+        .truncate(1);
+    wake.notify_one();
+    let took = wait_for(&mut stream, |m| m.devices.len() == 4).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "{took:?}: the hour-long resync was not waited for"
+    );
+    stop.send(()).unwrap();
+    manager.await.unwrap();
 }

@@ -139,6 +139,39 @@ impl LinkTable {
     }
 }
 
+/// `RTMGRP_LINK`: the multicast group of link changes (up/down, new/removed links).
+const RTMGRP_LINK: u32 = 1;
+
+/// Calls `on_event` (on a thread of its own) every time the kernel reports a link change in
+/// the current network namespace, until `on_event` returns `false`. The message content is not
+/// decoded: callers rescan, which keeps one code path for events and periodic resyncs.
+pub fn watch_link_events(mut on_event: impl FnMut() -> bool + Send + 'static) -> Result<(), LinkError> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+    std::thread::Builder::new()
+        .name("link-events".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match socket.recv(&mut &mut buf[..], 0) {
+                    Ok(_) => {
+                        if !on_event() {
+                            return;
+                        }
+                    }
+                    // ENOBUFS: events were dropped; a rescan covers them all the same.
+                    Err(e) if e.raw_os_error() == Some(105) => {
+                        if !on_event() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        })?;
+    Ok(())
+}
+
 fn vf_config(infos: &[VfInfo]) -> (Option<u32>, VfConfig) {
     let mut id = None;
     let mut config = VfConfig::default();

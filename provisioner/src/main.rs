@@ -10,7 +10,9 @@ use spiderpool_api::inventory::Inventory;
 use spiderpool_device_plugin::allocate::DEVINFO_DIR;
 use spiderpool_device_plugin::kubelet::DEFAULT_KUBELET_DIR;
 use spiderpool_device_plugin::manager::{ManagerOptions, run as run_device_plugin};
-use spiderpool_linux::links::LinkTable;
+use std::sync::Arc;
+
+use spiderpool_linux::links::{LinkTable, watch_link_events};
 use spiderpool_linux::sysfs::{DEFAULT_SYSFS_ROOT, Sysfs};
 use spiderpool_provisioner::discovery::{NodeIdentity, scan};
 use spiderpool_provisioner::render::render_table;
@@ -129,12 +131,24 @@ fn device_plugin(
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Link events wake the loop at once on the live system; the resync covers the rest.
+        let wake = (sysfs_root == Path::new(DEFAULT_SYSFS_ROOT)).then(|| Arc::new(tokio::sync::Notify::new()));
+        if let Some(w) = &wake {
+            let w = w.clone();
+            if let Err(e) = watch_link_events(move || {
+                w.notify_one();
+                true
+            }) {
+                tracing::warn!("no netlink link events ({e}): changes show at the next resync");
+            }
+        }
         let options = ManagerOptions {
             kubelet_dir,
             config_file: config,
             sysfs: Sysfs::new(&sysfs_root),
             devinfo_dir: Some(devinfo_dir),
             resync: Duration::from_millis(resync_ms.max(100)),
+            wake,
         };
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

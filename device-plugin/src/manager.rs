@@ -12,7 +12,7 @@ use spiderpool_api::inventory::Inventory;
 use spiderpool_linux::sysfs::Sysfs;
 
 use crate::config::Config;
-use crate::pool::{assign, candidates};
+use crate::pool::{assign_candidates, candidates, with_vf_device_ids};
 use crate::server::{Served, Snapshot};
 
 pub struct ManagerOptions {
@@ -78,6 +78,7 @@ where
     let mut config = Config::default();
     let mut config_error: Option<String> = None;
     let mut links = LinkWatch::default();
+    let mut last_notes: Vec<String> = Vec::new();
     let mut ticker = tokio::time::interval(options.resync);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -109,9 +110,10 @@ where
         let Ok(inventory) = tokio::task::spawn_blocking(move || scanner()).await else {
             continue;
         };
-        let states: Vec<(String, bool)> = candidates(&inventory)
-            .into_iter()
-            .filter_map(|c| c.netdev)
+        let all = with_vf_device_ids(candidates(&inventory), &options.sysfs);
+        let states: Vec<(String, bool)> = all
+            .iter()
+            .filter_map(|c| c.netdev.clone())
             .filter_map(|n| {
                 let state = options
                     .sysfs
@@ -120,10 +122,14 @@ where
             })
             .collect();
         let links_down = links.observe(states);
-        let resources = match assign(&config, &inventory) {
+        let resources = match assign_candidates(&config, &inventory, all) {
             Ok((resources, notes)) => {
-                for note in notes {
-                    tracing::debug!("{note}");
+                // Who got which device, each time that changes.
+                if notes != last_notes {
+                    for note in &notes {
+                        tracing::info!("{note}");
+                    }
+                    last_notes = notes;
                 }
                 resources
             }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use spiderpool_api::inventory::Inventory;
+use spiderpool_linux::sysfs::Sysfs;
 
 use crate::config::{
     Config, ConfigError, DEFAULT_RDMA_HCA_MAX, Kind, ResourceName, Selectors, VfRanges, parse_with_ranges,
@@ -128,7 +129,29 @@ pub struct Resource {
 /// Assigns devices to resources, first match wins; the second return value says who got what and
 /// what else would have matched (for the logs).
 pub fn assign(config: &Config, inv: &Inventory) -> Result<(Vec<Resource>, Vec<String>), ConfigError> {
-    let all = candidates(inv);
+    assign_candidates(config, inv, candidates(inv))
+}
+
+/// The inventory keeps device IDs per NIC only; a VF's own (`101e` under a `101d` PF, say) is
+/// what `devices` selectors name, so read it from sysfs.
+pub fn with_vf_device_ids(mut all: Vec<Candidate>, sysfs: &Sysfs) -> Vec<Candidate> {
+    for c in all.iter_mut().filter(|c| c.vf_index.is_some()) {
+        c.device = sysfs
+            .read_hex(
+                format!("bus/pci/devices/{}/device", c.pci_address),
+                &mut Vec::new(),
+            )
+            .map(|d| format!("{d:04x}"));
+    }
+    all
+}
+
+/// [`assign`] over a given candidate list (e.g. from [`with_vf_device_ids`]).
+pub fn assign_candidates(
+    config: &Config,
+    inv: &Inventory,
+    all: Vec<Candidate>,
+) -> Result<(Vec<Resource>, Vec<String>), ConfigError> {
     let mut taken_pci: HashSet<String> = HashSet::new();
     let mut taken_hca: HashSet<String> = HashSet::new();
     let mut notes = Vec::new();
@@ -318,6 +341,30 @@ mod tests {
         let (res, _) = assign(&config, &inv).unwrap();
         assert_eq!(pcis(&res[0]), ["mlx5_0", "mlx5_2", "mlx5_3", "mlx5_4", "mlx5_5"]);
         assert_eq!(pcis(&res[1]), ["0000:3b:01.2", "0000:3b:01.3", "0000:3b:01.4"]);
+    }
+
+    #[test]
+    fn vf_device_ids_come_from_sysfs() {
+        let inv = fixture_inventory("cx6dx");
+        let sysfs = Sysfs::new(crate::testing::fixture_root("cx6dx"));
+        let config = Config {
+            resources: vec![spec(
+                "cx6_vfs",
+                Kind::Vf,
+                Selectors {
+                    devices: vec!["101e".into()],
+                    ..Selectors::default()
+                },
+            )],
+        };
+        let (res, _) =
+            assign_candidates(&config, &inv, with_vf_device_ids(candidates(&inv), &sysfs)).unwrap();
+        assert_eq!(pcis(&res[0]).len(), 8, "every VF, none of the 101d PFs");
+        let (res, _) = assign(&config, &inv).unwrap();
+        assert!(
+            pcis(&res[0]).is_empty(),
+            "without sysfs the VF device ID is unknown"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spiderpool_cni::exec::{Invocation, Output, run_command};
+use spiderpool_cni::exec::{Invocation, Output};
 use spiderpool_ipam::allocator::Slot;
 use spiderpool_ipam::store::{LOCK_TIMEOUT, Store, StoreError};
 
@@ -537,5 +537,4 @@ fn processes_killed_at_random_points_leave_a_consistent_store() {
     );
     // The store still works after all that.
     ok(call("ADD", "after-crash", &c));
-    let _ = run_command; // the helper is used by other tiers
 }

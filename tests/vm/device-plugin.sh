@@ -111,6 +111,10 @@ wait "$agent" || true
 restart_at=$(now_ms)
 spiderpool-agent device-plugin --config /tmp/dp.yaml 2>> /tmp/agent.log &
 agent=$!
+wait_for "registered again after a restart" 10 \
+    ".event == \"register\" and .resource == \"spidernet.io/igb_vfs\" and .t >= $restart_at"
+registered_at=$(jq -r "select(.event == \"register\" and .resource == \"spidernet.io/igb_vfs\" and .t >= $restart_at) | .t" /tmp/kubelet.log | head -n 1)
+echo "figure: plugin start -> registered with kubelet in $((registered_at - restart_at)) ms"
 wait_for "after a restart the pool still has 5 VFs, the one in a pod included" 10 \
     ".event == \"devices\" and .resource == \"spidernet.io/igb_vfs\" and .t >= $restart_at and (.devices | length) == 5"
 

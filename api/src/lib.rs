@@ -3,3 +3,4 @@
 //! status of SpiderNodeInventory.
 
 pub mod inventory;
+pub mod policy;

@@ -3,4 +3,5 @@
 
 pub mod links;
 pub mod netns;
+pub mod rtnl;
 pub mod sysfs;

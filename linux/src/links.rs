@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage, Prop, VfInfo};
+use netlink_packet_route::link::{
+    InfoData, InfoVlan, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage, Prop, VfInfo,
+};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// A VF as its PF reports it.
@@ -18,10 +20,24 @@ pub struct VfConfig {
     pub spoof_chk: Option<bool>,
 }
 
+/// What a link is, beyond its name: for planners that must recognise what they created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub index: u32,
+    pub alias: Option<String>,
+    /// `IFLA_INFO_KIND`: `bond`, `vlan`, `veth`, ...; `None` for plain NICs.
+    pub kind: Option<String>,
+    pub vlan_id: Option<u16>,
+    /// `IFLA_LINK`: the parent's index (VLANs, macvlans).
+    pub parent: Option<u32>,
+    pub up: bool,
+}
+
 /// Link facts keyed by interface name: filled from a netlink dump, or by hand in tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkTable {
     names: Vec<String>,
+    facts: HashMap<String, LinkFacts>,
     alt_names: HashMap<String, Vec<String>>,
     vfs: HashMap<(String, u32), VfConfig>,
 }
@@ -40,6 +56,21 @@ impl LinkTable {
     /// Every link seen, in dump order.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    pub fn facts(&self, ifname: &str) -> Option<&LinkFacts> {
+        self.facts.get(ifname)
+    }
+
+    pub fn set_facts(&mut self, ifname: &str, facts: LinkFacts) {
+        self.facts.insert(ifname.to_string(), facts);
+    }
+
+    pub fn name_of(&self, index: u32) -> Option<&str> {
+        self.facts
+            .iter()
+            .find(|(_, f)| f.index == index)
+            .map(|(n, _)| n.as_str())
     }
 
     pub fn alt_names(&self, ifname: &str) -> Vec<String> {
@@ -113,6 +144,36 @@ impl LinkTable {
             return;
         };
         self.names.push(name.clone());
+        let mut facts = LinkFacts {
+            index: link.header.index,
+            up: link
+                .header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up),
+            ..LinkFacts::default()
+        };
+        for attribute in &link.attributes {
+            match attribute {
+                LinkAttribute::IfAlias(a) => facts.alias = Some(a.clone()),
+                LinkAttribute::Link(parent) => facts.parent = Some(*parent),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(kind) => facts.kind = Some(kind.to_string()),
+                            LinkInfo::Data(InfoData::Vlan(vlan)) => {
+                                facts.vlan_id = vlan.iter().find_map(|v| match v {
+                                    InfoVlan::Id(id) => Some(*id),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.facts.insert(name.clone(), facts);
         for attribute in &link.attributes {
             match attribute {
                 LinkAttribute::PropList(props) => {
@@ -208,5 +269,8 @@ mod tests {
         // Works unprivileged in any network namespace: `lo` always exists.
         let table = LinkTable::dump().unwrap();
         assert!(table.names().iter().any(|n| n == "lo"), "{:?}", table.names());
+        let lo = table.facts("lo").unwrap();
+        assert!(lo.index > 0);
+        assert_eq!(table.name_of(lo.index), Some("lo"));
     }
 }

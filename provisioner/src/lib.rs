@@ -3,4 +3,5 @@
 //! `spiderpool-agent` binary.
 
 pub mod discovery;
+pub mod planner;
 pub mod render;

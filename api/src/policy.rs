@@ -1,0 +1,137 @@
+//! SpiderNetworkNodePolicy: what a node's NICs should look like (VFs, MTU, VF settings, bonds,
+//! VLANs, RDMA netns mode) and which device-plugin resource the selected VFs feed. In standalone
+//! mode it is read from a YAML file; the CRD arrives with cluster mode.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const KIND: &str = "SpiderNetworkNodePolicy";
+/// Policies without `priority` get this one; a lower number wins, as in the SR-IOV operator.
+pub const DEFAULT_PRIORITY: u32 = 99;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiderNetworkNodePolicy {
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub metadata: Metadata,
+    pub spec: PolicySpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Node labels that must all match (empty: every node).
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub priority: Option<u32>,
+    #[serde(default)]
+    pub nic_selector: NicSelector,
+    #[serde(default)]
+    pub num_vfs: Option<u32>,
+    /// MTU of the selected PFs.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub vf: VfSettings,
+    /// `netdevice` (default) or `vfio-pci`.
+    #[serde(default)]
+    pub device_type: Option<String>,
+    #[serde(default)]
+    pub is_rdma: bool,
+    #[serde(default)]
+    pub bonds: Vec<BondSpec>,
+    #[serde(default)]
+    pub vlans: Vec<VlanSpec>,
+    #[serde(default)]
+    pub rdma: Option<RdmaSpec>,
+    /// The device-plugin resource the selected VFs feed.
+    #[serde(default)]
+    pub resource_name: Option<String>,
+    /// Lower `numVfs` even while some of the VFs are in use.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NicSelector {
+    #[serde(default)]
+    pub vendor: Option<String>,
+    #[serde(rename = "deviceID", default)]
+    pub device_id: Option<String>,
+    #[serde(default)]
+    pub pf_names: Vec<String>,
+    #[serde(default)]
+    pub root_devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VfSettings {
+    #[serde(default)]
+    pub trust: Option<bool>,
+    #[serde(default)]
+    pub spoof_chk: Option<bool>,
+    /// `auto`, `enable` or `disable`.
+    #[serde(default)]
+    pub link_state: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BondSpec {
+    pub name: String,
+    /// e.g. `active-backup`, `802.3ad`.
+    pub mode: String,
+    /// Bonding driver options, e.g. `miimon: "100"`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub vlans: Vec<VlanSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VlanSpec {
+    /// Omitted for the VLANs of a bond (the bond is the parent).
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub id: u16,
+    /// Default `<parent>.<id>`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RdmaSpec {
+    /// `shared` or `exclusive`.
+    pub netns_mode: String,
+}
+
+impl PolicySpec {
+    pub fn priority(&self) -> u32 {
+        self.priority.unwrap_or(DEFAULT_PRIORITY)
+    }
+}
+
+impl VlanSpec {
+    pub fn name_under(&self, parent: &str) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{parent}.{}", self.id))
+    }
+}

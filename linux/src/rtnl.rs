@@ -1,0 +1,199 @@
+//! Changing links through rtnetlink: create bonds and VLANs, enslave, set MTU, alias, up/down and
+//! the VF settings a PF holds. Errors keep the kernel's errno so callers can treat EEXIST or
+//! ENODEV as idempotent outcomes.
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{
+    BondMode, InfoBond, InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    LinkVfInfo, VfInfo, VfInfoSpoofCheck, VfInfoTrust,
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtnlError {
+    #[error("netlink: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("netlink: {what}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Kernel { what: String, errno: i32 },
+    #[error("netlink: cannot decode the answer: {0}")]
+    Decode(String),
+    #[error("unknown bond mode {0:?}")]
+    BondMode(String),
+}
+
+impl RtnlError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            RtnlError::Kernel { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// Bond modes by name or number, as `ip link` and the bonding driver accept them.
+pub fn bond_mode(mode: &str) -> Result<BondMode, RtnlError> {
+    Ok(match mode {
+        "balance-rr" | "0" => BondMode::BalanceRr,
+        "active-backup" | "1" => BondMode::ActiveBackup,
+        "balance-xor" | "2" => BondMode::BalanceXor,
+        "broadcast" | "3" => BondMode::Broadcast,
+        "802.3ad" | "4" => BondMode::Ieee8023Ad,
+        "balance-tlb" | "5" => BondMode::BalanceTlb,
+        "balance-alb" | "6" => BondMode::BalanceAlb,
+        other => return Err(RtnlError::BondMode(other.into())),
+    })
+}
+
+/// A netlink route socket in the calling thread's network namespace.
+pub struct Rtnl {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    pub fn new() -> Result<Rtnl, RtnlError> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Rtnl { socket, seq: 0 })
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    fn request(
+        &mut self,
+        what: &str,
+        message: RouteNetlinkMessage,
+        extra_flags: u16,
+    ) -> Result<(), RtnlError> {
+        self.seq += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | extra_flags;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        msg.finalize();
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        loop {
+            let (data, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| RtnlError::Decode(e.to_string()))?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number == self.seq
+                    && let NetlinkPayload::Error(e) = reply.payload
+                {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(code) => Err(RtnlError::Kernel {
+                            what: what.into(),
+                            errno: -code.get(),
+                        }),
+                    };
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    fn set(&mut self, what: &str, index: u32, attributes: Vec<LinkAttribute>) -> Result<(), RtnlError> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.attributes = attributes;
+        self.request(what, RouteNetlinkMessage::SetLink(link), 0)
+    }
+
+    pub fn set_up(&mut self, index: u32, up: bool) -> Result<(), RtnlError> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.header.change_mask = LinkFlags::Up;
+        if up {
+            link.header.flags = LinkFlags::Up;
+        }
+        self.request(
+            if up { "set link up" } else { "set link down" },
+            RouteNetlinkMessage::SetLink(link),
+            0,
+        )
+    }
+
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), RtnlError> {
+        self.set("set mtu", index, vec![LinkAttribute::Mtu(mtu)])
+    }
+
+    /// The ifalias: this project marks what it creates with it.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<(), RtnlError> {
+        self.set("set alias", index, vec![LinkAttribute::IfAlias(alias.into())])
+    }
+
+    /// Makes `index` a port of `controller` (0 releases it). The port must be down.
+    pub fn set_controller(&mut self, index: u32, controller: u32) -> Result<(), RtnlError> {
+        self.set("set master", index, vec![LinkAttribute::Controller(controller)])
+    }
+
+    pub fn set_vf(
+        &mut self,
+        pf: u32,
+        vf: u32,
+        trust: Option<bool>,
+        spoof_chk: Option<bool>,
+    ) -> Result<(), RtnlError> {
+        let mut infos = Vec::new();
+        if let Some(t) = trust {
+            infos.push(VfInfo::Trust(VfInfoTrust::new(vf, t)));
+        }
+        if let Some(s) = spoof_chk {
+            infos.push(VfInfo::SpoofCheck(VfInfoSpoofCheck::new(vf, s)));
+        }
+        if infos.is_empty() {
+            return Ok(());
+        }
+        self.set(
+            "set vf",
+            pf,
+            vec![LinkAttribute::VfInfoList(vec![LinkVfInfo(infos)])],
+        )
+    }
+
+    pub fn add_bond(&mut self, name: &str, mode: &str) -> Result<(), RtnlError> {
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::IfName(name.into()));
+        link.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bond),
+            LinkInfo::Data(InfoData::Bond(vec![InfoBond::Mode(bond_mode(mode)?)])),
+        ]));
+        self.request(
+            "create bond",
+            RouteNetlinkMessage::NewLink(link),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    pub fn add_vlan(&mut self, name: &str, parent: u32, id: u16) -> Result<(), RtnlError> {
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::IfName(name.into()));
+        link.attributes.push(LinkAttribute::Link(parent));
+        link.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vlan),
+            LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(id)])),
+        ]));
+        self.request(
+            "create vlan",
+            RouteNetlinkMessage::NewLink(link),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    pub fn delete(&mut self, index: u32) -> Result<(), RtnlError> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        self.request("delete link", RouteNetlinkMessage::DelLink(link), 0)
+    }
+}

@@ -134,6 +134,11 @@ impl Sysfs {
         resolved.is_dir().then_some(resolved)
     }
 
+    /// Writes an attribute (e.g. `sriov_numvfs`, `driver_override`, a bonding option).
+    pub fn write(&self, rel: impl AsRef<Path>, value: &str) -> std::io::Result<()> {
+        std::fs::write(self.path(rel), value)
+    }
+
     /// Entry names of a directory, sorted; empty when it does not exist.
     pub fn list(&self, rel: impl AsRef<Path>) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.path(rel)) else {

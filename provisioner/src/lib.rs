@@ -2,6 +2,7 @@
 //! (sysfs + netlink → [`spiderpool_api::inventory::Inventory`]) and its rendering; the
 //! `spiderpool-agent` binary.
 
+pub mod applier;
 pub mod discovery;
 pub mod planner;
 pub mod render;

@@ -2,7 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
+
+use spiderpool_api::policy::{self, SpiderNetworkNodePolicy};
+use spiderpool_provisioner::applier::{LiveKernel, Observation, apply};
+use spiderpool_provisioner::planner::Status;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -34,6 +39,21 @@ enum Command {
         sysfs_root: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+    /// Make this node match SpiderNetworkNodePolicy documents: VFs, VF settings, MTU, bonds, VLANs.
+    Apply {
+        /// YAML with one or more SpiderNetworkNodePolicy documents.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = DEFAULT_SYSFS_ROOT)]
+        sysfs_root: PathBuf,
+        /// This node's labels for `nodeSelector` (repeatable `key=value`); default
+        /// `kubernetes.io/hostname=<hostname>`.
+        #[arg(long = "node-label")]
+        node_labels: Vec<String>,
     },
     /// Serve SR-IOV VF pools and shared RDMA to kubelet (the device plugin alone).
     DevicePlugin {
@@ -119,6 +139,97 @@ fn inventory(sysfs_root: &Path, output: Format) -> Result<()> {
     Ok(())
 }
 
+fn read_policies(file: &Path) -> Result<Vec<SpiderNetworkNodePolicy>> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let mut policies = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(doc)
+            .with_context(|| format!("{} document {}", file.display(), i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let policy: SpiderNetworkNodePolicy = serde_yaml_ng::from_value(value)
+            .with_context(|| format!("{} document {}", file.display(), i + 1))?;
+        if policy.kind.as_deref().is_some_and(|k| k != policy::KIND) {
+            anyhow::bail!(
+                "{} document {}: kind {:?} is not {}",
+                file.display(),
+                i + 1,
+                policy.kind,
+                policy::KIND
+            );
+        }
+        policies.push(policy);
+    }
+    Ok(policies)
+}
+
+fn apply_policies(file: &Path, dry_run: bool, sysfs_root: &Path, labels: &[String]) -> Result<()> {
+    let policies = read_policies(file)?;
+    let mut node_labels = BTreeMap::new();
+    for label in labels {
+        let (k, v) = label
+            .split_once('=')
+            .with_context(|| format!("--node-label {label:?}: want key=value"))?;
+        node_labels.insert(k.to_string(), v.to_string());
+    }
+    if node_labels.is_empty()
+        && let Some(host) = read_trimmed("/proc/sys/kernel/hostname")
+    {
+        node_labels.insert("kubernetes.io/hostname".into(), host);
+    }
+    let live = sysfs_root == Path::new(DEFAULT_SYSFS_ROOT);
+    let mut observe = || Observation {
+        inventory: scan_node(sysfs_root),
+        links: if live {
+            LinkTable::dump().unwrap_or_default()
+        } else {
+            LinkTable::default()
+        },
+        node_labels: node_labels.clone(),
+        // Standalone: no device plugin to ask; VFs inside pods are still seen as in use.
+        allocated: HashSet::new(),
+    };
+    let plan = observe().plan(&policies);
+    println!("plan ({} actions):", plan.steps.len());
+    for step in &plan.steps {
+        println!("  {}  ({})", step.action, step.reason);
+    }
+    if dry_run {
+        print_status(&plan.status);
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut kernel = LiveKernel::new(Sysfs::new(sysfs_root)).map_err(anyhow::Error::msg)?;
+    let report = apply(&policies, &mut observe, &mut kernel);
+    println!(
+        "applied {} actions in {} rounds, {} ms:",
+        report.executed.len(),
+        report.rounds,
+        started.elapsed().as_millis()
+    );
+    for (step, outcome) in &report.executed {
+        match outcome {
+            Ok(()) => println!("  ok    {}", step.action),
+            Err(e) => println!("  FAIL  {}: {e}", step.action),
+        }
+    }
+    print_status(&report.status);
+    print!("{}", render_table(&scan_node(sysfs_root)));
+    if report.failed() {
+        anyhow::bail!("some of the policy could not be applied (see status)");
+    }
+    Ok(())
+}
+
+fn print_status(status: &BTreeMap<String, Status>) {
+    println!("status:");
+    for (what, s) in status {
+        println!("  {what}: {s}");
+    }
+}
+
 fn device_plugin(
     sysfs_root: PathBuf,
     kubelet_dir: PathBuf,
@@ -173,6 +284,12 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Inventory { sysfs_root, output } => inventory(&sysfs_root, output),
+        Command::Apply {
+            file,
+            dry_run,
+            sysfs_root,
+            node_labels,
+        } => apply_policies(&file, dry_run, &sysfs_root, &node_labels),
         Command::DevicePlugin {
             sysfs_root,
             kubelet_dir,

@@ -63,6 +63,50 @@ pub enum Action {
     },
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::SetNumVfs { pf, pci, count } => write!(f, "set {pf} ({pci}) sriov_numvfs = {count}"),
+            Action::SetMtu { link, mtu } => write!(f, "set {link} mtu {mtu}"),
+            Action::SetVf {
+                pf,
+                vf,
+                trust,
+                spoof_chk,
+            } => {
+                write!(f, "set {pf} vf {vf}")?;
+                if let Some(t) = trust {
+                    write!(f, " trust {}", if *t { "on" } else { "off" })?;
+                }
+                if let Some(s) = spoof_chk {
+                    write!(f, " spoofchk {}", if *s { "on" } else { "off" })?;
+                }
+                Ok(())
+            }
+            Action::BindDriver { pci, driver } => write!(f, "bind {pci} to {driver}"),
+            Action::CreateBond { name, mode } => write!(f, "create bond {name} mode {mode}"),
+            Action::SetBondOption { bond, option, value } => {
+                write!(f, "set {bond} bonding {option} = {value}")
+            }
+            Action::Enslave { link, bond } => write!(f, "enslave {link} to {bond}"),
+            Action::Release { link } => write!(f, "release {link} from its bond"),
+            Action::CreateVlan { name, parent, id } => write!(f, "create vlan {name} on {parent} id {id}"),
+            Action::SetAlias { link, alias } => write!(f, "set {link} alias {alias}"),
+            Action::LinkUp { link } => write!(f, "set {link} up"),
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Applied => write!(f, "applied"),
+            Status::Pending(why) => write!(f, "pending: {why}"),
+            Status::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub action: Action,
@@ -270,6 +314,13 @@ fn plan_pf(
                     reason: format!("{pf} numVfs {have} -> {want}: the kernel wants 0 in between"),
                 });
             }
+            // Some PFs (igb) fail to bring their VFs up while they are down themselves.
+            if want > 0 && observed.links.facts(&pf).is_some_and(|f| !f.up) {
+                steps.push(Step {
+                    action: Action::LinkUp { link: pf.clone() },
+                    reason: format!("{pf} up before its VFs"),
+                });
+            }
             if want > 0 {
                 steps.push(Step {
                     action: Action::SetNumVfs {
@@ -319,6 +370,15 @@ fn plan_bond(policy: &SpiderNetworkNodePolicy, bond: &BondSpec, observed: &Obser
         out.steps.truncate(before);
         out.status.insert(bond.name.clone(), Status::Failed(why));
     };
+    if existing.is_some() && !is_ours(observed.links, &bond.name) {
+        return fail(
+            out,
+            format!(
+                "{} exists and was not created by spiderpool: left alone",
+                bond.name
+            ),
+        );
+    }
     for member in &bond.members {
         if observed.links.facts(member).is_none()
             && !inv.nics.iter().any(|n| n.name.as_deref() == Some(member))
@@ -366,15 +426,6 @@ fn plan_bond(policy: &SpiderNetworkNodePolicy, bond: &BondSpec, observed: &Obser
                     format!("bond option {k}"),
                 );
             }
-        }
-        Some(_) if !is_ours(observed.links, &bond.name) => {
-            return fail(
-                out,
-                format!(
-                    "{} exists and was not created by spiderpool: left alone",
-                    bond.name
-                ),
-            );
         }
         Some(b) => {
             if b.mode.as_deref() != Some(bond.mode.as_str()) && !mode_equal(b.mode.as_deref(), &bond.mode) {

@@ -1,0 +1,90 @@
+#!/bin/bash
+# VM tier, provisioner: `spiderpool-agent apply` on real igb PFs: VFs with trust/spoofchk, an
+# active-backup bond of both PFs with VLAN 100, idempotence, lowering numVfs, and apply times.
+set -euo pipefail
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+inv() { spiderpool-agent inventory -o json; }
+now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+pf0=$(inv | jq -r '.nics[0].name')
+pf1=$(inv | jq -r '.nics[1].name')
+pf0_pci=$(inv | jq -r '.nics[0].pciAddress')
+
+policy() { # NUMVFS PF-NAMES...
+    local n=$1; shift
+    local names
+    names=$(printf '"%s",' "$@")
+    cat <<YAML
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderNetworkNodePolicy
+metadata: {name: vm-pfs}
+spec:
+  nicSelector: {pfNames: [${names%,}]}
+  numVfs: $n
+  vf: {trust: true, spoofChk: false}
+---
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderNetworkNodePolicy
+metadata: {name: vm-bond}
+spec:
+  bonds:
+  - name: bond0
+    mode: active-backup
+    options: {miimon: "100"}
+    members: [$pf0, $pf1]
+    vlans: [{id: 100}]
+YAML
+}
+
+policy 4 "$pf0" > /tmp/p1.yaml
+start=$(now_ms)
+spiderpool-agent apply -f /tmp/p1.yaml | tee /tmp/apply1.log
+echo "figure: first apply (PF0 4 VFs + bond + VLAN) took $(( $(now_ms) - start )) ms"
+
+[ "$(cat "/sys/bus/pci/devices/$pf0_pci/sriov_numvfs")" = 4 ] || fail "sriov_numvfs is not 4"
+echo "ok: $pf0 has 4 VFs"
+ip -d -j link show "$pf0" | jq -e '[.[0].vfinfo_list[] | select(.trust == true and .spoofchk == false)] | length == 4' > /dev/null \
+    || { ip -d -j link show "$pf0" | jq '.[0].vfinfo_list'; fail "VF trust/spoofchk"; }
+echo "ok: all 4 VFs trust on, spoofchk off (ip -d -j link)"
+[ "$(cut -d' ' -f1 /sys/class/net/bond0/bonding/mode)" = active-backup ] || fail "bond0 mode"
+[ "$(cat /sys/class/net/bond0/bonding/miimon)" = 100 ] || fail "bond0 miimon"
+for pf in "$pf0" "$pf1"; do grep -qw "$pf" /sys/class/net/bond0/bonding/slaves || fail "$pf not in bond0"; done
+echo "ok: bond0 active-backup, miimon 100, slaves $pf0 $pf1"
+ip -d -j link show bond0.100 | jq -e '.[0].linkinfo.info_kind == "vlan" and .[0].linkinfo.info_data.id == 100
+    and (.[0].ifalias | startswith("spiderpool:"))' > /dev/null || fail "bond0.100"
+echo "ok: bond0.100 is VLAN 100 on bond0, marked as ours"
+
+start=$(now_ms)
+spiderpool-agent apply -f /tmp/p1.yaml | tee /tmp/apply2.log
+echo "figure: no-op apply took $(( $(now_ms) - start )) ms"
+grep -q "^plan (0 actions)" /tmp/apply2.log || fail "a second apply planned something"
+grep -q "^applied 0 actions" /tmp/apply2.log || fail "a second apply did something"
+echo "ok: applying again does nothing"
+
+policy 2 "$pf0" > /tmp/p2.yaml
+spiderpool-agent apply -f /tmp/p2.yaml > /tmp/apply3.log
+[ "$(cat "/sys/bus/pci/devices/$pf0_pci/sriov_numvfs")" = 2 ] || { cat /tmp/apply3.log; fail "lowering to 2"; }
+ip -d -j link show "$pf0" | jq -e '[.[0].vfinfo_list[] | select(.trust == true)] | length == 2' > /dev/null || fail "settings after lowering"
+echo "ok: lowered to 2 VFs, settings reapplied"
+
+# A bond nobody marked is left alone.
+ip link add bond9 type bond mode balance-rr
+sed 's/name: bond0/name: bond9/' /tmp/p2.yaml > /tmp/p3.yaml
+if spiderpool-agent apply -f /tmp/p3.yaml > /tmp/apply4.log; then fail "a foreign bond was accepted"; fi
+grep -q "bond9: failed: bond9 exists and was not created by spiderpool" /tmp/apply4.log || { cat /tmp/apply4.log; fail "foreign bond status"; }
+[ "$(cut -d' ' -f1 /sys/class/net/bond9/bonding/mode)" = balance-rr ] || fail "bond9 was changed"
+echo "ok: a foreign bond is reported and left alone"
+ip link del bond9
+
+# The benchmark case: both PFs x 7 VFs, with the bond and VLAN (from a node without them).
+ip link del bond0
+echo 0 > "/sys/bus/pci/devices/$pf0_pci/sriov_numvfs"
+policy 7 "$pf0" "$pf1" > /tmp/p4.yaml
+start=$(now_ms)
+spiderpool-agent apply -f /tmp/p4.yaml > /tmp/apply5.log || { cat /tmp/apply5.log; fail "2 x 7 VFs"; }
+echo "figure: apply 2 PFs x 7 VFs + bond + VLAN took $(( $(now_ms) - start )) ms ($(grep '^applied' /tmp/apply5.log))"
+start=$(now_ms)
+spiderpool-agent apply -f /tmp/p4.yaml > /tmp/apply6.log
+echo "figure: no-op reconcile of it took $(( $(now_ms) - start )) ms ($(grep '^applied' /tmp/apply6.log))"
+[ "$(inv | jq '[.nics[] | select(.sriov.numVfs == 7)] | length')" = 2 ] || fail "not 2 x 7 VFs"
+echo "provisioner VM tier passed"

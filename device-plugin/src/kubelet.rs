@@ -12,6 +12,38 @@ use crate::api::{DevicePluginOptions, RegisterRequest};
 pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet/device-plugins";
 pub const KUBELET_SOCKET: &str = "kubelet.sock";
 pub const API_VERSION: &str = "v1beta1";
+/// kubelet's record of which device IDs it gave to which pod (survives plugin restarts).
+pub const CHECKPOINT: &str = "kubelet_internal_checkpoint";
+
+/// Device IDs kubelet has allocated to pods, from its checkpoint in `dir`; empty when there is
+/// none. `DeviceIDs` is a list in old kubelets and a map of NUMA node to list in newer ones.
+pub fn allocated_device_ids(dir: &Path) -> std::collections::HashSet<String> {
+    let Ok(text) = std::fs::read_to_string(dir.join(CHECKPOINT)) else {
+        return Default::default();
+    };
+    parse_checkpoint(&text)
+}
+
+pub fn parse_checkpoint(text: &str) -> std::collections::HashSet<String> {
+    fn strings(v: &serde_json::Value, out: &mut std::collections::HashSet<String>) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.insert(s.clone());
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(text) else {
+        return out;
+    };
+    for entry in doc["Data"]["PodDeviceEntries"].as_array().into_iter().flatten() {
+        strings(&entry["DeviceIDs"], &mut out);
+    }
+    out
+}
 
 /// A channel whose every connection goes to the unix socket `path` (the URI is a placeholder).
 pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
@@ -22,6 +54,25 @@ pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Erro
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checkpoint_in_both_shapes() {
+        let new = r#"{"Data":{"PodDeviceEntries":[{"PodUID":"u1","ContainerName":"c","ResourceName":"spidernet.io/vfs",
+            "DeviceIDs":{"0":["0000:3b:00.2"],"1":["0000:af:00.3"]},"AllocResp":"AAA="}],
+            "RegisteredDevices":{"spidernet.io/vfs":["0000:3b:00.2","0000:3b:00.4"]}},"Checksum":1}"#;
+        let ids = super::parse_checkpoint(new);
+        assert_eq!(ids.len(), 2);
+        assert!(
+            ids.contains("0000:af:00.3") && !ids.contains("0000:3b:00.4"),
+            "registered is not allocated"
+        );
+        let old = r#"{"Data":{"PodDeviceEntries":[{"DeviceIDs":["0000:3b:00.5"]}]}}"#;
+        assert!(super::parse_checkpoint(old).contains("0000:3b:00.5"));
+        assert!(super::parse_checkpoint("garbage").is_empty());
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use spiderpool_api::policy::{self, SpiderNetworkNodePolicy};
@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use spiderpool_api::inventory::Inventory;
 use spiderpool_device_plugin::allocate::DEVINFO_DIR;
-use spiderpool_device_plugin::kubelet::DEFAULT_KUBELET_DIR;
+use spiderpool_device_plugin::kubelet::{DEFAULT_KUBELET_DIR, allocated_device_ids};
 use spiderpool_device_plugin::manager::{ManagerOptions, run as run_device_plugin};
 use std::sync::Arc;
 
@@ -54,6 +54,12 @@ enum Command {
         /// `kubernetes.io/hostname=<hostname>`.
         #[arg(long = "node-label")]
         node_labels: Vec<String>,
+        /// Where kubelet's device checkpoint says which VFs pods hold.
+        #[arg(long, default_value = DEFAULT_KUBELET_DIR)]
+        kubelet_dir: PathBuf,
+        /// Keep running: re-apply every this many seconds, correcting drift.
+        #[arg(long)]
+        watch: Option<u64>,
     },
     /// Serve SR-IOV VF pools and shared RDMA to kubelet (the device plugin alone).
     DevicePlugin {
@@ -165,7 +171,13 @@ fn read_policies(file: &Path) -> Result<Vec<SpiderNetworkNodePolicy>> {
     Ok(policies)
 }
 
-fn apply_policies(file: &Path, dry_run: bool, sysfs_root: &Path, labels: &[String]) -> Result<()> {
+fn apply_policies(
+    file: &Path,
+    dry_run: bool,
+    sysfs_root: &Path,
+    labels: &[String],
+    kubelet_dir: &Path,
+) -> Result<()> {
     let policies = read_policies(file)?;
     let mut node_labels = BTreeMap::new();
     for label in labels {
@@ -188,8 +200,8 @@ fn apply_policies(file: &Path, dry_run: bool, sysfs_root: &Path, labels: &[Strin
             LinkTable::default()
         },
         node_labels: node_labels.clone(),
-        // Standalone: no device plugin to ask; VFs inside pods are still seen as in use.
-        allocated: HashSet::new(),
+        // VFs kubelet gave to pods; VFs moved into a netns count as in use too (planner).
+        allocated: allocated_device_ids(kubelet_dir),
     };
     let plan = observe().plan(&policies);
     println!("plan ({} actions):", plan.steps.len());
@@ -289,7 +301,18 @@ fn main() -> Result<()> {
             dry_run,
             sysfs_root,
             node_labels,
-        } => apply_policies(&file, dry_run, &sysfs_root, &node_labels),
+            kubelet_dir,
+            watch,
+        } => match watch {
+            None => apply_policies(&file, dry_run, &sysfs_root, &node_labels, &kubelet_dir),
+            Some(seconds) => loop {
+                // Failures are in the status output; the next round tries again.
+                if let Err(e) = apply_policies(&file, dry_run, &sysfs_root, &node_labels, &kubelet_dir) {
+                    eprintln!("{e:#}");
+                }
+                std::thread::sleep(Duration::from_secs(seconds.max(1)));
+            },
+        },
         Command::DevicePlugin {
             sysfs_root,
             kubelet_dir,

@@ -61,7 +61,31 @@ grep -q "^plan (0 actions)" /tmp/apply2.log || fail "a second apply planned some
 grep -q "^applied 0 actions" /tmp/apply2.log || fail "a second apply did something"
 echo "ok: applying again does nothing"
 
+# Drift: someone turns trust off; the agent's watch loop turns it back on.
+ip link set "$pf0" vf 0 trust off
+spiderpool-agent apply -f /tmp/p1.yaml --watch 1 > /tmp/watch.log 2>&1 &
+watcher=$!
+for _ in $(seq 30); do
+    ip -d -j link show "$pf0" | jq -e '.[0].vfinfo_list[0].trust == true' > /dev/null && break
+    sleep 0.2
+done
+kill "$watcher"; wait "$watcher" 2>/dev/null || true
+ip -d -j link show "$pf0" | jq -e '.[0].vfinfo_list[0].trust == true' > /dev/null || fail "drift not corrected"
+echo "ok: drift (trust turned off by hand) corrected by apply --watch"
+
+# A VF kubelet gave to a pod blocks lowering numVfs (its checkpoint says so) unless forced.
 policy 2 "$pf0" > /tmp/p2.yaml
+vf1_pci=$(inv | jq -r '.nics[0].sriov.vfs[1].pciAddress')
+mkdir -p /var/lib/kubelet/device-plugins
+cat > /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint <<JSON
+{"Data":{"PodDeviceEntries":[{"PodUID":"p1","ContainerName":"c","ResourceName":"spidernet.io/igb_vfs",
+ "DeviceIDs":{"-1":["$vf1_pci"]},"AllocResp":""}],"RegisteredDevices":{}},"Checksum":0}
+JSON
+spiderpool-agent apply -f /tmp/p2.yaml > /tmp/apply-busy.log
+grep -q "pending: numVfs 4 -> 2 needs all VFs removed, and 1 in use: $vf1_pci" /tmp/apply-busy.log || { cat /tmp/apply-busy.log; fail "in-use VF did not block"; }
+[ "$(cat "/sys/bus/pci/devices/$pf0_pci/sriov_numvfs")" = 4 ] || fail "VFs changed while in use"
+echo "ok: lowering waits while kubelet's checkpoint holds a VF"
+rm /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
 spiderpool-agent apply -f /tmp/p2.yaml > /tmp/apply3.log
 [ "$(cat "/sys/bus/pci/devices/$pf0_pci/sriov_numvfs")" = 2 ] || { cat /tmp/apply3.log; fail "lowering to 2"; }
 ip -d -j link show "$pf0" | jq -e '[.[0].vfinfo_list[] | select(.trust == true)] | length == 2' > /dev/null || fail "settings after lowering"

@@ -38,9 +38,12 @@ if is_root; then
     # Only the binaries the guest scripts run, stripped: they travel in the initramfs.
     vm_bin="$target_dir/vm-bin"
     rm -rf "$vm_bin" && mkdir -p "$vm_bin"
-    for bin in spiderpool-agent spiderpool fake-kubelet; do
+    for bin in spiderpool-agent spiderpool ifacer fake-kubelet; do
         strip -o "$vm_bin/$bin" "$target_dir/debug/$bin"
     done
+    # Debian's ipvlan runs on top of what ifacer makes (the host kernel here has no ipvlan).
+    apt_install containernetworking-plugins
+    cp /usr/lib/cni/ipvlan "$vm_bin/"
     for script in hack/vm/selftest.sh tests/vm/*.sh; do
         echo "--- $script"
         SPIDERPOOL_BIN_DIR="$vm_bin" hack/vm-test.sh "$script"

@@ -1,0 +1,302 @@
+//! `ifacer`: a CNI plugin, first in a chain, that makes sure the host has the bond and/or VLAN
+//! sub-interface the next plugin (macvlan, ipvlan, ...) uses as its master. Spiderpool's netconf:
+//! `interfaces[]`, `vlanID`, `bond{name, mode, options}`. It creates what is missing (marked with an
+//! ifalias), accepts what is there, passes prevResult through, and DEL leaves the host interfaces
+//! alone: other pods share them.
+
+use serde::Deserialize;
+use spiderpool_cni::{CniError, CniResult, ErrorCode, Plugin, PluginInfo, Request};
+use spiderpool_linux::links::LinkTable;
+use spiderpool_linux::rtnl::Rtnl;
+use spiderpool_linux::sysfs::Sysfs;
+
+pub const DEFAULT_BOND: &str = "sp_bond0";
+pub const ALIAS: &str = "spiderpool:ifacer";
+const EEXIST: i32 = 17;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BondConf {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// 0-6, as the bonding driver numbers its modes.
+    #[serde(default)]
+    pub mode: u8,
+    /// `k=v;k=v`, written to the bond's sysfs options.
+    #[serde(default)]
+    pub options: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(rename = "vlanID", default)]
+    vlan_id: u16,
+    #[serde(default)]
+    bond: Option<BondConf>,
+}
+
+/// The validated netconf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfacerConf {
+    pub interfaces: Vec<String>,
+    pub vlan_id: Option<u16>,
+    pub bond: Option<(String, u8, Vec<(String, String)>)>,
+}
+
+impl IfacerConf {
+    pub fn parse(raw: &serde_json::Value) -> Result<IfacerConf, CniError> {
+        let wire: Wire = serde_json::from_value(raw.clone())
+            .map_err(|e| CniError::decoding(format!("ifacer netconf: {e}")))?;
+        let bad = |m: String| CniError::invalid_config(m);
+        if wire.interfaces.is_empty() {
+            return Err(bad(
+                "ifacer: interfaces must name at least one host interface".into()
+            ));
+        }
+        for i in &wire.interfaces {
+            if i.is_empty() || i.len() > 15 || i.contains(['/', ' ', ':']) {
+                return Err(bad(format!("ifacer: {i:?} is not an interface name")));
+            }
+        }
+        if wire.vlan_id > 4094 {
+            return Err(bad(format!("ifacer: vlanID {} is outside 0-4094", wire.vlan_id)));
+        }
+        let bond = match wire.bond {
+            None => None,
+            Some(b) => {
+                if b.mode > 6 {
+                    return Err(bad(format!("ifacer: bond mode {} is outside 0-6", b.mode)));
+                }
+                let mut options = Vec::new();
+                for kv in b
+                    .options
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(';')
+                    .filter(|s| !s.trim().is_empty())
+                {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| bad(format!("ifacer: bond option {kv:?} is not key=value")))?;
+                    let k = k.trim();
+                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(bad(format!("ifacer: bond option name {k:?} is invalid")));
+                    }
+                    options.push((k.to_string(), v.trim().to_string()));
+                }
+                let name = b
+                    .name
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| DEFAULT_BOND.into());
+                Some((name, b.mode, options))
+            }
+        };
+        if bond.is_none() && wire.vlan_id == 0 {
+            return Err(bad("ifacer: nothing to do: set vlanID and/or bond".into()));
+        }
+        Ok(IfacerConf {
+            interfaces: wire.interfaces,
+            vlan_id: (wire.vlan_id != 0).then_some(wire.vlan_id),
+            bond,
+        })
+    }
+
+    /// The interface the next plugin should use as master.
+    pub fn master(&self) -> String {
+        let parent = self
+            .bond
+            .as_ref()
+            .map_or_else(|| self.interfaces[0].clone(), |(n, _, _)| n.clone());
+        match self.vlan_id {
+            Some(id) => format!("{parent}.{id}"),
+            None => parent,
+        }
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> CniError {
+    CniError::new(ErrorCode::IoFailure, format!("ifacer: {e}"))
+}
+
+fn index(links: &LinkTable, name: &str) -> Result<u32, CniError> {
+    links.facts(name).map(|f| f.index).ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidNetworkConfig,
+            format!("ifacer: host interface {name} does not exist"),
+        )
+    })
+}
+
+/// Creates what is missing; returns the master interface.
+pub fn ensure(conf: &IfacerConf, sysfs: &Sysfs) -> Result<String, CniError> {
+    let mut rtnl = Rtnl::new().map_err(io)?;
+    let mut parent = conf.interfaces[0].clone();
+    if let Some((name, mode, options)) = &conf.bond {
+        let links = LinkTable::dump().map_err(io)?;
+        for i in &conf.interfaces {
+            index(&links, i)?;
+        }
+        match links.facts(name) {
+            Some(f) if f.kind.as_deref() != Some("bond") => {
+                return Err(CniError::invalid_config(format!(
+                    "ifacer: {name} exists and is not a bond"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                match rtnl.add_bond(name, &mode.to_string()) {
+                    Err(e) if e.errno() == Some(EEXIST) => {} // another ADD made it just now
+                    other => other.map_err(io)?,
+                }
+                let links = LinkTable::dump().map_err(io)?;
+                let b = index(&links, name)?;
+                rtnl.set_alias(b, ALIAS).map_err(io)?;
+                for (k, v) in options {
+                    sysfs
+                        .write(format!("class/net/{name}/bonding/{k}"), v)
+                        .map_err(|e| io(format!("bond option {k}: {e}")))?;
+                }
+            }
+        }
+        let links = LinkTable::dump().map_err(io)?;
+        let b = index(&links, name)?;
+        for i in &conf.interfaces {
+            let f = links.facts(i).ok_or_else(|| io(format!("{i} vanished")))?;
+            let master = sysfs.link_name(format!("class/net/{i}/master"));
+            match master.as_deref() {
+                Some(m) if m == name => continue,
+                Some(m) => {
+                    return Err(CniError::invalid_config(format!(
+                        "ifacer: {i} is already a port of {m}"
+                    )));
+                }
+                None => {}
+            }
+            rtnl.set_up(f.index, false).map_err(io)?;
+            rtnl.set_controller(f.index, b).map_err(io)?;
+            rtnl.set_up(f.index, true).map_err(io)?;
+        }
+        rtnl.set_up(b, true).map_err(io)?;
+        parent = name.clone();
+    }
+    if let Some(id) = conf.vlan_id {
+        let name = format!("{parent}.{id}");
+        let links = LinkTable::dump().map_err(io)?;
+        let p = index(&links, &parent)?;
+        match links.facts(&name) {
+            Some(f) if f.kind.as_deref() != Some("vlan") || f.vlan_id != Some(id) || f.parent != Some(p) => {
+                return Err(CniError::invalid_config(format!(
+                    "ifacer: {name} exists and is not VLAN {id} on {parent}"
+                )));
+            }
+            Some(f) => rtnl.set_up(f.index, true).map_err(io)?,
+            None => {
+                match rtnl.add_vlan(&name, p, id) {
+                    Err(e) if e.errno() == Some(EEXIST) => {}
+                    other => other.map_err(io)?,
+                }
+                let links = LinkTable::dump().map_err(io)?;
+                let v = index(&links, &name)?;
+                rtnl.set_alias(v, ALIAS).map_err(io)?;
+                rtnl.set_up(v, true).map_err(io)?;
+            }
+        }
+        rtnl.set_up(p, true).map_err(io)?;
+        return Ok(name);
+    }
+    Ok(parent)
+}
+
+pub struct Ifacer {
+    pub sysfs: Sysfs,
+}
+
+impl Plugin for Ifacer {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            about: format!("spiderpool ifacer CNI plugin {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let conf = IfacerConf::parse(&req.conf.raw)?;
+        ensure(&conf, &self.sysfs)?;
+        Ok(req.conf.prev_result.clone().unwrap_or_default())
+    }
+
+    /// Shared host interfaces stay: other pods use them.
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        IfacerConf::parse(&req.conf.raw).map(|_| ())
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let conf = IfacerConf::parse(&req.conf.raw)?;
+        let links = LinkTable::dump().map_err(io)?;
+        let master = conf.master();
+        if links.facts(&master).is_none() {
+            return Err(CniError::new(
+                ErrorCode::InvalidNetworkConfig,
+                format!("ifacer: {master} is missing"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn status(&self, _req: &Request) -> Result<(), CniError> {
+        Ok(())
+    }
+
+    fn gc(&self, _req: &Request) -> Result<(), CniError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_spiderpool_netconf_and_names_the_master() {
+        let c = IfacerConf::parse(&json!({"interfaces": ["eth1", "eth2"], "vlanID": 100,
+            "bond": {"name": "bond1", "mode": 1, "options": "primary=eth1; miimon=100"}}))
+        .unwrap();
+        assert_eq!(c.master(), "bond1.100");
+        assert_eq!(
+            c.bond.as_ref().unwrap().2,
+            [
+                ("primary".to_string(), "eth1".to_string()),
+                ("miimon".into(), "100".into())
+            ]
+        );
+        let c = IfacerConf::parse(&json!({"interfaces": ["eth1"], "vlanID": 7})).unwrap();
+        assert_eq!(c.master(), "eth1.7");
+        let c = IfacerConf::parse(&json!({"interfaces": ["eth1", "eth2"], "bond": {"mode": 4}})).unwrap();
+        assert_eq!(c.master(), "sp_bond0");
+    }
+
+    #[test]
+    fn bad_netconfs_get_their_codes() {
+        let cases = [
+            (json!({"interfaces": [], "vlanID": 1}), 7),
+            (json!({"interfaces": ["eth1"]}), 7),
+            (json!({"interfaces": ["eth1"], "vlanID": 4095}), 7),
+            (json!({"interfaces": ["eth1"], "bond": {"mode": 9}}), 7),
+            (
+                json!({"interfaces": ["eth1"], "bond": {"mode": 1, "options": "miimon"}}),
+                7,
+            ),
+            (
+                json!({"interfaces": ["eth1"], "bond": {"mode": 1, "options": "../x=1"}}),
+                7,
+            ),
+            (json!({"interfaces": ["a/b"], "vlanID": 1}), 7),
+            (json!({"interfaces": "eth1", "vlanID": 1}), 6),
+        ];
+        for (conf, code) in cases {
+            assert_eq!(IfacerConf::parse(&conf).unwrap_err().code, code, "{conf}");
+        }
+    }
+}

@@ -37,12 +37,20 @@ struct Wire {
     bond: Option<BondConf>,
 }
 
+/// A bond to make of the interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bond {
+    pub name: String,
+    pub mode: u8,
+    pub options: Vec<(String, String)>,
+}
+
 /// The validated netconf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfacerConf {
     pub interfaces: Vec<String>,
     pub vlan_id: Option<u16>,
-    pub bond: Option<(String, u8, Vec<(String, String)>)>,
+    pub bond: Option<Bond>,
 }
 
 impl IfacerConf {
@@ -90,7 +98,11 @@ impl IfacerConf {
                     .name
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| DEFAULT_BOND.into());
-                Some((name, b.mode, options))
+                Some(Bond {
+                    name,
+                    mode: b.mode,
+                    options,
+                })
             }
         };
         if bond.is_none() && wire.vlan_id == 0 {
@@ -133,7 +145,7 @@ fn index(links: &LinkTable, name: &str) -> Result<u32, CniError> {
 pub fn ensure(conf: &IfacerConf, sysfs: &Sysfs) -> Result<String, CniError> {
     let mut rtnl = Rtnl::new().map_err(io)?;
     let mut parent = conf.interfaces[0].clone();
-    if let Some((name, mode, options)) = &conf.bond {
+    if let Some(Bond { name, mode, options }) = &conf.bond {
         let links = LinkTable::dump().map_err(io)?;
         for i in &conf.interfaces {
             index(&links, i)?;
@@ -265,7 +277,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.master(), "bond1.100");
         assert_eq!(
-            c.bond.as_ref().unwrap().2,
+            c.bond.as_ref().unwrap().options,
             [
                 ("primary".to_string(), "eth1".to_string()),
                 ("miimon".into(), "100".into())

@@ -120,7 +120,7 @@ impl IfacerConf {
         let parent = self
             .bond
             .as_ref()
-            .map_or_else(|| self.interfaces[0].clone(), |(n, _, _)| n.clone());
+            .map_or_else(|| self.interfaces[0].clone(), |b| b.name.clone());
         match self.vlan_id {
             Some(id) => format!("{parent}.{id}"),
             None => parent,

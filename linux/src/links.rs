@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoData, InfoVlan, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage, Prop, VfInfo,
+    InfoData, InfoVlan, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage, Prop, VfInfo, VfLinkState,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -18,6 +18,8 @@ pub struct VfConfig {
     pub vlan: Option<u16>,
     pub trust: Option<bool>,
     pub spoof_chk: Option<bool>,
+    /// `auto`, `enable` or `disable`.
+    pub link_state: Option<String>,
 }
 
 /// What a link is, beyond its name: for planners that must recognise what they created.
@@ -254,6 +256,17 @@ fn vf_config(infos: &[VfInfo]) -> (Option<u32>, VfConfig) {
             VfInfo::Vlan(v) => config.vlan = u16::try_from(v.vlan_id).ok(),
             VfInfo::Trust(t) => config.trust = Some(t.enabled),
             VfInfo::SpoofCheck(s) => config.spoof_chk = Some(s.enabled),
+            VfInfo::LinkState(l) => {
+                config.link_state = Some(
+                    match l.state {
+                        VfLinkState::Auto => "auto",
+                        VfLinkState::Enable => "enable",
+                        VfLinkState::Disable => "disable",
+                        _ => "other",
+                    }
+                    .into(),
+                )
+            }
             _ => {}
         }
     }

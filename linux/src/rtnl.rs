@@ -8,7 +8,7 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     BondMode, InfoBond, InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    LinkVfInfo, VfInfo, VfInfoSpoofCheck, VfInfoTrust,
+    LinkVfInfo, VfInfo, VfInfoLinkState, VfInfoSpoofCheck, VfInfoTrust, VfLinkState,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -138,14 +138,30 @@ impl Rtnl {
         self.set("set master", index, vec![LinkAttribute::Controller(controller)])
     }
 
+    /// VF settings held by the PF; `link_state` is `auto`, `enable` or `disable`.
     pub fn set_vf(
         &mut self,
         pf: u32,
         vf: u32,
         trust: Option<bool>,
         spoof_chk: Option<bool>,
+        link_state: Option<&str>,
     ) -> Result<(), RtnlError> {
         let mut infos = Vec::new();
+        if let Some(state) = link_state {
+            let state = match state {
+                "auto" => VfLinkState::Auto,
+                "enable" => VfLinkState::Enable,
+                "disable" => VfLinkState::Disable,
+                other => {
+                    return Err(RtnlError::Kernel {
+                        what: format!("vf link state {other:?}"),
+                        errno: 22,
+                    });
+                }
+            };
+            infos.push(VfInfo::LinkState(VfInfoLinkState::new(vf, state)));
+        }
         if let Some(t) = trust {
             infos.push(VfInfo::Trust(VfInfoTrust::new(vf, t)));
         }

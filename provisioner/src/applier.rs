@@ -166,9 +166,12 @@ impl Kernel for LiveKernel {
                 vf,
                 trust,
                 spoof_chk,
+                link_state,
             } => {
                 let i = self.index(pf)?;
-                self.rtnl.set_vf(i, *vf, *trust, *spoof_chk).map_err(rtnl_err)
+                self.rtnl
+                    .set_vf(i, *vf, *trust, *spoof_chk, link_state.as_deref())
+                    .map_err(rtnl_err)
             }
             Action::BindDriver { pci, driver } => {
                 self.write(format!("bus/pci/devices/{pci}/driver_override"), driver)?;
@@ -262,6 +265,7 @@ mod tests {
                     vf,
                     trust,
                     spoof_chk,
+                    ..
                 } => {
                     let nic = node
                         .nics
@@ -344,13 +348,15 @@ mod tests {
                     pf: "ens1f0np0".into(),
                     vf: 0,
                     trust: Some(true),
-                    spoof_chk: Some(false)
+                    spoof_chk: Some(false),
+                    link_state: None
                 },
                 Action::SetVf {
                     pf: "ens1f0np0".into(),
                     vf: 1,
                     trust: Some(true),
-                    spoof_chk: Some(false)
+                    spoof_chk: Some(false),
+                    link_state: None
                 },
             ]
         );

@@ -287,6 +287,15 @@ fn device_plugin(
 }
 
 fn main() -> Result<()> {
+    // Output into a closed pipe (`| head`) ends the process quietly, as for other Unix tools,
+    // instead of a panic about a failed print.
+    // SAFETY: setting a signal's disposition to the default before any thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

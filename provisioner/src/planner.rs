@@ -28,6 +28,8 @@ pub enum Action {
         vf: u32,
         trust: Option<bool>,
         spoof_chk: Option<bool>,
+        /// `auto`, `enable` or `disable`.
+        link_state: Option<String>,
     },
     BindDriver {
         pci: String,
@@ -73,8 +75,12 @@ impl std::fmt::Display for Action {
                 vf,
                 trust,
                 spoof_chk,
+                link_state,
             } => {
                 write!(f, "set {pf} vf {vf}")?;
+                if let Some(l) = link_state {
+                    write!(f, " state {l}")?;
+                }
                 if let Some(t) = trust {
                     write!(f, " trust {}", if *t { "on" } else { "off" })?;
                 }
@@ -254,7 +260,18 @@ fn plan_pf(
     let mtu = merged(policies, "mtu", |p| p.spec.mtu)?;
     let trust = merged(policies, "vf.trust", |p| p.spec.vf.trust)?;
     let spoof_chk = merged(policies, "vf.spoofChk", |p| p.spec.vf.spoof_chk)?;
+    let link_state = merged(policies, "vf.linkState", |p| p.spec.vf.link_state.clone())?;
+    if let Some(l) = &link_state
+        && !matches!(l.as_str(), "auto" | "enable" | "disable")
+    {
+        return Err(format!("vf.linkState {l:?}: want auto, enable or disable"));
+    }
     let device_type = merged(policies, "deviceType", |p| p.spec.device_type.clone())?;
+    if let Some(d) = &device_type
+        && !matches!(d.as_str(), "netdevice" | "vfio-pci")
+    {
+        return Err(format!("deviceType {d:?}: want netdevice or vfio-pci"));
+    }
     let force = policies.iter().any(|p| p.spec.force);
     let pf = nic
         .name
@@ -337,15 +354,27 @@ fn plan_pf(
     for vf in sriov.map(|s| s.vfs.as_slice()).unwrap_or_default() {
         let trust_off = trust.is_some_and(|t| vf.trust != Some(t));
         let spoof_off = spoof_chk.is_some_and(|s| vf.spoof_chk != Some(s));
-        if trust_off || spoof_off {
+        // The inventory has no VF link state; netlink (the link table) does.
+        let have_state = observed
+            .links
+            .vf(&pf, vf.vf_id)
+            .and_then(|c| c.link_state.clone());
+        let state_off = link_state
+            .as_ref()
+            .is_some_and(|l| have_state.as_ref() != Some(l));
+        if trust_off || spoof_off || state_off {
             steps.push(Step {
                 action: Action::SetVf {
                     pf: pf.clone(),
                     vf: vf.vf_id,
                     trust: trust.filter(|_| trust_off),
                     spoof_chk: spoof_chk.filter(|_| spoof_off),
+                    link_state: link_state.clone().filter(|_| state_off),
                 },
-                reason: format!("{pf} VF {} trust/spoofchk differ from the policy", vf.vf_id),
+                reason: format!(
+                    "{pf} VF {} trust/spoofchk/link state differ from the policy",
+                    vf.vf_id
+                ),
             });
         }
         if device_type.as_deref() == Some("vfio-pci") && vf.driver.as_deref() != Some("vfio-pci") {
@@ -753,6 +782,57 @@ mod tests {
         let plan = w.plan(&[policy("p", applied)]);
         assert!(plan.steps.is_empty(), "{plan:?}");
         assert_eq!(plan.status["ens1f0np0"], Status::Applied);
+    }
+
+    #[test]
+    fn vf_link_state_comes_from_netlink_and_bad_values_fail() {
+        let mut w = World::new("cx6dx");
+        for vf in 0..4 {
+            let state = if vf == 2 { "auto" } else { "enable" };
+            w.links.set_vf(
+                "ens1f0np0",
+                vf,
+                spiderpool_linux::links::VfConfig {
+                    link_state: Some(state.into()),
+                    ..Default::default()
+                },
+            );
+        }
+        let spec = pf0(PolicySpec {
+            vf: VfSettings {
+                link_state: Some("enable".into()),
+                ..VfSettings::default()
+            },
+            ..PolicySpec::default()
+        });
+        let plan = w.plan(&[policy("p", spec)]);
+        assert_eq!(
+            actions(&plan),
+            [Action::SetVf {
+                pf: "ens1f0np0".into(),
+                vf: 2,
+                trust: None,
+                spoof_chk: None,
+                link_state: Some("enable".into())
+            }]
+        );
+        let bad = pf0(PolicySpec {
+            vf: VfSettings {
+                link_state: Some("on".into()),
+                ..VfSettings::default()
+            },
+            ..PolicySpec::default()
+        });
+        assert!(
+            matches!(&w.plan(&[policy("p", bad)]).status["ens1f0np0"], Status::Failed(w) if w.contains("linkState"))
+        );
+        let bad = pf0(PolicySpec {
+            device_type: Some("dpdk".into()),
+            ..PolicySpec::default()
+        });
+        assert!(
+            matches!(&w.plan(&[policy("p", bad)]).status["ens1f0np0"], Status::Failed(w) if w.contains("deviceType"))
+        );
     }
 
     #[test]

@@ -91,6 +91,25 @@ spiderpool-agent apply -f /tmp/p2.yaml > /tmp/apply3.log
 ip -d -j link show "$pf0" | jq -e '[.[0].vfinfo_list[] | select(.trust == true)] | length == 2' > /dev/null || fail "settings after lowering"
 echo "ok: lowered to 2 VFs, settings reapplied"
 
+# deviceType vfio-pci: the VFs leave igbvf for vfio-pci (with their /dev/vfio groups).
+modprobe vfio-pci
+sed -e 's/  vf: {trust: true, spoofChk: false}/  vf: {trust: true, spoofChk: false}\n  deviceType: vfio-pci/' /tmp/p2.yaml > /tmp/p2v.yaml
+spiderpool-agent apply -f /tmp/p2v.yaml > /tmp/apply-vfio.log || { cat /tmp/apply-vfio.log; fail "vfio apply"; }
+for vf in $(inv | jq -r '.nics[0].sriov.vfs[].pciAddress'); do
+    [ "$(basename "$(readlink "/sys/bus/pci/devices/$vf/driver")")" = vfio-pci ] || { cat /tmp/apply-vfio.log; fail "$vf not on vfio-pci"; }
+    group=$(basename "$(readlink "/sys/bus/pci/devices/$vf/iommu_group")")
+    [ -c "/dev/vfio/$group" ] || fail "/dev/vfio/$group missing for $vf"
+done
+spiderpool-agent apply -f /tmp/p2v.yaml > /tmp/apply-vfio2.log
+grep -q "^plan (0 actions)" /tmp/apply-vfio2.log || { cat /tmp/apply-vfio2.log; fail "vfio policy not idempotent"; }
+echo "ok: deviceType vfio-pci binds the VFs (with /dev/vfio groups), idempotent"
+
+# igb cannot set a VF's link state: the PF's status says so, with the kernel's reason.
+sed -e 's/  vf: {trust: true, spoofChk: false}/  vf: {trust: true, spoofChk: false, linkState: enable}/' /tmp/p2v.yaml > /tmp/p2s.yaml
+if spiderpool-agent apply -f /tmp/p2s.yaml > /tmp/apply-state.log; then fail "an unsupported link state was reported as applied"; fi
+grep -q "^  $pf0: failed: .*link state.*Operation not supported" /tmp/apply-state.log || { cat /tmp/apply-state.log; fail "link state status"; }
+echo "ok: an unsupported vf.linkState is a failed status with the kernel's reason"
+
 # A bond nobody marked is left alone.
 ip link add bond9 type bond mode balance-rr
 sed 's/name: bond0/name: bond9/' /tmp/p2.yaml > /tmp/p3.yaml

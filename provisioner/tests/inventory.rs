@@ -32,6 +32,7 @@ fn cx6dx_links() -> LinkTable {
             vlan: Some(100),
             trust: Some(true),
             spoof_chk: Some(false),
+            link_state: None,
         },
     );
     links.set_vf(
@@ -42,6 +43,7 @@ fn cx6dx_links() -> LinkTable {
             vlan: Some(0),
             trust: Some(false),
             spoof_chk: Some(true),
+            link_state: None,
         },
     );
     links

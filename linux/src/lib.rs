@@ -3,5 +3,6 @@
 
 pub mod links;
 pub mod netns;
+pub mod rdma;
 pub mod rtnl;
 pub mod sysfs;

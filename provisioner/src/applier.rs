@@ -66,6 +66,7 @@ fn target(action: &Action) -> &str {
         Action::BindDriver { pci, .. } => pci,
         Action::CreateBond { name, .. } | Action::CreateVlan { name, .. } => name,
         Action::SetBondOption { bond, .. } => bond,
+        Action::SetRdmaNetnsMode { .. } => crate::planner::RDMA_STATUS,
     }
 }
 
@@ -212,6 +213,9 @@ impl Kernel for LiveKernel {
             Action::LinkUp { link } => {
                 let i = self.index(link)?;
                 self.rtnl.set_up(i, true).map_err(rtnl_err)
+            }
+            Action::SetRdmaNetnsMode { shared } => {
+                spiderpool_linux::rdma::set_netns_mode_shared(*shared).map_err(|e| e.to_string())
             }
         }
     }

@@ -18,6 +18,8 @@ pub struct NodeIdentity {
     pub kernel: Option<String>,
     /// Used when sysfs has no per-NUMA-node meminfo.
     pub memory_bytes: Option<u64>,
+    /// The RDMA netns mode from RDMA netlink (`true` shared); sysfs only has the boot value.
+    pub rdma_netns_shared: Option<bool>,
 }
 
 const PCI_CLASS_NETWORK: u32 = 0x02;
@@ -441,8 +443,11 @@ impl Scan<'_> {
                 memory = Some(memory.unwrap_or(0) + kib * 1024);
             }
         }
-        let rdma_netns_mode = self.read("module/ib_core/parameters/netns_mode").map(|m| {
-            if matches!(m.as_str(), "Y" | "1") {
+        let boot_mode = self
+            .read("module/ib_core/parameters/netns_mode")
+            .map(|m| matches!(m.as_str(), "Y" | "1"));
+        let rdma_netns_mode = identity.rdma_netns_shared.or(boot_mode).map(|shared| {
+            if shared {
                 "shared".to_string()
             } else {
                 "exclusive".to_string()

@@ -106,6 +106,7 @@ fn live_identity() -> NodeIdentity {
         hostname: read_trimmed("/proc/sys/kernel/hostname"),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         memory_bytes,
+        rdma_netns_shared: spiderpool_linux::rdma::netns_mode_shared().ok(),
     }
 }
 

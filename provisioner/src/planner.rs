@@ -63,6 +63,10 @@ pub enum Action {
     LinkUp {
         link: String,
     },
+    /// The RDMA subsystem's netns mode (`rdma system set netns`).
+    SetRdmaNetnsMode {
+        shared: bool,
+    },
 }
 
 impl std::fmt::Display for Action {
@@ -99,6 +103,13 @@ impl std::fmt::Display for Action {
             Action::CreateVlan { name, parent, id } => write!(f, "create vlan {name} on {parent} id {id}"),
             Action::SetAlias { link, alias } => write!(f, "set {link} alias {alias}"),
             Action::LinkUp { link } => write!(f, "set {link} up"),
+            Action::SetRdmaNetnsMode { shared } => {
+                write!(
+                    f,
+                    "set rdma netns mode {}",
+                    if *shared { "shared" } else { "exclusive" }
+                )
+            }
         }
     }
 }
@@ -229,6 +240,7 @@ pub fn plan(policies: &[SpiderNetworkNodePolicy], observed: &Observed<'_>) -> Pl
             }
         }
     }
+    plan_rdma_netns(&here, observed, &mut out);
     for policy in &here {
         for bond in &policy.spec.bonds {
             plan_bond(policy, bond, observed, &mut out);
@@ -248,6 +260,45 @@ pub fn plan(policies: &[SpiderNetworkNodePolicy], observed: &Observed<'_>) -> Pl
     }
     out
 }
+
+/// The node-wide RDMA netns mode, as the highest-priority policy that sets it says.
+fn plan_rdma_netns(policies: &[&SpiderNetworkNodePolicy], observed: &Observed<'_>, out: &mut Plan) {
+    let mut sorted: Vec<&SpiderNetworkNodePolicy> = policies.to_vec();
+    sorted.sort_by_key(|p| (p.spec.priority(), p.metadata.name.clone()));
+    let wanted = match merged(&sorted, "rdma.netnsMode", |p| {
+        p.spec.rdma.as_ref().map(|r| r.netns_mode.clone())
+    }) {
+        Ok(Some(w)) => w,
+        Ok(None) => return,
+        Err(e) => {
+            out.status.insert(RDMA_STATUS.into(), Status::Failed(e));
+            return;
+        }
+    };
+    if !matches!(wanted.as_str(), "shared" | "exclusive") {
+        out.status.insert(
+            RDMA_STATUS.into(),
+            Status::Failed(format!("rdma.netnsMode {wanted:?}: want shared or exclusive")),
+        );
+        return;
+    }
+    let have = observed.inventory.node.rdma_netns_mode.as_deref();
+    if have == Some(wanted.as_str()) {
+        out.status.insert(RDMA_STATUS.into(), Status::Applied);
+        return;
+    }
+    out.steps.push(Step {
+        action: Action::SetRdmaNetnsMode {
+            shared: wanted == "shared",
+        },
+        reason: format!("rdma netns mode {} -> {wanted}", have.unwrap_or("unknown")),
+    });
+    out.status
+        .insert(RDMA_STATUS.into(), Status::Pending("1 action to apply".into()));
+}
+
+/// The status key of the node-wide RDMA netns mode.
+pub const RDMA_STATUS: &str = "rdma-netns-mode";
 
 /// Steps for one PF; `Ok(Some(reason))` when it must wait.
 fn plan_pf(
@@ -833,6 +884,26 @@ mod tests {
         assert!(
             matches!(&w.plan(&[policy("p", bad)]).status["ens1f0np0"], Status::Failed(w) if w.contains("deviceType"))
         );
+    }
+
+    #[test]
+    fn rdma_netns_mode_follows_the_policy() {
+        let w = World::new("cx6dx"); // shared
+        let spec = |m: &str| PolicySpec {
+            rdma: Some(spiderpool_api::policy::RdmaSpec { netns_mode: m.into() }),
+            ..PolicySpec::default()
+        };
+        assert_eq!(
+            actions(&w.plan(&[policy("r", spec("exclusive"))])),
+            [Action::SetRdmaNetnsMode { shared: false }]
+        );
+        assert!(w.plan(&[policy("r", spec("shared"))]).steps.is_empty());
+        assert!(matches!(
+            &w.plan(&[policy("r", spec("private"))]).status[RDMA_STATUS],
+            Status::Failed(_)
+        ));
+        let plan = w.plan(&[policy("a", spec("shared")), policy("b", spec("exclusive"))]);
+        assert!(matches!(&plan.status[RDMA_STATUS], Status::Failed(e) if e.contains("disagree")));
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn identity() -> NodeIdentity {
         hostname: Some("node-1".into()),
         kernel: Some("6.12.0-test".into()),
         memory_bytes: None,
+        rdma_netns_shared: None,
     }
 }
 

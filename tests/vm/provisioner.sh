@@ -130,4 +130,22 @@ start=$(now_ms)
 spiderpool-agent apply -f /tmp/p4.yaml > /tmp/apply6.log
 echo "figure: no-op reconcile of it took $(( $(now_ms) - start )) ms ($(grep '^applied' /tmp/apply6.log))"
 [ "$(inv | jq '[.nics[] | select(.sriov.numVfs == 7)] | length')" = 2 ] || fail "not 2 x 7 VFs"
+# The RDMA subsystem's netns mode, through RDMA netlink; `rdma system show` is the witness.
+modprobe ib_core
+rdma system show | grep -q "netns shared" || fail "the guest does not start in shared mode: $(rdma system show)"
+cat > /tmp/p5.yaml <<YAML
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderNetworkNodePolicy
+metadata: {name: rdma-mode}
+spec:
+  rdma: {netnsMode: exclusive}
+YAML
+spiderpool-agent apply -f /tmp/p5.yaml > /tmp/apply-rdma.log || { cat /tmp/apply-rdma.log; fail "rdma netns apply"; }
+rdma system show | grep -q "netns exclusive" || fail "rdma system show: $(rdma system show)"
+[ "$(inv | jq -r .node.rdmaNetnsMode)" = exclusive ] || fail "inventory does not see exclusive"
+spiderpool-agent apply -f /tmp/p5.yaml > /tmp/apply-rdma2.log
+grep -q "^plan (0 actions)" /tmp/apply-rdma2.log || { cat /tmp/apply-rdma2.log; fail "rdma mode not idempotent"; }
+sed -i 's/exclusive/shared/' /tmp/p5.yaml
+spiderpool-agent apply -f /tmp/p5.yaml > /dev/null && rdma system show | grep -q "netns shared" || fail "back to shared"
+echo "ok: rdma.netnsMode exclusive and back (rdma system show agrees; the inventory reads it from netlink)"
 echo "provisioner VM tier passed"

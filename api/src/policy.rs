@@ -122,6 +122,30 @@ pub struct RdmaSpec {
     pub netns_mode: String,
 }
 
+/// Reads YAML with one or more SpiderNetworkNodePolicy documents (empty documents are skipped,
+/// other kinds are an error).
+pub fn parse_documents(text: &str) -> Result<Vec<SpiderNetworkNodePolicy>, String> {
+    use serde::Deserialize;
+    let mut policies = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let policy: SpiderNetworkNodePolicy =
+            serde_yaml_ng::from_value(value).map_err(|e| format!("document {}: {e}", i + 1))?;
+        if policy.kind.as_deref().is_some_and(|k| k != KIND) {
+            return Err(format!(
+                "document {}: kind {:?} is not {KIND}",
+                i + 1,
+                policy.kind
+            ));
+        }
+        policies.push(policy);
+    }
+    Ok(policies)
+}
+
 impl PolicySpec {
     pub fn priority(&self) -> u32 {
         self.priority.unwrap_or(DEFAULT_PRIORITY)

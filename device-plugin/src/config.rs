@@ -93,6 +93,37 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The resources SpiderNetworkNodePolicies name (`resourceName`): the VFs of the PFs each
+    /// selects; vfio-pci VFs when its `deviceType` says so, RDMA-capable ones when `isRdma`.
+    pub fn from_policies(policies: &[spiderpool_api::policy::SpiderNetworkNodePolicy]) -> Vec<ResourceSpec> {
+        policies
+            .iter()
+            .filter_map(|p| {
+                let name = p.spec.resource_name.clone()?;
+                let nic = &p.spec.nic_selector;
+                Some(ResourceSpec {
+                    resource_name: name,
+                    resource_prefix: None,
+                    kind: Kind::Vf,
+                    rdma_hca_max: None,
+                    selectors: Selectors {
+                        vendors: nic.vendor.iter().cloned().collect(),
+                        pf_names: nic.pf_names.clone(),
+                        root_devices: nic.root_devices.clone(),
+                        drivers: match p.spec.device_type.as_deref() {
+                            Some("vfio-pci") => vec!["vfio-pci".into()],
+                            _ => Vec::new(),
+                        },
+                        is_rdma: p.spec.is_rdma.then_some(true),
+                        ..Selectors::default()
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
 /// A resource name split into the parts kubelet and the env variables use.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResourceName {
@@ -224,6 +255,22 @@ mod tests {
         );
         assert!(spec("a/b/c", None).name().is_err());
         assert!(spec("", None).name().is_err());
+    }
+
+    #[test]
+    fn policies_name_vf_resources() {
+        let policies = spiderpool_api::policy::parse_documents(
+            "kind: SpiderNetworkNodePolicy\nmetadata: {name: a}\nspec:\n  nicSelector: {vendor: '15b3', pfNames: [ens1f0np0]}\n  \
+             numVfs: 4\n  deviceType: vfio-pci\n  resourceName: cx6_dpdk\n---\nkind: SpiderNetworkNodePolicy\nmetadata: {name: b}\n\
+             spec:\n  mtu: 9000\n",
+        )
+        .unwrap();
+        let specs = Config::from_policies(&policies);
+        assert_eq!(specs.len(), 1, "a policy without resourceName feeds no resource");
+        assert_eq!(specs[0].name().unwrap().full(), "spidernet.io/cx6_dpdk");
+        assert_eq!(specs[0].selectors.pf_names, ["ens1f0np0"]);
+        assert_eq!(specs[0].selectors.vendors, ["15b3"]);
+        assert_eq!(specs[0].selectors.drivers, ["vfio-pci"]);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct ManagerOptions {
     pub kubelet_dir: PathBuf,
     /// `None`: the built-in config (shared `spidernet.io/rdma` over every RDMA device).
     pub config_file: Option<PathBuf>,
+    /// SpiderNetworkNodePolicy documents whose `resourceName`s come first.
+    pub policy_file: Option<PathBuf>,
     pub sysfs: Sysfs,
     pub devinfo_dir: Option<PathBuf>,
     /// How often to rescan; the bound on how late a change is seen.
@@ -57,14 +59,24 @@ impl LinkWatch {
     }
 }
 
-fn read_config(path: Option<&PathBuf>) -> Result<Config, String> {
-    match path {
-        None => Ok(Config::default()),
+fn read_config(path: Option<&PathBuf>, policies: Option<&PathBuf>) -> Result<Config, String> {
+    let mut config = match path {
+        None => Config::default(),
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            Config::parse(&text).map_err(|e| format!("{}: {e}", p.display()))
+            Config::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
         }
+    };
+    if let Some(p) = policies {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let policies =
+            spiderpool_api::policy::parse_documents(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        let mut resources = Config::from_policies(&policies);
+        resources.append(&mut config.resources);
+        config = Config { resources };
+        config.validate().map_err(|e| format!("{}: {e}", p.display()))?;
     }
+    Ok(config)
 }
 
 /// Runs until `shutdown` completes, then stops every resource (sockets and device-info files go).
@@ -94,7 +106,7 @@ where
             }
         }
         // A broken config edit keeps the last good one, and says so once.
-        match read_config(options.config_file.as_ref()) {
+        match read_config(options.config_file.as_ref(), options.policy_file.as_ref()) {
             Ok(c) => {
                 config = c;
                 config_error = None;

@@ -85,6 +85,7 @@ async fn rescans_reloads_tracks_links_and_survives_kubelet_restarts() {
     let options = ManagerOptions {
         kubelet_dir: kubelet_dir.path().to_path_buf(),
         config_file: Some(config.clone()),
+        policy_file: None,
         sysfs: Sysfs::new(&sysroot),
         devinfo_dir: Some(devinfo.path().to_path_buf()),
         resync: Duration::from_millis(200),
@@ -174,6 +175,7 @@ async fn a_wake_rescans_at_once_without_waiting_for_the_resync() {
     let options = ManagerOptions {
         kubelet_dir: kubelet_dir.path().to_path_buf(),
         config_file: Some(config),
+        policy_file: None,
         sysfs: Sysfs::new(&root),
         devinfo_dir: None,
         resync: Duration::from_secs(3600),

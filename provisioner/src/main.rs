@@ -71,6 +71,10 @@ enum Command {
         /// shared over every RDMA device.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// SpiderNetworkNodePolicy documents: each `resourceName` becomes a VF resource of the PFs
+        /// the policy selects, ahead of the config's resources.
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// Where device-info files for CNI plugins go.
         #[arg(long, default_value = DEVINFO_DIR)]
         devinfo_dir: PathBuf,
@@ -147,29 +151,8 @@ fn inventory(sysfs_root: &Path, output: Format) -> Result<()> {
 }
 
 fn read_policies(file: &Path) -> Result<Vec<SpiderNetworkNodePolicy>> {
-    use serde::Deserialize;
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
-    let mut policies = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml_ng::Value::deserialize(doc)
-            .with_context(|| format!("{} document {}", file.display(), i + 1))?;
-        if value.is_null() {
-            continue;
-        }
-        let policy: SpiderNetworkNodePolicy = serde_yaml_ng::from_value(value)
-            .with_context(|| format!("{} document {}", file.display(), i + 1))?;
-        if policy.kind.as_deref().is_some_and(|k| k != policy::KIND) {
-            anyhow::bail!(
-                "{} document {}: kind {:?} is not {}",
-                file.display(),
-                i + 1,
-                policy.kind,
-                policy::KIND
-            );
-        }
-        policies.push(policy);
-    }
-    Ok(policies)
+    policy::parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 fn apply_policies(
@@ -247,6 +230,7 @@ fn device_plugin(
     sysfs_root: PathBuf,
     kubelet_dir: PathBuf,
     config: Option<PathBuf>,
+    policy: Option<PathBuf>,
     devinfo_dir: PathBuf,
     resync_ms: u64,
 ) -> Result<()> {
@@ -269,6 +253,7 @@ fn device_plugin(
         let options = ManagerOptions {
             kubelet_dir,
             config_file: config,
+            policy_file: policy,
             sysfs: Sysfs::new(&sysfs_root),
             devinfo_dir: Some(devinfo_dir),
             resync: Duration::from_millis(resync_ms.max(100)),
@@ -327,8 +312,9 @@ fn main() -> Result<()> {
             sysfs_root,
             kubelet_dir,
             config,
+            policy,
             devinfo_dir,
             resync_ms,
-        } => device_plugin(sysfs_root, kubelet_dir, config, devinfo_dir, resync_ms),
+        } => device_plugin(sysfs_root, kubelet_dir, config, policy, devinfo_dir, resync_ms),
     }
 }

@@ -9,7 +9,7 @@ use common::{fixture, start_kubelet};
 use criterion::{Criterion, criterion_group, criterion_main};
 use spiderpool_device_plugin::api::device_plugin_client::DevicePluginClient;
 use spiderpool_device_plugin::api::{AllocateRequest, ContainerAllocateRequest};
-use spiderpool_device_plugin::config::{Config, Kind, ResourceSpec, Selectors};
+use spiderpool_device_plugin::config::{Config, ResourceSpec, Selectors};
 use spiderpool_device_plugin::kubelet::unix_channel;
 use spiderpool_device_plugin::pool::assign;
 use spiderpool_device_plugin::server::{Served, Snapshot};
@@ -26,23 +26,14 @@ fn allocate(c: &mut Criterion) {
     let (inv, root) = fixture("cx6dx");
     let config = Config {
         resources: vec![
-            ResourceSpec {
-                resource_name: "cx6_vfs".into(),
-                resource_prefix: None,
-                kind: Kind::Vf,
-                rdma_hca_max: None,
-                selectors: Selectors {
+            ResourceSpec::vf(
+                "cx6_vfs",
+                Selectors {
                     pf_names: vec!["ens1f0np0".into()],
                     ..Selectors::default()
                 },
-            },
-            ResourceSpec {
-                resource_name: "rdma".into(),
-                resource_prefix: None,
-                kind: Kind::Rdma,
-                rdma_hca_max: None,
-                selectors: Selectors::default(),
-            },
+            ),
+            ResourceSpec::rdma("rdma", Selectors::default()),
         ],
     };
     let resources = assign(&config, &inv).expect("config").0;

@@ -188,16 +188,13 @@ mod tests {
     fn resources(inv: &Inventory) -> Vec<Resource> {
         let config = Config {
             resources: vec![
-                ResourceSpec {
-                    resource_name: "cx6_vfs".into(),
-                    resource_prefix: None,
-                    kind: Kind::Vf,
-                    rdma_hca_max: None,
-                    selectors: Selectors {
+                ResourceSpec::vf(
+                    "cx6_vfs",
+                    Selectors {
                         drivers: vec!["mlx5_core".into()],
                         ..Selectors::default()
                     },
-                },
+                ),
                 ResourceSpec {
                     resource_name: "dpdk".into(),
                     resource_prefix: Some("intel.com".into()),

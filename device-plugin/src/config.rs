@@ -82,13 +82,7 @@ impl Default for Config {
     /// `spidernet.io/rdma` over every RDMA device found.
     fn default() -> Config {
         Config {
-            resources: vec![ResourceSpec {
-                resource_name: "rdma".into(),
-                resource_prefix: None,
-                kind: Kind::Rdma,
-                rdma_hca_max: None,
-                selectors: Selectors::default(),
-            }],
+            resources: vec![ResourceSpec::rdma("rdma", Selectors::default())],
         }
     }
 }
@@ -102,12 +96,9 @@ impl Config {
             .filter_map(|p| {
                 let name = p.spec.resource_name.clone()?;
                 let nic = &p.spec.nic_selector;
-                Some(ResourceSpec {
-                    resource_name: name,
-                    resource_prefix: None,
-                    kind: Kind::Vf,
-                    rdma_hca_max: None,
-                    selectors: Selectors {
+                Some(ResourceSpec::vf(
+                    &name,
+                    Selectors {
                         vendors: nic.vendor.iter().cloned().collect(),
                         pf_names: nic.pf_names.clone(),
                         root_devices: nic.root_devices.clone(),
@@ -118,7 +109,7 @@ impl Config {
                         is_rdma: p.spec.is_rdma.then_some(true),
                         ..Selectors::default()
                     },
-                })
+                ))
             })
             .collect()
     }
@@ -164,6 +155,25 @@ fn valid_part(s: &str) -> bool {
 }
 
 impl ResourceSpec {
+    /// An exclusive VF resource (prefix `spidernet.io` unless `name` has one).
+    pub fn vf(name: &str, selectors: Selectors) -> ResourceSpec {
+        ResourceSpec {
+            resource_name: name.into(),
+            resource_prefix: None,
+            kind: Kind::Vf,
+            rdma_hca_max: None,
+            selectors,
+        }
+    }
+
+    /// A shared RDMA resource with the default number of slots.
+    pub fn rdma(name: &str, selectors: Selectors) -> ResourceSpec {
+        ResourceSpec {
+            kind: Kind::Rdma,
+            ..ResourceSpec::vf(name, selectors)
+        }
+    }
+
     pub fn name(&self) -> Result<ResourceName, ConfigError> {
         let (prefix, name) = match self.resource_name.split_once('/') {
             Some((p, n)) => (p.to_string(), n.to_string()),

@@ -231,12 +231,9 @@ mod tests {
     use crate::testing::fixture_inventory;
 
     fn spec(name: &str, kind: Kind, selectors: Selectors) -> ResourceSpec {
-        ResourceSpec {
-            resource_name: name.into(),
-            resource_prefix: None,
-            kind,
-            rdma_hca_max: None,
-            selectors,
+        match kind {
+            Kind::Vf => ResourceSpec::vf(name, selectors),
+            Kind::Rdma => ResourceSpec::rdma(name, selectors),
         }
     }
 

@@ -14,7 +14,7 @@ use spiderpool_device_plugin::api::{
     AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty,
     PreferredAllocationRequest,
 };
-use spiderpool_device_plugin::config::{Config, Kind, ResourceSpec, Selectors};
+use spiderpool_device_plugin::config::{Config, ResourceSpec, Selectors};
 use spiderpool_device_plugin::kubelet::unix_channel;
 use spiderpool_device_plugin::pool::assign;
 use spiderpool_device_plugin::server::{Served, Snapshot};
@@ -22,16 +22,13 @@ use spiderpool_linux::sysfs::Sysfs;
 
 fn vf_config() -> Config {
     Config {
-        resources: vec![ResourceSpec {
-            resource_name: "cx6_vfs".into(),
-            resource_prefix: None,
-            kind: Kind::Vf,
-            rdma_hca_max: None,
-            selectors: Selectors {
+        resources: vec![ResourceSpec::vf(
+            "cx6_vfs",
+            Selectors {
                 drivers: vec!["mlx5_core".into()],
                 ..Selectors::default()
             },
-        }],
+        )],
     }
 }
 

@@ -114,9 +114,9 @@ fn live_identity() -> NodeIdentity {
     }
 }
 
-/// Scans the node under `sysfs_root`. Netlink (VF settings, altnames) and the host's identity
-/// describe this machine, so they join only a scan of the real /sys.
-fn scan_node(sysfs_root: &Path) -> Inventory {
+/// Scans the node under `sysfs_root`, with the link table used. Netlink (VF settings, altnames)
+/// and the host's identity describe this machine, so they join only a scan of the real /sys.
+fn scan_with_links(sysfs_root: &Path) -> (Inventory, LinkTable) {
     let live = sysfs_root == Path::new(DEFAULT_SYSFS_ROOT);
     let mut netlink_warning = None;
     let links = if live {
@@ -136,7 +136,11 @@ fn scan_node(sysfs_root: &Path) -> Inventory {
     };
     let mut inv = scan(&Sysfs::new(sysfs_root), &links, &identity);
     inv.warnings.extend(netlink_warning);
-    inv
+    (inv, links)
+}
+
+fn scan_node(sysfs_root: &Path) -> Inventory {
+    scan_with_links(sysfs_root).0
 }
 
 fn inventory(sysfs_root: &Path, output: Format) -> Result<()> {
@@ -175,17 +179,15 @@ fn apply_policies(
     {
         node_labels.insert("kubernetes.io/hostname".into(), host);
     }
-    let live = sysfs_root == Path::new(DEFAULT_SYSFS_ROOT);
-    let mut observe = || Observation {
-        inventory: scan_node(sysfs_root),
-        links: if live {
-            LinkTable::dump().unwrap_or_default()
-        } else {
-            LinkTable::default()
-        },
-        node_labels: node_labels.clone(),
-        // VFs kubelet gave to pods; VFs moved into a netns count as in use too (planner).
-        allocated: allocated_device_ids(kubelet_dir),
+    let mut observe = || {
+        let (inventory, links) = scan_with_links(sysfs_root);
+        Observation {
+            inventory,
+            links,
+            node_labels: node_labels.clone(),
+            // VFs kubelet gave to pods; VFs moved into a netns count as in use too (planner).
+            allocated: allocated_device_ids(kubelet_dir),
+        }
     };
     let plan = observe().plan(&policies);
     println!("plan ({} actions):", plan.steps.len());

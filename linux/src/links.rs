@@ -33,6 +33,7 @@ pub struct LinkFacts {
     /// `IFLA_LINK`: the parent's index (VLANs, macvlans).
     pub parent: Option<u32>,
     pub up: bool,
+    pub mtu: Option<u32>,
 }
 
 /// Link facts keyed by interface name: filled from a netlink dump, or by hand in tests.
@@ -158,6 +159,7 @@ impl LinkTable {
             match attribute {
                 LinkAttribute::IfAlias(a) => facts.alias = Some(a.clone()),
                 LinkAttribute::Link(parent) => facts.parent = Some(*parent),
+                LinkAttribute::Mtu(mtu) => facts.mtu = Some(*mtu),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {

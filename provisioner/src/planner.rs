@@ -538,11 +538,8 @@ fn plan_bond(policy: &SpiderNetworkNodePolicy, bond: &BondSpec, observed: &Obser
         );
     }
     if let Some(mtu) = bond.mtu {
-        let have = inv
-            .nics
-            .iter()
-            .find(|n| n.name.as_deref() == Some(&bond.name))
-            .and_then(|n| n.mtu);
+        // A bond is no NIC: its MTU comes from the link table.
+        let have = observed.links.facts(&bond.name).and_then(|f| f.mtu);
         if existing.is_none() || have != Some(mtu) {
             step(
                 out,
@@ -1082,6 +1079,7 @@ mod tests {
                 alias: Some("spiderpool:b".into()),
                 kind: Some("bond".into()),
                 up: true,
+                mtu: Some(9000),
                 ..LinkFacts::default()
             },
         );
@@ -1094,6 +1092,7 @@ mod tests {
                 vlan_id: Some(100),
                 parent: Some(10),
                 up: true,
+                mtu: Some(9000),
             },
         );
         let plan = w.plan(&[policy("b", spec(vec!["enp94s0f0", "enp94s0f1"]))]);

@@ -31,6 +31,7 @@ spec:
   - name: bond0
     mode: active-backup
     options: {miimon: "100"}
+    mtu: 9000
     members: [$pf0, $pf1]
     vlans: [{id: 100}]
 YAML
@@ -49,7 +50,8 @@ echo "ok: all 4 VFs trust on, spoofchk off (ip -d -j link)"
 [ "$(cut -d' ' -f1 /sys/class/net/bond0/bonding/mode)" = active-backup ] || fail "bond0 mode"
 [ "$(cat /sys/class/net/bond0/bonding/miimon)" = 100 ] || fail "bond0 miimon"
 for pf in "$pf0" "$pf1"; do grep -qw "$pf" /sys/class/net/bond0/bonding/slaves || fail "$pf not in bond0"; done
-echo "ok: bond0 active-backup, miimon 100, slaves $pf0 $pf1"
+for l in bond0 "$pf0" "$pf1"; do [ "$(cat "/sys/class/net/$l/mtu")" = 9000 ] || fail "$l mtu $(cat "/sys/class/net/$l/mtu")"; done
+echo "ok: bond0 active-backup, miimon 100, MTU 9000 (slaves too), slaves $pf0 $pf1"
 ip -d -j link show bond0.100 | jq -e '.[0].linkinfo.info_kind == "vlan" and .[0].linkinfo.info_data.id == 100
     and (.[0].ifalias | startswith("spiderpool:"))' > /dev/null || fail "bond0.100"
 echo "ok: bond0.100 is VLAN 100 on bond0, marked as ours"

@@ -3,6 +3,7 @@
 
 pub mod links;
 pub mod netns;
+pub mod probe;
 pub mod rdma;
 pub mod rtnl;
 pub mod sysfs;

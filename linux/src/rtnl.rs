@@ -3,13 +3,18 @@
 //! ENODEV as idempotent outcomes.
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
-use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     BondMode, InfoBond, InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
     LinkVfInfo, VfInfo, VfInfoLinkState, VfInfoSpoofCheck, VfInfoTrust, VfLinkState,
 };
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,44 @@ pub fn bond_mode(mode: &str) -> Result<BondMode, RtnlError> {
         "balance-alb" | "6" => BondMode::BalanceAlb,
         other => return Err(RtnlError::BondMode(other.into())),
     })
+}
+
+/// `RT_TABLE_MAIN`.
+pub const MAIN_TABLE: u32 = 254;
+
+/// The table a route message belongs to (the attribute wins over the 8-bit header field).
+pub fn route_table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+/// The output interface of a route message.
+pub fn route_oif(route: &RouteMessage) -> Option<u32> {
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn route_address(ip: std::net::IpAddr) -> RouteAddress {
+    match ip {
+        std::net::IpAddr::V4(v4) => RouteAddress::Inet(v4),
+        std::net::IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+    }
+}
+
+fn family(ip: std::net::IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
 }
 
 /// A netlink route socket in the calling thread's network namespace.
@@ -101,6 +144,142 @@ impl Rtnl {
                 offset += len;
             }
         }
+    }
+
+    /// Sends a dump request and collects every answer.
+    fn dump(&mut self, message: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
+        self.seq += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        msg.finalize();
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| RtnlError::Decode(e.to_string()))?;
+                let len = reply.header.length as usize;
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(RtnlError::Kernel {
+                                what: "dump".into(),
+                                errno: -code.get(),
+                            }),
+                        };
+                    }
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    /// Every route of a family (IPv4 or IPv6), all tables.
+    pub fn routes(&mut self, ipv6: bool) -> Result<Vec<RouteMessage>, RtnlError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        Ok(self
+            .dump(RouteNetlinkMessage::GetRoute(req))?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds a copy of `route` in `table` (EEXIST means it is there already).
+    pub fn add_route_to_table(&mut self, route: &RouteMessage, table: u32) -> Result<(), RtnlError> {
+        let mut copy = route.clone();
+        copy.header.table = u8::try_from(table).unwrap_or(252);
+        copy.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Table(_) | RouteAttribute::CacheInfo(_)));
+        copy.attributes.push(RouteAttribute::Table(table));
+        self.request(
+            "add route",
+            RouteNetlinkMessage::NewRoute(copy),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// `ip route add default via GW dev OIF table TABLE`.
+    pub fn add_default_route(
+        &mut self,
+        gateway: std::net::IpAddr,
+        oif: u32,
+        table: u32,
+    ) -> Result<(), RtnlError> {
+        let mut r = RouteMessage::default();
+        r.header.address_family = family(gateway);
+        r.header.table = u8::try_from(table).unwrap_or(252);
+        r.header.protocol = RouteProtocol::Static;
+        r.header.scope = RouteScope::Universe;
+        r.header.kind = RouteType::Unicast;
+        r.attributes.push(RouteAttribute::Gateway(route_address(gateway)));
+        r.attributes.push(RouteAttribute::Oif(oif));
+        r.attributes.push(RouteAttribute::Table(table));
+        self.request(
+            "add default route",
+            RouteNetlinkMessage::NewRoute(r),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// `ip rule add from SRC/len lookup TABLE pref PRIORITY`.
+    pub fn add_source_rule(
+        &mut self,
+        source: std::net::IpAddr,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), RtnlError> {
+        let mut rule = RuleMessage::default();
+        rule.header.family = family(source);
+        rule.header.src_len = if source.is_ipv4() { 32 } else { 128 };
+        rule.header.table = u8::try_from(table).unwrap_or(252);
+        rule.header.action = RuleAction::ToTable;
+        rule.attributes.push(RuleAttribute::Source(source));
+        rule.attributes.push(RuleAttribute::Table(table));
+        rule.attributes.push(RuleAttribute::Priority(priority));
+        self.request(
+            "add rule",
+            RouteNetlinkMessage::NewRule(rule),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Every policy rule of a family.
+    pub fn rules(&mut self, ipv6: bool) -> Result<Vec<RuleMessage>, RtnlError> {
+        let mut req = RuleMessage::default();
+        req.header.family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        Ok(self
+            .dump(RouteNetlinkMessage::GetRule(req))?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRule(r) => Some(r),
+                _ => None,
+            })
+            .collect())
     }
 
     fn set(&mut self, what: &str, index: u32, attributes: Vec<LinkAttribute>) -> Result<(), RtnlError> {

@@ -104,10 +104,17 @@ impl Topology {
         vec![bin_dir(), PathBuf::from(DEBIAN_CNI_DIR)]
     }
 
-    /// Runs Debian's plugin `plugin` inside the node namespace.
+    /// Runs a plugin inside the node namespace: ours (from [`bin_dir`]) when it is there, else
+    /// Debian's.
     pub fn exec(&self, plugin: &str, inv: &Invocation, netconf: &Value) -> Result<Output> {
         let inv = inv.clone().with_path(Self::cni_path());
-        let mut cmd = inv.command(&Path::new(DEBIAN_CNI_DIR).join(plugin));
+        let ours = bin_dir().join(plugin);
+        let binary = if ours.exists() {
+            ours
+        } else {
+            Path::new(DEBIAN_CNI_DIR).join(plugin)
+        };
+        let mut cmd = inv.command(&binary);
         self.node.enter_on_spawn(&mut cmd);
         Ok(run_command(cmd, netconf.to_string().as_bytes())?)
     }

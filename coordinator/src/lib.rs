@@ -1,0 +1,297 @@
+//! `coordinator`: a CNI meta-plugin after the main plugin (macvlan, ipvlan, SR-IOV). This first
+//! part checks, inside the pod, that no one else on the wire holds the pod's addresses (ARP/NDP)
+//! and that the gateways answer, and gives every NIC but the default-route one its own routing
+//! table with `from <ip>` rules, so replies leave by the NIC the request came in on.
+//! Not yet here: the underlay veth to the node, host routes, MAC prefix, sysctls, GARP.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use spiderpool_cni::{CniError, CniResult, ErrorCode, Plugin, PluginInfo, Request};
+use spiderpool_linux::netns::NetNs;
+use spiderpool_linux::probe::{arp_probe, format_mac, ndp_probe};
+use spiderpool_linux::rtnl::{MAIN_TABLE, Rtnl, route_oif, route_table};
+
+/// ADD found the address in use by someone else.
+pub const CODE_IP_CONFLICT: u32 = 102;
+/// ADD found the gateway silent.
+pub const CODE_GATEWAY_UNREACHABLE: u32 = 103;
+/// Tables of extra NICs: this plus the NIC's ifindex in the pod.
+pub const TABLE_BASE: u32 = 100;
+/// Priority of the `from <ip>` rules (before `main` at 32766).
+pub const RULE_PRIORITY: u32 = 1000;
+const EEXIST: i32 = 17;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordinatorConf {
+    /// `auto`, `underlay`, `overlay`, `disabled`; only the checks and policy routing exist so far.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default = "yes")]
+    pub detect_ip_conflict: bool,
+    #[serde(default = "yes")]
+    pub detect_gateway: bool,
+    /// The NIC that keeps the main table's default route; default: the one that has it.
+    #[serde(default)]
+    pub pod_default_route_nic: Option<String>,
+    /// Probes per address, `probeIntervalMs` apart (Spiderpool: 3 × 100 ms).
+    #[serde(default = "three")]
+    pub probe_tries: u32,
+    #[serde(default = "hundred")]
+    pub probe_interval_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn three() -> u32 {
+    3
+}
+fn hundred() -> u64 {
+    100
+}
+
+impl CoordinatorConf {
+    pub fn parse(raw: &serde_json::Value) -> Result<CoordinatorConf, CniError> {
+        let conf: CoordinatorConf = serde_json::from_value(raw.clone())
+            .map_err(|e| CniError::decoding(format!("coordinator netconf: {e}")))?;
+        if let Some(m) = &conf.mode
+            && !matches!(m.as_str(), "auto" | "underlay" | "overlay" | "disabled")
+        {
+            return Err(CniError::invalid_config(format!(
+                "coordinator: mode {m:?}: want auto, underlay, overlay or disabled"
+            )));
+        }
+        if conf.probe_tries == 0
+            || conf.probe_tries > 20
+            || conf.probe_interval_ms == 0
+            || conf.probe_interval_ms > 5000
+        {
+            return Err(CniError::invalid_config(
+                "coordinator: probeTries 1-20 and probeIntervalMs 1-5000",
+            ));
+        }
+        Ok(conf)
+    }
+}
+
+/// The addresses (and their gateways) prevResult gave `ifname`.
+pub fn addresses_of(result: &CniResult, ifname: &str) -> Vec<(ipnet::IpNet, Option<IpAddr>)> {
+    let index = result.interfaces.iter().position(|i| i.name == ifname);
+    result
+        .ips
+        .iter()
+        .filter(|ip| match (ip.interface, index) {
+            (Some(i), Some(want)) => usize::try_from(i).ok() == Some(want),
+            // Without interface indexes (an IPAM-only result), every address is this NIC's.
+            _ => true,
+        })
+        .map(|ip| (ip.address, ip.gateway))
+        .collect()
+}
+
+fn io(e: impl std::fmt::Display) -> CniError {
+    CniError::new(ErrorCode::IoFailure, format!("coordinator: {e}"))
+}
+
+/// Conflict and gateway checks, then policy routing; runs on a thread inside the pod netns.
+fn add_in_pod(
+    conf: &CoordinatorConf,
+    ifname: &str,
+    addrs: &[(ipnet::IpNet, Option<IpAddr>)],
+) -> Result<(), CniError> {
+    let interval = Duration::from_millis(conf.probe_interval_ms);
+    for (addr, gateway) in addrs {
+        let ip = addr.addr();
+        if conf.detect_ip_conflict {
+            let holder = match ip {
+                IpAddr::V4(v4) => arp_probe(
+                    ifname,
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    v4,
+                    conf.probe_tries,
+                    interval,
+                ),
+                IpAddr::V6(v6) => ndp_probe(ifname, v6, conf.probe_tries, interval),
+            }
+            .map_err(|e| io(format!("probing {ip} on {ifname}: {e}")))?;
+            if let Some(mac) = holder {
+                return Err(CniError {
+                    code: CODE_IP_CONFLICT,
+                    msg: format!(
+                        "IP conflict: {ip} on {ifname} is already used by {}",
+                        format_mac(&mac)
+                    ),
+                    details: String::new(),
+                });
+            }
+        }
+        if conf.detect_gateway
+            && let Some(gw) = gateway
+        {
+            let answer = match (ip, gw) {
+                (IpAddr::V4(src), IpAddr::V4(g)) => arp_probe(ifname, src, *g, conf.probe_tries, interval),
+                (_, IpAddr::V6(g)) => ndp_probe(ifname, *g, conf.probe_tries, interval),
+                _ => Ok(Some([0; 6])), // mixed families cannot happen in a valid result
+            }
+            .map_err(|e| io(format!("probing gateway {gw} on {ifname}: {e}")))?;
+            if answer.is_none() {
+                return Err(CniError {
+                    code: CODE_GATEWAY_UNREACHABLE,
+                    msg: format!("gateway {gw} of {ip} does not answer on {ifname}"),
+                    details: String::new(),
+                });
+            }
+        }
+    }
+    policy_route(conf, ifname, addrs)
+}
+
+/// Gives a NIC that does not carry the default route its own table: its routes copied there, a
+/// default route via its gateway, and `from <ip>` rules.
+fn policy_route(
+    conf: &CoordinatorConf,
+    ifname: &str,
+    addrs: &[(ipnet::IpNet, Option<IpAddr>)],
+) -> Result<(), CniError> {
+    let mut rtnl = Rtnl::new().map_err(io)?;
+    let index = spiderpool_linux::probe::ifindex(ifname).map_err(io)?;
+    for ipv6 in [false, true] {
+        let mine: Vec<_> = addrs.iter().filter(|(a, _)| a.addr().is_ipv6() == ipv6).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let routes = rtnl.routes(ipv6).map_err(io)?;
+        let default_nic = match &conf.pod_default_route_nic {
+            Some(nic) => Some(nic.as_str() == ifname),
+            None => {
+                let default_oif = routes.iter().find(|r| {
+                    route_table(r) == MAIN_TABLE
+                        && r.header.destination_prefix_length == 0
+                        && route_oif(r).is_some()
+                });
+                // No default route yet: this NIC is the first, it keeps the main table.
+                Some(default_oif.and_then(route_oif).is_none_or(|oif| oif == index))
+            }
+        };
+        if default_nic == Some(true) {
+            continue;
+        }
+        let table = TABLE_BASE + index;
+        for r in routes
+            .iter()
+            .filter(|r| route_table(r) == MAIN_TABLE && route_oif(r) == Some(index))
+        {
+            if r.header.destination_prefix_length == 0 {
+                continue; // the default route of this table is added below, via this NIC's gateway
+            }
+            match rtnl.add_route_to_table(r, table) {
+                Err(e) if e.errno() == Some(EEXIST) => {}
+                other => other.map_err(io)?,
+            }
+        }
+        for (addr, gateway) in &mine {
+            if let Some(gw) = gateway {
+                match rtnl.add_default_route(*gw, index, table) {
+                    Err(e) if e.errno() == Some(EEXIST) => {}
+                    other => other.map_err(io)?,
+                }
+            }
+            match rtnl.add_source_rule(addr.addr(), table, RULE_PRIORITY) {
+                Err(e) if e.errno() == Some(EEXIST) => {}
+                other => other.map_err(io)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+pub struct Coordinator;
+
+impl Plugin for Coordinator {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            about: format!("spiderpool coordinator CNI plugin {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let conf = CoordinatorConf::parse(&req.conf.raw)?;
+        let prev = req.conf.prev_result.clone().ok_or_else(|| {
+            CniError::invalid_config("coordinator must follow a main plugin: no prevResult")
+        })?;
+        if conf.mode.as_deref() == Some("disabled") {
+            return Ok(prev);
+        }
+        let addrs = addresses_of(&prev, &req.ifname);
+        let netns = NetNs::open(Path::new(&req.netns)).map_err(io)?;
+        let ifname = req.ifname.clone();
+        netns.run(|| add_in_pod(&conf, &ifname, &addrs)).map_err(io)??;
+        Ok(prev)
+    }
+
+    /// Everything ADD made lives in the pod's netns and goes with it.
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        CoordinatorConf::parse(&req.conf.raw).map(|_| ())
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        CoordinatorConf::parse(&req.conf.raw).map(|_| ())
+    }
+
+    fn status(&self, _req: &Request) -> Result<(), CniError> {
+        Ok(())
+    }
+
+    fn gc(&self, _req: &Request) -> Result<(), CniError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn netconf_defaults_and_errors() {
+        let c = CoordinatorConf::parse(&json!({"type": "coordinator"})).unwrap();
+        assert!(c.detect_ip_conflict && c.detect_gateway);
+        assert_eq!((c.probe_tries, c.probe_interval_ms), (3, 100));
+        assert_eq!(
+            CoordinatorConf::parse(&json!({"mode": "weird"}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            CoordinatorConf::parse(&json!({"probeTries": 0}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            CoordinatorConf::parse(&json!({"detectGateway": "no"}))
+                .unwrap_err()
+                .code,
+            6
+        );
+    }
+
+    #[test]
+    fn addresses_follow_interface_indexes() {
+        let r: CniResult = serde_json::from_value(json!({
+            "interfaces": [{"name": "net1"}, {"name": "net2", "sandbox": "/x"}],
+            "ips": [{"address": "10.6.0.10/16", "gateway": "10.6.0.1", "interface": 1},
+                    {"address": "10.9.0.10/16", "interface": 0}]
+        }))
+        .unwrap();
+        let a = addresses_of(&r, "net2");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].0.to_string(), "10.6.0.10/16");
+        assert_eq!(a[0].1, Some("10.6.0.1".parse().unwrap()));
+    }
+}

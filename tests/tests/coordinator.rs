@@ -1,0 +1,203 @@
+//! netns tier: Debian's macvlan + spiderpool + coordinator for two NICs in one pod, each on its own
+//! uplink and gateway namespace; IP conflict and silent gateway make ADD fail without leaking an
+//! address. Root only; hack/test.sh runs these with `--ignored`.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use spiderpool_cni::exec::Invocation;
+use spiderpool_e2e::{Topology, ip, ping};
+use spiderpool_ipam::store::{LOCK_TIMEOUT, Store};
+use spiderpool_linux::netns::NetNs;
+
+fn records(dir: &Path) -> Vec<String> {
+    let store = Store::open(dir, LOCK_TIMEOUT).unwrap();
+    store
+        .write(|t| t.all_owners())
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
+fn macvlan(name: &str, master: &str, data: &Path, pool: Value) -> Value {
+    json!({"cniVersion": "1.0.0", "name": name, "type": "macvlan", "master": master, "mode": "bridge",
+           "ipam": {"type": "spiderpool", "dataDir": data, "pools": [pool]}})
+}
+
+fn coordinator(name: &str, prev: &Value) -> Value {
+    json!({"cniVersion": "1.0.0", "name": name, "type": "coordinator", "prevResult": prev})
+}
+
+/// The runtime's side of a two-plugin chain: ADD both; on a failure, DEL both (as libcni does).
+fn chain_add(topo: &Topology, inv: &Invocation, main: &Value, name: &str) -> Result<Value, Value> {
+    let out = topo.exec("macvlan", inv, main).unwrap();
+    assert!(out.success, "macvlan ADD: {}", out.stdout);
+    let result = out.json();
+    let out = topo
+        .exec("coordinator", inv, &coordinator(name, &result))
+        .unwrap();
+    if out.success {
+        return Ok(out.json());
+    }
+    let del = Invocation {
+        command: "DEL".into(),
+        ..inv.clone()
+    };
+    assert!(
+        topo.exec("coordinator", &del, &coordinator(name, &result))
+            .unwrap()
+            .success
+    );
+    assert!(topo.exec("macvlan", &del, main).unwrap().success);
+    Err(out.json())
+}
+
+#[test]
+#[ignore = "netns tier: needs root, iproute2, ping and Debian containernetworking-plugins"]
+fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
+    let topo = Topology::new("co", &["10.6.0.1/16"]).unwrap();
+    // A second uplink with its own gateway namespace, which also holds a "remote client" address.
+    let gw2 = NetNs::create(&format!("spg2-{}", topo.tag)).unwrap();
+    ip(
+        &topo.node,
+        &[
+            "link",
+            "add",
+            "up2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            gw2.name(),
+        ],
+    )
+    .unwrap();
+    ip(&topo.node, &["link", "set", "up2", "up"]).unwrap();
+    ip(&gw2, &["addr", "add", "10.7.0.1/24", "dev", "eth0"]).unwrap();
+    ip(&gw2, &["addr", "add", "172.16.2.1/32", "dev", "lo"]).unwrap();
+    ip(&gw2, &["link", "set", "eth0", "up"]).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let pod = topo.pod("co").unwrap();
+    let pod_path = pod.path().to_str().unwrap().to_string();
+
+    let nic1 = macvlan(
+        "net-a",
+        "up0",
+        data.path(),
+        json!({"name": "a", "subnet": "10.6.0.0/16",
+        "ips": ["10.6.0.10-10.6.0.20"], "gateway": "10.6.0.1", "routes": [{"dst": "0.0.0.0/0", "gw": "10.6.0.1"}]}),
+    );
+    let nic2 = macvlan(
+        "net-b",
+        "up2",
+        data.path(),
+        json!({"name": "b", "subnet": "10.7.0.0/24",
+        "ips": ["10.7.0.10-10.7.0.20"], "gateway": "10.7.0.1"}),
+    );
+    let inv1 = Invocation::new("ADD", "pod-co", &pod_path, "net1");
+    let inv2 = Invocation::new("ADD", "pod-co", &pod_path, "net2");
+    chain_add(&topo, &inv1, &nic1, "net-a").unwrap();
+    let out = topo.exec("macvlan", &inv2, &nic2).unwrap();
+    assert!(out.success, "{}", out.stdout);
+    let nic2_result = out.json();
+    let nic2_ip = nic2_result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // Without policy routing the reply to a client behind NIC 2's gateway leaves by NIC 1's default route.
+    let from_client = |ns: &NetNs| {
+        ns.command("ping")
+            .args(["-c", "1", "-W", "1", "-I", "172.16.2.1", &nic2_ip])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(
+        !from_client(&gw2),
+        "control: the reply should not come back without the coordinator"
+    );
+    let out = topo
+        .exec("coordinator", &inv2, &coordinator("net-b", &nic2_result))
+        .unwrap();
+    assert!(out.success, "coordinator ADD net2: {}", out.stdout);
+    assert_eq!(out.json()["ips"], nic2_result["ips"], "prevResult passes through");
+
+    ping(&pod, "10.6.0.1").unwrap();
+    ping(&pod, "10.7.0.1").unwrap();
+    assert!(
+        from_client(&gw2),
+        "a request arriving on NIC 2 is answered through NIC 2"
+    );
+    let rules = ip(&pod, &["rule", "show"]).unwrap();
+    assert!(rules.contains(&format!("from {nic2_ip} lookup")), "{rules}");
+    let main_default = ip(&pod, &["route", "show", "default"]).unwrap();
+    assert!(
+        main_default.contains("dev net1"),
+        "the default route stays on NIC 1: {main_default}"
+    );
+
+    // CHECK and DEL (twice, the second without netns) of the coordinator.
+    let check = Invocation {
+        command: "CHECK".into(),
+        ..inv2.clone()
+    };
+    assert!(
+        topo.exec("coordinator", &check, &coordinator("net-b", &nic2_result))
+            .unwrap()
+            .success
+    );
+    let del = Invocation {
+        command: "DEL".into(),
+        ..inv2.clone()
+    };
+    assert!(
+        topo.exec("coordinator", &del, &coordinator("net-b", &nic2_result))
+            .unwrap()
+            .success
+    );
+    let del_no_ns = Invocation {
+        netns: String::new(),
+        ..del.clone()
+    };
+    assert!(
+        topo.exec("coordinator", &del_no_ns, &coordinator("net-b", &nic2_result))
+            .unwrap()
+            .success
+    );
+
+    // Someone on the wire already holds the next address: ADD fails with a conflict, nothing leaks.
+    let pod2 = topo.pod("co2").unwrap();
+    let pod2_path = pod2.path().to_str().unwrap().to_string();
+    ip(&topo.gateway, &["addr", "add", "10.6.0.11/16", "dev", "eth0"]).unwrap();
+    let inv = Invocation::new("ADD", "pod-co2", &pod2_path, "net1");
+    let err = chain_add(&topo, &inv, &nic1, "net-a").unwrap_err();
+    assert_eq!(err["code"], 102, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("10.6.0.11"), "{err}");
+    // A gateway nobody answers for: ADD fails as unreachable, nothing leaks.
+    let silent = macvlan(
+        "net-c",
+        "up2",
+        data.path(),
+        json!({"name": "c", "subnet": "10.8.0.0/24",
+        "ips": ["10.8.0.10"], "gateway": "10.8.0.1"}),
+    );
+    let inv = Invocation::new("ADD", "pod-co2", &pod2_path, "net3");
+    let err = chain_add(&topo, &inv, &silent, "net-c").unwrap_err();
+    assert_eq!(err["code"], 103, "{err}");
+    let mut left = records(data.path());
+    left.sort();
+    assert_eq!(
+        left,
+        ["net-a/pod-co/net1", "net-b/pod-co/net2"],
+        "the failed ADDs left no allocation"
+    );
+}

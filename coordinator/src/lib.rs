@@ -2,7 +2,10 @@
 //! part checks, inside the pod, that no one else on the wire holds the pod's addresses (ARP/NDP)
 //! and that the gateways answer, and gives every NIC but the default-route one its own routing
 //! table with `from <ip>` rules, so replies leave by the NIC the request came in on.
-//! Not yet here: the underlay veth to the node, host routes, MAC prefix, sysctls, GARP.
+//! In underlay mode it also links the pod to its node: a veth pair (`veth0` in the pod), the
+//! node's addresses routed through it in the pod, and the pod's addresses routed back on the node
+//! in `hostRuleTable` with `to <ip>` rules. DEL removes the node side.
+//! Not yet here: hijackCIDR and service routes, MAC prefix, sysctls, GARP/NA, overlay detection.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -12,7 +15,9 @@ use serde::Deserialize;
 use spiderpool_cni::{CniError, CniResult, ErrorCode, Plugin, PluginInfo, Request};
 use spiderpool_linux::netns::NetNs;
 use spiderpool_linux::probe::{arp_probe, format_mac, ndp_probe};
-use spiderpool_linux::rtnl::{MAIN_TABLE, Rtnl, route_oif, route_table};
+use spiderpool_linux::rtnl::{
+    MAIN_TABLE, Rtnl, route_destination, route_oif, route_table, rule_destination, rule_table,
+};
 
 /// ADD found the address in use by someone else.
 pub const CODE_IP_CONFLICT: u32 = 102;
@@ -23,6 +28,9 @@ pub const TABLE_BASE: u32 = 100;
 /// Priority of the `from <ip>` rules (before `main` at 32766).
 pub const RULE_PRIORITY: u32 = 1000;
 const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+/// Priority of the node's `to <pod ip>` rules.
+pub const HOST_RULE_PRIORITY: u32 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +42,9 @@ pub struct CoordinatorConf {
     pub detect_ip_conflict: bool,
     #[serde(default = "yes")]
     pub detect_gateway: bool,
+    /// Node-side table of the routes to pod addresses (Spiderpool's default 500).
+    #[serde(default = "five_hundred")]
+    pub host_rule_table: u32,
     /// The NIC that keeps the main table's default route; default: the one that has it.
     #[serde(default)]
     pub pod_default_route_nic: Option<String>,
@@ -46,6 +57,9 @@ pub struct CoordinatorConf {
 
 fn yes() -> bool {
     true
+}
+fn five_hundred() -> u32 {
+    500
 }
 fn three() -> u32 {
     3
@@ -76,6 +90,24 @@ impl CoordinatorConf {
         }
         Ok(conf)
     }
+}
+
+/// The pod end of the veth pair.
+pub const POD_VETH: &str = "veth0";
+
+/// The node end of a pod's veth: `veth` + 11 hex digits of the container ID's FNV-1a hash, so DEL
+/// finds it from the container ID alone (no prevResult needed).
+pub fn host_veth_name(container_id: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("veth{:011x}", hash & 0xfff_ffff_ffff)
+}
+
+fn underlay(conf: &CoordinatorConf) -> bool {
+    matches!(conf.mode.as_deref(), Some("underlay") | Some("auto") | None)
 }
 
 /// The addresses (and their gateways) prevResult gave `ifname`.
@@ -209,6 +241,88 @@ fn policy_route(
     Ok(())
 }
 
+/// Creates the veth pair when the pod has none yet, routes the node's addresses through it in the
+/// pod, and routes this NIC's addresses back through it on the node.
+fn link_to_node(
+    conf: &CoordinatorConf,
+    container_id: &str,
+    netns: &NetNs,
+    addrs: &[(ipnet::IpNet, Option<IpAddr>)],
+) -> Result<(), CniError> {
+    let host_veth = host_veth_name(container_id);
+    let mut host = Rtnl::new().map_err(io)?;
+    let pod_ips: Vec<IpAddr> = addrs.iter().map(|(a, _)| a.addr()).collect();
+    // The node's own addresses, read in the node's namespace, are what the pod must reach.
+    let node_ips: Vec<IpAddr> = host
+        .global_addresses()
+        .map_err(io)?
+        .into_iter()
+        .map(|(_, ip)| ip)
+        .filter(|ip| !pod_ips.contains(ip))
+        .collect();
+    let node_ns = std::fs::File::open("/proc/thread-self/ns/net").map_err(io)?;
+    netns
+        .run(|| -> Result<(), CniError> {
+            use std::os::fd::AsRawFd;
+            let mut pod = Rtnl::new().map_err(io)?;
+            if spiderpool_linux::probe::ifindex(POD_VETH).is_err() {
+                pod.add_veth(POD_VETH, &host_veth, node_ns.as_raw_fd())
+                    .map_err(io)?;
+            }
+            let veth = spiderpool_linux::probe::ifindex(POD_VETH).map_err(io)?;
+            pod.set_up(veth, true).map_err(io)?;
+            for ip in &node_ips {
+                match pod.add_link_route(*ip, veth, MAIN_TABLE) {
+                    Err(e) if e.errno() == Some(EEXIST) => {}
+                    other => other.map_err(io)?,
+                }
+            }
+            Ok(())
+        })
+        .map_err(io)??;
+    let index = spiderpool_linux::probe::ifindex(&host_veth).map_err(io)?;
+    host.set_up(index, true).map_err(io)?;
+    for ip in &pod_ips {
+        // The route first: a rule without its route is what DEL treats as an orphan.
+        match host.add_link_route(*ip, index, conf.host_rule_table) {
+            Err(e) if e.errno() == Some(EEXIST) => {}
+            other => other.map_err(io)?,
+        }
+        match host.add_destination_rule(*ip, conf.host_rule_table, HOST_RULE_PRIORITY) {
+            Err(e) if e.errno() == Some(EEXIST) => {}
+            other => other.map_err(io)?,
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `to <ip> lookup TABLE` rules whose route in TABLE is gone (it went with its veth).
+fn remove_orphan_rules(rtnl: &mut Rtnl, table: u32) -> Result<(), CniError> {
+    for ipv6 in [false, true] {
+        let routed: Vec<IpAddr> = rtnl
+            .routes(ipv6)
+            .map_err(io)?
+            .iter()
+            .filter(|r| route_table(r) == table)
+            .filter_map(route_destination)
+            .collect();
+        for rule in rtnl.rules(ipv6).map_err(io)? {
+            if rule_table(&rule) != table {
+                continue;
+            }
+            if let Some(dst) = rule_destination(&rule)
+                && !routed.contains(&dst)
+            {
+                match rtnl.delete_rule(&rule) {
+                    Err(e) if e.errno() == Some(2) => {} // ENOENT: a concurrent DEL was first
+                    other => other.map_err(io)?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub struct Coordinator;
 
 impl Plugin for Coordinator {
@@ -230,12 +344,25 @@ impl Plugin for Coordinator {
         let netns = NetNs::open(Path::new(&req.netns)).map_err(io)?;
         let ifname = req.ifname.clone();
         netns.run(|| add_in_pod(&conf, &ifname, &addrs)).map_err(io)??;
+        if underlay(&conf) {
+            link_to_node(&conf, &req.container_id, &netns, &addrs)?;
+        }
         Ok(prev)
     }
 
-    /// Everything ADD made lives in the pod's netns and goes with it.
+    /// The pod side goes with the pod's netns; the node side (veth end, its routes, the rules to the
+    /// pod's addresses) is removed here, from the container ID alone, so a DEL without netns or
+    /// prevResult cleans up as well, and a second DEL finds nothing to do.
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        CoordinatorConf::parse(&req.conf.raw).map(|_| ())
+        let conf = CoordinatorConf::parse(&req.conf.raw)?;
+        let mut rtnl = Rtnl::new().map_err(io)?;
+        if let Ok(index) = spiderpool_linux::probe::ifindex(&host_veth_name(&req.container_id)) {
+            match rtnl.delete(index) {
+                Err(e) if e.errno() == Some(ENODEV) => {}
+                other => other.map_err(io)?,
+            }
+        }
+        remove_orphan_rules(&mut rtnl, conf.host_rule_table)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -279,6 +406,15 @@ mod tests {
                 .code,
             6
         );
+    }
+
+    #[test]
+    fn host_veth_names_fit_and_differ() {
+        let a = host_veth_name("0123456789abcdef0123456789abcdef");
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("veth"));
+        assert_ne!(a, host_veth_name("another"));
+        assert_eq!(a, host_veth_name("0123456789abcdef0123456789abcdef"));
     }
 
     #[test]

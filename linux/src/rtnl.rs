@@ -6,9 +6,10 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    BondMode, InfoBond, InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    LinkVfInfo, VfInfo, VfInfoLinkState, VfInfoSpoofCheck, VfInfoTrust, VfLinkState,
+    BondMode, InfoBond, InfoData, InfoKind, InfoVeth, InfoVlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage, LinkVfInfo, VfInfo, VfInfoLinkState, VfInfoSpoofCheck, VfInfoTrust, VfLinkState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -65,6 +66,34 @@ pub fn route_table(route: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or(u32::from(route.header.table))
+}
+
+/// The destination of a rule message, if it has one.
+pub fn rule_destination(rule: &RuleMessage) -> Option<std::net::IpAddr> {
+    rule.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Destination(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
+/// The table a rule points to.
+pub fn rule_table(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+/// The destination of a route message.
+pub fn route_destination(route: &RouteMessage) -> Option<std::net::IpAddr> {
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(std::net::IpAddr::V4(*v4)),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(std::net::IpAddr::V6(*v6)),
+        _ => None,
+    })
 }
 
 /// The output interface of a route message.
@@ -262,6 +291,103 @@ impl Rtnl {
             RouteNetlinkMessage::NewRule(rule),
             NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+
+    /// Global addresses of every link (what a pod must reach the node by).
+    pub fn global_addresses(&mut self) -> Result<Vec<(u32, std::net::IpAddr)>, RtnlError> {
+        let msgs = self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.scope != AddressScope::Universe {
+                continue;
+            }
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let ip = ip.or_else(|| {
+                a.attributes.iter().find_map(|x| match x {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = ip {
+                out.push((a.header.index, ip));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a veth pair: `name` here, `peer` in the namespace of `peer_netns` (an open nsfs fd).
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_netns: std::os::fd::RawFd,
+    ) -> Result<(), RtnlError> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes.push(LinkAttribute::IfName(peer.into()));
+        peer_msg.attributes.push(LinkAttribute::NetNsFd(peer_netns));
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::IfName(name.into()));
+        link.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        self.request(
+            "create veth",
+            RouteNetlinkMessage::NewLink(link),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// `ip route add DST dev OIF [table T] scope link` (a host route on a point-to-point link).
+    pub fn add_link_route(&mut self, dst: std::net::IpAddr, oif: u32, table: u32) -> Result<(), RtnlError> {
+        let mut r = RouteMessage::default();
+        r.header.address_family = family(dst);
+        r.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        r.header.table = u8::try_from(table).unwrap_or(252);
+        r.header.protocol = RouteProtocol::Static;
+        r.header.scope = RouteScope::Link;
+        r.header.kind = RouteType::Unicast;
+        r.attributes.push(RouteAttribute::Destination(route_address(dst)));
+        r.attributes.push(RouteAttribute::Oif(oif));
+        r.attributes.push(RouteAttribute::Table(table));
+        self.request(
+            "add route",
+            RouteNetlinkMessage::NewRoute(r),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// `ip rule add to DST lookup TABLE pref PRIORITY`.
+    pub fn add_destination_rule(
+        &mut self,
+        dst: std::net::IpAddr,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), RtnlError> {
+        let mut rule = RuleMessage::default();
+        rule.header.family = family(dst);
+        rule.header.dst_len = if dst.is_ipv4() { 32 } else { 128 };
+        rule.header.table = u8::try_from(table).unwrap_or(252);
+        rule.header.action = RuleAction::ToTable;
+        rule.attributes.push(RuleAttribute::Destination(dst));
+        rule.attributes.push(RuleAttribute::Table(table));
+        rule.attributes.push(RuleAttribute::Priority(priority));
+        self.request(
+            "add rule",
+            RouteNetlinkMessage::NewRule(rule),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Deletes a rule as dumped.
+    pub fn delete_rule(&mut self, rule: &RuleMessage) -> Result<(), RtnlError> {
+        self.request("delete rule", RouteNetlinkMessage::DelRule(rule.clone()), 0)
     }
 
     /// Every policy rule of a family.

@@ -82,6 +82,9 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
     ip(&gw2, &["addr", "add", "10.7.0.1/24", "dev", "eth0"]).unwrap();
     ip(&gw2, &["addr", "add", "172.16.2.1/32", "dev", "lo"]).unwrap();
     ip(&gw2, &["link", "set", "eth0", "up"]).unwrap();
+    // The node's own address on the uplink: macvlan pods cannot reach their parent's addresses,
+    // which is what the coordinator's veth is for.
+    ip(&topo.node, &["addr", "add", "10.6.0.254/16", "dev", "up0"]).unwrap();
     let data = tempfile::tempdir().unwrap();
     let pod = topo.pod("co").unwrap();
     let pod_path = pod.path().to_str().unwrap().to_string();
@@ -133,6 +136,21 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
 
     ping(&pod, "10.6.0.1").unwrap();
     ping(&pod, "10.7.0.1").unwrap();
+    ping(&pod, "10.6.0.254").unwrap(); // the node, through veth0
+    let via = ip(&pod, &["route", "get", "10.6.0.254"]).unwrap();
+    assert!(via.contains("dev veth0"), "{via}");
+    let host_veth = spiderpool_coordinator::host_veth_name("pod-co");
+    let table = ip(&topo.node, &["route", "show", "table", "500"]).unwrap();
+    assert!(
+        table.contains(&format!("10.6.0.10 dev {host_veth}"))
+            && table.contains(&format!("{nic2_ip} dev {host_veth}")),
+        "{table}"
+    );
+    assert!(
+        ip(&topo.node, &["rule", "show"])
+            .unwrap()
+            .contains("to 10.6.0.10 lookup 500")
+    );
     assert!(
         from_client(&gw2),
         "a request arriving on NIC 2 is answered through NIC 2"
@@ -199,5 +217,33 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
         left,
         ["net-a/pod-co/net1", "net-b/pod-co/net2"],
         "the failed ADDs left no allocation"
+    );
+
+    // The pod goes: both chains DEL'd twice (the second time without netns, as containerd does).
+    for (inv, main, name) in [(&inv2, &nic2, "net-b"), (&inv1, &nic1, "net-a")] {
+        for netns in [pod_path.as_str(), ""] {
+            let del = Invocation {
+                command: "DEL".into(),
+                netns: netns.into(),
+                ..inv.clone()
+            };
+            assert!(
+                topo.exec("coordinator", &del, &coordinator(name, &nic2_result))
+                    .unwrap()
+                    .success
+            );
+            assert!(topo.exec("macvlan", &del, main).unwrap().success);
+        }
+    }
+    assert!(records(data.path()).is_empty());
+    let links = ip(&topo.node, &["link", "show"]).unwrap();
+    assert!(!links.contains(&host_veth), "{links}");
+    assert_eq!(
+        ip(&topo.node, &["route", "show", "table", "500"]).unwrap().trim(),
+        ""
+    );
+    assert!(
+        !ip(&topo.node, &["rule", "show"]).unwrap().contains("lookup 500"),
+        "rules to the pod are gone"
     );
 }

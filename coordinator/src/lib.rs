@@ -5,7 +5,8 @@
 //! In underlay mode it also links the pod to its node: a veth pair (`veth0` in the pod), the
 //! node's addresses routed through it in the pod, and the pod's addresses routed back on the node
 //! in `hostRuleTable` with `to <ip>` rules. DEL removes the node side.
-//! Not yet here: hijackCIDR and service routes, MAC prefix, sysctls, GARP/NA, overlay detection.
+//! It also sets the NIC's MAC prefix, queue length and sysctls, and routes `hijackCIDR` through the
+//! node. Not yet here: GARP/NA after setup, overlay-mode detection, CHECK of what ADD set.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -42,6 +43,18 @@ pub struct CoordinatorConf {
     pub detect_ip_conflict: bool,
     #[serde(default = "yes")]
     pub detect_gateway: bool,
+    /// CIDRs the pod reaches through the node (service and cluster CIDRs, and others), via veth0.
+    #[serde(rename = "hijackCIDR", default)]
+    pub hijack_cidr: Vec<ipnet::IpNet>,
+    /// Two bytes, e.g. `0a:1b`: the NIC's MAC becomes them plus its IPv4 address (or the last four
+    /// bytes of its IPv6 one), so MACs say which IP they carry.
+    #[serde(rename = "podMACPrefix", default)]
+    pub pod_mac_prefix: Option<String>,
+    #[serde(default)]
+    pub tx_queue_len: Option<u32>,
+    /// `rp_filter` for the NIC and `all` (0, 1, 2); absent or negative: untouched.
+    #[serde(rename = "podRPFilter", default)]
+    pub pod_rp_filter: Option<i32>,
     /// Node-side table of the routes to pod addresses (Spiderpool's default 500).
     #[serde(default = "five_hundred")]
     pub host_rule_table: u32,
@@ -79,6 +92,12 @@ impl CoordinatorConf {
                 "coordinator: mode {m:?}: want auto, underlay, overlay or disabled"
             )));
         }
+        if let Some(prefix) = &conf.pod_mac_prefix {
+            mac_prefix(prefix)?;
+        }
+        if conf.pod_rp_filter.is_some_and(|v| v > 2) {
+            return Err(CniError::invalid_config("coordinator: podRPFilter is 0, 1 or 2"));
+        }
         if conf.probe_tries == 0
             || conf.probe_tries > 20
             || conf.probe_interval_ms == 0
@@ -90,6 +109,76 @@ impl CoordinatorConf {
         }
         Ok(conf)
     }
+}
+
+/// `0a:1b` → [0x0a, 0x1b]; the first byte must name a unicast address.
+fn mac_prefix(prefix: &str) -> Result<[u8; 2], CniError> {
+    let bad = || {
+        CniError::invalid_config(format!(
+            "coordinator: podMACPrefix {prefix:?}: want two hex bytes like 0a:1b, unicast"
+        ))
+    };
+    let parts: Vec<&str> = prefix.split(':').collect();
+    if parts.len() != 2 {
+        return Err(bad());
+    }
+    let a = u8::from_str_radix(parts[0], 16).map_err(|_| bad())?;
+    let b = u8::from_str_radix(parts[1], 16).map_err(|_| bad())?;
+    if a & 1 == 1 {
+        return Err(bad());
+    }
+    Ok([a, b])
+}
+
+/// The NIC's MAC from the prefix and its address.
+pub fn mac_for(prefix: [u8; 2], ip: IpAddr) -> [u8; 6] {
+    let tail = match ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    [prefix[0], prefix[1], tail[0], tail[1], tail[2], tail[3]]
+}
+
+/// MAC prefix, queue length and sysctls of the NIC, before anyone sees it (the checks come next).
+fn tune_nic(
+    conf: &CoordinatorConf,
+    ifname: &str,
+    addrs: &[(ipnet::IpNet, Option<IpAddr>)],
+) -> Result<(), CniError> {
+    let mut rtnl = Rtnl::new().map_err(io)?;
+    let index = spiderpool_linux::probe::ifindex(ifname).map_err(io)?;
+    if let Some(prefix) = &conf.pod_mac_prefix {
+        let ip = addrs
+            .iter()
+            .map(|(a, _)| a.addr())
+            .find(IpAddr::is_ipv4)
+            .or_else(|| addrs.first().map(|(a, _)| a.addr()));
+        if let Some(ip) = ip {
+            rtnl.set_mac(index, &mac_for(mac_prefix(prefix)?, ip))
+                .map_err(io)?;
+        }
+    }
+    if let Some(len) = conf.tx_queue_len.filter(|l| *l > 0) {
+        rtnl.set_tx_queue_len(index, len).map_err(io)?;
+    }
+    // /proc/sys/net follows the opening thread's network namespace: this one is the pod's.
+    if let Some(v) = conf.pod_rp_filter.filter(|v| *v >= 0) {
+        for scope in ["all", ifname] {
+            std::fs::write(
+                format!("/proc/sys/net/ipv4/conf/{scope}/rp_filter"),
+                v.to_string(),
+            )
+            .map_err(|e| io(format!("rp_filter of {scope}: {e}")))?;
+        }
+    }
+    if addrs.iter().any(|(a, _)| a.addr().is_ipv6()) {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "0")
+            .map_err(|e| io(format!("enabling IPv6 on {ifname}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The pod end of the veth pair.
@@ -135,6 +224,7 @@ fn add_in_pod(
     ifname: &str,
     addrs: &[(ipnet::IpNet, Option<IpAddr>)],
 ) -> Result<(), CniError> {
+    tune_nic(conf, ifname, addrs)?;
     let interval = Duration::from_millis(conf.probe_interval_ms);
     for (addr, gateway) in addrs {
         let ip = addr.addr();
@@ -241,14 +331,16 @@ fn policy_route(
     Ok(())
 }
 
-/// Creates the veth pair when the pod has none yet, routes the node's addresses through it in the
-/// pod, and routes this NIC's addresses back through it on the node.
+/// Creates the veth pair when the pod has none yet, routes the node's addresses (with static
+/// neighbours) and the hijacked CIDRs through it in the pod, and routes this NIC's addresses back
+/// through it on the node.
 fn link_to_node(
     conf: &CoordinatorConf,
     container_id: &str,
     netns: &NetNs,
     addrs: &[(ipnet::IpNet, Option<IpAddr>)],
 ) -> Result<(), CniError> {
+    use std::os::fd::AsRawFd;
     let host_veth = host_veth_name(container_id);
     let mut host = Rtnl::new().map_err(io)?;
     let pod_ips: Vec<IpAddr> = addrs.iter().map(|(a, _)| a.addr()).collect();
@@ -261,9 +353,9 @@ fn link_to_node(
         .filter(|ip| !pod_ips.contains(ip))
         .collect();
     let node_ns = std::fs::File::open("/proc/thread-self/ns/net").map_err(io)?;
-    netns
-        .run(|| -> Result<(), CniError> {
-            use std::os::fd::AsRawFd;
+    // First visit: the pair (the node end lands in the node's namespace) and the pod end's MAC.
+    let pod_veth_mac = netns
+        .run(|| -> Result<[u8; 6], CniError> {
             let mut pod = Rtnl::new().map_err(io)?;
             if spiderpool_linux::probe::ifindex(POD_VETH).is_err() {
                 pod.add_veth(POD_VETH, &host_veth, node_ns.as_raw_fd())
@@ -271,17 +363,12 @@ fn link_to_node(
             }
             let veth = spiderpool_linux::probe::ifindex(POD_VETH).map_err(io)?;
             pod.set_up(veth, true).map_err(io)?;
-            for ip in &node_ips {
-                match pod.add_link_route(*ip, veth, MAIN_TABLE) {
-                    Err(e) if e.errno() == Some(EEXIST) => {}
-                    other => other.map_err(io)?,
-                }
-            }
-            Ok(())
+            spiderpool_linux::probe::hardware_address(POD_VETH).map_err(io)
         })
         .map_err(io)??;
     let index = spiderpool_linux::probe::ifindex(&host_veth).map_err(io)?;
     host.set_up(index, true).map_err(io)?;
+    let host_mac = spiderpool_linux::probe::hardware_address(&host_veth).map_err(io)?;
     for ip in &pod_ips {
         // The route first: a rule without its route is what DEL treats as an orphan.
         match host.add_link_route(*ip, index, conf.host_rule_table) {
@@ -292,7 +379,34 @@ fn link_to_node(
             Err(e) if e.errno() == Some(EEXIST) => {}
             other => other.map_err(io)?,
         }
+        // Static neighbours: no ARP/NDP across the veth, ever.
+        host.set_permanent_neighbour(index, *ip, &pod_veth_mac)
+            .map_err(io)?;
     }
+    // Second visit: the pod's routes to the node and through it.
+    netns
+        .run(|| -> Result<(), CniError> {
+            let mut pod = Rtnl::new().map_err(io)?;
+            let veth = spiderpool_linux::probe::ifindex(POD_VETH).map_err(io)?;
+            for ip in &node_ips {
+                match pod.add_link_route(*ip, veth, MAIN_TABLE) {
+                    Err(e) if e.errno() == Some(EEXIST) => {}
+                    other => other.map_err(io)?,
+                }
+                pod.set_permanent_neighbour(veth, *ip, &host_mac).map_err(io)?;
+            }
+            for cidr in &conf.hijack_cidr {
+                let Some(via) = node_ips.iter().find(|ip| ip.is_ipv4() == cidr.addr().is_ipv4()) else {
+                    continue; // no node address of that family to route through
+                };
+                match pod.add_route_via((cidr.network(), cidr.prefix_len()), *via, veth, MAIN_TABLE) {
+                    Err(e) if e.errno() == Some(EEXIST) => {}
+                    other => other.map_err(io)?,
+                }
+            }
+            Ok(())
+        })
+        .map_err(io)??;
     Ok(())
 }
 
@@ -406,6 +520,35 @@ mod tests {
                 .code,
             6
         );
+    }
+
+    #[test]
+    fn mac_prefix_rules() {
+        assert_eq!(
+            mac_for(mac_prefix("0a:1b").unwrap(), "10.6.0.10".parse().unwrap()),
+            [0x0a, 0x1b, 10, 6, 0, 10]
+        );
+        assert_eq!(
+            mac_for([2, 0], "fd00::1:2:3:4".parse().unwrap()),
+            [2, 0, 0, 3, 0, 4]
+        );
+        for bad in ["0a", "0b:1b", "zz:00", "0a:1b:2c"] {
+            assert_eq!(
+                CoordinatorConf::parse(&json!({"podMACPrefix": bad}))
+                    .unwrap_err()
+                    .code,
+                7,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            CoordinatorConf::parse(&json!({"podRPFilter": 3}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        let c = CoordinatorConf::parse(&json!({"hijackCIDR": ["10.96.0.0/12", "fd00:96::/108"]})).unwrap();
+        assert_eq!(c.hijack_cidr.len(), 2);
     }
 
     #[test]

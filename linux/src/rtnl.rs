@@ -3,13 +3,16 @@
 //! ENODEV as idempotent outcomes.
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     BondMode, InfoBond, InfoData, InfoKind, InfoVeth, InfoVlan, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage, LinkVfInfo, VfInfo, VfInfoLinkState, VfInfoSpoofCheck, VfInfoTrust, VfLinkState,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -51,6 +54,11 @@ pub fn bond_mode(mode: &str) -> Result<BondMode, RtnlError> {
         "balance-alb" | "6" => BondMode::BalanceAlb,
         other => return Err(RtnlError::BondMode(other.into())),
     })
+}
+
+/// A destination network as (network address, prefix length), so callers need no netlink types.
+pub mod ipnet_like {
+    pub type Net = (std::net::IpAddr, u8);
 }
 
 /// `RT_TABLE_MAIN`.
@@ -388,6 +396,67 @@ impl Rtnl {
     /// Deletes a rule as dumped.
     pub fn delete_rule(&mut self, rule: &RuleMessage) -> Result<(), RtnlError> {
         self.request("delete rule", RouteNetlinkMessage::DelRule(rule.clone()), 0)
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev IFINDEX nud permanent`.
+    pub fn set_permanent_neighbour(
+        &mut self,
+        ifindex: u32,
+        ip: std::net::IpAddr,
+        mac: &[u8],
+    ) -> Result<(), RtnlError> {
+        let mut n = NeighbourMessage::default();
+        n.header.family = family(ip);
+        n.header.ifindex = ifindex;
+        n.header.state = NeighbourState::Permanent;
+        n.header.kind = RouteType::Unicast;
+        n.attributes.push(NeighbourAttribute::Destination(match ip {
+            std::net::IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            std::net::IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        }));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        // NLM_F_REPLACE: an entry learnt before is overwritten, not an error.
+        self.request(
+            "set neighbour",
+            RouteNetlinkMessage::NewNeighbour(n),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// `ip route add DST via GW dev OIF` in `table` (the gateway reached on-link).
+    pub fn add_route_via(
+        &mut self,
+        dst: ipnet_like::Net,
+        gateway: std::net::IpAddr,
+        oif: u32,
+        table: u32,
+    ) -> Result<(), RtnlError> {
+        let mut r = RouteMessage::default();
+        r.header.address_family = family(gateway);
+        r.header.destination_prefix_length = dst.1;
+        r.header.table = u8::try_from(table).unwrap_or(252);
+        r.header.protocol = RouteProtocol::Static;
+        r.header.scope = RouteScope::Universe;
+        r.header.kind = RouteType::Unicast;
+        r.attributes
+            .push(RouteAttribute::Destination(route_address(dst.0)));
+        r.attributes.push(RouteAttribute::Gateway(route_address(gateway)));
+        r.attributes.push(RouteAttribute::Oif(oif));
+        r.attributes.push(RouteAttribute::Table(table));
+        self.request(
+            "add route",
+            RouteNetlinkMessage::NewRoute(r),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    pub fn set_mac(&mut self, index: u32, mac: &[u8]) -> Result<(), RtnlError> {
+        self.set("set mac", index, vec![LinkAttribute::Address(mac.to_vec())])
+    }
+
+    pub fn set_tx_queue_len(&mut self, index: u32, len: u32) -> Result<(), RtnlError> {
+        self.set("set txqueuelen", index, vec![LinkAttribute::TxQueueLen(len)])
     }
 
     /// Every policy rule of a family.

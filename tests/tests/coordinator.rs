@@ -29,7 +29,8 @@ fn macvlan(name: &str, master: &str, data: &Path, pool: Value) -> Value {
 }
 
 fn coordinator(name: &str, prev: &Value) -> Value {
-    json!({"cniVersion": "1.0.0", "name": name, "type": "coordinator", "prevResult": prev})
+    json!({"cniVersion": "1.0.0", "name": name, "type": "coordinator", "prevResult": prev,
+           "hijackCIDR": ["10.96.0.0/12"], "podMACPrefix": "0a:1b", "txQueueLen": 2000, "podRPFilter": 2})
 }
 
 /// The runtime's side of a two-plugin chain: ADD both; on a failure, DEL both (as libcni does).
@@ -150,6 +151,32 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
         ip(&topo.node, &["rule", "show"])
             .unwrap()
             .contains("to 10.6.0.10 lookup 500")
+    );
+    let hijack = ip(&pod, &["route", "get", "10.96.0.10"]).unwrap();
+    assert!(
+        hijack.contains("via 10.6.0.254 dev veth0"),
+        "hijackCIDR goes through the node: {hijack}"
+    );
+    let net1 = ip(&pod, &["link", "show", "net1"]).unwrap();
+    assert!(
+        net1.contains("link/ether 0a:1b:0a:06:00:0a") && net1.contains("qlen 2000"),
+        "{net1}"
+    );
+    let rp = pod
+        .command("cat")
+        .arg("/proc/sys/net/ipv4/conf/net1/rp_filter")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&rp.stdout).trim(), "2");
+    let neigh = ip(&pod, &["neigh", "show", "10.6.0.254", "dev", "veth0"]).unwrap();
+    assert!(
+        neigh.contains("PERMANENT"),
+        "static neighbour in the pod: {neigh}"
+    );
+    let neigh = ip(&topo.node, &["neigh", "show", "10.6.0.10", "dev", &host_veth]).unwrap();
+    assert!(
+        neigh.contains("PERMANENT"),
+        "static neighbour on the node: {neigh}"
     );
     assert!(
         from_client(&gw2),

@@ -6,7 +6,9 @@
 //! node's addresses routed through it in the pod, and the pod's addresses routed back on the node
 //! in `hostRuleTable` with `to <ip>` rules. DEL removes the node side.
 //! It also sets the NIC's MAC prefix, queue length and sysctls, and routes `hijackCIDR` through the
-//! node. Not yet here: GARP/NA after setup, overlay-mode detection, CHECK of what ADD set.
+//! node, and announces the addresses (gratuitous ARP, unsolicited NA) once all is set. CHECK
+//! verifies the veth, the node routes and the policy rules. Not yet here: overlay-mode detection
+//! (an existing eth0), `vethLinkAddress`, `vethMTU`, `podCIDRType`.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -17,11 +19,13 @@ use spiderpool_cni::{CniError, CniResult, ErrorCode, Plugin, PluginInfo, Request
 use spiderpool_linux::netns::NetNs;
 use spiderpool_linux::probe::{arp_probe, format_mac, ndp_probe};
 use spiderpool_linux::rtnl::{
-    MAIN_TABLE, Rtnl, route_destination, route_oif, route_table, rule_destination, rule_table,
+    MAIN_TABLE, Rtnl, route_destination, route_oif, route_table, rule_destination, rule_source, rule_table,
 };
 
 /// ADD found the address in use by someone else.
 pub const CODE_IP_CONFLICT: u32 = 102;
+/// CHECK found something ADD set missing.
+pub const CODE_CHECK_FAILED: u32 = 104;
 /// ADD found the gateway silent.
 pub const CODE_GATEWAY_UNREACHABLE: u32 = 103;
 /// Tables of extra NICs: this plus the NIC's ifindex in the pod.
@@ -269,7 +273,16 @@ fn add_in_pod(
             }
         }
     }
-    policy_route(conf, ifname, addrs)
+    policy_route(conf, ifname, addrs)?;
+    // Neighbours that cached another MAC for these addresses (a previous pod) learn this one now.
+    for (addr, _) in addrs {
+        match addr.addr() {
+            IpAddr::V4(v4) => spiderpool_linux::probe::arp_announce(ifname, v4),
+            IpAddr::V6(v6) => spiderpool_linux::probe::na_announce(ifname, v6),
+        }
+        .map_err(|e| io(format!("announcing {} on {ifname}: {e}", addr.addr())))?;
+    }
+    Ok(())
 }
 
 /// Gives a NIC that does not carry the default route its own table: its routes copied there, a
@@ -480,7 +493,79 @@ impl Plugin for Coordinator {
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        CoordinatorConf::parse(&req.conf.raw).map(|_| ())
+        let conf = CoordinatorConf::parse(&req.conf.raw)?;
+        let prev = req
+            .conf
+            .prev_result
+            .clone()
+            .ok_or_else(|| CniError::invalid_config("coordinator CHECK needs prevResult"))?;
+        if conf.mode.as_deref() == Some("disabled") {
+            return Ok(());
+        }
+        let addrs = addresses_of(&prev, &req.ifname);
+        let failed = |msg: String| CniError {
+            code: CODE_CHECK_FAILED,
+            msg,
+            details: String::new(),
+        };
+        if underlay(&conf) {
+            let host_veth = host_veth_name(&req.container_id);
+            let index = spiderpool_linux::probe::ifindex(&host_veth)
+                .map_err(|_| failed(format!("node veth {host_veth} is missing")))?;
+            let mut host = Rtnl::new().map_err(io)?;
+            for (addr, _) in &addrs {
+                let routed = host.routes(addr.addr().is_ipv6()).map_err(io)?.iter().any(|r| {
+                    route_table(r) == conf.host_rule_table
+                        && route_destination(r) == Some(addr.addr())
+                        && route_oif(r) == Some(index)
+                });
+                if !routed {
+                    return Err(failed(format!(
+                        "no route to {} via {host_veth} in table {}",
+                        addr.addr(),
+                        conf.host_rule_table
+                    )));
+                }
+            }
+        }
+        let netns = NetNs::open(Path::new(&req.netns)).map_err(io)?;
+        let ifname = req.ifname.clone();
+        let underlay_mode = underlay(&conf);
+        netns
+            .run(|| -> Result<(), CniError> {
+                if underlay_mode && spiderpool_linux::probe::ifindex(POD_VETH).is_err() {
+                    return Err(failed(format!("{POD_VETH} is missing in the pod")));
+                }
+                let index = spiderpool_linux::probe::ifindex(&ifname)
+                    .map_err(|_| failed(format!("{ifname} is missing")))?;
+                let mut rtnl = Rtnl::new().map_err(io)?;
+                for (addr, _) in &addrs {
+                    let ipv6 = addr.addr().is_ipv6();
+                    let default_oif = rtnl.routes(ipv6).map_err(io)?.iter().find_map(|r| {
+                        (route_table(r) == MAIN_TABLE && r.header.destination_prefix_length == 0)
+                            .then(|| route_oif(r))
+                            .flatten()
+                    });
+                    let extra_nic = match &conf.pod_default_route_nic {
+                        Some(nic) => nic != &ifname,
+                        None => default_oif.is_some_and(|oif| oif != index),
+                    };
+                    if extra_nic {
+                        let table = TABLE_BASE + index;
+                        let ruled = rtnl
+                            .rules(ipv6)
+                            .map_err(io)?
+                            .iter()
+                            .any(|r| rule_table(r) == table && rule_source(r) == Some(addr.addr()));
+                        if !ruled {
+                            return Err(failed(format!("no rule from {} to table {table}", addr.addr())));
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(io)??;
+        Ok(())
     }
 
     fn status(&self, _req: &Request) -> Result<(), CniError> {

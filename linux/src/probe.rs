@@ -267,6 +267,94 @@ pub fn ndp_probe(ifname: &str, target: Ipv6Addr, tries: u32, interval: Duration)
     Ok(None)
 }
 
+/// Gratuitous ARP: a request for `ip` from `ip`, broadcast, so neighbours update (or, with
+/// arp_accept, create) their entry for it.
+pub fn arp_announce(ifname: &str, ip: Ipv4Addr) -> io::Result<()> {
+    let index = ifindex(ifname)?;
+    let mac = hardware_address(ifname)?;
+    let fd = socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(ETH_P_ARP.to_be()))?;
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = ETH_P_ARP.to_be();
+    addr.sll_ifindex = index as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let mut frame = Vec::with_capacity(28);
+    frame.extend_from_slice(&1u16.to_be_bytes());
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(&[6, 4]);
+    frame.extend_from_slice(&ARPOP_REQUEST.to_be_bytes());
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&ip.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&ip.octets());
+    // SAFETY: `frame` and `addr` are valid for the lengths given.
+    check(unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) as libc::c_int
+    })?;
+    Ok(())
+}
+
+/// Unsolicited neighbour advertisement for `ip` to all nodes, with the override flag, so
+/// neighbours replace what they had for it.
+pub fn na_announce(ifname: &str, ip: Ipv6Addr) -> io::Result<()> {
+    let index = ifindex(ifname)?;
+    let mac = hardware_address(ifname)?;
+    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
+    let hops: libc::c_int = 255;
+    // SAFETY: int options.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MULTICAST_HOPS,
+            (&hops as *const libc::c_int).cast(),
+            4,
+        )
+    })?;
+    let if_index = index as libc::c_int;
+    // SAFETY: an int option naming the outgoing interface.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MULTICAST_IF,
+            (&if_index as *const libc::c_int).cast(),
+            4,
+        )
+    })?;
+    // SAFETY: an all-zero sockaddr_in6 is valid; the fields are set below.
+    let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    dst.sin6_family = libc::AF_INET6 as u16;
+    dst.sin6_addr.s6_addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
+    dst.sin6_scope_id = index;
+    // type, code, checksum (kernel), flags: override (0x20), target, target link-layer address.
+    let mut na = vec![ND_NEIGHBOR_ADVERT, 0, 0, 0, 0x20, 0, 0, 0];
+    na.extend_from_slice(&ip.octets());
+    na.extend_from_slice(&[2, 1]);
+    na.extend_from_slice(&mac);
+    // SAFETY: `na` and `dst` are valid for the lengths given.
+    check(unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            na.as_ptr().cast(),
+            na.len(),
+            0,
+            (&dst as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        ) as libc::c_int
+    })?;
+    Ok(())
+}
+
 pub fn format_mac(mac: &Mac) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))

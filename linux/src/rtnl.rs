@@ -84,6 +84,14 @@ pub fn rule_destination(rule: &RuleMessage) -> Option<std::net::IpAddr> {
     })
 }
 
+/// The source of a rule message, if it has one.
+pub fn rule_source(rule: &RuleMessage) -> Option<std::net::IpAddr> {
+    rule.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Source(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
 /// The table a rule points to.
 pub fn rule_table(rule: &RuleMessage) -> u32 {
     rule.attributes

@@ -195,10 +195,20 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
         command: "CHECK".into(),
         ..inv2.clone()
     };
+    let out = topo
+        .exec("coordinator", &check, &coordinator("net-b", &nic2_result))
+        .unwrap();
+    assert!(out.success, "CHECK: {}", out.stdout);
+    // CHECK notices what ADD set going missing.
+    ip(&pod, &["rule", "del", "from", &nic2_ip]).unwrap();
+    let out = topo
+        .exec("coordinator", &check, &coordinator("net-b", &nic2_result))
+        .unwrap();
+    assert_eq!(out.error_code(), Some(104), "{}", out.stdout);
     assert!(
-        topo.exec("coordinator", &check, &coordinator("net-b", &nic2_result))
-            .unwrap()
-            .success
+        out.json()["msg"].as_str().unwrap().contains(&nic2_ip),
+        "{}",
+        out.stdout
     );
     let del = Invocation {
         command: "DEL".into(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use spiderpool_e2e::ip;
 use spiderpool_linux::netns::NetNs;
-use spiderpool_linux::probe::{arp_probe, format_mac, ndp_probe};
+use spiderpool_linux::probe::{arp_announce, arp_probe, format_mac, na_announce, ndp_probe};
 
 #[test]
 #[ignore = "netns tier: needs root and iproute2"]
@@ -90,4 +90,44 @@ fn arp_and_ndp_find_who_holds_an_address_and_time_out_when_nobody_does() {
     assert_eq!(gateway.map(|m| format_mac(&m)), Some(b_mac.clone()));
     assert_eq!(v6_conflict.map(|m| format_mac(&m)), Some(b_mac));
     assert_eq!(v6_free, None);
+
+    // Announcements: B learns (arp_accept) or replaces (override) its entry for an address of A.
+    let a_mac = {
+        let out = ip(&a, &["-j", "link", "show", "a0"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["address"].as_str().unwrap().to_string()
+    };
+    assert!(
+        b.command("sh")
+            .arg("-c")
+            .arg("echo 1 > /proc/sys/net/ipv4/conf/b0/arp_accept")
+            .status()
+            .unwrap()
+            .success()
+    );
+    ip(
+        &b,
+        &[
+            "neigh",
+            "add",
+            "fd00:20::7",
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            "b0",
+            "nud",
+            "stale",
+        ],
+    )
+    .unwrap();
+    a.run(|| {
+        arp_announce("a0", "10.20.0.7".parse().unwrap()).unwrap();
+        na_announce("a0", "fd00:20::7".parse().unwrap()).unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let v4 = ip(&b, &["neigh", "show", "10.20.0.7", "dev", "b0"]).unwrap();
+    assert!(v4.contains(&a_mac), "gratuitous ARP learnt: {v4}");
+    let v6 = ip(&b, &["neigh", "show", "fd00:20::7", "dev", "b0"]).unwrap();
+    assert!(v6.contains(&a_mac), "unsolicited NA overrode the old MAC: {v6}");
 }

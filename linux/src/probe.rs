@@ -203,6 +203,19 @@ pub fn ndp_probe(ifname: &str, target: Ipv6Addr, tries: u32, interval: Duration)
             4,
         )
     })?;
+    // Our own stack holds the address too (it is the pod's): it must not hear, and answer, the
+    // solicitation itself.
+    let no_loop: libc::c_int = 0;
+    // SAFETY: an int option.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MULTICAST_LOOP,
+            (&no_loop as *const libc::c_int).cast(),
+            4,
+        )
+    })?;
     let t = target.octets();
     let group = Ipv6Addr::new(
         0xff02,
@@ -259,6 +272,9 @@ pub fn ndp_probe(ifname: &str, target: Ipv6Addr, tries: u32, interval: Duration)
                         who.copy_from_slice(&opts[2..8]);
                     }
                     opts = &opts[len..];
+                }
+                if who == mac {
+                    continue; // our own answer, whatever path it took
                 }
                 return Ok(Some(who));
             }

@@ -23,9 +23,9 @@ fn records(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn macvlan(name: &str, master: &str, data: &Path, pool: Value) -> Value {
+fn macvlan(name: &str, master: &str, data: &Path, pools: Value) -> Value {
     json!({"cniVersion": "1.0.0", "name": name, "type": "macvlan", "master": master, "mode": "bridge",
-           "ipam": {"type": "spiderpool", "dataDir": data, "pools": [pool]}})
+           "ipam": {"type": "spiderpool", "dataDir": data, "pools": pools}})
 }
 
 fn coordinator(name: &str, prev: &Value) -> Value {
@@ -60,7 +60,7 @@ fn chain_add(topo: &Topology, inv: &Invocation, main: &Value, name: &str) -> Res
 #[test]
 #[ignore = "netns tier: needs root, iproute2, ping and Debian containernetworking-plugins"]
 fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
-    let topo = Topology::new("co", &["10.6.0.1/16"]).unwrap();
+    let topo = Topology::new("co", &["10.6.0.1/16", "fd00:6::1/64"]).unwrap();
     // A second uplink with its own gateway namespace, which also holds a "remote client" address.
     let gw2 = NetNs::create(&format!("spg2-{}", topo.tag)).unwrap();
     ip(
@@ -81,11 +81,18 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
     .unwrap();
     ip(&topo.node, &["link", "set", "up2", "up"]).unwrap();
     ip(&gw2, &["addr", "add", "10.7.0.1/24", "dev", "eth0"]).unwrap();
+    ip(&gw2, &["addr", "add", "fd00:7::1/64", "dev", "eth0", "nodad"]).unwrap();
+    ip(&gw2, &["addr", "add", "fd00:72::1/128", "dev", "lo"]).unwrap();
     ip(&gw2, &["addr", "add", "172.16.2.1/32", "dev", "lo"]).unwrap();
     ip(&gw2, &["link", "set", "eth0", "up"]).unwrap();
     // The node's own address on the uplink: macvlan pods cannot reach their parent's addresses,
     // which is what the coordinator's veth is for.
     ip(&topo.node, &["addr", "add", "10.6.0.254/16", "dev", "up0"]).unwrap();
+    ip(
+        &topo.node,
+        &["addr", "add", "fd00:6::fe/64", "dev", "up0", "nodad"],
+    )
+    .unwrap();
     let data = tempfile::tempdir().unwrap();
     let pod = topo.pod("co").unwrap();
     let pod_path = pod.path().to_str().unwrap().to_string();
@@ -94,15 +101,17 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
         "net-a",
         "up0",
         data.path(),
-        json!({"name": "a", "subnet": "10.6.0.0/16",
-        "ips": ["10.6.0.10-10.6.0.20"], "gateway": "10.6.0.1", "routes": [{"dst": "0.0.0.0/0", "gw": "10.6.0.1"}]}),
+        json!([{"name": "a", "subnet": "10.6.0.0/16",
+            "ips": ["10.6.0.10-10.6.0.20"], "gateway": "10.6.0.1", "routes": [{"dst": "0.0.0.0/0", "gw": "10.6.0.1"}]},
+            {"name": "a6", "subnet": "fd00:6::/64",
+            "ips": ["fd00:6::10-fd00:6::20"], "gateway": "fd00:6::1", "routes": [{"dst": "::/0", "gw": "fd00:6::1"}]}]),
     );
     let nic2 = macvlan(
         "net-b",
         "up2",
         data.path(),
-        json!({"name": "b", "subnet": "10.7.0.0/24",
-        "ips": ["10.7.0.10-10.7.0.20"], "gateway": "10.7.0.1"}),
+        json!([{"name": "b", "subnet": "10.7.0.0/24", "ips": ["10.7.0.10-10.7.0.20"], "gateway": "10.7.0.1"},
+            {"name": "b6", "subnet": "fd00:7::/64", "ips": ["fd00:7::10-fd00:7::20"], "gateway": "fd00:7::1"}]),
     );
     let inv1 = Invocation::new("ADD", "pod-co", &pod_path, "net1");
     let inv2 = Invocation::new("ADD", "pod-co", &pod_path, "net2");
@@ -138,6 +147,27 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
     ping(&pod, "10.6.0.1").unwrap();
     ping(&pod, "10.7.0.1").unwrap();
     ping(&pod, "10.6.0.254").unwrap(); // the node, through veth0
+    ping(&pod, "fd00:6::1").unwrap();
+    ping(&pod, "fd00:7::1").unwrap();
+    ping(&pod, "fd00:6::fe").unwrap();
+    let via6 = ip(&pod, &["-6", "route", "get", "fd00:6::fe"]).unwrap();
+    assert!(via6.contains("dev veth0"), "{via6}");
+    let from_client6 = gw2
+        .command("ping")
+        .args(["-6", "-c", "1", "-W", "2", "-I", "fd00:72::1", "fd00:7::10"])
+        .status()
+        .unwrap();
+    assert!(
+        from_client6.success(),
+        "IPv6: a request arriving on NIC 2 is answered through NIC 2"
+    );
+    let rules6 = ip(&pod, &["-6", "rule", "show"]).unwrap();
+    assert!(rules6.contains("from fd00:7::10 lookup"), "{rules6}");
+    let table6 = ip(&topo.node, &["-6", "route", "show", "table", "500"]).unwrap();
+    assert!(
+        table6.contains("fd00:6::10 dev") && table6.contains("fd00:7::10 dev"),
+        "{table6}"
+    );
     let via = ip(&pod, &["route", "get", "10.6.0.254"]).unwrap();
     assert!(via.contains("dev veth0"), "{via}");
     let host_veth = spiderpool_coordinator::host_veth_name("pod-co");
@@ -242,8 +272,7 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
         "net-c",
         "up2",
         data.path(),
-        json!({"name": "c", "subnet": "10.8.0.0/24",
-        "ips": ["10.8.0.10"], "gateway": "10.8.0.1"}),
+        json!([{"name": "c", "subnet": "10.8.0.0/24", "ips": ["10.8.0.10"], "gateway": "10.8.0.1"}]),
     );
     let inv = Invocation::new("ADD", "pod-co2", &pod2_path, "net3");
     let err = chain_add(&topo, &inv, &silent, "net-c").unwrap_err();

@@ -199,8 +199,22 @@ pub fn host_veth_name(container_id: &str) -> String {
     format!("veth{:011x}", hash & 0xfff_ffff_ffff)
 }
 
-fn underlay(conf: &CoordinatorConf) -> bool {
-    matches!(conf.mode.as_deref(), Some("underlay") | Some("auto") | None)
+/// The interface an overlay CNI gives a pod; beside it, underlay NICs need no veth to the node.
+pub const OVERLAY_NIC: &str = "eth0";
+
+/// Whether this NIC gets the veth to the node. `auto` (the default): yes when the NIC is `eth0`
+/// itself or the pod has no `eth0` (no overlay beside it); `overlay`: never; `underlay`: always.
+fn underlay(conf: &CoordinatorConf, ifname: &str, netns: &NetNs) -> Result<bool, CniError> {
+    Ok(match conf.mode.as_deref() {
+        Some("underlay") => true,
+        Some("overlay") | Some("disabled") => false,
+        _ => {
+            ifname == OVERLAY_NIC
+                || !netns
+                    .run(|| spiderpool_linux::probe::ifindex(OVERLAY_NIC).is_ok())
+                    .map_err(io)?
+        }
+    })
 }
 
 /// The addresses (and their gateways) prevResult gave `ifname`.
@@ -470,8 +484,10 @@ impl Plugin for Coordinator {
         let addrs = addresses_of(&prev, &req.ifname);
         let netns = NetNs::open(Path::new(&req.netns)).map_err(io)?;
         let ifname = req.ifname.clone();
+        // Decided before this NIC's own setup (in case the NIC itself is eth0).
+        let underlay_mode = underlay(&conf, &req.ifname, &netns)?;
         netns.run(|| add_in_pod(&conf, &ifname, &addrs)).map_err(io)??;
-        if underlay(&conf) {
+        if underlay_mode {
             link_to_node(&conf, &req.container_id, &netns, &addrs)?;
         }
         Ok(prev)
@@ -508,7 +524,9 @@ impl Plugin for Coordinator {
             msg,
             details: String::new(),
         };
-        if underlay(&conf) {
+        let netns = NetNs::open(Path::new(&req.netns)).map_err(io)?;
+        let underlay_mode = underlay(&conf, &req.ifname, &netns)?;
+        if underlay_mode {
             let host_veth = host_veth_name(&req.container_id);
             let index = spiderpool_linux::probe::ifindex(&host_veth)
                 .map_err(|_| failed(format!("node veth {host_veth} is missing")))?;
@@ -528,9 +546,7 @@ impl Plugin for Coordinator {
                 }
             }
         }
-        let netns = NetNs::open(Path::new(&req.netns)).map_err(io)?;
         let ifname = req.ifname.clone();
-        let underlay_mode = underlay(&conf);
         netns
             .run(|| -> Result<(), CniError> {
                 if underlay_mode && spiderpool_linux::probe::ifindex(POD_VETH).is_err() {

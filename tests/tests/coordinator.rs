@@ -313,3 +313,79 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
         "rules to the pod are gone"
     );
 }
+
+#[test]
+#[ignore = "netns tier: needs root, iproute2, ping and Debian containernetworking-plugins"]
+fn beside_an_overlay_eth0_there_is_no_veth_and_replies_follow_the_nic() {
+    let topo = Topology::new("ov", &["10.6.0.1/16"]).unwrap();
+    ip(&topo.gateway, &["addr", "add", "172.16.1.1/32", "dev", "lo"]).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let pod = topo.pod("ov").unwrap();
+    let pod_path = pod.path().to_str().unwrap().to_string();
+    // eth0 from Debian's bridge stands in for an overlay CNI: it brings the default route.
+    let overlay = json!({"cniVersion": "1.0.0", "name": "overlay", "type": "bridge", "bridge": "spbr1",
+        "isGateway": true, "ipMasq": false, "ipam": {"type": "spiderpool", "dataDir": data.path(),
+        "pools": [{"name": "ov", "subnet": "10.244.0.0/24", "ips": ["10.244.0.10-10.244.0.20"], "gateway": "10.244.0.1",
+                   "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}]}]}});
+    let eth0 = Invocation::new("ADD", "pod-ov", &pod_path, "eth0");
+    let out = topo.exec("bridge", &eth0, &overlay).unwrap();
+    assert!(out.success, "bridge ADD: {}", out.stdout);
+    let underlay = macvlan(
+        "net-u",
+        "up0",
+        data.path(),
+        json!([{"name": "u", "subnet": "10.6.0.0/16",
+        "ips": ["10.6.0.10-10.6.0.20"], "gateway": "10.6.0.1"}]),
+    );
+    let net1 = Invocation::new("ADD", "pod-ov", &pod_path, "net1");
+    chain_add(&topo, &net1, &underlay, "net-u").unwrap();
+
+    assert!(
+        ip(&pod, &["link", "show", "veth0"]).is_err(),
+        "no veth beside an overlay eth0"
+    );
+    let host_veth = spiderpool_coordinator::host_veth_name("pod-ov");
+    assert!(!ip(&topo.node, &["link", "show"]).unwrap().contains(&host_veth));
+    let rules = ip(&pod, &["rule", "show"]).unwrap();
+    assert!(rules.contains("from 10.6.0.10 lookup"), "{rules}");
+    assert!(
+        ip(&pod, &["route", "show", "default"])
+            .unwrap()
+            .contains("dev eth0")
+    );
+    // A client behind the underlay gateway is answered through net1, not the overlay's default.
+    let answered = topo
+        .gateway
+        .command("ping")
+        .args(["-c", "1", "-W", "2", "-I", "172.16.1.1", "10.6.0.10"])
+        .status()
+        .unwrap();
+    assert!(
+        answered.success(),
+        "the reply leaves by the NIC the request came in on"
+    );
+
+    let del = Invocation {
+        command: "DEL".into(),
+        ..net1.clone()
+    };
+    assert!(
+        topo.exec("coordinator", &del, &coordinator("net-u", &json!({})))
+            .unwrap()
+            .success
+    );
+    assert!(topo.exec("macvlan", &del, &underlay).unwrap().success);
+    assert!(
+        topo.exec(
+            "bridge",
+            &Invocation {
+                command: "DEL".into(),
+                ..eth0
+            },
+            &overlay
+        )
+        .unwrap()
+        .success
+    );
+    assert!(records(data.path()).is_empty());
+}

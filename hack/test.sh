@@ -38,7 +38,7 @@ if is_root; then
     # Only the binaries the guest scripts run, stripped: they travel in the initramfs.
     vm_bin="$target_dir/vm-bin"
     rm -rf "$vm_bin" && mkdir -p "$vm_bin"
-    for bin in spiderpool-agent spiderpool ifacer fake-kubelet; do
+    for bin in spiderpool-agent spiderpool ifacer coordinator fake-kubelet; do
         strip -o "$vm_bin/$bin" "$target_dir/debug/$bin"
     done
     # Debian's ipvlan runs on top of what ifacer makes (the host kernel here has no ipvlan).

@@ -100,6 +100,151 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     Ok(Some(n as usize))
 }
 
+/// An ARP socket on one link: SOCK_DGRAM, so the kernel writes the Ethernet header.
+struct ArpLink {
+    fd: OwnedFd,
+    broadcast: libc::sockaddr_ll,
+    mac: Mac,
+}
+
+impl ArpLink {
+    fn open(ifname: &str) -> io::Result<ArpLink> {
+        let index = ifindex(ifname)?;
+        let mac = hardware_address(ifname)?;
+        let fd = socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(ETH_P_ARP.to_be()))?;
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ARP.to_be();
+        addr.sll_ifindex = index as i32;
+        // SAFETY: binding the packet socket to the link, so only its frames arrive.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        })?;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        Ok(ArpLink {
+            fd,
+            broadcast: addr,
+            mac,
+        })
+    }
+
+    /// Broadcasts an ARP request for `target` claiming to come from `sender`.
+    fn request(&self, sender: Ipv4Addr, target: Ipv4Addr) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(28);
+        frame.extend_from_slice(&1u16.to_be_bytes()); // Ethernet
+        frame.extend_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+        frame.extend_from_slice(&[6, 4]);
+        frame.extend_from_slice(&ARPOP_REQUEST.to_be_bytes());
+        frame.extend_from_slice(&self.mac);
+        frame.extend_from_slice(&sender.octets());
+        frame.extend_from_slice(&[0; 6]);
+        frame.extend_from_slice(&target.octets());
+        // SAFETY: `frame` and the address are valid for the lengths given.
+        check(unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&self.broadcast as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            ) as libc::c_int
+        })?;
+        Ok(())
+    }
+}
+
+/// An ICMPv6 raw socket sending on one link with hop limit 255 (RFC 4861 drops anything else).
+struct NdLink {
+    fd: OwnedFd,
+    index: u32,
+    mac: Mac,
+}
+
+impl NdLink {
+    fn open(ifname: &str) -> io::Result<NdLink> {
+        let index = ifindex(ifname)?;
+        let mac = hardware_address(ifname)?;
+        let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
+        let set = |opt: libc::c_int, value: libc::c_int| {
+            // SAFETY: an int option.
+            check(unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    opt,
+                    (&value as *const libc::c_int).cast(),
+                    4,
+                )
+            })
+        };
+        set(libc::IPV6_MULTICAST_HOPS, 255)?;
+        set(libc::IPV6_UNICAST_HOPS, 255)?;
+        set(libc::IPV6_MULTICAST_IF, index as libc::c_int)?;
+        // Our own stack may hold the address asked about (it is the pod's): it must not hear, and
+        // answer, our own solicitation.
+        set(libc::IPV6_MULTICAST_LOOP, 0)?;
+        Ok(NdLink { fd, index, mac })
+    }
+
+    /// Sends an ICMPv6 message (the kernel fills in the checksum) to a link-scope group.
+    fn send(&self, message: &[u8], group: Ipv6Addr) -> io::Result<()> {
+        // SAFETY: an all-zero sockaddr_in6 is valid; the fields are set below.
+        let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        dst.sin6_family = libc::AF_INET6 as u16;
+        dst.sin6_addr.s6_addr = group.octets();
+        dst.sin6_scope_id = self.index;
+        // SAFETY: `message` and `dst` are valid for the lengths given.
+        check(unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+                (&dst as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as u32,
+            ) as libc::c_int
+        })?;
+        Ok(())
+    }
+
+    /// type, code, checksum, 4 bytes of flags, the target, and a link-layer address option.
+    fn message(&self, kind: u8, flags: u8, target: Ipv6Addr, option: u8) -> Vec<u8> {
+        let mut m = vec![kind, 0, 0, 0, flags, 0, 0, 0];
+        m.extend_from_slice(&target.octets());
+        m.extend_from_slice(&[option, 1]);
+        m.extend_from_slice(&self.mac);
+        m
+    }
+}
+
+/// Waits up to `interval` for a packet `matches` accepts.
+fn await_answer(
+    fd: &OwnedFd,
+    interval: Duration,
+    mut matches: impl FnMut(&[u8]) -> Option<Mac>,
+) -> io::Result<Option<Mac>> {
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + interval;
+    while let Some(left) = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
+        set_timeout(fd, left)?;
+        let Some(n) = recv(fd, &mut buf)? else { break };
+        if let Some(mac) = matches(&buf[..n]) {
+            return Ok(Some(mac));
+        }
+    }
+    Ok(None)
+}
+
 /// Asks `tries` times, `interval` apart, who has `target` on `ifname`; the first answer's MAC.
 /// `sender` is the address the request claims to come from: 0.0.0.0 for a probe that must not
 /// disturb anyone's ARP cache (RFC 5227), our address for a gateway check.
@@ -110,112 +255,28 @@ pub fn arp_probe(
     tries: u32,
     interval: Duration,
 ) -> io::Result<Option<Mac>> {
-    let index = ifindex(ifname)?;
-    let mac = hardware_address(ifname)?;
-    // SOCK_DGRAM: the kernel writes the Ethernet header from the sockaddr.
-    let fd = socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(ETH_P_ARP.to_be()))?;
-    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = ETH_P_ARP.to_be();
-    addr.sll_ifindex = index as i32;
-    // SAFETY: binding the packet socket to the link, so only its frames arrive.
-    check(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    })?;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    let mut request = Vec::with_capacity(28);
-    request.extend_from_slice(&1u16.to_be_bytes()); // Ethernet
-    request.extend_from_slice(&0x0800u16.to_be_bytes()); // IPv4
-    request.extend_from_slice(&[6, 4]);
-    request.extend_from_slice(&ARPOP_REQUEST.to_be_bytes());
-    request.extend_from_slice(&mac);
-    request.extend_from_slice(&sender.octets());
-    request.extend_from_slice(&[0; 6]);
-    request.extend_from_slice(&target.octets());
-    let mut buf = [0u8; 1500];
+    let link = ArpLink::open(ifname)?;
     for _ in 0..tries.max(1) {
-        // SAFETY: `request` and `addr` are valid for the lengths given.
-        check(unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            ) as libc::c_int
-        })?;
-        let deadline = Instant::now() + interval;
-        while let Some(left) = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-        {
-            set_timeout(&fd, left)?;
-            let Some(n) = recv(&fd, &mut buf)? else { break };
-            let p = &buf[..n];
-            if n >= 28
+        link.request(sender, target)?;
+        let answer = await_answer(&link.fd, interval, |p| {
+            let reply = p.len() >= 28
                 && u16::from_be_bytes([p[6], p[7]]) == ARPOP_REPLY
-                && p[14..18] == target.octets()
-                && p[8..14] != mac
-            {
-                let mut who = [0u8; 6];
-                who.copy_from_slice(&p[8..14]);
-                return Ok(Some(who));
-            }
+                && p[14..18] == target.octets();
+            let mut who = [0u8; 6];
+            who.copy_from_slice(p.get(8..14)?);
+            (reply && who != link.mac).then_some(who)
+        })?;
+        if answer.is_some() {
+            return Ok(answer);
         }
     }
     Ok(None)
 }
 
 /// Solicits `target` on `ifname` (to its solicited-node group) `tries` times; the MAC of the
-/// first advertisement for it.
+/// first advertisement for it that is not our own.
 pub fn ndp_probe(ifname: &str, target: Ipv6Addr, tries: u32, interval: Duration) -> io::Result<Option<Mac>> {
-    let index = ifindex(ifname)?;
-    let mac = hardware_address(ifname)?;
-    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
-    let hops: libc::c_int = 255; // RFC 4861: neighbour discovery is only valid with hop limit 255
-    for opt in [libc::IPV6_MULTICAST_HOPS, libc::IPV6_UNICAST_HOPS] {
-        // SAFETY: an int option.
-        check(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                opt,
-                (&hops as *const libc::c_int).cast(),
-                4,
-            )
-        })?;
-    }
-    let if_index = index as libc::c_int;
-    // SAFETY: an int option naming the outgoing interface for multicast.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MULTICAST_IF,
-            (&if_index as *const libc::c_int).cast(),
-            4,
-        )
-    })?;
-    // Our own stack holds the address too (it is the pod's): it must not hear, and answer, the
-    // solicitation itself.
-    let no_loop: libc::c_int = 0;
-    // SAFETY: an int option.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MULTICAST_LOOP,
-            (&no_loop as *const libc::c_int).cast(),
-            4,
-        )
-    })?;
+    let link = NdLink::open(ifname)?;
     let t = target.octets();
     let group = Ipv6Addr::new(
         0xff02,
@@ -227,57 +288,31 @@ pub fn ndp_probe(ifname: &str, target: Ipv6Addr, tries: u32, interval: Duration)
         0xff00 | u16::from(t[13]),
         u16::from_be_bytes([t[14], t[15]]),
     );
-    // SAFETY: an all-zero sockaddr_in6 is valid; the fields are set below.
-    let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    dst.sin6_family = libc::AF_INET6 as u16;
-    dst.sin6_addr.s6_addr = group.octets();
-    dst.sin6_scope_id = index;
-    // type, code, checksum (the kernel fills it in for ICMPv6 raw sockets), reserved, target,
-    // and the source link-layer address option.
-    let mut ns = vec![ND_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
-    ns.extend_from_slice(&t);
-    ns.extend_from_slice(&[1, 1]);
-    ns.extend_from_slice(&mac);
-    let mut buf = [0u8; 1500];
+    // Source link-layer address option (1).
+    let solicitation = link.message(ND_NEIGHBOR_SOLICIT, 0, target, 1);
     for _ in 0..tries.max(1) {
-        // SAFETY: `ns` and `dst` are valid for the lengths given.
-        check(unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                ns.as_ptr().cast(),
-                ns.len(),
-                0,
-                (&dst as *const libc::sockaddr_in6).cast(),
-                std::mem::size_of::<libc::sockaddr_in6>() as u32,
-            ) as libc::c_int
-        })?;
-        let deadline = Instant::now() + interval;
-        while let Some(left) = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-        {
-            set_timeout(&fd, left)?;
-            let Some(n) = recv(&fd, &mut buf)? else { break };
-            let p = &buf[..n];
-            if n >= 24 && p[0] == ND_NEIGHBOR_ADVERT && p[8..24] == t {
-                // Target link-layer address option (type 2), when present.
-                let mut who = [0u8; 6];
-                let mut opts = &p[24..];
-                while opts.len() >= 8 {
-                    let len = usize::from(opts[1]) * 8;
-                    if len == 0 || len > opts.len() {
-                        break;
-                    }
-                    if opts[0] == 2 {
-                        who.copy_from_slice(&opts[2..8]);
-                    }
-                    opts = &opts[len..];
-                }
-                if who == mac {
-                    continue; // our own answer, whatever path it took
-                }
-                return Ok(Some(who));
+        link.send(&solicitation, group)?;
+        let answer = await_answer(&link.fd, interval, |p| {
+            if p.len() < 24 || p[0] != ND_NEIGHBOR_ADVERT || p[8..24] != t {
+                return None;
             }
+            // Target link-layer address option (2), when present.
+            let mut who = [0u8; 6];
+            let mut opts = &p[24..];
+            while opts.len() >= 8 {
+                let len = usize::from(opts[1]) * 8;
+                if len == 0 || len > opts.len() {
+                    break;
+                }
+                if opts[0] == 2 {
+                    who.copy_from_slice(&opts[2..8]);
+                }
+                opts = &opts[len..];
+            }
+            (who != link.mac).then_some(who) // our own answer, whatever path it took, is no conflict
+        })?;
+        if answer.is_some() {
+            return Ok(answer);
         }
     }
     Ok(None)
@@ -286,89 +321,17 @@ pub fn ndp_probe(ifname: &str, target: Ipv6Addr, tries: u32, interval: Duration)
 /// Gratuitous ARP: a request for `ip` from `ip`, broadcast, so neighbours update (or, with
 /// arp_accept, create) their entry for it.
 pub fn arp_announce(ifname: &str, ip: Ipv4Addr) -> io::Result<()> {
-    let index = ifindex(ifname)?;
-    let mac = hardware_address(ifname)?;
-    let fd = socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(ETH_P_ARP.to_be()))?;
-    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = ETH_P_ARP.to_be();
-    addr.sll_ifindex = index as i32;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    let mut frame = Vec::with_capacity(28);
-    frame.extend_from_slice(&1u16.to_be_bytes());
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    frame.extend_from_slice(&[6, 4]);
-    frame.extend_from_slice(&ARPOP_REQUEST.to_be_bytes());
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&ip.octets());
-    frame.extend_from_slice(&[0; 6]);
-    frame.extend_from_slice(&ip.octets());
-    // SAFETY: `frame` and `addr` are valid for the lengths given.
-    check(unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        ) as libc::c_int
-    })?;
-    Ok(())
+    ArpLink::open(ifname)?.request(ip, ip)
 }
 
-/// Unsolicited neighbour advertisement for `ip` to all nodes, with the override flag, so
+/// Unsolicited neighbour advertisement for `ip` to all nodes, with the override flag (0x20), so
 /// neighbours replace what they had for it.
 pub fn na_announce(ifname: &str, ip: Ipv6Addr) -> io::Result<()> {
-    let index = ifindex(ifname)?;
-    let mac = hardware_address(ifname)?;
-    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
-    let hops: libc::c_int = 255;
-    // SAFETY: int options.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MULTICAST_HOPS,
-            (&hops as *const libc::c_int).cast(),
-            4,
-        )
-    })?;
-    let if_index = index as libc::c_int;
-    // SAFETY: an int option naming the outgoing interface.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MULTICAST_IF,
-            (&if_index as *const libc::c_int).cast(),
-            4,
-        )
-    })?;
-    // SAFETY: an all-zero sockaddr_in6 is valid; the fields are set below.
-    let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    dst.sin6_family = libc::AF_INET6 as u16;
-    dst.sin6_addr.s6_addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
-    dst.sin6_scope_id = index;
-    // type, code, checksum (kernel), flags: override (0x20), target, target link-layer address.
-    let mut na = vec![ND_NEIGHBOR_ADVERT, 0, 0, 0, 0x20, 0, 0, 0];
-    na.extend_from_slice(&ip.octets());
-    na.extend_from_slice(&[2, 1]);
-    na.extend_from_slice(&mac);
-    // SAFETY: `na` and `dst` are valid for the lengths given.
-    check(unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            na.as_ptr().cast(),
-            na.len(),
-            0,
-            (&dst as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as u32,
-        ) as libc::c_int
-    })?;
-    Ok(())
+    let link = NdLink::open(ifname)?;
+    link.send(
+        &link.message(ND_NEIGHBOR_ADVERT, 0x20, ip, 2),
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+    )
 }
 
 pub fn format_mac(mac: &Mac) -> String {

@@ -135,6 +135,53 @@ fn family(ip: std::net::IpAddr) -> AddressFamily {
     }
 }
 
+/// A static unicast route to `dst` out of `oif` in `table`, via `gateway` when given.
+fn static_route(
+    dst: ipnet_like::Net,
+    gateway: Option<std::net::IpAddr>,
+    oif: u32,
+    table: u32,
+    scope: RouteScope,
+) -> RouteMessage {
+    let mut r = RouteMessage::default();
+    r.header.address_family = family(dst.0);
+    r.header.destination_prefix_length = dst.1;
+    // Tables above 255 live only in the attribute; the header then says RT_TABLE_COMPAT.
+    r.header.table = u8::try_from(table).unwrap_or(252);
+    r.header.protocol = RouteProtocol::Static;
+    r.header.scope = scope;
+    r.header.kind = RouteType::Unicast;
+    if dst.1 > 0 {
+        r.attributes
+            .push(RouteAttribute::Destination(route_address(dst.0)));
+    }
+    if let Some(gw) = gateway {
+        r.attributes.push(RouteAttribute::Gateway(route_address(gw)));
+    }
+    r.attributes.push(RouteAttribute::Oif(oif));
+    r.attributes.push(RouteAttribute::Table(table));
+    r
+}
+
+/// A rule for one address (`from` it when `source`, else `to` it) that looks up `table`.
+fn host_rule(ip: std::net::IpAddr, source: bool, table: u32, priority: u32) -> RuleMessage {
+    let mut rule = RuleMessage::default();
+    rule.header.family = family(ip);
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    rule.header.table = u8::try_from(table).unwrap_or(252);
+    rule.header.action = RuleAction::ToTable;
+    if source {
+        rule.header.src_len = len;
+        rule.attributes.push(RuleAttribute::Source(ip));
+    } else {
+        rule.header.dst_len = len;
+        rule.attributes.push(RuleAttribute::Destination(ip));
+    }
+    rule.attributes.push(RuleAttribute::Table(table));
+    rule.attributes.push(RuleAttribute::Priority(priority));
+    rule
+}
+
 /// A netlink route socket in the calling thread's network namespace.
 pub struct Rtnl {
     socket: Socket,
@@ -271,40 +318,30 @@ impl Rtnl {
         oif: u32,
         table: u32,
     ) -> Result<(), RtnlError> {
-        let mut r = RouteMessage::default();
-        r.header.address_family = family(gateway);
-        r.header.table = u8::try_from(table).unwrap_or(252);
-        r.header.protocol = RouteProtocol::Static;
-        r.header.scope = RouteScope::Universe;
-        r.header.kind = RouteType::Unicast;
-        r.attributes.push(RouteAttribute::Gateway(route_address(gateway)));
-        r.attributes.push(RouteAttribute::Oif(oif));
-        r.attributes.push(RouteAttribute::Table(table));
-        self.request(
+        let default = (
+            if gateway.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            },
+            0,
+        );
+        self.add_route(
+            static_route(default, Some(gateway), oif, table, RouteScope::Universe),
             "add default route",
-            RouteNetlinkMessage::NewRoute(r),
-            NLM_F_CREATE | NLM_F_EXCL,
         )
     }
 
-    /// `ip rule add from SRC/len lookup TABLE pref PRIORITY`.
+    /// `ip rule add from SRC lookup TABLE pref PRIORITY`.
     pub fn add_source_rule(
         &mut self,
         source: std::net::IpAddr,
         table: u32,
         priority: u32,
     ) -> Result<(), RtnlError> {
-        let mut rule = RuleMessage::default();
-        rule.header.family = family(source);
-        rule.header.src_len = if source.is_ipv4() { 32 } else { 128 };
-        rule.header.table = u8::try_from(table).unwrap_or(252);
-        rule.header.action = RuleAction::ToTable;
-        rule.attributes.push(RuleAttribute::Source(source));
-        rule.attributes.push(RuleAttribute::Table(table));
-        rule.attributes.push(RuleAttribute::Priority(priority));
         self.request(
             "add rule",
-            RouteNetlinkMessage::NewRule(rule),
+            RouteNetlinkMessage::NewRule(host_rule(source, true, table, priority)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
@@ -360,22 +397,12 @@ impl Rtnl {
         )
     }
 
-    /// `ip route add DST dev OIF [table T] scope link` (a host route on a point-to-point link).
+    /// `ip route add DST dev OIF table T scope link` (a host route on a point-to-point link).
     pub fn add_link_route(&mut self, dst: std::net::IpAddr, oif: u32, table: u32) -> Result<(), RtnlError> {
-        let mut r = RouteMessage::default();
-        r.header.address_family = family(dst);
-        r.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
-        r.header.table = u8::try_from(table).unwrap_or(252);
-        r.header.protocol = RouteProtocol::Static;
-        r.header.scope = RouteScope::Link;
-        r.header.kind = RouteType::Unicast;
-        r.attributes.push(RouteAttribute::Destination(route_address(dst)));
-        r.attributes.push(RouteAttribute::Oif(oif));
-        r.attributes.push(RouteAttribute::Table(table));
-        self.request(
+        let host = (dst, if dst.is_ipv4() { 32 } else { 128 });
+        self.add_route(
+            static_route(host, None, oif, table, RouteScope::Link),
             "add route",
-            RouteNetlinkMessage::NewRoute(r),
-            NLM_F_CREATE | NLM_F_EXCL,
         )
     }
 
@@ -386,17 +413,9 @@ impl Rtnl {
         table: u32,
         priority: u32,
     ) -> Result<(), RtnlError> {
-        let mut rule = RuleMessage::default();
-        rule.header.family = family(dst);
-        rule.header.dst_len = if dst.is_ipv4() { 32 } else { 128 };
-        rule.header.table = u8::try_from(table).unwrap_or(252);
-        rule.header.action = RuleAction::ToTable;
-        rule.attributes.push(RuleAttribute::Destination(dst));
-        rule.attributes.push(RuleAttribute::Table(table));
-        rule.attributes.push(RuleAttribute::Priority(priority));
         self.request(
             "add rule",
-            RouteNetlinkMessage::NewRule(rule),
+            RouteNetlinkMessage::NewRule(host_rule(dst, false, table, priority)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
@@ -432,7 +451,7 @@ impl Rtnl {
         )
     }
 
-    /// `ip route add DST via GW dev OIF` in `table` (the gateway reached on-link).
+    /// `ip route add DST via GW dev OIF table T` (the gateway reached on-link).
     pub fn add_route_via(
         &mut self,
         dst: ipnet_like::Net,
@@ -440,21 +459,16 @@ impl Rtnl {
         oif: u32,
         table: u32,
     ) -> Result<(), RtnlError> {
-        let mut r = RouteMessage::default();
-        r.header.address_family = family(gateway);
-        r.header.destination_prefix_length = dst.1;
-        r.header.table = u8::try_from(table).unwrap_or(252);
-        r.header.protocol = RouteProtocol::Static;
-        r.header.scope = RouteScope::Universe;
-        r.header.kind = RouteType::Unicast;
-        r.attributes
-            .push(RouteAttribute::Destination(route_address(dst.0)));
-        r.attributes.push(RouteAttribute::Gateway(route_address(gateway)));
-        r.attributes.push(RouteAttribute::Oif(oif));
-        r.attributes.push(RouteAttribute::Table(table));
-        self.request(
+        self.add_route(
+            static_route(dst, Some(gateway), oif, table, RouteScope::Universe),
             "add route",
-            RouteNetlinkMessage::NewRoute(r),
+        )
+    }
+
+    fn add_route(&mut self, route: RouteMessage, what: &str) -> Result<(), RtnlError> {
+        self.request(
+            what,
+            RouteNetlinkMessage::NewRoute(route),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }

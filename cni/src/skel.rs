@@ -90,8 +90,14 @@ pub trait Plugin {
     fn add(&self, req: &Request) -> Result<CniResult, CniError>;
     fn del(&self, req: &Request) -> Result<(), CniError>;
     fn check(&self, req: &Request) -> Result<(), CniError>;
-    fn status(&self, req: &Request) -> Result<(), CniError>;
-    fn gc(&self, req: &Request) -> Result<(), CniError>;
+    /// STATUS (1.1): whether an ADD can succeed now; plugins without a notion of readiness are ready.
+    fn status(&self, _req: &Request) -> Result<(), CniError> {
+        Ok(())
+    }
+    /// GC (1.1): release what `cni.dev/valid-attachments` no longer lists; nothing to do by default.
+    fn gc(&self, _req: &Request) -> Result<(), CniError> {
+        Ok(())
+    }
 }
 
 /// What a run ends with: bytes for stdout and stderr, and the exit status.

@@ -583,14 +583,6 @@ impl Plugin for Coordinator {
             .map_err(io)??;
         Ok(())
     }
-
-    fn status(&self, _req: &Request) -> Result<(), CniError> {
-        Ok(())
-    }
-
-    fn gc(&self, _req: &Request) -> Result<(), CniError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -255,14 +255,6 @@ impl Plugin for Ifacer {
         }
         Ok(())
     }
-
-    fn status(&self, _req: &Request) -> Result<(), CniError> {
-        Ok(())
-    }
-
-    fn gc(&self, _req: &Request) -> Result<(), CniError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,18 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// The attachment records left in the `spiderpool` store under `data_dir`.
+pub fn store_records(data_dir: &Path) -> Vec<String> {
+    let store = spiderpool_ipam::store::Store::open(data_dir, spiderpool_ipam::store::LOCK_TIMEOUT)
+        .expect("store opens");
+    store
+        .write(|t| t.all_owners())
+        .expect("store reads")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
 /// Runs a command and fails with its output when it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;

@@ -9,19 +9,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use spiderpool_cni::exec::Invocation;
-use spiderpool_e2e::{Topology, ip, ping};
-use spiderpool_ipam::store::{LOCK_TIMEOUT, Store};
+use spiderpool_e2e::{Topology, ip, ping, store_records};
 use spiderpool_linux::netns::NetNs;
-
-fn records(dir: &Path) -> Vec<String> {
-    let store = Store::open(dir, LOCK_TIMEOUT).unwrap();
-    store
-        .write(|t| t.all_owners())
-        .unwrap()
-        .into_iter()
-        .map(|(key, _)| key)
-        .collect()
-}
 
 fn macvlan(name: &str, master: &str, data: &Path, pools: Value) -> Value {
     json!({"cniVersion": "1.0.0", "name": name, "type": "macvlan", "master": master, "mode": "bridge",
@@ -277,7 +266,7 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
     let inv = Invocation::new("ADD", "pod-co2", &pod2_path, "net3");
     let err = chain_add(&topo, &inv, &silent, "net-c").unwrap_err();
     assert_eq!(err["code"], 103, "{err}");
-    let mut left = records(data.path());
+    let mut left = store_records(data.path());
     left.sort();
     assert_eq!(
         left,
@@ -301,7 +290,7 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
             assert!(topo.exec("macvlan", &del, main).unwrap().success);
         }
     }
-    assert!(records(data.path()).is_empty());
+    assert!(store_records(data.path()).is_empty());
     let links = ip(&topo.node, &["link", "show"]).unwrap();
     assert!(!links.contains(&host_veth), "{links}");
     assert_eq!(
@@ -387,5 +376,5 @@ fn beside_an_overlay_eth0_there_is_no_veth_and_replies_follow_the_nic() {
         .unwrap()
         .success
     );
-    assert!(records(data.path()).is_empty());
+    assert!(store_records(data.path()).is_empty());
 }

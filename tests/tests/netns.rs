@@ -9,8 +9,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use spiderpool_cni::exec::Invocation;
-use spiderpool_e2e::{Topology, ip, ping};
-use spiderpool_ipam::store::{LOCK_TIMEOUT, Store};
+use spiderpool_e2e::{Topology, ip, ping, store_records};
 
 fn ipam(data_dir: &Path, v4: (&str, &str, &str), v6: (&str, &str, &str)) -> Value {
     json!({
@@ -27,17 +26,6 @@ fn ipam(data_dir: &Path, v4: (&str, &str, &str), v6: (&str, &str, &str)) -> Valu
 
 fn addresses(ns: &spiderpool_linux::netns::NetNs, dev: &str) -> String {
     ip(ns, &["-o", "addr", "show", "dev", dev]).unwrap()
-}
-
-/// The attachment records left in the plugin's store.
-fn records(dir: &Path) -> Vec<String> {
-    let store = Store::open(dir, LOCK_TIMEOUT).unwrap();
-    store
-        .write(|t| t.all_owners())
-        .unwrap()
-        .into_iter()
-        .map(|(key, _)| key)
-        .collect()
 }
 
 #[test]
@@ -98,7 +86,7 @@ fn macvlan_dual_stack_pod_reaches_its_gateway() {
         ip(&pod, &["link", "show", "net1"]).is_err(),
         "net1 is gone from the pod"
     );
-    assert_eq!(records(data.path()), Vec::<String>::new());
+    assert_eq!(store_records(data.path()), Vec::<String>::new());
 
     // The released address is not the next one handed out.
     let pod2 = topo.pod("mv2").unwrap();
@@ -166,5 +154,5 @@ fn bridge_dual_stack_pod_reaches_the_node_gateway() {
         )
         .unwrap();
     assert!(out.success, "DEL 2: {} {}", out.stdout, out.stderr);
-    assert_eq!(records(data.path()), Vec::<String>::new());
+    assert_eq!(store_records(data.path()), Vec::<String>::new());
 }

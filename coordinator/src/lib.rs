@@ -148,12 +148,12 @@ pub fn mac_for(prefix: [u8; 2], ip: IpAddr) -> [u8; 6] {
 
 /// MAC prefix, queue length and sysctls of the NIC, before anyone sees it (the checks come next).
 fn tune_nic(
+    rtnl: &mut Rtnl,
+    index: u32,
     conf: &CoordinatorConf,
     ifname: &str,
     addrs: &[(ipnet::IpNet, Option<IpAddr>)],
 ) -> Result<(), CniError> {
-    let mut rtnl = Rtnl::new().map_err(io)?;
-    let index = spiderpool_linux::probe::ifindex(ifname).map_err(io)?;
     if let Some(prefix) = &conf.pod_mac_prefix {
         let ip = addrs
             .iter()
@@ -242,7 +242,10 @@ fn add_in_pod(
     ifname: &str,
     addrs: &[(ipnet::IpNet, Option<IpAddr>)],
 ) -> Result<(), CniError> {
-    tune_nic(conf, ifname, addrs)?;
+    // One netlink socket and one index lookup serve every step in the pod.
+    let mut rtnl = Rtnl::new().map_err(io)?;
+    let index = spiderpool_linux::probe::ifindex(ifname).map_err(io)?;
+    tune_nic(&mut rtnl, index, conf, ifname, addrs)?;
     let interval = Duration::from_millis(conf.probe_interval_ms);
     for (addr, gateway) in addrs {
         let ip = addr.addr();
@@ -287,7 +290,7 @@ fn add_in_pod(
             }
         }
     }
-    policy_route(conf, ifname, addrs)?;
+    policy_route(&mut rtnl, index, conf, ifname, addrs)?;
     // Neighbours that cached another MAC for these addresses (a previous pod) learn this one now.
     for (addr, _) in addrs {
         match addr.addr() {
@@ -302,12 +305,12 @@ fn add_in_pod(
 /// Gives a NIC that does not carry the default route its own table: its routes copied there, a
 /// default route via its gateway, and `from <ip>` rules.
 fn policy_route(
+    rtnl: &mut Rtnl,
+    index: u32,
     conf: &CoordinatorConf,
     ifname: &str,
     addrs: &[(ipnet::IpNet, Option<IpAddr>)],
 ) -> Result<(), CniError> {
-    let mut rtnl = Rtnl::new().map_err(io)?;
-    let index = spiderpool_linux::probe::ifindex(ifname).map_err(io)?;
     for ipv6 in [false, true] {
         let mine: Vec<_> = addrs.iter().filter(|(a, _)| a.addr().is_ipv6() == ipv6).collect();
         if mine.is_empty() {

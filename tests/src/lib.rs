@@ -80,31 +80,15 @@ impl Topology {
         let tag = format!("{tag}-{}", std::process::id());
         let node = NetNs::create(&format!("spn-{tag}"))?;
         let gateway = NetNs::create(&format!("spg-{tag}"))?;
-        ip(
-            &node,
-            &[
-                "link",
-                "add",
-                "up0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                gateway.name(),
-            ],
-        )?;
-        ip(&node, &["link", "set", "up0", "up"])?;
-        for addr in gateway_addrs {
-            let mut args = vec!["addr", "add", addr, "dev", "eth0"];
-            if addr.contains(':') {
-                args.push("nodad");
-            }
-            ip(&gateway, &args)?;
-        }
-        ip(&gateway, &["link", "set", "eth0", "up"])?;
+        add_uplink(&node, "up0", &gateway, gateway_addrs)?;
         Ok(Topology { tag, node, gateway })
+    }
+
+    /// Another uplink `link` of the node, to a new gateway namespace holding `gateway_addrs`.
+    pub fn uplink(&self, link: &str, gateway_addrs: &[&str]) -> Result<NetNs> {
+        let gateway = NetNs::create(&format!("spg-{link}-{}", self.tag))?;
+        add_uplink(&self.node, link, &gateway, gateway_addrs)?;
+        Ok(gateway)
     }
 
     pub fn pod(&self, name: &str) -> Result<NetNs> {
@@ -130,6 +114,35 @@ impl Topology {
         self.node.enter_on_spawn(&mut cmd);
         Ok(run_command(cmd, netconf.to_string().as_bytes())?)
     }
+}
+
+/// A veth `link` in `node` whose peer `eth0` in `gateway` carries `gateway_addrs`; both up.
+fn add_uplink(node: &NetNs, link: &str, gateway: &NetNs, gateway_addrs: &[&str]) -> Result<()> {
+    ip(
+        node,
+        &[
+            "link",
+            "add",
+            link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            gateway.name(),
+        ],
+    )?;
+    ip(node, &["link", "set", link, "up"])?;
+    for addr in gateway_addrs {
+        let mut args = vec!["addr", "add", addr, "dev", "eth0"];
+        if addr.contains(':') {
+            args.push("nodad");
+        }
+        ip(gateway, &args)?;
+    }
+    ip(gateway, &["link", "set", "eth0", "up"])?;
+    Ok(())
 }
 
 /// Pings `target` from `ns`, retrying for a few seconds (IPv6 addresses need DAD first).

@@ -51,29 +51,9 @@ fn chain_add(topo: &Topology, inv: &Invocation, main: &Value, name: &str) -> Res
 fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
     let topo = Topology::new("co", &["10.6.0.1/16", "fd00:6::1/64"]).unwrap();
     // A second uplink with its own gateway namespace, which also holds a "remote client" address.
-    let gw2 = NetNs::create(&format!("spg2-{}", topo.tag)).unwrap();
-    ip(
-        &topo.node,
-        &[
-            "link",
-            "add",
-            "up2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            gw2.name(),
-        ],
-    )
-    .unwrap();
-    ip(&topo.node, &["link", "set", "up2", "up"]).unwrap();
-    ip(&gw2, &["addr", "add", "10.7.0.1/24", "dev", "eth0"]).unwrap();
-    ip(&gw2, &["addr", "add", "fd00:7::1/64", "dev", "eth0", "nodad"]).unwrap();
+    let gw2 = topo.uplink("up2", &["10.7.0.1/24", "fd00:7::1/64"]).unwrap();
     ip(&gw2, &["addr", "add", "fd00:72::1/128", "dev", "lo"]).unwrap();
     ip(&gw2, &["addr", "add", "172.16.2.1/32", "dev", "lo"]).unwrap();
-    ip(&gw2, &["link", "set", "eth0", "up"]).unwrap();
     // The node's own address on the uplink: macvlan pods cannot reach their parent's addresses,
     // which is what the coordinator's veth is for.
     ip(&topo.node, &["addr", "add", "10.6.0.254/16", "dev", "up0"]).unwrap();

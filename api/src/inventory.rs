@@ -3,7 +3,25 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// One SpiderNodeInventory per node, named after it; the agent of that node writes the status.
+#[derive(
+    kube::CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderNodeInventory",
+    shortname = "sni",
+    status = "Inventory",
+    printcolumn(name = "HOSTNAME", type_ = "string", json_path = ".status.node.hostname"),
+    printcolumn(name = "KERNEL", type_ = "string", json_path = ".status.node.kernel")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInventorySpec {
+    pub node_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Inventory {
     pub node: NodeInfo,
@@ -14,7 +32,7 @@ pub struct Inventory {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
     pub hostname: Option<String>,
@@ -26,7 +44,7 @@ pub struct NodeInfo {
     pub rdma_netns_mode: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Nic {
     /// The netdev name; `None` for a function bound to vfio-pci.
@@ -51,7 +69,7 @@ pub struct Nic {
     pub rdma_devices: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Sriov {
     pub total_vfs: Option<u32>,
@@ -59,7 +77,7 @@ pub struct Sriov {
     pub vfs: Vec<Vf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Vf {
     pub vf_id: u32,
@@ -74,7 +92,7 @@ pub struct Vf {
     pub rdma_device: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RdmaDevice {
     pub name: String,
@@ -86,7 +104,7 @@ pub struct RdmaDevice {
     pub char_devices: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RdmaPort {
     pub port: u32,
@@ -98,7 +116,7 @@ pub struct RdmaPort {
     pub netdev: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Bond {
     pub name: String,

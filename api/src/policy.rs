@@ -10,7 +10,7 @@ pub const KIND: &str = "SpiderNetworkNodePolicy";
 /// Policies without `priority` get this one; a lower number wins, as in the SR-IOV operator.
 pub const DEFAULT_PRIORITY: u32 = 99;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpiderNetworkNodePolicy {
     #[serde(default)]
@@ -21,12 +21,26 @@ pub struct SpiderNetworkNodePolicy {
     pub spec: PolicySpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Metadata {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The CRD object is `SpiderNetworkNodePolicyResource` (cluster-scoped); standalone mode reads
+/// the same spec through [`SpiderNetworkNodePolicy`].
+#[derive(
+    kube::CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderNetworkNodePolicy",
+    root = "SpiderNetworkNodePolicyResource",
+    shortname = "snnp",
+    printcolumn(name = "RESOURCE", type_ = "string", json_path = ".spec.resourceName"),
+    printcolumn(name = "VFS", type_ = "integer", json_path = ".spec.numVfs"),
+    printcolumn(name = "PRIORITY", type_ = "integer", json_path = ".spec.priority")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
     /// Node labels that must all match (empty: every node).
@@ -62,7 +76,7 @@ pub struct PolicySpec {
     pub force: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NicSelector {
     #[serde(default)]
@@ -75,7 +89,7 @@ pub struct NicSelector {
     pub root_devices: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VfSettings {
     #[serde(default)]
@@ -87,7 +101,7 @@ pub struct VfSettings {
     pub link_state: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BondSpec {
     pub name: String,
@@ -103,7 +117,7 @@ pub struct BondSpec {
     pub vlans: Vec<VlanSpec>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VlanSpec {
     /// Omitted for the VLANs of a bond (the bond is the parent).
@@ -115,7 +129,7 @@ pub struct VlanSpec {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RdmaSpec {
     /// `shared` or `exclusive`.

@@ -1,6 +1,6 @@
 //! CNI error codes and the error JSON a plugin prints on stdout.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::version::CniVersion;
 
@@ -29,11 +29,12 @@ pub enum ErrorCode {
 }
 
 /// A CNI error: printed as the spec's error JSON, with a non-zero exit.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{msg}{}", if details.is_empty() { String::new() } else { format!(": {details}") })]
 pub struct CniError {
     pub code: u32,
     pub msg: String,
+    #[serde(default)]
     pub details: String,
 }
 

@@ -9,7 +9,7 @@ use crate::result::CniResult;
 use crate::version::CniVersion;
 
 /// One entry of `cni.dev/valid-attachments` (GC, spec 1.1).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 pub struct Attachment {
     #[serde(rename = "containerID")]
     pub container_id: String,

@@ -81,6 +81,33 @@ struct IpamWire {
     ipam_unix_socket_path: Option<String>,
 }
 
+/// Cluster mode: the netconf names no pools, so the node agent chooses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub socket: PathBuf,
+    pub default_ipv4_pools: Vec<String>,
+    pub default_ipv6_pools: Vec<String>,
+    pub clean_gateway: bool,
+}
+
+impl ClusterConfig {
+    /// `Some` when the section has neither `pools` nor `poolFile`.
+    pub fn load(netconf: &Value) -> Result<Option<ClusterConfig>, ConfigError> {
+        let wire = wire(netconf)?;
+        if !wire.pools.is_empty() || wire.pool_file.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(ClusterConfig {
+            socket: wire
+                .ipam_unix_socket_path
+                .map_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET), PathBuf::from),
+            default_ipv4_pools: wire.default_ipv4_ippool.into_vec(),
+            default_ipv6_pools: wire.default_ipv6_ippool.into_vec(),
+            clean_gateway: wire.clean_gateway,
+        }))
+    }
+}
+
 /// The validated `ipam` section.
 #[derive(Debug, Clone)]
 pub struct IpamConfig {

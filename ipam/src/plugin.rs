@@ -1,13 +1,15 @@
-//! The `spiderpool` CNI IPAM plugin in standalone mode: pools from the netconf or a pool file,
-//! state in the embedded store.
+//! The `spiderpool` CNI IPAM plugin. Standalone mode: pools from the netconf or a pool file,
+//! state in the embedded store. Cluster mode (the netconf names no pools): every verb is a call
+//! to the node agent's IPAM service (see [`crate::agent`]).
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use spiderpool_cni::{CniError, CniResult, ErrorCode, IpConfig, Plugin, PluginInfo, Request};
 
+use crate::agent::{self, AgentRequest, CALL_TIMEOUT, PodRef, Verb};
 use crate::allocator::{allocate, holds, release};
-use crate::config::{ConfigError, IpamConfig};
+use crate::config::{ClusterConfig, ConfigError, IpamConfig};
 use crate::pool::Pool;
 use crate::range::Family;
 use crate::store::{AllocatedIp, DB_FILE, LOCK_TIMEOUT, OwnerRecord, Store, StoreError, Tables, owner_key};
@@ -133,6 +135,39 @@ fn existing_store(req: &Request) -> Result<Option<Store>, CniError> {
     Ok(Some(Store::open(&dir, LOCK_TIMEOUT)?))
 }
 
+/// `Some(result)` when the netconf is in cluster mode and the agent answered.
+fn via_agent(req: &Request, verb: Verb) -> Result<Option<CniResult>, CniError> {
+    let Some(cluster) = ClusterConfig::load(&req.conf.raw).map_err(config_error)? else {
+        return Ok(None);
+    };
+    let pod = match (&req.args.k8s_pod_namespace, &req.args.k8s_pod_name) {
+        (Some(namespace), Some(name)) => Some(PodRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: req.args.k8s_pod_uid.clone().unwrap_or_default(),
+        }),
+        _ if verb == Verb::Gc => None,
+        _ => {
+            return Err(CniError::new(
+                ErrorCode::InvalidEnvironmentVariables,
+                "cluster mode (no pools in the netconf) needs K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS",
+            ));
+        }
+    };
+    let request = AgentRequest {
+        verb,
+        network: req.conf.name.clone(),
+        container_id: req.container_id.clone(),
+        ifname: req.ifname.clone(),
+        pod,
+        default_ipv4_pools: cluster.default_ipv4_pools,
+        default_ipv6_pools: cluster.default_ipv6_pools,
+        clean_gateway: cluster.clean_gateway,
+        valid_attachments: req.conf.valid_attachments.clone().unwrap_or_default(),
+    };
+    agent::call(&cluster.socket, &request, CALL_TIMEOUT).map(Some)
+}
+
 impl Plugin for SpiderpoolIpam {
     fn info(&self) -> PluginInfo {
         PluginInfo {
@@ -141,6 +176,9 @@ impl Plugin for SpiderpoolIpam {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        if let Some(result) = via_agent(req, Verb::Add)? {
+            return Ok(result);
+        }
         let config = IpamConfig::load(&req.conf.raw).map_err(config_error)?;
         let store = Store::open(&config.data_dir, LOCK_TIMEOUT)?;
         let key = key_of(req);
@@ -158,6 +196,9 @@ impl Plugin for SpiderpoolIpam {
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
+        if via_agent(req, Verb::Del)?.is_some() {
+            return Ok(());
+        }
         let Some(store) = existing_store(req)? else {
             return Ok(());
         };
@@ -168,6 +209,9 @@ impl Plugin for SpiderpoolIpam {
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
+        if via_agent(req, Verb::Check)?.is_some() {
+            return Ok(());
+        }
         let config = IpamConfig::load(&req.conf.raw).map_err(config_error)?;
         let store = Store::open(&config.data_dir, LOCK_TIMEOUT)?;
         let key = key_of(req);
@@ -210,6 +254,17 @@ impl Plugin for SpiderpoolIpam {
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
+        if let Some(cluster) = ClusterConfig::load(&req.conf.raw).map_err(config_error)? {
+            // Available means the agent is listening; pools are its business per pod.
+            return std::os::unix::net::UnixStream::connect(&cluster.socket)
+                .map(drop)
+                .map_err(|e| {
+                    CniError::new(
+                        ErrorCode::PluginNotAvailable,
+                        format!("spiderpool agent at {}: {e}", cluster.socket.display()),
+                    )
+                });
+        }
         let config = IpamConfig::load(&req.conf.raw).map_err(config_error)?;
         let store = Store::open(&config.data_dir, LOCK_TIMEOUT)?;
         store.dry_run(|t| {
@@ -231,6 +286,9 @@ impl Plugin for SpiderpoolIpam {
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
+        if req.conf.valid_attachments.is_some() && via_agent(req, Verb::Gc)?.is_some() {
+            return Ok(());
+        }
         let valid: HashSet<String> = req
             .conf
             .valid_attachments

@@ -260,7 +260,18 @@ fn bad_input_gets_the_right_error_code() {
         ),
         ("no name", no_name, vec![], 7),
         ("no ipam", no_ipam, vec![], 7),
-        ("no pools", with_ipam(json!({"pools": []})), vec![], 7),
+        (
+            "no pools (cluster mode) and no agent listening",
+            with_ipam(json!({"pools": [], "ipam_unix_socket_path": "/nonexistent/spiderpool.sock"})),
+            vec![("CNI_ARGS", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u")],
+            11,
+        ),
+        (
+            "cluster mode without the pod in CNI_ARGS",
+            with_ipam(json!({"pools": [], "ipam_unix_socket_path": "/nonexistent/spiderpool.sock"})),
+            vec![],
+            4,
+        ),
         (
             "gateway outside",
             with_ipam(

@@ -1,0 +1,246 @@
+//! The IPAM kinds: SpiderIPPool, SpiderSubnet, SpiderReservedIP and SpiderEndpoint.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::validation as v;
+
+/// Bounds that keep the CEL cost estimate of the pairwise overlap rule inside the API server's
+/// budget; a pool needing more entries can be split into several pools.
+const MAX_RANGES: u32 = 64;
+
+#[derive(CustomResource, KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderIPPool",
+    shortname = "sp",
+    status = "IPPoolStatus",
+    printcolumn(name = "VERSION", type_ = "integer", json_path = ".spec.ipVersion"),
+    printcolumn(name = "SUBNET", type_ = "string", json_path = ".spec.subnet"),
+    printcolumn(name = "ALLOCATED-IP-COUNT", type_ = "integer", json_path = ".status.allocatedIPCount"),
+    printcolumn(name = "TOTAL-IP-COUNT", type_ = "integer", json_path = ".status.totalIPCount"),
+    printcolumn(name = "DEFAULT", type_ = "boolean", json_path = ".spec.default"),
+    printcolumn(name = "DISABLE", type_ = "boolean", json_path = ".spec.disable", priority = 10)
+)]
+#[x_kube(validation = Rule::new(v::SUBNET_IS_CIDR).message("subnet must be a CIDR"))]
+#[x_kube(validation = Rule::new(v::IP_VERSION_MATCHES_SUBNET).message("ipVersion does not match the subnet's family"))]
+#[x_kube(validation = Rule::new(v::GATEWAY_IN_SUBNET).message("gateway must be an IP inside the subnet"))]
+#[x_kube(validation = Rule::new(v::ROUTES_WELL_FORMED).message("routes need a CIDR dst and a gw inside the subnet"))]
+#[x_kube(validation = Rule::new(v::entries_in_subnet("ips")).message("every ips entry must be an IP or a range a-b inside the subnet"))]
+#[x_kube(validation = Rule::new(v::entries_in_subnet("excludeIPs")).message("every excludeIPs entry must be an IP or a range a-b inside the subnet"))]
+#[x_kube(validation = Rule::new(v::v4_ranges_ordered("ips")).message("ranges must be written low-high"))]
+#[x_kube(validation = Rule::new(v::v4_no_overlap("ips")).message("ips entries overlap"))]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolSpec {
+    /// 4 or 6; must match the subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4, max = 6))]
+    pub ip_version: Option<i64>,
+    #[schemars(length(max = 43))]
+    pub subnet: String,
+    /// Single IPs or ranges `a-b`, inside the subnet, not overlapping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_RANGES), inner(length(max = 81)), extend("x-kubernetes-list-type" = "set"))]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_RANGES), inner(length(max = 81)), extend("x-kubernetes-list-type" = "set"))]
+    #[serde(rename = "excludeIPs")]
+    pub exclude_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 39))]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_affinity: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_affinity: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_name: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_name: Vec<String>,
+    /// Multus network names (`namespace/name` or `name`) this pool serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multus_name: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Route {
+    #[schemars(length(max = 43))]
+    pub dst: String,
+    #[schemars(length(max = 39))]
+    pub gw: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolStatus {
+    /// IP → the pod holding it. Written by agents with merge patches that add or remove keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", rename = "allocatedIPs")]
+    pub allocated_ips: BTreeMap<String, PoolIPAllocation>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "allocatedIPCount")]
+    pub allocated_ip_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "totalIPCount")]
+    pub total_ip_count: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolIPAllocation {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    pub pod_uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Set for StatefulSet pods: the address follows the pod name, not the UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_stateful_set: Option<String>,
+}
+
+#[derive(CustomResource, KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderSubnet",
+    shortname = "ss",
+    status = "SubnetStatus",
+    printcolumn(name = "VERSION", type_ = "integer", json_path = ".spec.ipVersion"),
+    printcolumn(name = "SUBNET", type_ = "string", json_path = ".spec.subnet"),
+    printcolumn(name = "ALLOCATED-IP-COUNT", type_ = "integer", json_path = ".status.allocatedIPCount"),
+    printcolumn(name = "TOTAL-IP-COUNT", type_ = "integer", json_path = ".status.totalIPCount")
+)]
+#[x_kube(validation = Rule::new(v::SUBNET_IS_CIDR).message("subnet must be a CIDR"))]
+#[x_kube(validation = Rule::new(v::IP_VERSION_MATCHES_SUBNET).message("ipVersion does not match the subnet's family"))]
+#[x_kube(validation = Rule::new(v::GATEWAY_IN_SUBNET).message("gateway must be an IP inside the subnet"))]
+#[x_kube(validation = Rule::new(v::ROUTES_WELL_FORMED).message("routes need a CIDR dst and a gw inside the subnet"))]
+#[x_kube(validation = Rule::new(v::entries_in_subnet("ips")).message("every ips entry must be an IP or a range a-b inside the subnet"))]
+#[x_kube(validation = Rule::new(v::entries_in_subnet("excludeIPs")).message("every excludeIPs entry must be an IP or a range a-b inside the subnet"))]
+#[x_kube(validation = Rule::new(v::v4_ranges_ordered("ips")).message("ranges must be written low-high"))]
+#[x_kube(validation = Rule::new(v::v4_no_overlap("ips")).message("ips entries overlap"))]
+#[serde(rename_all = "camelCase")]
+pub struct SubnetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4, max = 6))]
+    pub ip_version: Option<i64>,
+    #[schemars(length(max = 43))]
+    pub subnet: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_RANGES), inner(length(max = 81)), extend("x-kubernetes-list-type" = "set"))]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_RANGES), inner(length(max = 81)), extend("x-kubernetes-list-type" = "set"))]
+    #[serde(rename = "excludeIPs")]
+    pub exclude_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 39))]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubnetStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "allocatedIPCount")]
+    pub allocated_ip_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "totalIPCount")]
+    pub total_ip_count: Option<i64>,
+}
+
+#[derive(CustomResource, KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderReservedIP",
+    shortname = "sr",
+    printcolumn(name = "VERSION", type_ = "integer", json_path = ".spec.ipVersion")
+)]
+#[x_kube(validation = Rule::new(v::RESERVED_FAMILY).message("every ips entry must be an IP or a range a-b of the ipVersion family"))]
+#[serde(rename_all = "camelCase")]
+pub struct ReservedIPSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4, max = 6))]
+    pub ip_version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 81)), extend("x-kubernetes-list-type" = "set"))]
+    pub ips: Vec<String>,
+}
+
+/// A pod's addresses, one object per pod, named like the pod in the pod's namespace. The agent
+/// writes it in the same call that creates it (no status subresource).
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderEndpoint",
+    namespaced,
+    shortname = "se",
+    status = "EndpointStatus",
+    printcolumn(name = "INTERFACE", type_ = "string", json_path = ".status.current.ips[0].interface"),
+    printcolumn(name = "IPV4", type_ = "string", json_path = ".status.current.ips[0].ipv4"),
+    printcolumn(name = "IPV6", type_ = "string", json_path = ".status.current.ips[0].ipv6"),
+    printcolumn(name = "NODE", type_ = "string", json_path = ".status.current.node")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiderEndpointSpec {}
+
+/// The fields of upstream's SpiderEndpoint `status`, kept at the same path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    pub current: PodIPAllocation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_controller_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_controller_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIPAllocation {
+    pub uid: String,
+    pub node: String,
+    #[serde(default)]
+    pub ips: Vec<IPAllocationDetail>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPAllocationDetail {
+    pub interface: String,
+    /// `a.b.c.d/len`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_gateway: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The control-plane tier: a real kube-apiserver and etcd on loopback.
+#   hack/control-plane.sh build   builds kube-apiserver, kubectl (k8s.io/kubernetes) and etcd
+#                                 (go.etcd.io/etcd/server/v3) from the Go module proxy into the cache
+#   hack/control-plane.sh up      starts etcd and kube-apiserver with throwaway certificates and
+#                                 prints the kubeconfig's path (builds first when needed)
+#   hack/control-plane.sh down    stops both and removes the state
+#   hack/control-plane.sh bin     prints the directory holding the binaries
+# Binaries are cached in $SPIDERPOOL_CACHE/control-plane/<versions>/ (outside the clone) so CI
+# builds them once. The Go sources are only build inputs for the test tier; the product is Rust.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+K8S_VERSION=${K8S_VERSION:-1.34.3}
+ETCD_VERSION=${ETCD_VERSION:-3.6.5}
+CACHE=${SPIDERPOOL_CACHE:-$HOME/.cache/spiderpool-rs}
+BIN_DIR="$CACHE/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
+STATE=${CONTROL_PLANE_STATE:-/tmp/spiderpool-control-plane}
+PORT=${CONTROL_PLANE_PORT:-16443}
+ETCD_PORT=${CONTROL_PLANE_ETCD_PORT:-12379}
+
+log() { echo "control-plane: $*" >&2; }
+
+build() {
+    if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kubectl" ] && [ -x "$BIN_DIR/etcd" ]; then
+        return 0
+    fi
+    command -v go >/dev/null || { log "go is not installed"; return 1; }
+    local src="$CACHE/control-plane/src-k8s-$K8S_VERSION"
+    mkdir -p "$src" "$BIN_DIR"
+    export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+    # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging
+    # paths, which do not exist in the module zip: point each at its published v0.X.Y instead.
+    local minor=${K8S_VERSION#*.}
+    local staging="0.$minor"
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    {
+        echo "module spiderpool-rs/control-plane"
+        echo
+        echo "go 1.24.0"
+        echo
+        sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#replace \1 => \1 v'"$staging"'#p' "$gomod"
+    } >"$src/go.mod"
+    (
+        cd "$src"
+        log "resolving k8s.io/kubernetes v$K8S_VERSION (staging v$staging)"
+        go get "k8s.io/kubernetes@v$K8S_VERSION" >/dev/null 2>&1 || go get "k8s.io/kubernetes@v$K8S_VERSION"
+        log "building kube-apiserver and kubectl (several minutes the first time)"
+        go build -trimpath -ldflags=-s -o "$BIN_DIR/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+        go build -trimpath -ldflags=-s -o "$BIN_DIR/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+    )
+    local etcd_src="$CACHE/control-plane/src-etcd-$ETCD_VERSION"
+    mkdir -p "$etcd_src"
+    (
+        cd "$etcd_src"
+        [ -f go.mod ] || go mod init spiderpool-rs/etcd >/dev/null 2>&1
+        log "building etcd v$ETCD_VERSION"
+        go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >/dev/null 2>&1 || go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION"
+        go build -trimpath -ldflags=-s -o "$BIN_DIR/etcd.tmp" go.etcd.io/etcd/server/v3
+    )
+    for b in kube-apiserver kubectl etcd; do mv "$BIN_DIR/$b.tmp" "$BIN_DIR/$b"; done
+    log "binaries in $BIN_DIR"
+}
+
+wait_for() { # wait_for SECONDS CMD...
+    local deadline=$((SECONDS + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || return 1
+        sleep 0.2
+    done
+}
+
+certs() {
+    local d=$STATE/pki
+    mkdir -p "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=spiderpool-test-ca" \
+        -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+        -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/san.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/san.ext" -out "$d/server.crt" 2>/dev/null
+    openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+    # Static tokens: the admin (system:masters) for tests and one user per test identity.
+    local token
+    token=$(openssl rand -hex 16)
+    echo "$token,admin,admin,system:masters" >"$d/tokens.csv"
+    echo "$token" >"$d/admin.token"
+    chmod 600 "$d"/*.key "$d/tokens.csv" "$d/admin.token"
+}
+
+kubeconfig() {
+    local ca
+    ca=$(base64 -w0 <"$STATE/pki/ca.crt")
+    cat >"$STATE/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: https://127.0.0.1:$PORT
+    certificate-authority-data: $ca
+users:
+- name: admin
+  user:
+    token: $(cat "$STATE/pki/admin.token")
+contexts:
+- name: test
+  context: {cluster: test, user: admin}
+current-context: test
+EOF
+    chmod 600 "$STATE/kubeconfig"
+}
+
+up() {
+    build
+    if [ -f "$STATE/apiserver.pid" ] && kill -0 "$(cat "$STATE/apiserver.pid")" 2>/dev/null; then
+        echo "$STATE/kubeconfig"
+        return 0
+    fi
+    down >/dev/null 2>&1 || true
+    mkdir -p "$STATE"
+    chmod 700 "$STATE"
+    certs
+    kubeconfig
+    "$BIN_DIR/etcd" --data-dir "$STATE/etcd" --name test \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-cluster "test=http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --unsafe-no-fsync --log-level warn >"$STATE/etcd.log" 2>&1 &
+    echo $! >"$STATE/etcd.pid"
+    wait_for 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health" || { log "etcd did not start:"; tail -20 "$STATE/etcd.log" >&2; return 1; }
+    local d=$STATE/pki
+    "$BIN_DIR/kube-apiserver" \
+        --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+        --bind-address 127.0.0.1 --secure-port "$PORT" \
+        --cert-dir "$d" --tls-cert-file "$d/server.crt" --tls-private-key-file "$d/server.key" \
+        --client-ca-file "$d/ca.crt" --token-auth-file "$d/tokens.csv" \
+        --service-cluster-ip-range 10.0.0.0/24 --authorization-mode RBAC \
+        --service-account-issuer https://kubernetes.default.svc \
+        --service-account-key-file "$d/sa.pub" --service-account-signing-key-file "$d/sa.key" \
+        --allow-privileged=true --disable-admission-plugins ServiceAccount \
+        --max-requests-inflight 2000 --max-mutating-requests-inflight 1000 \
+        --enable-priority-and-fairness=false \
+        >"$STATE/apiserver.log" 2>&1 &
+    echo $! >"$STATE/apiserver.pid"
+    if ! wait_for 90 "$BIN_DIR/kubectl" --kubeconfig "$STATE/kubeconfig" get --raw /readyz; then
+        log "kube-apiserver did not become ready:"
+        tail -30 "$STATE/apiserver.log" >&2
+        return 1
+    fi
+    echo "$STATE/kubeconfig"
+}
+
+down() {
+    for p in apiserver etcd; do
+        if [ -f "$STATE/$p.pid" ]; then
+            kill "$(cat "$STATE/$p.pid")" 2>/dev/null || true
+            wait_for 10 bash -c "! kill -0 $(cat "$STATE/$p.pid")" || kill -9 "$(cat "$STATE/$p.pid")" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$STATE"
+}
+
+case "${1:-}" in
+build) build ;;
+up) up ;;
+down) down ;;
+bin) echo "$BIN_DIR" ;;
+*) echo "usage: $0 build|up|down|bin" >&2; exit 2 ;;
+esac

@@ -35,7 +35,11 @@ pub struct CoordinatorSpec {
     pub pod_mac_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tune_pod_routes: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "podDefaultRouteNIC")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "podDefaultRouteNIC"
+    )]
     pub pod_default_route_nic: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295_i64))]

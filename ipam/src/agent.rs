@@ -88,7 +88,10 @@ pub fn call(socket: &Path, request: &AgentRequest, timeout: Duration) -> Result<
     if answer.is_empty() {
         return Err(CniError::new(
             ErrorCode::TryAgainLater,
-            format!("spiderpool agent at {} closed the connection without an answer", socket.display()),
+            format!(
+                "spiderpool agent at {} closed the connection without an answer",
+                socket.display()
+            ),
         ));
     }
     match serde_json::from_str::<AgentResponse>(&answer) {

@@ -82,6 +82,15 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         resync_ms: u64,
     },
+    /// Answer the `spiderpool` plugin in cluster mode: pools and allocations in the Kubernetes
+    /// API (kubeconfig from KUBECONFIG or the in-cluster service account).
+    IpamService {
+        /// This node's name (default: NODE_NAME, else the hostname).
+        #[arg(long)]
+        node_name: Option<String>,
+        #[arg(long, default_value = spiderpool_ipam::config::DEFAULT_AGENT_SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -274,6 +283,39 @@ fn device_plugin(
     Ok(())
 }
 
+fn node_name(given: Option<String>) -> Result<String> {
+    if let Some(n) = given
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+    {
+        return Ok(n);
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").context("hostname")?;
+    Ok(host.trim().to_string())
+}
+
+fn ipam_service(node: Option<String>, socket: PathBuf) -> Result<()> {
+    let node = node_name(node)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default().await.context("Kubernetes client")?;
+        let service = spiderpool_provisioner::ipam_service::IpamService::start(client, node.clone())
+            .await
+            .context("pool caches")?;
+        let listener = spiderpool_provisioner::ipam_service::server::bind(&socket)
+            .with_context(|| format!("bind {}", socket.display()))?;
+        tracing::info!("IPAM service of node {node} listening on {}", socket.display());
+        tokio::select! {
+            () = spiderpool_provisioner::ipam_service::server::serve(listener, service) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
+}
+
 fn main() -> Result<()> {
     // Output into a closed pipe (`| head`) ends the process quietly, as for other Unix tools,
     // instead of a panic about a failed print.
@@ -318,5 +360,6 @@ fn main() -> Result<()> {
             devinfo_dir,
             resync_ms,
         } => device_plugin(sysfs_root, kubelet_dir, config, policy, devinfo_dir, resync_ms),
+        Command::IpamService { node_name, socket } => ipam_service(node_name, socket),
     }
 }

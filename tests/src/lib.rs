@@ -1,6 +1,7 @@
 //! Helpers for the cross-crate tiers: where the project's binaries and Debian's CNI plugins are,
 //! and a small network topology of namespaces to run CNI chains in.
 
+pub mod cluster;
 pub mod sysfs_fixture;
 
 use std::path::{Path, PathBuf};

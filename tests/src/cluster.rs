@@ -1,0 +1,266 @@
+//! The control-plane tier's helpers: a client of the real kube-apiserver that
+//! `hack/control-plane.sh up` started (its kubeconfig in `SPIDERPOOL_TEST_KUBECONFIG`), the CRDs
+//! installed from `spiderpool-api`, agents run as processes with their own node names, and the
+//! `spiderpool` plugin exec'd against them the way a runtime does.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+use spiderpool_cni::exec::{Invocation, Output};
+
+pub const KUBECONFIG_ENV: &str = "SPIDERPOOL_TEST_KUBECONFIG";
+
+pub struct Cluster {
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+}
+
+/// The kubeconfig of the running control plane; a clear failure when the tier was not started.
+pub fn kubeconfig_path() -> PathBuf {
+    let path = std::env::var_os(KUBECONFIG_ENV).unwrap_or_else(|| {
+        panic!("{KUBECONFIG_ENV} is not set: start the control plane with `hack/control-plane.sh up` (hack/test.sh does)")
+    });
+    PathBuf::from(path)
+}
+
+impl Cluster {
+    /// Connects and makes sure the project's CRDs are installed and established.
+    pub async fn connect() -> Result<Cluster> {
+        let kubeconfig = kubeconfig_path();
+        let kc = Kubeconfig::read_from(&kubeconfig).context("read kubeconfig")?;
+        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        // The bursts below are the point of the tier; the client must not be the bottleneck.
+        config.read_timeout = Some(Duration::from_secs(60));
+        let client = Client::try_from(config)?;
+        let cluster = Cluster { client, kubeconfig };
+        cluster.install_crds().await?;
+        Ok(cluster)
+    }
+
+    pub async fn install_crds(&self) -> Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let pp = PatchParams::apply("spiderpool-e2e").force();
+        for crd in spiderpool_api::crd::all() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(&name, &pp, &Patch::Apply(&crd))
+                .await
+                .with_context(|| format!("apply CRD {name}"))?;
+        }
+        for crd in spiderpool_api::crd::all() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let c = api.get(&name).await?;
+                let established = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("CRD {name} not established after 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh namespace named `<prefix>-<unique>`, with `annotations`.
+    pub async fn namespace(&self, prefix: &str, annotations: Value) -> Result<String> {
+        let name = format!("{prefix}-{}", unique());
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations}
+        }))?;
+        api.create(&PostParams::default(), &ns).await?;
+        Ok(name)
+    }
+
+    /// Creates `count` pods `<prefix>-<i>` in `ns` (`node_of(i)` as their node), `parallel` at a
+    /// time, and returns their UIDs in order. `extra` is merged into each pod's metadata.
+    pub async fn pods(
+        &self,
+        ns: &str,
+        prefix: &str,
+        count: usize,
+        node_of: impl Fn(usize) -> String,
+        extra_metadata: Value,
+    ) -> Result<Vec<String>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let pods: Vec<Pod> = (0..count)
+            .map(|i| pod_object(&format!("{prefix}-{i}"), &node_of(i), &extra_metadata))
+            .collect::<Result<_>>()?;
+        let created: Vec<Pod> = stream::iter(pods)
+            .map(|p| {
+                let api = api.clone();
+                async move { api.create(&PostParams::default(), &p).await }
+            })
+            .buffered(32)
+            .try_collect()
+            .await?;
+        Ok(created
+            .into_iter()
+            .map(|p| p.metadata.uid.unwrap_or_default())
+            .collect())
+    }
+
+    pub async fn delete_pod(&self, ns: &str, name: &str) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        // No kubelet runs here: delete at once instead of waiting for one to confirm.
+        api.delete(name, &DeleteParams::default().grace_period(0)).await?;
+        Ok(())
+    }
+}
+
+pub fn pod_object(name: &str, node: &str, extra_metadata: &Value) -> Result<Pod> {
+    let mut pod = json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "registry.invalid/pause:3.10"}]
+        }
+    });
+    if let (Some(meta), Some(extra)) = (pod["metadata"].as_object_mut(), extra_metadata.as_object()) {
+        for (k, v) in extra {
+            meta.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(serde_json::from_value(pod)?)
+}
+
+/// A name part unique to this process and moment.
+pub fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{:x}", std::process::id(), nanos)
+}
+
+/// A `spiderpool-agent ipam-service` process.
+pub struct Agent {
+    pub node: String,
+    pub socket: PathBuf,
+    log: PathBuf,
+    kubeconfig: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(kubeconfig: &Path, node: &str, dir: &Path) -> Result<Agent> {
+        let mut agent = Agent {
+            node: node.into(),
+            socket: dir.join(format!("{node}.sock")),
+            log: dir.join(format!("{node}.log")),
+            kubeconfig: kubeconfig.into(),
+            child: None,
+        };
+        agent.restart()?;
+        Ok(agent)
+    }
+
+    /// (Re)starts the process and waits until its socket answers.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(crate::bin_dir().join("spiderpool-agent"))
+            .args(["ipam-service", "--node-name", &self.node, "--socket"])
+            .arg(&self.socket)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn spiderpool-agent")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent {} exited with {status}: {}", self.node, self.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent {} did not listen within 30 s: {}",
+                    self.node,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, as a node losing the agent mid-operation.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster-mode netconf: no pools, the agent's socket, optional default pools.
+pub fn netconf(socket: &Path, v4: &[&str], v6: &[&str]) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "macvlan-underlay",
+        "type": "macvlan",
+        "ipam": {
+            "type": "spiderpool",
+            "ipam_unix_socket_path": socket,
+            "default_ipv4_ippool": v4,
+            "default_ipv6_ippool": v6,
+        }
+    })
+}
+
+/// Runs the `spiderpool` plugin for `verb` on behalf of pod `ns/name` (UID `uid`).
+pub fn cni(verb: &str, netconf: &Value, ns: &str, name: &str, uid: &str, ifname: &str) -> Output {
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}");
+    let netns = if verb == "ADD" { "/var/run/netns/none" } else { "" };
+    let inv = Invocation::new(verb, &format!("ctr-{uid}"), netns, ifname)
+        .with_args(&args)
+        .with_path(vec![crate::bin_dir()]);
+    let body = serde_json::to_vec(netconf).unwrap_or_default();
+    inv.run(&crate::bin_dir().join("spiderpool"), &body)
+        .unwrap_or_else(|e| Output {
+            success: false,
+            stdout: String::new(),
+            stderr: format!("spawn spiderpool: {e}"),
+        })
+}
+
+/// The first address of an ADD result, without its prefix length.
+pub fn first_ip(out: &Output) -> Option<String> {
+    let v = out.json();
+    let addr = v.get("ips")?.get(0)?.get("address")?.as_str()?;
+    Some(addr.split('/').next()?.to_string())
+}

@@ -264,3 +264,30 @@ pub fn first_ip(out: &Output) -> Option<String> {
     let addr = v.get("ips")?.get(0)?.get("address")?.as_str()?;
     Some(addr.split('/').next()?.to_string())
 }
+
+/// Runs `f(0..n)` on `workers` threads and returns the results in index order.
+pub fn run_parallel<T: Send>(workers: usize, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: std::sync::Mutex<Vec<Option<T>>> = std::sync::Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let r = f(i);
+                    if let Ok(mut g) = out.lock() {
+                        g[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.expect("every index ran"))
+        .collect()
+}

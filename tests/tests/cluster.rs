@@ -3,13 +3,12 @@
 //! SPIDERPOOL_TEST_KUBECONFIG). Ignored by default: `hack/test.sh` runs them with the tier.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use spiderpool_api::crd::{SpiderEndpoint, SpiderIPPool};
-use spiderpool_e2e::cluster::{Agent, Cluster, cni, first_ip, netconf, unique};
+use spiderpool_e2e::cluster::{Agent, Cluster, cni, first_ip, netconf, run_parallel, unique};
 
 async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result<SpiderIPPool> {
     let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
@@ -231,39 +230,4 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
             .items
             .is_empty()
     );
-}
-
-/// Runs `f(0..n)` on `workers` threads and returns the results in index order.
-fn run_parallel<T: Send>(workers: usize, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let next = Arc::new(Mutex::new(0usize));
-    let out: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    let i = {
-                        let mut g = next.lock().unwrap();
-                        let i = *g;
-                        *g += 1;
-                        i
-                    };
-                    if i >= n {
-                        break;
-                    }
-                    let r = f(i);
-                    out.lock().unwrap()[i] = Some(r);
-                }
-            });
-        }
-    });
-    out.into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect()
-}
-
-#[allow(dead_code)]
-fn wait(d: Duration) {
-    std::thread::sleep(d);
 }

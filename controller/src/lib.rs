@@ -1,0 +1,7 @@
+//! The slim cluster controller: IP garbage collection and pool status counts ([`gc`]), leader
+//! election on a Lease ([`leader`]) and Prometheus metrics ([`metrics`]). Allocation itself is
+//! the agents' work; the controller only repairs what they cannot see from one node.
+
+pub mod gc;
+pub mod leader;
+pub mod metrics;

@@ -56,18 +56,34 @@ impl World {
     pub async fn read(client: &Client) -> Result<World, GcError> {
         let pods: Api<Pod> = Api::all(client.clone());
         let sts: Api<StatefulSet> = Api::all(client.clone());
-        let pods = pods.list(&ListParams::default()).await.map_err(api_err("list pods"))?;
-        let sts = sts.list(&ListParams::default()).await.map_err(api_err("list StatefulSets"))?;
+        let pods = pods
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err("list pods"))?;
+        let sts = sts
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err("list StatefulSets"))?;
         Ok(World {
             pods: pods
                 .items
                 .into_iter()
-                .map(|p| (format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()), p))
+                .map(|p| {
+                    (
+                        format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                        p,
+                    )
+                })
                 .collect(),
             stateful_sets: sts
                 .items
                 .into_iter()
-                .map(|s| (format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()), s))
+                .map(|s| {
+                    (
+                        format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),
+                        s,
+                    )
+                })
                 .collect(),
             now: Timestamp::now(),
         })
@@ -173,13 +189,20 @@ pub async fn run_once(client: &Client, metrics: &Arc<Metrics>) -> Result<GcRepor
     let reserved = reserved_keys(&reserved.items);
     let pools: Api<SpiderIPPool> = Api::all(client.clone());
     let mut report = GcReport::default();
-    let list = pools.list(&ListParams::default()).await.map_err(api_err("list SpiderIPPools"))?;
+    let list = pools
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("list SpiderIPPools"))?;
     for pool in list.items {
         let name = pool.name_any();
         gc_pool(&pools, pool, &world, &reserved, &mut report).await?;
         if let Ok(p) = pools.get_status(&name).await {
             let st = p.status.unwrap_or_default();
-            metrics.set_pool(&name, st.allocated_ip_count.unwrap_or(0), st.total_ip_count.unwrap_or(0));
+            metrics.set_pool(
+                &name,
+                st.allocated_ip_count.unwrap_or(0),
+                st.total_ip_count.unwrap_or(0),
+            );
         }
     }
     report.endpoints_deleted = gc_endpoints(client, &world).await?;
@@ -212,7 +235,8 @@ async fn gc_pool(
         });
         let total = total_of(&pool, reserved);
         let count = i64::try_from(allocated.len()).unwrap_or(i64::MAX);
-        let recount = status.allocated_ip_count != Some(count) || (total.is_some() && status.total_ip_count != total);
+        let recount =
+            status.allocated_ip_count != Some(count) || (total.is_some() && status.total_ip_count != total);
         if released.is_empty() && !recount {
             return Ok(());
         }
@@ -224,7 +248,10 @@ async fn gc_pool(
                 "totalIPCount": total.or(status.total_ip_count),
             }
         });
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {
                 for r in &released {
                     tracing::info!("released {r}");
@@ -237,7 +264,10 @@ async fn gc_pool(
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // An agent wrote in between: decide again on what it wrote.
-                pool = api.get_status(&name).await.map_err(api_err(format!("get pool {name}")))?;
+                pool = api
+                    .get_status(&name)
+                    .await
+                    .map_err(api_err(format!("get pool {name}")))?;
             }
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(e) => return Err(api_err(format!("patch pool {name}"))(e)),
@@ -251,7 +281,10 @@ async fn gc_pool(
 /// StatefulSet still wants the pod are kept).
 async fn gc_endpoints(client: &Client, world: &World) -> Result<usize, GcError> {
     let api: Api<SpiderEndpoint> = Api::all(client.clone());
-    let list = api.list(&ListParams::default()).await.map_err(api_err("list SpiderEndpoints"))?;
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("list SpiderEndpoints"))?;
     let mut deleted = 0;
     for ep in list.items {
         let Some(status) = &ep.status else { continue };
@@ -289,11 +322,21 @@ pub fn world_for_tests(pods: Vec<Pod>, stateful_sets: Vec<StatefulSet>, now: Tim
     World {
         pods: pods
             .into_iter()
-            .map(|p| (format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()), p))
+            .map(|p| {
+                (
+                    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                    p,
+                )
+            })
             .collect(),
         stateful_sets: stateful_sets
             .into_iter()
-            .map(|s| (format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()), s))
+            .map(|s| {
+                (
+                    format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),
+                    s,
+                )
+            })
             .collect(),
         now,
     }
@@ -305,8 +348,12 @@ mod tests {
     use serde_json::json;
 
     fn pod(name: &str, uid: &str, extra: serde_json::Value) -> Pod {
-        let mut v = json!({"metadata": {"name": name, "namespace": "ns", "uid": uid}, "spec": {"containers": []}});
-        if let (Some(m), Some(e)) = (v["metadata"].as_object_mut(), extra.get("metadata").and_then(|m| m.as_object())) {
+        let mut v =
+            json!({"metadata": {"name": name, "namespace": "ns", "uid": uid}, "spec": {"containers": []}});
+        if let (Some(m), Some(e)) = (
+            v["metadata"].as_object_mut(),
+            extra.get("metadata").and_then(|m| m.as_object()),
+        ) {
             for (k, x) in e {
                 m.insert(k.clone(), x.clone());
             }
@@ -337,22 +384,42 @@ mod tests {
             vec![
                 pod("live", "u1", json!({})),
                 pod("done", "u2", json!({"status": {"phase": "Succeeded"}})),
-                pod("stuck", "u3", json!({"metadata": {"deletionTimestamp": "2026-11-23T11:00:00Z", "deletionGracePeriodSeconds": 30}})),
-                pod("leaving", "u4", json!({"metadata": {"deletionTimestamp": "2026-11-23T11:59:50Z", "deletionGracePeriodSeconds": 30}})),
+                pod(
+                    "stuck",
+                    "u3",
+                    json!({"metadata": {"deletionTimestamp": "2026-11-23T11:00:00Z", "deletionGracePeriodSeconds": 30}}),
+                ),
+                pod(
+                    "leaving",
+                    "u4",
+                    json!({"metadata": {"deletionTimestamp": "2026-11-23T11:59:50Z", "deletionGracePeriodSeconds": 30}}),
+                ),
             ],
             vec![sts("web", 2)],
             now,
         );
         assert_eq!(w.release_reason(&entry("live", "u1", None)), None);
-        assert_eq!(w.release_reason(&entry("live", "old", None)), Some("pod was replaced (another UID)"));
+        assert_eq!(
+            w.release_reason(&entry("live", "old", None)),
+            Some("pod was replaced (another UID)")
+        );
         assert_eq!(w.release_reason(&entry("gone", "u9", None)), Some("pod is gone"));
         assert_eq!(w.release_reason(&entry("done", "u2", None)), Some("pod finished"));
-        assert_eq!(w.release_reason(&entry("stuck", "u3", None)), Some("pod stuck terminating past its grace period"));
+        assert_eq!(
+            w.release_reason(&entry("stuck", "u3", None)),
+            Some("pod stuck terminating past its grace period")
+        );
         assert_eq!(w.release_reason(&entry("leaving", "u4", None)), None);
         // StatefulSet pods: kept while the set wants the ordinal, even with no pod object.
         assert_eq!(w.release_reason(&entry("web-1", "u5", Some("web"))), None);
-        assert_eq!(w.release_reason(&entry("web-2", "u6", Some("web"))), Some("StatefulSet no longer has this pod"));
-        assert_eq!(w.release_reason(&entry("db-0", "u7", Some("db"))), Some("StatefulSet no longer has this pod"));
+        assert_eq!(
+            w.release_reason(&entry("web-2", "u6", Some("web"))),
+            Some("StatefulSet no longer has this pod")
+        );
+        assert_eq!(
+            w.release_reason(&entry("db-0", "u7", Some("db"))),
+            Some("StatefulSet no longer has this pod")
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "spiderpool-controller", version, about = "Spiderpool's cluster controller")]
+#[command(
+    name = "spiderpool-controller",
+    version,
+    about = "Spiderpool's cluster controller"
+)]
 struct Cli {
     /// Seconds between garbage-collection rounds.
     #[arg(long, default_value_t = 30)]
@@ -39,7 +43,9 @@ struct Cli {
 
 async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
@@ -111,7 +117,13 @@ async fn run(cli: Cli) -> Result<()> {
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "kube-system".into());
     let me = identity(cli.identity);
-    let elector = Elector::new(client.clone(), &namespace, &cli.lease_name, &me, cli.lease_duration);
+    let elector = Elector::new(
+        client.clone(),
+        &namespace,
+        &cli.lease_name,
+        &me,
+        cli.lease_duration,
+    );
     // Renew well inside the lease so a slow round never lets it lapse.
     let renew_every = Duration::from_secs(u64::try_from(cli.lease_duration / 3).unwrap_or(1).max(1));
     let gc_every = Duration::from_secs(cli.gc_interval.max(1));
@@ -138,7 +150,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
             next_gc = tokio::time::Instant::now() + gc_every;
         }
-        let wait = if leading { renew_every.min(gc_every) } else { renew_every };
+        let wait = if leading {
+            renew_every.min(gc_every)
+        } else {
+            renew_every
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),

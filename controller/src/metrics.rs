@@ -32,8 +32,16 @@ impl Metrics {
         let pool_total = Family::default();
         registry.register("leader", "1 while this replica holds the lease", leader.clone());
         registry.register("gc_rounds", "Garbage-collection rounds run", rounds.clone());
-        registry.register("gc_released_ips", "Addresses given back to their pools", released.clone());
-        registry.register("pool_allocated_ips", "Allocated addresses per pool", pool_allocated.clone());
+        registry.register(
+            "gc_released_ips",
+            "Addresses given back to their pools",
+            released.clone(),
+        );
+        registry.register(
+            "pool_allocated_ips",
+            "Allocated addresses per pool",
+            pool_allocated.clone(),
+        );
         registry.register("pool_total_ips", "Addresses per pool", pool_total.clone());
         Metrics {
             registry,

@@ -87,6 +87,8 @@ pub struct IpamService {
     node: String,
     pools: reflector::Store<SpiderIPPool>,
     reserved: reflector::Store<SpiderReservedIP>,
+    pods: reflector::Store<Pod>,
+    namespaces: reflector::Store<Namespace>,
     writers: Mutex<HashMap<String, mpsc::UnboundedSender<PoolOp>>>,
 }
 
@@ -109,13 +111,39 @@ impl IpamService {
                 .reflect(reserved_writer)
                 .for_each(|_| async {}),
         );
+        // This node's pods and every namespace: what pool choice reads per ADD, kept by watches
+        // instead of two reads of the API server per pod. A pod the watch has not delivered yet
+        // is read directly.
+        let (pods, pods_writer) = reflector::store();
+        let pod_api: Api<Pod> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(
+                pod_api,
+                watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            )
+            .default_backoff()
+            .reflect(pods_writer)
+            .for_each(|_| async {}),
+        );
+        let (namespaces, ns_writer) = reflector::store();
+        let ns_api: Api<Namespace> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(ns_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(ns_writer)
+                .for_each(|_| async {}),
+        );
         pools.wait_until_ready().await?;
         reserved.wait_until_ready().await?;
+        pods.wait_until_ready().await?;
+        namespaces.wait_until_ready().await?;
         Ok(Arc::new(IpamService {
             client,
             node,
             pools,
             reserved,
+            pods,
+            namespaces,
             writers: Mutex::new(HashMap::new()),
         }))
     }
@@ -135,8 +163,14 @@ impl IpamService {
             return w.clone();
         }
         let store = self.reserved.clone();
-        let reserved: pool_writer::ReservedFn = Arc::new(move || reserved_keys(&store.state()));
-        let w = pool_writer::spawn(Api::all(self.client.clone()), pool.to_string(), reserved);
+        let pools = self.pools.clone();
+        let key = reflector::ObjectRef::new(pool);
+        let sources = pool_writer::Sources {
+            api: Api::all(self.client.clone()),
+            reserved: Arc::new(move || reserved_keys(&store.state())),
+            latest: Arc::new(move || pools.get(&key)),
+        };
+        let w = pool_writer::spawn(sources, pool.to_string());
         writers.insert(pool.to_string(), w.clone());
         w
     }
@@ -191,12 +225,20 @@ impl IpamService {
             .pod
             .as_ref()
             .ok_or_else(|| ServiceError::BadRequest("ADD without a pod".into()))?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod_ref.namespace);
         let what = format!("pod {}/{}", pod_ref.namespace, pod_ref.name);
-        let pod = pods
-            .get(&pod_ref.name)
-            .await
-            .map_err(|e| ServiceError::from_kube(e, &what))?;
+        let cached = self
+            .pods
+            .get(&reflector::ObjectRef::new(&pod_ref.name).within(&pod_ref.namespace))
+            .filter(|p| pod_ref.uid.is_empty() || p.metadata.uid.as_deref() == Some(pod_ref.uid.as_str()));
+        let pod = match cached {
+            Some(p) => (*p).clone(),
+            None => {
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod_ref.namespace);
+                pods.get(&pod_ref.name)
+                    .await
+                    .map_err(|e| ServiceError::from_kube(e, &what))?
+            }
+        };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if !pod_ref.uid.is_empty() && pod_ref.uid != uid {
             return Err(ServiceError::BadRequest(format!(
@@ -206,11 +248,19 @@ impl IpamService {
             .into());
         }
         let sts = stateful_set_of(&pod);
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let namespace = namespaces
-            .get(&pod_ref.namespace)
-            .await
-            .map_err(|e| ServiceError::from_kube(e, &format!("namespace {}", pod_ref.namespace)))?;
+        let namespace = match self
+            .namespaces
+            .get(&reflector::ObjectRef::new(&pod_ref.namespace))
+        {
+            Some(n) => (*n).clone(),
+            None => {
+                let namespaces: Api<Namespace> = Api::all(self.client.clone());
+                namespaces
+                    .get(&pod_ref.namespace)
+                    .await
+                    .map_err(|e| ServiceError::from_kube(e, &format!("namespace {}", pod_ref.namespace)))?
+            }
+        };
         let empty = BTreeMap::new();
         let all_pools: Vec<SpiderIPPool> = self.pools.state().iter().map(|p| (**p).clone()).collect();
         let chosen = select::candidates(&select::Inputs {
@@ -347,11 +397,17 @@ impl IpamService {
         let api: Api<SpiderEndpoint> = Api::namespaced(self.client.clone(), &ns);
         let what = format!("SpiderEndpoint {ns}/{name}");
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // The common case is a pod's first interface: create without reading first.
+        let mut read_first = false;
         for _ in 0..10 {
-            let existing = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| ServiceError::from_kube(e, &what))?;
+            let existing = if read_first {
+                api.get_opt(&name)
+                    .await
+                    .map_err(|e| ServiceError::from_kube(e, &what))?
+            } else {
+                None
+            };
+            read_first = true;
             let mut ep = match existing {
                 Some(ep) => ep,
                 None => {
@@ -438,7 +494,7 @@ impl IpamService {
                 }
             }
         }
-        self.forget_interface(&api, &pod_ref.name, &uid, &req.ifname)
+        self.forget_interface(&api, &pod_ref.name, &uid, &req.ifname, Some(ep))
             .await?;
         Ok(())
     }
@@ -474,14 +530,18 @@ impl IpamService {
         name: &str,
         uid: &str,
         ifname: &str,
+        mut known: Option<SpiderEndpoint>,
     ) -> Result<(), ServiceError> {
         let what = format!("SpiderEndpoint {name}");
         for _ in 0..10 {
-            let Some(mut ep) = api
-                .get_opt(name)
-                .await
-                .map_err(|e| ServiceError::from_kube(e, &what))?
-            else {
+            let current = match known.take() {
+                Some(ep) => Some(ep),
+                None => api
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| ServiceError::from_kube(e, &what))?,
+            };
+            let Some(mut ep) = current else {
                 return Ok(());
             };
             let mut status = ep.status.take().unwrap_or_default();

@@ -22,6 +22,21 @@ use super::ServiceError;
 /// Reserved addresses (all SpiderReservedIP objects), as range keys.
 pub type ReservedFn = Arc<dyn Fn() -> HashSet<u128> + Send + Sync>;
 
+/// The newest copy of the pool the agent's watch has delivered, if any.
+pub type LatestFn = Arc<dyn Fn() -> Option<Arc<SpiderIPPool>> + Send + Sync>;
+
+/// How long a writer that lost a round waits for the watch to bring the winner's version before
+/// it reads the pool itself.
+const WATCH_WAIT: Duration = Duration::from_millis(250);
+
+/// What a writer needs besides its queue.
+#[derive(Clone)]
+pub struct Sources {
+    pub api: Api<SpiderIPPool>,
+    pub reserved: ReservedFn,
+    pub latest: LatestFn,
+}
+
 /// What a claim got.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
@@ -46,9 +61,9 @@ pub enum PoolOp {
     },
 }
 
-pub fn spawn(api: Api<SpiderIPPool>, name: String, reserved: ReservedFn) -> mpsc::UnboundedSender<PoolOp> {
+pub fn spawn(sources: Sources, name: String) -> mpsc::UnboundedSender<PoolOp> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(api, name, reserved, rx));
+    tokio::spawn(run(sources, name, rx));
     tx
 }
 
@@ -61,21 +76,13 @@ pub fn pool_of(obj: &SpiderIPPool) -> Result<Pool, ServiceError> {
     Pool::from_spec(&spec, Some(&name)).map_err(|e| ServiceError::InvalidPool(e.to_string()))
 }
 
-async fn run(
-    api: Api<SpiderIPPool>,
-    name: String,
-    reserved: ReservedFn,
-    mut rx: mpsc::UnboundedReceiver<PoolOp>,
-) {
+async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<PoolOp>) {
     // The last copy written or read, with its decoded allocations; `None` forces a read.
     let mut copy: Option<Copy> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while let Ok(op) = rx.try_recv() {
-            batch.push(op);
-        }
         let started = std::time::Instant::now();
-        let outcome = decide_and_write(&api, &name, &reserved, &mut copy, &batch).await;
+        let outcome = decide_and_write(&sources, &name, &mut copy, &mut batch, &mut rx).await;
         tracing::debug!(pool = %name, ops = batch.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch written");
         answer(batch, outcome);
     }
@@ -92,15 +99,53 @@ enum Decision {
     Release(Vec<IpAddr>),
 }
 
+fn decoded(name: &str, pool: SpiderIPPool) -> Result<Copy, ServiceError> {
+    let allocated = pool
+        .status
+        .clone()
+        .unwrap_or_default()
+        .allocations()
+        .map_err(|e| ServiceError::InvalidPool(format!("pool {name}: status.allocatedIPs: {e}")))?;
+    Ok(Copy { pool, allocated })
+}
+
+fn version_of(pool: &SpiderIPPool) -> Option<u64> {
+    pool.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+/// After losing a round at `tried`: the winner's version as the watch delivers it, or `None`
+/// when it does not come within [`WATCH_WAIT`] (the caller then reads the pool itself). Saves
+/// each losing agent a read of the whole pool per round.
+async fn newer_from_watch(latest: &LatestFn, tried: Option<u64>) -> Option<SpiderIPPool> {
+    let tried = tried?;
+    let deadline = tokio::time::Instant::now() + WATCH_WAIT;
+    loop {
+        if let Some(p) = latest()
+            && version_of(&p).is_some_and(|v| v > tried)
+        {
+            return Some((*p).clone());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
 async fn decide_and_write(
-    api: &Api<SpiderIPPool>,
+    sources: &Sources,
     name: &str,
-    reserved: &ReservedFn,
     copy: &mut Option<Copy>,
-    batch: &[PoolOp],
+    batch: &mut Vec<PoolOp>,
+    rx: &mut mpsc::UnboundedReceiver<PoolOp>,
 ) -> Result<Vec<Decision>, ServiceError> {
+    let api = &sources.api;
     let mut conflicts = 0u32;
     loop {
+        // Everything queued so far rides in this write.
+        while let Ok(op) = rx.try_recv() {
+            batch.push(op);
+        }
         let current = match copy.take() {
             Some(c) => c,
             None => {
@@ -108,21 +153,13 @@ async fn decide_and_write(
                     .get_status(name)
                     .await
                     .map_err(|e| ServiceError::from_kube(e, name))?;
-                let allocated = pool
-                    .status
-                    .clone()
-                    .unwrap_or_default()
-                    .allocations()
-                    .map_err(|e| {
-                        ServiceError::InvalidPool(format!("pool {name}: status.allocatedIPs: {e}"))
-                    })?;
-                Copy { pool, allocated }
+                decoded(name, pool)?
             }
         };
         let pool = pool_of(&current.pool)?;
         // A terminating pool hands out nothing new; releases and held addresses still go through.
         let accept_new = current.pool.metadata.deletion_timestamp.is_none();
-        let reserved = reserved();
+        let reserved = (sources.reserved)();
         let mut allocated = current.allocated.clone();
         let (decisions, changed) = decide(&mut allocated, &pool, &reserved, batch, accept_new);
         if !changed {
@@ -149,12 +186,12 @@ async fn decide_and_write(
                 return Ok(decisions);
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
+                // Another agent wrote first: take its version and decide again.
                 conflicts += 1;
-                tracing::debug!(pool = %name, conflicts, "resourceVersion conflict, reading again");
-                // Another agent wrote first: read again and decide again. A little jitter keeps
-                // the losers of one round from colliding in lockstep in the next.
-                let jitter = u64::from(conflicts.min(8)) * (1 + u64::from(std::process::id() % 5));
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
+                tracing::debug!(pool = %name, conflicts, "resourceVersion conflict");
+                if let Some(newer) = newer_from_watch(&sources.latest, version_of(&current.pool)).await {
+                    *copy = Some(decoded(name, newer)?);
+                }
             }
             Err(e) => return Err(ServiceError::from_kube(e, name)),
         }

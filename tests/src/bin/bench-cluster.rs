@@ -45,13 +45,22 @@ async fn main() -> Result<()> {
         .map(|i| Agent::start(&cluster.kubeconfig, &format!("node-{i}"), dir.path()))
         .collect::<Result<_>>()?;
     let confs: Vec<_> = agents.iter().map(|a| netconf(&a.socket, &[&pool], &[])).collect();
-    println!("{pods} pods on {agents_n} nodes (one agent each), one pool of exactly {pods} addresses, {concurrency} plugin processes at a time");
+    println!(
+        "{pods} pods on {agents_n} nodes (one agent each), one pool of exactly {pods} addresses, {concurrency} plugin processes at a time"
+    );
 
     for (verb, label) in [("ADD", "allocate"), ("DEL", "release")] {
         let started = Instant::now();
         let results = run_parallel(concurrency, pods, |i| {
             let t = Instant::now();
-            let out = cni(verb, &confs[i % agents_n], &ns, &format!("p-{i}"), &uids[i], "net1");
+            let out = cni(
+                verb,
+                &confs[i % agents_n],
+                &ns,
+                &format!("p-{i}"),
+                &uids[i],
+                "net1",
+            );
             (out.success, t.elapsed(), out.stdout)
         });
         let wall = started.elapsed();
@@ -71,7 +80,10 @@ async fn main() -> Result<()> {
     }
     let status = api.get_status(&pool).await?.status.unwrap_or_default();
     if status.allocated_ip_count != Some(0) {
-        bail!("pool not empty after the release phase: {:?}", status.allocated_ip_count);
+        bail!(
+            "pool not empty after the release phase: {:?}",
+            status.allocated_ip_count
+        );
     }
     api.delete(&pool, &Default::default()).await?;
     Ok(())

@@ -7,9 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
 
-step "static: cargo fmt --check, cargo clippy -D warnings"
+step "static: cargo fmt --check, cargo clippy -D warnings, CRD manifests match the Rust types"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+crd_tmp=$(mktemp -d)
+cargo run -q --locked -p spiderpool-api --bin crdgen -- --out-dir "$crd_tmp"
+if ! diff -ru charts/spiderpool/crds "$crd_tmp"; then
+    echo "FAILED: charts/spiderpool/crds differs from the types in api/: run cargo run -p spiderpool-api --bin crdgen -- --out-dir charts/spiderpool/crds" >&2
+    exit 1
+fi
+rm -rf "$crd_tmp"
 
 step "build: every binary (the tiers exec them)"
 cargo build --workspace --bins --locked
@@ -27,10 +34,27 @@ netns_ready() {
     ip netns add sp-probe-$$ 2>/dev/null && ip netns del sp-probe-$$ || { echo "cannot create network namespaces here"; return 1; }
 }
 if reason=$(netns_ready); then
-    # The ignored tests are exactly the root-only tiers.
-    cargo test --workspace --locked -- --ignored
+    # The ignored tests are the root-only tiers and the control-plane tier (cluster_*, below).
+    cargo test --workspace --locked -- --ignored --skip cluster_
 else
     skip netns "$reason"
+fi
+
+step "control plane: kube-apiserver + etcd built from the Go module proxy; CRDs, agents' IPAM service, controller"
+control_plane_ready() {
+    command -v go >/dev/null || { echo "no Go toolchain to build kube-apiserver and etcd"; return 1; }
+    command -v openssl >/dev/null || apt_install openssl >&2 || { echo "cannot install openssl"; return 1; }
+    command -v curl >/dev/null || apt_install curl >&2 || { echo "cannot install curl"; return 1; }
+    hack/control-plane.sh build >&2 || { echo "building kube-apiserver/etcd failed (see above)"; return 1; }
+}
+if reason=$(control_plane_ready); then
+    kubeconfig=$(hack/control-plane.sh up)
+    trap 'hack/control-plane.sh down' EXIT
+    SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --test cluster -- --ignored
+    hack/control-plane.sh down
+    trap - EXIT
+else
+    skip control-plane "$reason"
 fi
 
 step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE (tests/vm/*.sh)"

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
     kind = "SpiderCoordinator",
     shortname = "scc",
     status = "CoordinatorStatus",
-    printcolumn(name = "MODE", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "PHASE", type_ = "string", json_path = ".status.phase")
+    printcolumn = r#"{"name": "MODE", "type": "string", "jsonPath": ".spec.mode"}"#,
+    printcolumn = r#"{"name": "PHASE", "type": "string", "jsonPath": ".status.phase"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.hijackCIDR) || self.hijackCIDR.all(c, isCIDR(c))").message("hijackCIDR entries must be CIDRs"))]
 #[x_kube(validation = Rule::new("!has(self.podMACPrefix) || self.podMACPrefix.matches('^[0-9a-fA-F]{2}:[0-9a-fA-F]{2}$')").message("podMACPrefix is two hex bytes like 0a:1b"))]

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
     kind = "SpiderNodeInventory",
     shortname = "sni",
     status = "Inventory",
-    printcolumn(name = "HOSTNAME", type_ = "string", json_path = ".status.node.hostname"),
-    printcolumn(name = "KERNEL", type_ = "string", json_path = ".status.node.kernel")
+    printcolumn = r#"{"name": "HOSTNAME", "type": "string", "jsonPath": ".status.node.hostname"}"#,
+    printcolumn = r#"{"name": "KERNEL", "type": "string", "jsonPath": ".status.node.kernel"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInventorySpec {

@@ -13,7 +13,7 @@ use crate::coordinator::CoordinatorSpec;
     kind = "SpiderMultusConfig",
     namespaced,
     shortname = "smc",
-    printcolumn(name = "CNI-TYPE", type_ = "string", json_path = ".spec.cniType")
+    printcolumn = r#"{"name": "CNI-TYPE", "type": "string", "jsonPath": ".spec.cniType"}"#
 )]
 #[x_kube(validation = Rule::new("self.cniType != 'custom' || has(self.customCNI)").message("cniType custom needs customCNI"))]
 #[serde(rename_all = "camelCase")]

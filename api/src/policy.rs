@@ -37,9 +37,9 @@ pub struct Metadata {
     kind = "SpiderNetworkNodePolicy",
     root = "SpiderNetworkNodePolicyResource",
     shortname = "snnp",
-    printcolumn(name = "RESOURCE", type_ = "string", json_path = ".spec.resourceName"),
-    printcolumn(name = "VFS", type_ = "integer", json_path = ".spec.numVfs"),
-    printcolumn(name = "PRIORITY", type_ = "integer", json_path = ".spec.priority")
+    printcolumn = r#"{"name": "RESOURCE", "type": "string", "jsonPath": ".spec.resourceName"}"#,
+    printcolumn = r#"{"name": "VFS", "type": "integer", "jsonPath": ".spec.numVfs"}"#,
+    printcolumn = r#"{"name": "PRIORITY", "type": "integer", "jsonPath": ".spec.priority"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {

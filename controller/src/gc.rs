@@ -89,14 +89,60 @@ impl World {
         })
     }
 
-    /// Why `entry`'s address should be released, or `None` to keep it.
+    /// Why `entry`'s address should be released, or `None` to keep it, by this snapshot.
     pub fn release_reason(&self, entry: &PoolIPAllocation) -> Option<&'static str> {
         let pod = self.pods.get(&entry.pod);
-        if let Some(sts) = &entry.owner_stateful_set {
+        let set = entry.owner_stateful_set.as_ref().and_then(|sts| {
+            let ns = entry.pod.split_once('/').map_or("", |(ns, _)| ns);
+            self.stateful_sets.get(&format!("{ns}/{sts}"))
+        });
+        release_reason(entry, pod, set, self.now)
+    }
+
+    /// The same decision on fresh reads of the pod and its StatefulSet: a snapshot taken before
+    /// an allocation cannot see that allocation's pod, so every release is confirmed live.
+    pub async fn confirm(
+        &self,
+        client: &Client,
+        entry: &PoolIPAllocation,
+    ) -> Result<Option<&'static str>, GcError> {
+        let (ns, name) = entry.pod.split_once('/').unwrap_or(("", entry.pod.as_str()));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let pod = pods
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("get pod {}", entry.pod)))?;
+        let set = match &entry.owner_stateful_set {
+            Some(sts) => {
+                let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+                sets.get_opt(sts)
+                    .await
+                    .map_err(api_err(format!("get StatefulSet {ns}/{sts}")))?
+            }
+            None => None,
+        };
+        Ok(release_reason(
+            entry,
+            pod.as_ref(),
+            set.as_ref(),
+            Timestamp::now(),
+        ))
+    }
+}
+
+/// The release rules on one entry, its pod (if it exists) and its StatefulSet (if any).
+pub fn release_reason(
+    entry: &PoolIPAllocation,
+    pod: Option<&Pod>,
+    set: Option<&StatefulSet>,
+    now: Timestamp,
+) -> Option<&'static str> {
+    {
+        if entry.owner_stateful_set.is_some() {
             return match pod {
                 // The live pod, or its successor under the same name: the address follows the name.
                 Some(_) => None,
-                None if self.stateful_set_wants(&entry.pod, sts) => None,
+                None if set.is_some_and(|s| stateful_set_wants(s, &entry.pod)) => None,
                 None => Some("StatefulSet no longer has this pod"),
             };
         }
@@ -117,19 +163,19 @@ impl World {
                 .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
                 .unwrap_or(30);
             let deadline = deleted.0.as_second() + grace + TERMINATING_MARGIN_SECS;
-            if self.now.as_second() > deadline {
+            if now.as_second() > deadline {
                 return Some("pod stuck terminating past its grace period");
             }
         }
         None
     }
+}
 
-    /// `ns/name-<ordinal>` is still wanted by StatefulSet `ns/sts`.
-    fn stateful_set_wants(&self, pod: &str, sts: &str) -> bool {
-        let (ns, name) = pod.split_once('/').unwrap_or(("", pod));
-        let Some(set) = self.stateful_sets.get(&format!("{ns}/{sts}")) else {
-            return false;
-        };
+/// `ns/name-<ordinal>` is still wanted by `set`.
+fn stateful_set_wants(set: &StatefulSet, pod: &str) -> bool {
+    {
+        let sts = set.metadata.name.as_deref().unwrap_or_default();
+        let name = pod.split_once('/').map_or(pod, |(_, n)| n);
         if set.metadata.deletion_timestamp.is_some() {
             return false;
         }
@@ -180,6 +226,13 @@ fn total_of(pool: &SpiderIPPool, reserved: &HashSet<u128>) -> Option<i64> {
 
 /// One garbage-collection round over every pool and endpoint.
 pub async fn run_once(client: &Client, metrics: &Arc<Metrics>) -> Result<GcReport, GcError> {
+    // Pools before pods: a pod exists before its address does, so every holder in this list of
+    // pools is in the pod snapshot read after it (releases are confirmed live all the same).
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let list = pools
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("list SpiderIPPools"))?;
     let world = World::read(client).await?;
     let reserved_api: Api<SpiderReservedIP> = Api::all(client.clone());
     let reserved = reserved_api
@@ -187,15 +240,10 @@ pub async fn run_once(client: &Client, metrics: &Arc<Metrics>) -> Result<GcRepor
         .await
         .map_err(api_err("list SpiderReservedIPs"))?;
     let reserved = reserved_keys(&reserved.items);
-    let pools: Api<SpiderIPPool> = Api::all(client.clone());
     let mut report = GcReport::default();
-    let list = pools
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err("list SpiderIPPools"))?;
     for pool in list.items {
         let name = pool.name_any();
-        gc_pool(&pools, pool, &world, &reserved, &mut report).await?;
+        gc_pool(client, &pools, pool, &world, &reserved, &mut report).await?;
         if let Ok(p) = pools.get_status(&name).await {
             let st = p.status.unwrap_or_default();
             metrics.set_pool(
@@ -212,6 +260,7 @@ pub async fn run_once(client: &Client, metrics: &Arc<Metrics>) -> Result<GcRepor
 }
 
 async fn gc_pool(
+    client: &Client,
     api: &Api<SpiderIPPool>,
     mut pool: SpiderIPPool,
     world: &World,
@@ -219,6 +268,18 @@ async fn gc_pool(
     report: &mut GcReport,
 ) -> Result<(), GcError> {
     let name = pool.name_any();
+    // Entries to release, decided once (snapshot, then a live read of each candidate's pod).
+    // A rewrite after a conflict releases only these, and only if they are unchanged.
+    let mut doomed: Vec<(String, PoolIPAllocation, &'static str)> = Vec::new();
+    if let Ok(allocated) = pool.status.clone().unwrap_or_default().allocations() {
+        for (ip, entry) in allocated {
+            if world.release_reason(&entry).is_some()
+                && let Some(reason) = world.confirm(client, &entry).await?
+            {
+                doomed.push((ip, entry, reason));
+            }
+        }
+    }
     for _attempt in 0..20 {
         let status = pool.status.clone().unwrap_or_default();
         let Ok(mut allocated) = status.allocations() else {
@@ -226,13 +287,12 @@ async fn gc_pool(
             return Ok(());
         };
         let mut released = Vec::new();
-        allocated.retain(|ip, entry| match world.release_reason(entry) {
-            Some(reason) => {
+        for (ip, entry, reason) in &doomed {
+            if allocated.get(ip) == Some(entry) {
+                allocated.remove(ip);
                 released.push(format!("{name}/{ip} ({}: {reason})", entry.pod));
-                false
             }
-            None => true,
-        });
+        }
         let total = total_of(&pool, reserved);
         let count = i64::try_from(allocated.len()).unwrap_or(i64::MAX);
         let recount =
@@ -299,15 +359,17 @@ async fn gc_endpoints(client: &Client, world: &World) -> Result<usize, GcError> 
             owner_stateful_set: sts,
             ..PoolIPAllocation::default()
         };
-        if world.release_reason(&entry).is_none() {
+        if world.release_reason(&entry).is_none() || world.confirm(client, &entry).await?.is_none() {
             continue;
         }
         let namespaced: Api<SpiderEndpoint> = Api::namespaced(client.clone(), &ns);
-        let mut dp = DeleteParams::default();
-        dp.preconditions = Some(kube::api::Preconditions {
-            resource_version: ep.metadata.resource_version.clone(),
-            uid: None,
-        });
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: ep.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
         match namespaced.delete(&ep.name_any(), &dp).await {
             Ok(_) => deleted += 1,
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}

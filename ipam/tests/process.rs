@@ -263,7 +263,7 @@ fn bad_input_gets_the_right_error_code() {
         (
             "no pools (cluster mode) and no agent listening",
             with_ipam(json!({"pools": [], "ipam_unix_socket_path": "/nonexistent/spiderpool.sock"})),
-            vec![("CNI_ARGS", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u")],
+            vec![("args", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u")],
             11,
         ),
         (

@@ -227,6 +227,107 @@ impl Drop for Agent {
     }
 }
 
+/// A `spiderpool-controller` process (leader election on its own Lease name, fast GC rounds).
+pub struct Controller {
+    pub identity: String,
+    pub metrics_addr: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Controller {
+    pub fn start(
+        kubeconfig: &Path,
+        identity: &str,
+        lease: &str,
+        port: u16,
+        dir: &Path,
+    ) -> Result<Controller> {
+        let log = dir.join(format!("{identity}.log"));
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let child = Command::new(crate::bin_dir().join("spiderpool-controller"))
+            .args([
+                "--gc-interval",
+                "1",
+                "--lease-duration",
+                "3",
+                "--lease-namespace",
+                "default",
+            ])
+            .args([
+                "--lease-name",
+                lease,
+                "--identity",
+                identity,
+                "--metrics-addr",
+                &metrics_addr,
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawn spiderpool-controller")?;
+        Ok(Controller {
+            identity: identity.into(),
+            metrics_addr,
+            log,
+            child: Some(child),
+        })
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The body of `GET /metrics`, or an empty string while it does not answer.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&self.metrics_addr) else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A cluster-mode netconf: no pools, the agent's socket, optional default pools.
 pub fn netconf(socket: &Path, v4: &[&str], v6: &[&str]) -> Value {
     json!({

@@ -19,25 +19,12 @@ const MAX_RANGES: u32 = 64;
     kind = "SpiderIPPool",
     shortname = "sp",
     status = "IPPoolStatus",
-    printcolumn(name = "VERSION", type_ = "integer", json_path = ".spec.ipVersion"),
-    printcolumn(name = "SUBNET", type_ = "string", json_path = ".spec.subnet"),
-    printcolumn(
-        name = "ALLOCATED-IP-COUNT",
-        type_ = "integer",
-        json_path = ".status.allocatedIPCount"
-    ),
-    printcolumn(
-        name = "TOTAL-IP-COUNT",
-        type_ = "integer",
-        json_path = ".status.totalIPCount"
-    ),
-    printcolumn(name = "DEFAULT", type_ = "boolean", json_path = ".spec.default"),
-    printcolumn(
-        name = "DISABLE",
-        type_ = "boolean",
-        json_path = ".spec.disable",
-        priority = 10
-    )
+    printcolumn = r#"{"name": "VERSION", "type": "integer", "jsonPath": ".spec.ipVersion"}"#,
+    printcolumn = r#"{"name": "SUBNET", "type": "string", "jsonPath": ".spec.subnet"}"#,
+    printcolumn = r#"{"name": "ALLOCATED-IP-COUNT", "type": "integer", "jsonPath": ".status.allocatedIPCount"}"#,
+    printcolumn = r#"{"name": "TOTAL-IP-COUNT", "type": "integer", "jsonPath": ".status.totalIPCount"}"#,
+    printcolumn = r#"{"name": "DEFAULT", "type": "boolean", "jsonPath": ".spec.default"}"#,
+    printcolumn = r#"{"name": "DISABLE", "type": "boolean", "jsonPath": ".spec.disable", "priority": 10}"#
 )]
 #[x_kube(validation = Rule::new(v::SUBNET_IS_CIDR).message("subnet must be a CIDR"))]
 #[x_kube(validation = Rule::new(v::IP_VERSION_MATCHES_SUBNET).message("ipVersion does not match the subnet's family"))]
@@ -148,18 +135,10 @@ pub struct PoolIPAllocation {
     kind = "SpiderSubnet",
     shortname = "ss",
     status = "SubnetStatus",
-    printcolumn(name = "VERSION", type_ = "integer", json_path = ".spec.ipVersion"),
-    printcolumn(name = "SUBNET", type_ = "string", json_path = ".spec.subnet"),
-    printcolumn(
-        name = "ALLOCATED-IP-COUNT",
-        type_ = "integer",
-        json_path = ".status.allocatedIPCount"
-    ),
-    printcolumn(
-        name = "TOTAL-IP-COUNT",
-        type_ = "integer",
-        json_path = ".status.totalIPCount"
-    )
+    printcolumn = r#"{"name": "VERSION", "type": "integer", "jsonPath": ".spec.ipVersion"}"#,
+    printcolumn = r#"{"name": "SUBNET", "type": "string", "jsonPath": ".spec.subnet"}"#,
+    printcolumn = r#"{"name": "ALLOCATED-IP-COUNT", "type": "integer", "jsonPath": ".status.allocatedIPCount"}"#,
+    printcolumn = r#"{"name": "TOTAL-IP-COUNT", "type": "integer", "jsonPath": ".status.totalIPCount"}"#
 )]
 #[x_kube(validation = Rule::new(v::SUBNET_IS_CIDR).message("subnet must be a CIDR"))]
 #[x_kube(validation = Rule::new(v::IP_VERSION_MATCHES_SUBNET).message("ipVersion does not match the subnet's family"))]
@@ -206,7 +185,7 @@ pub struct SubnetStatus {
     version = "v2beta1",
     kind = "SpiderReservedIP",
     shortname = "sr",
-    printcolumn(name = "VERSION", type_ = "integer", json_path = ".spec.ipVersion")
+    printcolumn = r#"{"name": "VERSION", "type": "integer", "jsonPath": ".spec.ipVersion"}"#
 )]
 #[x_kube(validation = Rule::new(v::RESERVED_FAMILY).message("every ips entry must be an IP or a range a-b of the ipVersion family"))]
 #[serde(rename_all = "camelCase")]
@@ -229,14 +208,10 @@ pub struct ReservedIPSpec {
     namespaced,
     shortname = "se",
     status = "EndpointStatus",
-    printcolumn(
-        name = "INTERFACE",
-        type_ = "string",
-        json_path = ".status.current.ips[0].interface"
-    ),
-    printcolumn(name = "IPV4", type_ = "string", json_path = ".status.current.ips[0].ipv4"),
-    printcolumn(name = "IPV6", type_ = "string", json_path = ".status.current.ips[0].ipv6"),
-    printcolumn(name = "NODE", type_ = "string", json_path = ".status.current.node")
+    printcolumn = r#"{"name": "INTERFACE", "type": "string", "jsonPath": ".status.current.ips[0].interface"}"#,
+    printcolumn = r#"{"name": "IPV4", "type": "string", "jsonPath": ".status.current.ips[0].ipv4"}"#,
+    printcolumn = r#"{"name": "IPV6", "type": "string", "jsonPath": ".status.current.ips[0].ipv6"}"#,
+    printcolumn = r#"{"name": "NODE", "type": "string", "jsonPath": ".status.current.node"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpiderEndpointSpec {}

@@ -550,11 +550,13 @@ impl IpamService {
             }
             status.current.ips.retain(|d| d.interface != ifname);
             let result = if status.current.ips.is_empty() {
-                let mut dp = DeleteParams::default();
-                dp.preconditions = Some(kube::api::Preconditions {
-                    resource_version: ep.metadata.resource_version.clone(),
-                    uid: None,
-                });
+                let dp = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        resource_version: ep.metadata.resource_version.clone(),
+                        uid: None,
+                    }),
+                    ..DeleteParams::default()
+                };
                 api.delete(name, &dp).await.map(drop)
             } else {
                 ep.status = Some(status);

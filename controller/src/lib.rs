@@ -2,6 +2,7 @@
 //! election on a Lease ([`leader`]) and Prometheus metrics ([`metrics`]). Allocation itself is
 //! the agents' work; the controller only repairs what they cannot see from one node.
 
+pub mod crds;
 pub mod gc;
 pub mod leader;
 pub mod metrics;

@@ -36,6 +36,10 @@ struct Cli {
     /// This replica's name in the lease. Default: POD_NAME, else the hostname and PID.
     #[arg(long)]
     identity: Option<String>,
+    /// Apply the project's CRDs (server-side apply) before anything else: how `helm upgrade`
+    /// upgrades them, since Helm never touches a chart's crds/ after the first install.
+    #[arg(long)]
+    apply_crds: bool,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, default_value = "0.0.0.0:5721")]
     metrics_addr: String,
@@ -95,6 +99,12 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     let client = kube::Client::try_default().await.context("Kubernetes client")?;
     let metrics = Arc::new(Metrics::new());
+    if cli.apply_crds {
+        let applied = spiderpool_controller::crds::apply_all(&client)
+            .await
+            .context("apply CRDs")?;
+        tracing::info!("applied {applied} CRDs");
+    }
     if cli.once {
         let report = gc::run_once(&client, &metrics).await?;
         println!(

@@ -3,6 +3,7 @@
 //! `spiderpool-agent` binary, and the agent's cluster-mode IPAM service.
 
 pub mod applier;
+pub mod daemon;
 pub mod discovery;
 pub mod ipam_service;
 pub mod planner;

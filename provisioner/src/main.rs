@@ -82,6 +82,34 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         resync_ms: u64,
     },
+    /// The node agent: the IPAM service, the inventory reporter (SpiderNodeInventory), the device
+    /// plugin and /healthz, /readyz.
+    Run {
+        #[arg(long)]
+        node_name: Option<String>,
+        #[arg(long, default_value = spiderpool_ipam::config::DEFAULT_AGENT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:5710")]
+        health_addr: String,
+        #[arg(long, default_value = DEFAULT_SYSFS_ROOT)]
+        sysfs_root: PathBuf,
+        /// Seconds between inventory reports.
+        #[arg(long, default_value_t = 60)]
+        inventory_interval: u64,
+        /// Also serve the kubelet device plugin (built-in config).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        device_plugin: bool,
+        #[arg(long, default_value = DEFAULT_KUBELET_DIR)]
+        kubelet_dir: PathBuf,
+    },
+    /// Install spiderpool, coordinator and ifacer into a CNI bin directory (atomically).
+    InstallCni {
+        #[arg(long)]
+        to: PathBuf,
+        /// Where the binaries are (default: beside this executable).
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
     /// Answer the `spiderpool` plugin in cluster mode: pools and allocations in the Kubernetes
     /// API (kubeconfig from KUBECONFIG or the in-cluster service account).
     IpamService {
@@ -316,15 +344,90 @@ fn ipam_service(node: Option<String>, socket: PathBuf) -> Result<()> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
+fn run_agent(
+    node: Option<String>,
+    socket: PathBuf,
+    health_addr: String,
+    sysfs_root: PathBuf,
+    inventory_interval: u64,
+    device_plugin: bool,
+    kubelet_dir: PathBuf,
+) -> Result<()> {
+    use spiderpool_provisioner::{daemon, ipam_service};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let node = node_name(node)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let ready = Arc::new(AtomicBool::new(false));
+        let health = tokio::net::TcpListener::bind(&health_addr)
+            .await
+            .with_context(|| format!("bind {health_addr}"))?;
+        tokio::spawn(daemon::serve_health(health, ready.clone()));
+        let client = kube::Client::try_default().await.context("Kubernetes client")?;
+        let service = ipam_service::IpamService::start(client.clone(), node.clone())
+            .await
+            .context("pool caches")?;
+        let listener = ipam_service::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
+        tokio::spawn(ipam_service::server::serve(listener, service));
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!("agent of node {node}: IPAM on {}, health on {health_addr}", socket.display());
+        let reporter = {
+            let (client, node, root) = (client.clone(), node.clone(), sysfs_root.clone());
+            async move {
+                loop {
+                    let root = root.clone();
+                    match tokio::task::spawn_blocking(move || scan_node(&root)).await {
+                        Ok(inv) => {
+                            if let Err(e) = daemon::report_inventory(&client, &node, &inv).await {
+                                tracing::warn!("SpiderNodeInventory {node}: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("inventory scan: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(inventory_interval.max(5))).await;
+                }
+            }
+        };
+        tokio::spawn(reporter);
+        if device_plugin {
+            let options = ManagerOptions {
+                kubelet_dir,
+                config_file: None,
+                policy_file: None,
+                sysfs: Sysfs::new(&sysfs_root),
+                devinfo_dir: Some(PathBuf::from(DEVINFO_DIR)),
+                resync: Duration::from_secs(1),
+                wake: None,
+            };
+            let root = sysfs_root.clone();
+            tokio::spawn(run_device_plugin(options, move || scan_node(&root), std::future::pending::<()>()));
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        Ok(())
+    })
+}
+
 fn main() -> Result<()> {
-    // Output into a closed pipe (`| head`) ends the process quietly, as for other Unix tools,
-    // instead of a panic about a failed print.
-    // SAFETY: setting a signal's disposition to the default before any thread exists.
-    unsafe {
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigDfl,
-        );
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Inventory { .. } | Command::Apply { .. }) {
+        // Output into a closed pipe (`| head`) ends these printing commands quietly, as for other
+        // Unix tools. Never for the daemons: a client that hangs up before its answer must not
+        // kill the agent (Rust's default, SIGPIPE ignored, turns that into an EPIPE error).
+        // SAFETY: setting a signal's disposition to the default before any thread exists.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -333,7 +436,7 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Inventory { sysfs_root, output } => inventory(&sysfs_root, output),
         Command::Apply {
             file,
@@ -361,5 +464,43 @@ fn main() -> Result<()> {
             resync_ms,
         } => device_plugin(sysfs_root, kubelet_dir, config, policy, devinfo_dir, resync_ms),
         Command::IpamService { node_name, socket } => ipam_service(node_name, socket),
+        Command::Run {
+            node_name,
+            socket,
+            health_addr,
+            sysfs_root,
+            inventory_interval,
+            device_plugin,
+            kubelet_dir,
+        } => run_agent(
+            node_name,
+            socket,
+            health_addr,
+            sysfs_root,
+            inventory_interval,
+            device_plugin,
+            kubelet_dir,
+        ),
+        Command::InstallCni { to, from } => {
+            let from = match from {
+                Some(f) => f,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .context("executable has no directory")?,
+            };
+            spiderpool_provisioner::daemon::install_cni(
+                &from,
+                &to,
+                &spiderpool_provisioner::daemon::CNI_PLUGINS,
+            )
+            .with_context(|| format!("install into {}", to.display()))?;
+            println!(
+                "installed {} into {}",
+                spiderpool_provisioner::daemon::CNI_PLUGINS.join(", "),
+                to.display()
+            );
+            Ok(())
+        }
     }
 }

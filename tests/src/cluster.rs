@@ -346,7 +346,11 @@ pub fn netconf(socket: &Path, v4: &[&str], v6: &[&str]) -> Value {
 /// Runs the `spiderpool` plugin for `verb` on behalf of pod `ns/name` (UID `uid`).
 pub fn cni(verb: &str, netconf: &Value, ns: &str, name: &str, uid: &str, ifname: &str) -> Output {
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}");
-    let netns = if verb == "ADD" { "/var/run/netns/none" } else { "" };
+    let netns = if verb == "ADD" || verb == "CHECK" {
+        "/var/run/netns/none"
+    } else {
+        ""
+    };
     let inv = Invocation::new(verb, &format!("ctr-{uid}"), netns, ifname)
         .with_args(&args)
         .with_path(vec![crate::bin_dir()]);

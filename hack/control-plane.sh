@@ -6,6 +6,7 @@
 #                                 prints the kubeconfig's path (builds first when needed)
 #   hack/control-plane.sh down    stops both and removes the state
 #   hack/control-plane.sh bin     prints the directory holding the binaries
+#   hack/control-plane.sh helm    builds helm (helm.sh/helm/v3) into the cache and prints its path
 # Binaries are cached in $SPIDERPOOL_CACHE/control-plane/<versions>/ (outside the clone) so CI
 # builds them once. The Go sources are only build inputs for the test tier; the product is Rust.
 set -euo pipefail
@@ -13,8 +14,9 @@ cd "$(dirname "$0")/.."
 
 K8S_VERSION=${K8S_VERSION:-1.34.3}
 ETCD_VERSION=${ETCD_VERSION:-3.6.5}
+HELM_VERSION=${HELM_VERSION:-3.19.0}
 CACHE=${SPIDERPOOL_CACHE:-$HOME/.cache/spiderpool-rs}
-BIN_DIR="$CACHE/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
+BIN_DIR="$CACHE/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-2"
 STATE=${CONTROL_PLANE_STATE:-/tmp/spiderpool-control-plane}
 PORT=${CONTROL_PLANE_PORT:-16443}
 ETCD_PORT=${CONTROL_PLANE_ETCD_PORT:-12379}
@@ -47,8 +49,12 @@ build() {
         log "resolving k8s.io/kubernetes v$K8S_VERSION (staging v$staging)"
         go get "k8s.io/kubernetes@v$K8S_VERSION" >/dev/null 2>&1 || go get "k8s.io/kubernetes@v$K8S_VERSION"
         log "building kube-apiserver and kubectl (several minutes the first time)"
-        go build -trimpath -ldflags=-s -o "$BIN_DIR/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-        go build -trimpath -ldflags=-s -o "$BIN_DIR/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+        # The version the server reports (/version): clients such as Helm check kubeVersion against it.
+        local v=k8s.io/component-base/version
+        local ldflags="-s -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=${K8S_VERSION%%.*} -X $v.gitMinor=${minor%%.*}"
+        ldflags="$ldflags -X $v.gitTreeState=clean -X $v.gitCommit=module-proxy-build"
+        go build -trimpath -ldflags="$ldflags" -o "$BIN_DIR/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+        go build -trimpath -ldflags="$ldflags" -o "$BIN_DIR/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
     )
     local etcd_src="$CACHE/control-plane/src-etcd-$ETCD_VERSION"
     mkdir -p "$etcd_src"
@@ -61,6 +67,25 @@ build() {
     )
     for b in kube-apiserver kubectl etcd; do mv "$BIN_DIR/$b.tmp" "$BIN_DIR/$b"; done
     log "binaries in $BIN_DIR"
+}
+
+build_helm() {
+    local out="$CACHE/control-plane/helm-$HELM_VERSION/helm"
+    if [ ! -x "$out" ]; then
+        command -v go >/dev/null || { log "go is not installed"; return 1; }
+        local src="$CACHE/control-plane/src-helm-$HELM_VERSION"
+        mkdir -p "$src" "$(dirname "$out")"
+        (
+            cd "$src"
+            export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+            [ -f go.mod ] || go mod init spiderpool-rs/helm >/dev/null 2>&1
+            log "building helm v$HELM_VERSION"
+            go get "helm.sh/helm/v3@v$HELM_VERSION" >/dev/null 2>&1 || go get "helm.sh/helm/v3@v$HELM_VERSION"
+            go build -trimpath -ldflags=-s -o "$out.tmp" helm.sh/helm/v3/cmd/helm
+        )
+        mv "$out.tmp" "$out"
+    fi
+    echo "$out"
 }
 
 wait_for() { # wait_for SECONDS CMD...
@@ -170,5 +195,6 @@ build) build ;;
 up) up ;;
 down) down ;;
 bin) echo "$BIN_DIR" ;;
-*) echo "usage: $0 build|up|down|bin" >&2; exit 2 ;;
+helm) build_helm ;;
+*) echo "usage: $0 build|up|down|bin|helm" >&2; exit 2 ;;
 esac

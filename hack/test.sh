@@ -40,17 +40,20 @@ else
     skip netns "$reason"
 fi
 
-step "control plane: kube-apiserver + etcd built from the Go module proxy; CRDs, agents' IPAM service, controller"
+step "control plane: kube-apiserver + etcd (+ helm) built from the Go module proxy; CRDs, agents' IPAM service, controller, chart"
 control_plane_ready() {
     command -v go >/dev/null || { echo "no Go toolchain to build kube-apiserver and etcd"; return 1; }
     command -v openssl >/dev/null || apt_install openssl >&2 || { echo "cannot install openssl"; return 1; }
     command -v curl >/dev/null || apt_install curl >&2 || { echo "cannot install curl"; return 1; }
     hack/control-plane.sh build >&2 || { echo "building kube-apiserver/etcd failed (see above)"; return 1; }
+    hack/control-plane.sh helm >/dev/null || { echo "building helm failed (see above)"; return 1; }
 }
 if reason=$(control_plane_ready); then
     kubeconfig=$(hack/control-plane.sh up)
     trap 'hack/control-plane.sh down' EXIT
     SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --test cluster -- --ignored
+    echo "--- chart: helm lint/template (4 value sets), server-side dry-run, install + upgrade, RBAC"
+    hack/test-chart.sh "$kubeconfig"
     hack/control-plane.sh down
     trap - EXIT
 else

@@ -24,7 +24,7 @@ pub struct CoordinatorSpec {
     #[schemars(regex(pattern = r"^(auto|underlay|overlay|disabled)$"))]
     pub mode: Option<String>,
     /// `auto`, `cluster`, `calico`, `cilium` or `none`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "podCIDRType")]
     #[schemars(regex(pattern = r"^(auto|cluster|calico|cilium|none)$"))]
     pub pod_cidr_type: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "hijackCIDR")]

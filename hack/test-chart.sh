@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The chart against the control-plane tier's real API server:
+#   helm lint and helm template for the default values and every charts/spiderpool/ci/*-values.yaml;
+#   every rendered object applied with server-side dry-run;
+#   helm install, then helm upgrade with changed values;
+#   RBAC: what each ServiceAccount may and may not do (kubectl auth can-i --as, i.e. SubjectAccessReviews).
+# usage: hack/test-chart.sh KUBECONFIG   (hack/test.sh runs it after hack/control-plane.sh up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kubeconfig=${1:?usage: hack/test-chart.sh KUBECONFIG}
+helm=$(hack/control-plane.sh helm)
+kubectl="$(hack/control-plane.sh bin)/kubectl --kubeconfig $kubeconfig"
+chart=charts/spiderpool
+ns=spiderpool-chart-test
+release=sp
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export HELM_CACHE_HOME=$work/helm-cache HELM_CONFIG_HOME=$work/helm-config HELM_DATA_HOME=$work/helm-data
+
+failures=0
+run() { # run DESCRIPTION CMD...: runs CMD; a failure is counted and shown, the checks go on
+    local desc=$1; shift
+    if "$@" >"$work/out" 2>&1; then
+        echo "  ok    $desc"
+    else
+        echo "  FAIL  $desc"
+        sed 's/^/        /' "$work/out" | head -20
+        failures=$((failures + 1))
+    fi
+}
+
+$kubectl apply --server-side --force-conflicts -f "$chart/crds/" -f tests/fixtures/crds/servicemonitor-stub.yaml >/dev/null
+$kubectl wait --for condition=established --timeout=30s crd --all >/dev/null
+$kubectl create namespace "$ns" --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+
+# helm template checks kubeVersion against this (it cannot ask a server).
+server_version=$($kubectl get --raw /version | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p')
+echo "API server $server_version"
+value_sets=(default)
+for f in "$chart"/ci/*-values.yaml; do value_sets+=("$f"); done
+for values in "${value_sets[@]}"; do
+    name=$(basename "$values" -values.yaml)
+    args=()
+    [ "$values" = default ] || args=(-f "$values")
+    echo "values: $name"
+    run "helm lint" "$helm" lint --strict "$chart" "${args[@]}"
+    run "helm template" "$helm" template "$release" "$chart" -n "$ns" --kube-version "$server_version" "${args[@]}" --output-dir "$work/rendered-$name"
+    if [ -d "$work/rendered-$name" ]; then
+        count=$(cat "$work/rendered-$name"/*/templates/*.yaml | grep -c '^kind:')
+        run "server-side dry-run of $count rendered objects" \
+            $kubectl apply --dry-run=server --server-side -n "$ns" -R -f "$work/rendered-$name/spiderpool/templates"
+    fi
+done
+
+echo "install and upgrade"
+run "helm install" "$helm" install "$release" "$chart" -n "$ns" --kubeconfig "$kubeconfig" --wait=false
+run "helm upgrade (controller replicas 3, gcInterval 10)" "$helm" upgrade "$release" "$chart" -n "$ns" \
+    --kubeconfig "$kubeconfig" --set controller.replicas=3 --set controller.gcInterval=10
+run "upgrade took effect" bash -c "[ \"\$($kubectl -n $ns get deploy $release-controller -o jsonpath='{.spec.replicas}')\" = 3 ]"
+run "SpiderCoordinator default created" $kubectl get spidercoordinator default
+
+echo "RBAC (kubectl auth can-i --as: SubjectAccessReviews against the API server)"
+agent=system:serviceaccount:$ns:$release-agent
+controller=system:serviceaccount:$ns:$release-controller
+can() { # can yes|no WHO VERB RESOURCE [flags...]
+    local want=$1 who=$2; shift 2
+    local got
+    got=$($kubectl auth can-i --as "$who" "$@" 2>/dev/null || true)
+    [ "$got" = "$want" ] || { echo "$who $*: want $want, got $got"; return 1; }
+}
+for verb in get list watch; do
+    run "agent may $verb spiderippools" can yes "$agent" "$verb" spiderippools.spiderpool.spidernet.io
+done
+run "agent may patch spiderippools/status" can yes "$agent" patch spiderippools.spiderpool.spidernet.io --subresource=status
+run "agent may create spiderendpoints" can yes "$agent" create spiderendpoints.spiderpool.spidernet.io -n default
+run "agent may delete spiderendpoints" can yes "$agent" delete spiderendpoints.spiderpool.spidernet.io -n default
+run "agent may create spidernodeinventories" can yes "$agent" create spidernodeinventories.spiderpool.spidernet.io
+run "agent may patch spidernodeinventories/status" can yes "$agent" patch spidernodeinventories.spiderpool.spidernet.io --subresource=status
+run "agent may watch pods" can yes "$agent" watch pods --all-namespaces
+run "agent may not read secrets" can no "$agent" get secrets --all-namespaces
+run "agent may not list secrets" can no "$agent" list secrets -n "$ns"
+run "agent may not change pool specs" can no "$agent" update spiderippools.spiderpool.spidernet.io
+run "agent may not delete pools" can no "$agent" delete spiderippools.spiderpool.spidernet.io
+run "agent may not write pods" can no "$agent" delete pods -n default
+run "agent may not touch leases" can no "$agent" update leases.coordination.k8s.io -n "$ns"
+run "agent may not change CRDs" can no "$agent" patch customresourcedefinitions.apiextensions.k8s.io
+
+run "controller may patch spiderippools/status" can yes "$controller" patch spiderippools.spiderpool.spidernet.io --subresource=status
+run "controller may delete spiderendpoints" can yes "$controller" delete spiderendpoints.spiderpool.spidernet.io -n default
+run "controller may list statefulsets" can yes "$controller" list statefulsets.apps --all-namespaces
+run "controller may update its lease" can yes "$controller" update leases.coordination.k8s.io -n "$ns"
+run "controller may patch CRDs (applies its own at start)" can yes "$controller" patch customresourcedefinitions.apiextensions.k8s.io
+run "controller may not read secrets" can no "$controller" get secrets --all-namespaces
+run "controller may not create spiderendpoints" can no "$controller" create spiderendpoints.spiderpool.spidernet.io -n default
+run "controller may not write inventories" can no "$controller" patch spidernodeinventories.spiderpool.spidernet.io --subresource=status
+run "controller may not change pool specs" can no "$controller" update spiderippools.spiderpool.spidernet.io
+run "controller may not take leases elsewhere" can no "$controller" update leases.coordination.k8s.io -n kube-system
+run "controller may not delete pods" can no "$controller" delete pods -n default
+
+"$helm" uninstall "$release" -n "$ns" --kubeconfig "$kubeconfig" >/dev/null || true
+if [ "$failures" -gt 0 ]; then
+    echo "chart: $failures check(s) failed" >&2
+    exit 1
+fi
+echo "chart: every check passed"

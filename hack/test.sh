@@ -60,6 +60,17 @@ else
     skip control-plane "$reason"
 fi
 
+step "image: hack/build-image.sh (OCI archive, no daemon) imported into a private containerd and run with runc"
+image_ready() {
+    is_root || { echo "needs root (containerd, runc)"; return 1; }
+    apt_install containerd runc >&2 || { echo "cannot install containerd runc"; return 1; }
+}
+if reason=$(image_ready); then
+    hack/test-image.sh "$target_dir/debug"
+else
+    skip image "$reason"
+fi
+
 step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE (tests/vm/*.sh)"
 if is_root; then
     # Only the binaries the guest scripts run, stripped: they travel in the initramfs.

@@ -31,6 +31,8 @@ run() { # run DESCRIPTION CMD...: runs CMD; a failure is counted and shown, the 
 
 $kubectl apply --server-side --force-conflicts -f "$chart/crds/" -f tests/fixtures/crds/servicemonitor-stub.yaml >/dev/null
 $kubectl wait --for condition=established --timeout=30s crd --all >/dev/null
+# The cluster tests apply the admission policy themselves; the chart must own it here.
+$kubectl delete validatingadmissionpolicybinding,validatingadmissionpolicy spiderpool-ipv6-ranges --ignore-not-found >/dev/null
 $kubectl create namespace "$ns" --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
 
 # helm template checks kubeVersion against this (it cannot ask a server).

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -55,6 +58,20 @@ impl Cluster {
                 .await
                 .with_context(|| format!("apply CRD {name}"))?;
         }
+        // The admission policy the chart installs beside the CRDs.
+        let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
+        let policy = spiderpool_api::crd::admission::ipv6_ranges_policy();
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        policies
+            .patch(&name, &pp, &Patch::Apply(&policy))
+            .await
+            .context("apply policy")?;
+        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(self.client.clone());
+        let binding = spiderpool_api::crd::admission::ipv6_ranges_binding();
+        bindings
+            .patch(&name, &pp, &Patch::Apply(&binding))
+            .await
+            .context("apply binding")?;
         for crd in spiderpool_api::crd::all() {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let deadline = Instant::now() + Duration::from_secs(30);

@@ -86,6 +86,18 @@ async fn cluster_invalid_pools_are_rejected_by_the_api_server() {
             "Duplicate",
         ),
     ];
+    // An admission policy is compiled and loaded by the API server shortly after it is created.
+    let probe = json!({"subnet": "fd00::/64", "ips": ["fd00::1-fd00::5", "fd00::3"]});
+    let mut n = 0;
+    let loaded = eventually(Duration::from_secs(20), || {
+        n += 1;
+        let name = format!("probe-{n}-{u}");
+        let probe = probe.clone();
+        let cluster = &cluster;
+        async move { create_pool(cluster, &name, probe).await.is_err().then_some(()) }
+    })
+    .await;
+    assert!(loaded.is_some(), "the IPv6 admission policy never took effect");
     for (i, (what, spec, expect)) in cases.into_iter().enumerate() {
         match create_pool(&cluster, &format!("bad-{i}-{u}"), spec).await {
             Ok(_) => panic!("{what}: the API server accepted it"),
@@ -103,6 +115,7 @@ async fn cluster_invalid_pools_are_rejected_by_the_api_server() {
     for (i, spec) in [
         json!({"ipVersion": 4, "subnet": "10.6.0.0/16", "ips": ["10.6.0.10-10.6.0.20", "10.6.1.1"], "gateway": "10.6.0.1", "default": true}),
         json!({"ipVersion": 6, "subnet": "fd00::/64", "ips": ["fd00::10-fd00::20"], "gateway": "fd00::1"}),
+        json!({"ipVersion": 6, "subnet": "fd00::/64", "ips": ["fd00::10-fd00::20", "fd00::21", "fd00:0:0:0:0:0:1:0-fd00::1:ff"]}),
     ]
     .into_iter()
     .enumerate()

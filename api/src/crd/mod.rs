@@ -8,6 +8,7 @@
 //!   allocation in the pool.
 //! - `SpiderEndpoint` has no status subresource: the agent writes the whole object in one call.
 
+pub mod admission;
 pub mod ipam;
 pub mod validation;
 

@@ -53,6 +53,29 @@ pub fn v4_no_overlap(field: &str) -> String {
     )
 }
 
+/// `s` is a CEL expression yielding an IPv6 address in text; the result is its 32 hex digits,
+/// lowercase, so two addresses compare as strings the way they compare as numbers: `::` expanded
+/// by the groups it stands for, each group padded to four digits.
+pub fn v6_hex(s: &str) -> String {
+    let halves = format!("{s}.lowerAscii().split('::')");
+    let left = format!("({halves}[0] == '' ? [] : {halves}[0].split(':'))");
+    let right = format!("({halves}.size() < 2 || {halves}[1] == '' ? [] : {halves}[1].split(':'))");
+    let zeros = "{0: [], 1: ['0'], 2: ['0', '0'], 3: ['0', '0', '0'], 4: ['0', '0', '0', '0'], \
+                 5: ['0', '0', '0', '0', '0'], 6: ['0', '0', '0', '0', '0', '0'], \
+                 7: ['0', '0', '0', '0', '0', '0', '0'], 8: ['0', '0', '0', '0', '0', '0', '0', '0']}";
+    let pad = "(g.size() == 4 ? g : (g.size() == 3 ? '0' + g : (g.size() == 2 ? '00' + g : \
+               (g.size() == 1 ? '000' + g : '0000'))))";
+    format!(
+        "({halves}.size() < 2 ? {s}.lowerAscii().split(':') : \
+          {left} + {zeros}[8 - {left}.size() - {right}.size()] + {right}).map(g, {pad}).join('')"
+    )
+}
+
+/// First and last address of the range entry `r` (a CEL expression), as CEL expressions.
+pub fn range_bounds(r: &str) -> (String, String) {
+    (range_first(r), range_last(r))
+}
+
 pub const SUBNET_IS_CIDR: &str = "isCIDR(self.subnet)";
 
 pub const IP_VERSION_MATCHES_SUBNET: &str = "!has(self.ipVersion) || !isCIDR(self.subnet) || \

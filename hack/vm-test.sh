@@ -282,8 +282,35 @@ qemu=(qemu-system-x86_64 -machine "$machine" "${cpu[@]}" -m "${VM_MEM:-1G}" -smp
 trap - ERR
 boot_started=$(date +%s)
 set +e
-timeout --foreground -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 | tee "$work/console.log"
-qemu_rc=${PIPESTATUS[0]}
+"${qemu[@]}" </dev/null >"$work/console.log" 2>&1 &
+qemu_pid=$!
+tail -n +1 -f --pid="$qemu_pid" "$work/console.log" &
+tail_pid=$!
+qemu_rc=""
+marker_seen=""
+while kill -0 "$qemu_pid" 2>/dev/null; do
+    now=$(date +%s)
+    if [ -z "$marker_seen" ] && tr -d '\r' <"$work/console.log" | grep -q '^SPIDERPOOL_VM_EXIT=[0-9]'; then
+        marker_seen=$now
+    fi
+    # The guest reported: give its poweroff 10 s, then stop QEMU ourselves (a guest hung in a
+    # kworker after poweroff -f was seen under TCG, which would otherwise cost the whole timeout).
+    if [ -n "$marker_seen" ] && [ $((now - marker_seen)) -ge 10 ]; then
+        echo "vm-test: guest reported but did not power off in 10 s; stopping QEMU" >&2
+        kill "$qemu_pid" 2>/dev/null; sleep 1; kill -9 "$qemu_pid" 2>/dev/null
+        break
+    fi
+    if [ $((now - boot_started)) -ge "$timeout_s" ]; then
+        kill -9 "$qemu_pid" 2>/dev/null
+        qemu_rc=124
+        break
+    fi
+    sleep 0.2
+done
+wait "$qemu_pid"
+rc=$?
+[ -n "$qemu_rc" ] || qemu_rc=$rc
+wait "$tail_pid" 2>/dev/null
 set -e
 ended=$(date +%s)
 

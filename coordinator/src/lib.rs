@@ -7,8 +7,9 @@
 //! in `hostRuleTable` with `to <ip>` rules. DEL removes the node side.
 //! It also sets the NIC's MAC prefix, queue length and sysctls, and routes `hijackCIDR` through the
 //! node, and announces the addresses (gratuitous ARP, unsolicited NA) once all is set. CHECK
-//! verifies the veth, the node routes and the policy rules. Not yet here: overlay-mode detection
-//! (an existing eth0), `vethLinkAddress`, `vethMTU`, `podCIDRType`.
+//! verifies the veth, the node routes and the policy rules. `vethMTU` sets both veth ends' MTU;
+//! `vethLinkAddress` puts a link-local address on the pod's `veth0` (a service mesh's iptables
+//! redirect drops packets arriving on an interface without an address). Not yet here: `podCIDRType`.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -65,6 +66,12 @@ pub struct CoordinatorConf {
     /// The NIC that keeps the main table's default route; default: the one that has it.
     #[serde(default)]
     pub pod_default_route_nic: Option<String>,
+    /// A link-local address (169.254.0.0/16 or fe80::/10) for the pod's veth0.
+    #[serde(rename = "vethLinkAddress", default)]
+    pub veth_link_address: Option<IpAddr>,
+    /// MTU of both ends of the veth pair (default: the kernel's, 1500).
+    #[serde(rename = "vethMTU", default)]
+    pub veth_mtu: Option<u32>,
     /// Probes per address, `probeIntervalMs` apart (Spiderpool: 3 × 100 ms).
     #[serde(default = "three")]
     pub probe_tries: u32,
@@ -98,6 +105,20 @@ impl CoordinatorConf {
         }
         if let Some(prefix) = &conf.pod_mac_prefix {
             mac_prefix(prefix)?;
+        }
+        if let Some(ip) = conf.veth_link_address {
+            let link_local = match ip {
+                IpAddr::V4(v4) => v4.is_link_local(),
+                IpAddr::V6(v6) => v6.is_unicast_link_local(),
+            };
+            if !link_local {
+                return Err(CniError::invalid_config(format!(
+                    "coordinator: vethLinkAddress {ip} is not link-local (169.254.0.0/16 or fe80::/10)"
+                )));
+            }
+        }
+        if conf.veth_mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
+            return Err(CniError::invalid_config("coordinator: vethMTU is 68-65535"));
         }
         if conf.pod_rp_filter.is_some_and(|v| v > 2) {
             return Err(CniError::invalid_config("coordinator: podRPFilter is 0, 1 or 2"));
@@ -392,11 +413,24 @@ fn link_to_node(
                     .map_err(io)?;
             }
             let veth = spiderpool_linux::probe::ifindex(POD_VETH).map_err(io)?;
+            if let Some(mtu) = conf.veth_mtu {
+                pod.set_mtu(veth, mtu).map_err(io)?;
+            }
+            if let Some(ip) = conf.veth_link_address {
+                let prefix = if ip.is_ipv4() { 32 } else { 128 };
+                match pod.add_address(veth, ip, prefix) {
+                    Err(e) if e.errno() == Some(EEXIST) => {} // a second NIC's visit
+                    other => other.map_err(io)?,
+                }
+            }
             pod.set_up(veth, true).map_err(io)?;
             spiderpool_linux::probe::hardware_address(POD_VETH).map_err(io)
         })
         .map_err(io)??;
     let index = spiderpool_linux::probe::ifindex(&host_veth).map_err(io)?;
+    if let Some(mtu) = conf.veth_mtu {
+        host.set_mtu(index, mtu).map_err(io)?;
+    }
     host.set_up(index, true).map_err(io)?;
     let host_mac = spiderpool_linux::probe::hardware_address(&host_veth).map_err(io)?;
     for ip in &pod_ips {
@@ -418,8 +452,19 @@ fn link_to_node(
         .run(|| -> Result<(), CniError> {
             let mut pod = Rtnl::new().map_err(io)?;
             let veth = spiderpool_linux::probe::ifindex(POD_VETH).map_err(io)?;
+            // With an address on veth0 (vethLinkAddress) the kernel would take it as the source
+            // towards the node, which cannot answer it: the pod's own address of the family is.
+            let source = |dst: &IpAddr| {
+                conf.veth_link_address
+                    .and_then(|_| pod_ips.iter().find(|ip| ip.is_ipv4() == dst.is_ipv4()).copied())
+            };
             for ip in &node_ips {
-                match pod.add_link_route(*ip, veth, MAIN_TABLE) {
+                let host_len = if ip.is_ipv4() { 32 } else { 128 };
+                let added = match source(ip) {
+                    Some(src) => pod.add_route_with_source((*ip, host_len), None, veth, MAIN_TABLE, src),
+                    None => pod.add_link_route(*ip, veth, MAIN_TABLE),
+                };
+                match added {
                     Err(e) if e.errno() == Some(EEXIST) => {}
                     other => other.map_err(io)?,
                 }
@@ -429,7 +474,12 @@ fn link_to_node(
                 let Some(via) = node_ips.iter().find(|ip| ip.is_ipv4() == cidr.addr().is_ipv4()) else {
                     continue; // no node address of that family to route through
                 };
-                match pod.add_route_via((cidr.network(), cidr.prefix_len()), *via, veth, MAIN_TABLE) {
+                let dst = (cidr.network(), cidr.prefix_len());
+                let added = match source(via) {
+                    Some(src) => pod.add_route_with_source(dst, Some(*via), veth, MAIN_TABLE, src),
+                    None => pod.add_route_via(dst, *via, veth, MAIN_TABLE),
+                };
+                match added {
                     Err(e) if e.errno() == Some(EEXIST) => {}
                     other => other.map_err(io)?,
                 }
@@ -612,6 +662,27 @@ mod tests {
         );
         assert_eq!(
             CoordinatorConf::parse(&json!({"detectGateway": "no"}))
+                .unwrap_err()
+                .code,
+            6
+        );
+    }
+
+    #[test]
+    fn veth_settings_are_checked() {
+        let c = CoordinatorConf::parse(&json!({"vethMTU": 9000, "vethLinkAddress": "fe80::10"})).unwrap();
+        assert_eq!(c.veth_mtu, Some(9000));
+        assert_eq!(c.veth_link_address, Some("fe80::10".parse().unwrap()));
+        for bad in [
+            json!({"vethLinkAddress": "10.0.0.1"}),
+            json!({"vethLinkAddress": "fd00::1"}),
+            json!({"vethMTU": 60}),
+            json!({"vethMTU": 70000}),
+        ] {
+            assert_eq!(CoordinatorConf::parse(&bad).unwrap_err().code, 7, "{bad}");
+        }
+        assert_eq!(
+            CoordinatorConf::parse(&json!({"vethLinkAddress": "nope"}))
                 .unwrap_err()
                 .code,
             6

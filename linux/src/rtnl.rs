@@ -374,6 +374,34 @@ impl Rtnl {
         Ok(out)
     }
 
+    /// `ip addr add IP/PREFIX dev INDEX` (scope link for link-local addresses).
+    pub fn add_address(&mut self, index: u32, ip: std::net::IpAddr, prefix_len: u8) -> Result<(), RtnlError> {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        msg.header.prefix_len = prefix_len;
+        msg.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let link_local = match ip {
+            std::net::IpAddr::V4(v4) => v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        msg.header.scope = if link_local {
+            AddressScope::Link
+        } else {
+            AddressScope::Universe
+        };
+        msg.attributes.push(AddressAttribute::Local(ip));
+        msg.attributes.push(AddressAttribute::Address(ip));
+        self.request(
+            "add address",
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
     /// Creates a veth pair: `name` here, `peer` in the namespace of `peer_netns` (an open nsfs fd).
     pub fn add_veth(
         &mut self,
@@ -463,6 +491,26 @@ impl Rtnl {
             static_route(dst, Some(gateway), oif, table, RouteScope::Universe),
             "add route",
         )
+    }
+
+    /// [`Rtnl::add_link_route`] or [`Rtnl::add_route_via`] (with `via`), with a preferred source
+    /// address (`src`): what the kernel would pick on that link may not be the one to answer to.
+    pub fn add_route_with_source(
+        &mut self,
+        dst: ipnet_like::Net,
+        via: Option<std::net::IpAddr>,
+        oif: u32,
+        table: u32,
+        source: std::net::IpAddr,
+    ) -> Result<(), RtnlError> {
+        let scope = if via.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        let mut route = static_route(dst, via, oif, table, scope);
+        route.attributes.push(RouteAttribute::PrefSource(source.into()));
+        self.add_route(route, "add route")
     }
 
     fn add_route(&mut self, route: RouteMessage, what: &str) -> Result<(), RtnlError> {

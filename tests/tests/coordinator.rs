@@ -19,7 +19,8 @@ fn macvlan(name: &str, master: &str, data: &Path, pools: Value) -> Value {
 
 fn coordinator(name: &str, prev: &Value) -> Value {
     json!({"cniVersion": "1.0.0", "name": name, "type": "coordinator", "prevResult": prev,
-           "hijackCIDR": ["10.96.0.0/12"], "podMACPrefix": "0a:1b", "txQueueLen": 2000, "podRPFilter": 2})
+           "hijackCIDR": ["10.96.0.0/12"], "podMACPrefix": "0a:1b", "txQueueLen": 2000, "podRPFilter": 2,
+           "vethMTU": 1400, "vethLinkAddress": "169.254.200.1"})
 }
 
 /// The runtime's side of a two-plugin chain: ADD both; on a failure, DEL both (as libcni does).
@@ -167,6 +168,16 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&rp.stdout).trim(), "2");
+    let veth = ip(&pod, &["addr", "show", "veth0"]).unwrap();
+    assert!(
+        veth.contains("mtu 1400") && veth.contains("inet 169.254.200.1/32 scope link"),
+        "vethMTU and vethLinkAddress on the pod's veth0: {veth}"
+    );
+    let node_end = ip(&topo.node, &["link", "show", &host_veth]).unwrap();
+    assert!(
+        node_end.contains("mtu 1400"),
+        "vethMTU on the node end: {node_end}"
+    );
     let neigh = ip(&pod, &["neigh", "show", "10.6.0.254", "dev", "veth0"]).unwrap();
     assert!(
         neigh.contains("PERMANENT"),

@@ -602,12 +602,25 @@ impl Plugin for Coordinator {
         let ifname = req.ifname.clone();
         netns
             .run(|| -> Result<(), CniError> {
-                if underlay_mode && spiderpool_linux::probe::ifindex(POD_VETH).is_err() {
-                    return Err(failed(format!("{POD_VETH} is missing in the pod")));
+                let mut rtnl = Rtnl::new().map_err(io)?;
+                if underlay_mode {
+                    let veth = spiderpool_linux::probe::ifindex(POD_VETH)
+                        .map_err(|_| failed(format!("{POD_VETH} is missing in the pod")))?;
+                    if let Some(ip) = conf.veth_link_address
+                        && !rtnl.addresses_on(veth).map_err(io)?.contains(&ip)
+                    {
+                        return Err(failed(format!("{POD_VETH} lacks vethLinkAddress {ip}")));
+                    }
+                    if let Some(mtu) = conf.veth_mtu {
+                        let links = spiderpool_linux::links::LinkTable::dump().map_err(io)?;
+                        let got = links.facts(POD_VETH).and_then(|f| f.mtu);
+                        if got != Some(mtu) {
+                            return Err(failed(format!("{POD_VETH} has MTU {got:?}, vethMTU is {mtu}")));
+                        }
+                    }
                 }
                 let index = spiderpool_linux::probe::ifindex(&ifname)
                     .map_err(|_| failed(format!("{ifname} is missing")))?;
-                let mut rtnl = Rtnl::new().map_err(io)?;
                 for (addr, _) in &addrs {
                     let ipv6 = addr.addr().is_ipv6();
                     let default_oif = rtnl.routes(ipv6).map_err(io)?.iter().find_map(|r| {

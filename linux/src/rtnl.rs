@@ -374,6 +374,23 @@ impl Rtnl {
         Ok(out)
     }
 
+    /// Every address on link `index`, any scope.
+    pub fn addresses_on(&mut self, index: u32) -> Result<Vec<std::net::IpAddr>, RtnlError> {
+        let msgs = self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// `ip addr add IP/PREFIX dev INDEX` (scope link for link-local addresses).
     pub fn add_address(&mut self, index: u32, ip: std::net::IpAddr, prefix_len: u8) -> Result<(), RtnlError> {
         let mut msg = AddressMessage::default();

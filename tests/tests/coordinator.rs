@@ -209,7 +209,14 @@ fn two_nics_each_answer_by_their_own_gateway_and_bad_networks_fail_cleanly() {
         .exec("coordinator", &check, &coordinator("net-b", &nic2_result))
         .unwrap();
     assert!(out.success, "CHECK: {}", out.stdout);
-    // CHECK notices what ADD set going missing.
+    // CHECK notices what ADD set going missing: the veth0 link address, then a rule.
+    ip(&pod, &["addr", "del", "169.254.200.1/32", "dev", "veth0"]).unwrap();
+    let out = topo
+        .exec("coordinator", &check, &coordinator("net-b", &nic2_result))
+        .unwrap();
+    assert_eq!(out.error_code(), Some(104), "{}", out.stdout);
+    assert!(out.stdout.contains("vethLinkAddress"), "{}", out.stdout);
+    ip(&pod, &["addr", "add", "169.254.200.1/32", "dev", "veth0"]).unwrap();
     ip(&pod, &["rule", "del", "from", &nic2_ip]).unwrap();
     let out = topo
         .exec("coordinator", &check, &coordinator("net-b", &nic2_result))

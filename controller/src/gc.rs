@@ -14,8 +14,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderEndpoint, SpiderIPPool, SpiderReservedIP};
-use spiderpool_ipam::pool::{Pool, PoolSpec};
-use spiderpool_ipam::range::parse_range;
+use spiderpool_ipam::pool::Pool;
+use spiderpool_ipam::range::{RESERVED_CAP, expand_entries};
 
 use crate::metrics::Metrics;
 
@@ -198,30 +198,19 @@ fn stateful_set_wants(set: &StatefulSet, pod: &str) -> bool {
 }
 
 fn reserved_keys(reserved: &[SpiderReservedIP]) -> HashSet<u128> {
-    const CAP: usize = 1 << 20;
-    let mut keys = HashSet::new();
-    for r in reserved {
-        for entry in &r.spec.ips {
-            if let Ok((_, range)) = parse_range(entry) {
-                let mut k = range.start;
-                while k <= range.end && keys.len() < CAP {
-                    keys.insert(k);
-                    k += 1;
-                }
-            }
-        }
-    }
-    keys
+    expand_entries(
+        reserved
+            .iter()
+            .flat_map(|r| r.spec.ips.iter().map(String::as_str)),
+        RESERVED_CAP,
+    )
 }
 
 /// The number of addresses a pool can hand out, or `None` when its spec does not validate.
 fn total_of(pool: &SpiderIPPool, reserved: &HashSet<u128>) -> Option<i64> {
-    let spec: PoolSpec = serde_json::to_value(&pool.spec)
-        .and_then(serde_json::from_value)
-        .ok()?;
-    let p = Pool::from_spec(&spec, pool.metadata.name.as_deref()).ok()?;
-    let in_pool = reserved.iter().filter(|k| p.set.contains(**k)).count() as u128;
-    i64::try_from(p.set.len().saturating_sub(in_pool)).ok()
+    let spec = serde_json::to_value(&pool.spec).ok()?;
+    let p = Pool::from_spec_json(spec, pool.metadata.name.as_deref().unwrap_or_default()).ok()?;
+    i64::try_from(p.available(reserved)).ok()
 }
 
 /// One garbage-collection round over every pool and endpoint.
@@ -243,14 +232,10 @@ pub async fn run_once(client: &Client, metrics: &Arc<Metrics>) -> Result<GcRepor
     let mut report = GcReport::default();
     for pool in list.items {
         let name = pool.name_any();
-        gc_pool(client, &pools, pool, &world, &reserved, &mut report).await?;
-        if let Ok(p) = pools.get_status(&name).await {
-            let st = p.status.unwrap_or_default();
-            metrics.set_pool(
-                &name,
-                st.allocated_ip_count.unwrap_or(0),
-                st.total_ip_count.unwrap_or(0),
-            );
+        if let Some((allocated, total)) =
+            gc_pool(client, &pools, pool, &world, &reserved, &mut report).await?
+        {
+            metrics.set_pool(&name, allocated, total);
         }
     }
     report.endpoints_deleted = gc_endpoints(client, &world).await?;
@@ -266,7 +251,9 @@ async fn gc_pool(
     world: &World,
     reserved: &HashSet<u128>,
     report: &mut GcReport,
-) -> Result<(), GcError> {
+) -> Result<Option<(i64, i64)>, GcError> {
+    // Answers the pool's allocated and total counts as they stand after the round (`None` when
+    // the pool is gone, unreadable or kept conflicting), for the metrics without another read.
     let name = pool.name_any();
     // Entries to release, decided once (snapshot, then a live read of each candidate's pod).
     // A rewrite after a conflict releases only these, and only if they are unchanged.
@@ -284,7 +271,7 @@ async fn gc_pool(
         let status = pool.status.clone().unwrap_or_default();
         let Ok(mut allocated) = status.allocations() else {
             tracing::warn!(pool = %name, "status.allocatedIPs is not readable; left alone");
-            return Ok(());
+            return Ok(None);
         };
         let mut released = Vec::new();
         for (ip, entry, reason) in &doomed {
@@ -297,8 +284,9 @@ async fn gc_pool(
         let count = i64::try_from(allocated.len()).unwrap_or(i64::MAX);
         let recount =
             status.allocated_ip_count != Some(count) || (total.is_some() && status.total_ip_count != total);
+        let counts = (count, total.or(status.total_ip_count).unwrap_or(0));
         if released.is_empty() && !recount {
-            return Ok(());
+            return Ok(Some(counts));
         }
         let patch = json!({
             "metadata": {"resourceVersion": pool.metadata.resource_version},
@@ -320,7 +308,7 @@ async fn gc_pool(
                 if recount {
                     report.pools_recounted += 1;
                 }
-                return Ok(());
+                return Ok(Some(counts));
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // An agent wrote in between: decide again on what it wrote.
@@ -329,12 +317,12 @@ async fn gc_pool(
                     .await
                     .map_err(api_err(format!("get pool {name}")))?;
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(api_err(format!("patch pool {name}"))(e)),
         }
     }
     tracing::warn!(pool = %name, "kept conflicting with agents; next round");
-    Ok(())
+    Ok(None)
 }
 
 /// Deletes SpiderEndpoints whose pod is gone or replaced (StatefulSet endpoints while the

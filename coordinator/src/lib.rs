@@ -106,16 +106,12 @@ impl CoordinatorConf {
         if let Some(prefix) = &conf.pod_mac_prefix {
             mac_prefix(prefix)?;
         }
-        if let Some(ip) = conf.veth_link_address {
-            let link_local = match ip {
-                IpAddr::V4(v4) => v4.is_link_local(),
-                IpAddr::V6(v6) => v6.is_unicast_link_local(),
-            };
-            if !link_local {
-                return Err(CniError::invalid_config(format!(
-                    "coordinator: vethLinkAddress {ip} is not link-local (169.254.0.0/16 or fe80::/10)"
-                )));
-            }
+        if let Some(ip) = conf.veth_link_address
+            && !spiderpool_linux::rtnl::is_link_local(ip)
+        {
+            return Err(CniError::invalid_config(format!(
+                "coordinator: vethLinkAddress {ip} is not link-local (169.254.0.0/16 or fe80::/10)"
+            )));
         }
         if conf.veth_mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
             return Err(CniError::invalid_config("coordinator: vethMTU is 68-65535"));

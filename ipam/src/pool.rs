@@ -236,6 +236,19 @@ impl Pool {
         })
     }
 
+    /// A pool from a SpiderIPPool object's `spec` as JSON (the cluster's objects come this way:
+    /// their fields are the ones [`PoolSpec`] reads).
+    pub fn from_spec_json(spec: serde_json::Value, name: &str) -> Result<Pool, String> {
+        let spec: PoolSpec = serde_json::from_value(spec).map_err(|e| format!("pool {name}: {e}"))?;
+        Pool::from_spec(&spec, Some(name)).map_err(|e| e.to_string())
+    }
+
+    /// How many addresses the pool can hand out when `reserved` (address keys) are held back.
+    pub fn available(&self, reserved: &std::collections::HashSet<u128>) -> u128 {
+        let held_back = reserved.iter().filter(|k| self.set.contains(**k)).count() as u128;
+        self.set.len().saturating_sub(held_back)
+    }
+
     /// The address with this pool's prefix length, as a CNI result carries it.
     pub fn address(&self, ip: IpAddr) -> IpNet {
         // The prefix length comes from a parsed subnet of the same family, so this cannot fail.

@@ -87,6 +87,29 @@ pub fn parse_range(text: &str) -> Result<(Family, Range), RangeError> {
     Ok((Family::of(key_to_ip(start)), Range { start, end }))
 }
 
+/// A sensible `cap` for [`expand_entries`] over reserved addresses.
+pub const RESERVED_CAP: usize = 1 << 20;
+
+/// The keys of every address that `entries` (single IPs or `a-b` ranges, as SpiderReservedIP
+/// lists them) name; entries that do not parse are skipped. Reserved lists are short in practice;
+/// a huge range stops at `cap` keys instead of expanding without bound.
+pub fn expand_entries<'a>(
+    entries: impl IntoIterator<Item = &'a str>,
+    cap: usize,
+) -> std::collections::HashSet<u128> {
+    let mut keys = std::collections::HashSet::new();
+    for entry in entries {
+        if let Ok((_, range)) = parse_range(entry) {
+            let mut k = range.start;
+            while k <= range.end && keys.len() < cap {
+                keys.insert(k);
+                k += 1;
+            }
+        }
+    }
+    keys
+}
+
 /// A set of addresses of one family: sorted, disjoint, non-adjacent ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpSet {

@@ -64,6 +64,14 @@ pub mod ipnet_like {
 /// `RT_TABLE_MAIN`.
 pub const MAIN_TABLE: u32 = 254;
 
+/// 169.254.0.0/16 or fe80::/10.
+pub fn is_link_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    }
+}
+
 /// The table a route message belongs to (the attribute wins over the 8-bit header field).
 pub fn route_table(route: &RouteMessage) -> u32 {
     route
@@ -401,11 +409,7 @@ impl Rtnl {
         } else {
             AddressFamily::Inet6
         };
-        let link_local = match ip {
-            std::net::IpAddr::V4(v4) => v4.is_link_local(),
-            std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
-        };
-        msg.header.scope = if link_local {
+        msg.header.scope = if is_link_local(ip) {
             AddressScope::Link
         } else {
             AddressScope::Universe

@@ -273,10 +273,7 @@ fn device_plugin(
     devinfo_dir: PathBuf,
     resync_ms: u64,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     runtime.block_on(async move {
         // Link events wake the loop at once on the live system; the resync covers the rest.
         let wake = (sysfs_root == Path::new(DEFAULT_SYSFS_ROOT)).then(|| Arc::new(tokio::sync::Notify::new()));
@@ -322,20 +319,38 @@ fn node_name(given: Option<String>) -> Result<String> {
     Ok(host.trim().to_string())
 }
 
-fn ipam_service(node: Option<String>, socket: PathBuf) -> Result<()> {
-    let node = node_name(node)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The daemons' runtime: two workers (the agent is small; nodes keep their cores for pods).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()?)
+}
+
+/// The IPAM service with its caches filled and its socket bound, ready to serve.
+async fn ipam_listener(
+    client: kube::Client,
+    node: &str,
+    socket: &Path,
+) -> Result<(
+    Arc<spiderpool_provisioner::ipam_service::IpamService>,
+    tokio::net::UnixListener,
+)> {
+    let service = spiderpool_provisioner::ipam_service::IpamService::start(client, node.to_string())
+        .await
+        .context("pool caches")?;
+    let listener = spiderpool_provisioner::ipam_service::server::bind(socket)
+        .with_context(|| format!("bind {}", socket.display()))?;
+    tracing::info!("IPAM service of node {node} listening on {}", socket.display());
+    Ok((service, listener))
+}
+
+fn ipam_service(node: Option<String>, socket: PathBuf) -> Result<()> {
+    let node = node_name(node)?;
+    let runtime = runtime()?;
     runtime.block_on(async move {
         let client = kube::Client::try_default().await.context("Kubernetes client")?;
-        let service = spiderpool_provisioner::ipam_service::IpamService::start(client, node.clone())
-            .await
-            .context("pool caches")?;
-        let listener = spiderpool_provisioner::ipam_service::server::bind(&socket)
-            .with_context(|| format!("bind {}", socket.display()))?;
-        tracing::info!("IPAM service of node {node} listening on {}", socket.display());
+        let (service, listener) = ipam_listener(client, &node, &socket).await?;
         tokio::select! {
             () = spiderpool_provisioner::ipam_service::server::serve(listener, service) => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -357,10 +372,7 @@ fn run_agent(
     use spiderpool_provisioner::{daemon, ipam_service};
     use std::sync::atomic::{AtomicBool, Ordering};
     let node = node_name(node)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     runtime.block_on(async move {
         let ready = Arc::new(AtomicBool::new(false));
         let health = tokio::net::TcpListener::bind(&health_addr)
@@ -368,13 +380,10 @@ fn run_agent(
             .with_context(|| format!("bind {health_addr}"))?;
         tokio::spawn(daemon::serve_health(health, ready.clone()));
         let client = kube::Client::try_default().await.context("Kubernetes client")?;
-        let service = ipam_service::IpamService::start(client.clone(), node.clone())
-            .await
-            .context("pool caches")?;
-        let listener = ipam_service::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
+        let (service, listener) = ipam_listener(client.clone(), &node, &socket).await?;
         tokio::spawn(ipam_service::server::serve(listener, service));
         ready.store(true, Ordering::Relaxed);
-        tracing::info!("agent of node {node}: IPAM on {}, health on {health_addr}", socket.display());
+        tracing::info!("agent of node {node}: health on {health_addr}");
         let reporter = {
             let (client, node, root) = (client.clone(), node.clone(), sysfs_root.clone());
             async move {

@@ -166,13 +166,66 @@ pub fn unique() -> String {
     format!("{}-{:x}", std::process::id(), nanos)
 }
 
+/// A process a test starts: stderr appended to a log file, SIGKILLed when killed or dropped.
+pub struct Daemon {
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn new(log: PathBuf) -> Daemon {
+        Daemon { log, child: None }
+    }
+
+    /// Starts `cmd` (stdin and stdout closed, stderr into the log).
+    pub fn start(&mut self, mut cmd: Command) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {cmd:?}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The exit status, once the process has ended on its own.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// SIGKILL, as a node losing the process mid-operation.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A `spiderpool-agent ipam-service` process.
 pub struct Agent {
     pub node: String,
     pub socket: PathBuf,
-    log: PathBuf,
     kubeconfig: PathBuf,
-    child: Option<Child>,
+    daemon: Daemon,
 }
 
 impl Agent {
@@ -180,9 +233,8 @@ impl Agent {
         let mut agent = Agent {
             node: node.into(),
             socket: dir.join(format!("{node}.sock")),
-            log: dir.join(format!("{node}.log")),
             kubeconfig: kubeconfig.into(),
-            child: None,
+            daemon: Daemon::new(dir.join(format!("{node}.log"))),
         };
         agent.restart()?;
         Ok(agent)
@@ -191,26 +243,15 @@ impl Agent {
     /// (Re)starts the process and waits until its socket answers.
     pub fn restart(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(crate::bin_dir().join("spiderpool-agent"))
-            .args(["ipam-service", "--node-name", &self.node, "--socket"])
+        let mut cmd = Command::new(crate::bin_dir().join("spiderpool-agent"));
+        cmd.args(["ipam-service", "--node-name", &self.node, "--socket"])
             .arg(&self.socket)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawn spiderpool-agent")?;
-        self.child = Some(child);
+            .env("RUST_LOG", "warn");
+        self.daemon.start(cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
+            if let Some(status) = self.daemon.exited()? {
                 bail!("agent {} exited with {status}: {}", self.node, self.log_text());
             }
             if Instant::now() > deadline {
@@ -227,20 +268,11 @@ impl Agent {
 
     /// SIGKILL, as a node losing the agent mid-operation.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
+        self.daemon.log_text()
     }
 }
 
@@ -248,8 +280,7 @@ impl Drop for Agent {
 pub struct Controller {
     pub identity: String,
     pub metrics_addr: String,
-    log: PathBuf,
-    child: Option<Child>,
+    daemon: Daemon,
 }
 
 impl Controller {
@@ -260,71 +291,63 @@ impl Controller {
         port: u16,
         dir: &Path,
     ) -> Result<Controller> {
-        let log = dir.join(format!("{identity}.log"));
         let metrics_addr = format!("127.0.0.1:{port}");
-        let child = Command::new(crate::bin_dir().join("spiderpool-controller"))
-            .args([
-                "--gc-interval",
-                "1",
-                "--lease-duration",
-                "3",
-                "--lease-namespace",
-                "default",
-            ])
-            .args([
-                "--lease-name",
-                lease,
-                "--identity",
-                identity,
-                "--metrics-addr",
-                &metrics_addr,
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("spawn spiderpool-controller")?;
+        let mut cmd = Command::new(crate::bin_dir().join("spiderpool-controller"));
+        cmd.args([
+            "--gc-interval",
+            "1",
+            "--lease-duration",
+            "3",
+            "--lease-namespace",
+            "default",
+        ])
+        .args([
+            "--lease-name",
+            lease,
+            "--identity",
+            identity,
+            "--metrics-addr",
+            &metrics_addr,
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let mut daemon = Daemon::new(dir.join(format!("{identity}.log")));
+        daemon.start(cmd)?;
         Ok(Controller {
             identity: identity.into(),
             metrics_addr,
-            log,
-            child: Some(child),
+            daemon,
         })
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log_text()
     }
 
     /// The body of `GET /metrics`, or an empty string while it does not answer.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(&self.metrics_addr) else {
-            return String::new();
-        };
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        http_get(&self.metrics_addr, "/metrics")
     }
 }
 
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `GET path` on `addr` over plain HTTP/1.1: the whole response (status line, headers, body), or
+/// an empty string when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.

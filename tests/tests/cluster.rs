@@ -14,7 +14,7 @@ use spiderpool_api::coordinator::SpiderCoordinator;
 use spiderpool_api::crd::{PoolIPAllocation, SpiderEndpoint, SpiderIPPool, SpiderReservedIP};
 use spiderpool_api::inventory::SpiderNodeInventory;
 use spiderpool_e2e::cluster::{
-    Agent, Cluster, Controller, cni, eventually, first_ip, netconf, run_parallel, unique,
+    Agent, Cluster, Controller, cni, eventually, first_ip, http_get, netconf, run_parallel, unique,
 };
 
 async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result<SpiderIPPool> {
@@ -683,17 +683,6 @@ async fn cluster_pool_choice_multi_nic_reserved_and_namespace_defaults() {
         cni("CHECK", &conf, &ns, "multi-0", &multi[0], "net1").error_code(),
         Some(3)
     );
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 /// `spiderpool-agent run`: ready once the IPAM service listens, reports the node's inventory

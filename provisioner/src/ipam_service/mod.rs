@@ -23,7 +23,7 @@ use spiderpool_api::crd::{
 };
 use spiderpool_cni::{CniError, CniResult, ErrorCode, IpConfig};
 use spiderpool_ipam::agent::{AgentRequest, PodRef, Verb};
-use spiderpool_ipam::range::{Family, parse_range};
+use spiderpool_ipam::range::{Family, RESERVED_CAP, expand_entries};
 use tokio::sync::{mpsc, oneshot};
 
 use pool_writer::{Claimed, PoolOp};
@@ -205,12 +205,7 @@ impl IpamService {
     /// The pool by name: from the cache, else from the API server (the cache may not have seen a
     /// pool created a moment ago).
     async fn pool(&self, name: &str) -> Result<Arc<SpiderIPPool>, ServiceError> {
-        if let Some(p) = self
-            .pools
-            .state()
-            .into_iter()
-            .find(|p| p.metadata.name.as_deref() == Some(name))
-        {
+        if let Some(p) = self.pools.get(&reflector::ObjectRef::new(name)) {
             return Ok(p);
         }
         let api: Api<SpiderIPPool> = Api::all(self.client.clone());
@@ -220,11 +215,22 @@ impl IpamService {
             .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {name}")))
     }
 
+    /// The pod's SpiderEndpoint (if any), its API and its name for messages.
+    async fn endpoint_of(
+        &self,
+        pod_ref: &PodRef,
+    ) -> Result<(Api<SpiderEndpoint>, String, Option<SpiderEndpoint>), ServiceError> {
+        let api: Api<SpiderEndpoint> = Api::namespaced(self.client.clone(), &pod_ref.namespace);
+        let what = format!("SpiderEndpoint {}/{}", pod_ref.namespace, pod_ref.name);
+        let ep = api
+            .get_opt(&pod_ref.name)
+            .await
+            .map_err(|e| ServiceError::from_kube(e, &what))?;
+        Ok((api, what, ep))
+    }
+
     async fn add(self: &Arc<Self>, req: &AgentRequest) -> Result<CniResult, CniError> {
-        let pod_ref = req
-            .pod
-            .as_ref()
-            .ok_or_else(|| ServiceError::BadRequest("ADD without a pod".into()))?;
+        let pod_ref = pod_of(req)?;
         let what = format!("pod {}/{}", pod_ref.namespace, pod_ref.name);
         let cached = self
             .pods
@@ -262,7 +268,8 @@ impl IpamService {
             }
         };
         let empty = BTreeMap::new();
-        let all_pools: Vec<SpiderIPPool> = self.pools.state().iter().map(|p| (**p).clone()).collect();
+        // Arcs of the cached objects: a pool's status carries every allocation, not worth a copy.
+        let all_pools = self.pools.state();
         let chosen = select::candidates(&select::Inputs {
             ifname: &req.ifname,
             pod_annotations: pod.metadata.annotations.as_ref().unwrap_or(&empty),
@@ -455,16 +462,8 @@ impl IpamService {
     }
 
     async fn del(&self, req: &AgentRequest) -> Result<(), CniError> {
-        let pod_ref = req
-            .pod
-            .as_ref()
-            .ok_or_else(|| ServiceError::BadRequest("DEL without a pod".into()))?;
-        let api: Api<SpiderEndpoint> = Api::namespaced(self.client.clone(), &pod_ref.namespace);
-        let what = format!("SpiderEndpoint {}/{}", pod_ref.namespace, pod_ref.name);
-        let ep = api
-            .get_opt(&pod_ref.name)
-            .await
-            .map_err(|e| ServiceError::from_kube(e, &what))?;
+        let pod_ref = pod_of(req)?;
+        let (api, _, ep) = self.endpoint_of(pod_ref).await?;
         let Some(ep) = ep else {
             // No endpoint: ADD never finished, or this is the second DEL. Pools may still hold
             // an address written before the endpoint; release by UID where one is known.
@@ -573,24 +572,15 @@ impl IpamService {
     }
 
     async fn check(&self, req: &AgentRequest) -> Result<(), CniError> {
-        let pod_ref = req
-            .pod
-            .as_ref()
-            .ok_or_else(|| ServiceError::BadRequest("CHECK without a pod".into()))?;
-        let api: Api<SpiderEndpoint> = Api::namespaced(self.client.clone(), &pod_ref.namespace);
-        let what = format!("SpiderEndpoint {}/{}", pod_ref.namespace, pod_ref.name);
+        let pod_ref = pod_of(req)?;
+        let (_, what, ep) = self.endpoint_of(pod_ref).await?;
         let unknown = || {
             CniError::new(
                 ErrorCode::UnknownContainer,
                 format!("no allocation for {what} interface {}", req.ifname),
             )
         };
-        let ep = api
-            .get_opt(&pod_ref.name)
-            .await
-            .map_err(|e| ServiceError::from_kube(e, &what))?
-            .ok_or_else(unknown)?;
-        let status = ep.status.unwrap_or_default();
+        let status = ep.ok_or_else(unknown)?.status.unwrap_or_default();
         if !pod_ref.uid.is_empty() && status.current.uid != pod_ref.uid {
             return Err(unknown());
         }
@@ -676,6 +666,14 @@ impl IpamService {
     }
 }
 
+/// The pod a request is for: every verb but GC names one.
+fn pod_of(req: &AgentRequest) -> Result<&PodRef, ServiceError> {
+    let verb = format!("{:?}", req.verb).to_uppercase();
+    req.pod
+        .as_ref()
+        .ok_or_else(|| ServiceError::BadRequest(format!("{verb} without a pod")))
+}
+
 fn detail_of(ifname: &str, got: &[(Family, Claimed)], clean_gateway: bool) -> IPAllocationDetail {
     let mut d = IPAllocationDetail {
         interface: ifname.to_string(),
@@ -719,21 +717,10 @@ fn result_of(got: &[(Family, Claimed)], clean_gateway: bool) -> CniResult {
     }
 }
 
-/// The addresses of every SpiderReservedIP, as range keys. Reserved ranges are small in
-/// practice; a huge one is capped rather than expanded without bound.
+/// The addresses of every SpiderReservedIP, as range keys.
 fn reserved_keys(objs: &[Arc<SpiderReservedIP>]) -> HashSet<u128> {
-    const CAP: usize = 1 << 20;
-    let mut keys = HashSet::new();
-    for r in objs {
-        for entry in &r.spec.ips {
-            if let Ok((_, range)) = parse_range(entry) {
-                let mut k = range.start;
-                while k <= range.end && keys.len() < CAP {
-                    keys.insert(k);
-                    k += 1;
-                }
-            }
-        }
-    }
-    keys
+    expand_entries(
+        objs.iter().flat_map(|r| r.spec.ips.iter().map(String::as_str)),
+        RESERVED_CAP,
+    )
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderIPPool};
-use spiderpool_ipam::pool::{Pool, PoolSpec};
+use spiderpool_ipam::pool::Pool;
 use spiderpool_ipam::range::{ip_to_key, key_to_ip};
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,10 +70,9 @@ pub fn spawn(sources: Sources, name: String) -> mpsc::UnboundedSender<PoolOp> {
 /// The validated pool of a SpiderIPPool object, or why it cannot be used.
 pub fn pool_of(obj: &SpiderIPPool) -> Result<Pool, ServiceError> {
     let name = obj.metadata.name.clone().unwrap_or_default();
-    let spec: PoolSpec = serde_json::to_value(&obj.spec)
-        .and_then(serde_json::from_value)
+    let spec = serde_json::to_value(&obj.spec)
         .map_err(|e| ServiceError::InvalidPool(format!("pool {name}: {e}")))?;
-    Pool::from_spec(&spec, Some(&name)).map_err(|e| ServiceError::InvalidPool(e.to_string()))
+    Pool::from_spec_json(spec, &name).map_err(ServiceError::InvalidPool)
 }
 
 async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<PoolOp>) {
@@ -171,7 +170,7 @@ async fn decide_and_write(
             "status": {
                 "allocatedIPs": IPPoolStatus::encode_allocations(&allocated),
                 "allocatedIPCount": allocated.len(),
-                "totalIPCount": total(&pool, &reserved),
+                "totalIPCount": u64::try_from(pool.available(&reserved)).unwrap_or(u64::MAX),
             }
         });
         match api
@@ -196,13 +195,6 @@ async fn decide_and_write(
             Err(e) => return Err(ServiceError::from_kube(e, name)),
         }
     }
-}
-
-fn total(pool: &Pool, reserved: &HashSet<u128>) -> usize {
-    let in_pool = reserved.iter().filter(|k| pool.set.contains(**k)).count();
-    usize::try_from(pool.set.len())
-        .unwrap_or(usize::MAX)
-        .saturating_sub(in_pool)
 }
 
 /// Decides every op of `batch` against `allocated`, updating it; `true` when anything changed.

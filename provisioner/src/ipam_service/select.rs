@@ -4,6 +4,7 @@
 //! its node, namespace, pod or multus affinity does not match. The order the user wrote is kept.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
@@ -54,7 +55,7 @@ pub struct Inputs<'a> {
     pub netconf_v6: &'a [String],
     pub netconf_clean_gateway: bool,
     /// Every pool known, for `default: true`.
-    pub pools: &'a [SpiderIPPool],
+    pub pools: &'a [Arc<SpiderIPPool>],
 }
 
 pub fn candidates(input: &Inputs<'_>) -> Result<Candidates, ServiceError> {
@@ -115,6 +116,7 @@ pub fn candidates(input: &Inputs<'_>) -> Result<Candidates, ServiceError> {
     let mut defaults: Vec<&SpiderIPPool> = input
         .pools
         .iter()
+        .map(|p| &**p)
         .filter(|p| p.spec.default == Some(true))
         .collect();
     defaults.sort_by_key(|p| p.metadata.name.clone());
@@ -250,7 +252,7 @@ mod tests {
     fn inputs<'a>(
         pod: &'a BTreeMap<String, String>,
         ns: &'a BTreeMap<String, String>,
-        pools: &'a [SpiderIPPool],
+        pools: &'a [Arc<SpiderIPPool>],
     ) -> Inputs<'a> {
         Inputs {
             ifname: "net1",
@@ -266,9 +268,9 @@ mod tests {
     #[test]
     fn precedence_pod_ippools_then_ippool_then_namespace_then_netconf_then_defaults() {
         let pools = vec![
-            pool("d4", "10.0.0.0/24", true),
-            pool("d6", "fd00::/64", true),
-            pool("x", "10.1.0.0/24", false),
+            Arc::new(pool("d4", "10.0.0.0/24", true)),
+            Arc::new(pool("d6", "fd00::/64", true)),
+            Arc::new(pool("x", "10.1.0.0/24", false)),
         ];
         let empty = BTreeMap::new();
         let c = candidates(&inputs(&empty, &empty, &pools)).unwrap();

@@ -34,8 +34,9 @@ netns_ready() {
     ip netns add sp-probe-$$ 2>/dev/null && ip netns del sp-probe-$$ || { echo "cannot create network namespaces here"; return 1; }
 }
 if reason=$(netns_ready); then
-    # The ignored tests are the root-only tiers and the control-plane tier (cluster_*, below).
-    cargo test --workspace --locked -- --ignored --skip cluster_
+    # The ignored tests are the root-only tiers, the control-plane tier (cluster_*) and the CRI
+    # tier (cri_*): those two run below.
+    cargo test --workspace --locked -- --ignored --skip cluster_ --skip cri_
 else
     skip netns "$reason"
 fi
@@ -69,6 +70,18 @@ if reason=$(image_ready); then
     hack/test-image.sh "$target_dir/debug"
 else
     skip image "$reason"
+fi
+
+step "cri: Debian's containerd + runc run pod sandboxes through macvlan + spiderpool + coordinator (tests/tests/cri.rs)"
+cri_ready() {
+    is_root || { echo "needs root (containerd, runc, network namespaces)"; return 1; }
+    apt_install containerd runc busybox-static iproute2 containernetworking-plugins >&2 ||
+        { echo "cannot install containerd runc busybox-static iproute2 containernetworking-plugins"; return 1; }
+}
+if reason=$(cri_ready); then
+    cargo test --locked -p spiderpool-e2e --test cri -- --ignored --nocapture
+else
+    skip cri "$reason"
 fi
 
 step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE (tests/vm/*.sh)"

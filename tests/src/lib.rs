@@ -2,6 +2,7 @@
 //! and a small network topology of namespaces to run CNI chains in.
 
 pub mod cluster;
+pub mod cri;
 pub mod sysfs_fixture;
 
 use std::path::{Path, PathBuf};

@@ -29,7 +29,7 @@ run() { # run DESCRIPTION CMD...: runs CMD; a failure is counted and shown, the 
     fi
 }
 
-$kubectl apply --server-side --force-conflicts -f "$chart/crds/" -f tests/fixtures/crds/servicemonitor-stub.yaml >/dev/null
+$kubectl apply --server-side --force-conflicts -f "$chart/crds/" -f tests/fixtures/crds/servicemonitor-stub.yaml -f tests/fixtures/crds/calico-ippool-stub.yaml >/dev/null
 $kubectl wait --for condition=established --timeout=30s crd --all >/dev/null
 # The cluster tests apply the admission policy themselves; the chart must own it here.
 $kubectl delete validatingadmissionpolicybinding,validatingadmissionpolicy spiderpool-ipv6-ranges --ignore-not-found >/dev/null
@@ -50,7 +50,7 @@ for values in "${value_sets[@]}"; do
     if [ -d "$work/rendered-$name" ]; then
         count=$(cat "$work/rendered-$name"/*/templates/*.yaml | grep -c '^kind:')
         run "server-side dry-run of $count rendered objects" \
-            $kubectl apply --dry-run=server --server-side -n "$ns" -R -f "$work/rendered-$name/spiderpool/templates"
+            $kubectl apply --dry-run=server --server-side -R -f "$work/rendered-$name/spiderpool/templates"
     fi
 done
 
@@ -92,6 +92,13 @@ run "controller may delete spiderendpoints" can yes "$controller" delete spidere
 run "controller may list statefulsets" can yes "$controller" list statefulsets.apps --all-namespaces
 run "controller may update its lease" can yes "$controller" update leases.coordination.k8s.io -n "$ns"
 run "controller may patch CRDs (applies its own at start)" can yes "$controller" patch customresourcedefinitions.apiextensions.k8s.io
+run "controller may patch spidercoordinators/status" can yes "$controller" patch spidercoordinators.spiderpool.spidernet.io --subresource=status
+run "controller may list servicecidrs" can yes "$controller" list servicecidrs.networking.k8s.io
+run "controller may list calico ippools" can yes "$controller" list ippools.crd.projectcalico.org
+run "controller may read kubeadm-config" can yes "$controller" get configmaps/kubeadm-config -n kube-system
+run "controller may read cilium-config" can yes "$controller" get configmaps/cilium-config -n kube-system
+run "controller may not read other kube-system configmaps" can no "$controller" get configmaps/coredns -n kube-system
+run "controller may not change coordinator specs" can no "$controller" update spidercoordinators.spiderpool.spidernet.io
 run "controller may not read secrets" can no "$controller" get secrets --all-namespaces
 run "controller may not create spiderendpoints" can no "$controller" create spiderendpoints.spiderpool.spidernet.io -n default
 run "controller may not write inventories" can no "$controller" patch spidernodeinventories.spiderpool.spidernet.io --subresource=status

@@ -1,5 +1,5 @@
-//! `spiderpool-controller`: leader-elected garbage collection of pod addresses, pool counts and
-//! metrics.
+//! `spiderpool-controller`: leader-elected garbage collection of pod addresses, pool counts, the
+//! SpiderCoordinator status (pod and service CIDRs) and metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,8 @@ struct Cli {
     /// Seconds between garbage-collection rounds.
     #[arg(long, default_value_t = 30)]
     gc_interval: u64,
-    /// Run one round without leader election and exit (for operators and tests).
+    /// Run one round (GC, then the coordinator status) without leader election and exit (for
+    /// operators and tests).
     #[arg(long)]
     once: bool,
     #[arg(long, default_value = "spiderpool-controller")]
@@ -116,6 +117,8 @@ async fn run(cli: Cli) -> Result<()> {
         for r in &report.released {
             println!("  {r}");
         }
+        let written = spiderpool_controller::coordinator::reconcile_all(&client).await?;
+        println!("updated {written} SpiderCoordinator statuses");
         return Ok(());
     }
     let listener = TcpListener::bind(&cli.metrics_addr)
@@ -157,6 +160,9 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("gc round: {e}"),
+            }
+            if let Err(e) = spiderpool_controller::coordinator::reconcile_all(&client).await {
+                tracing::warn!("coordinator status: {e:#}");
             }
             next_gc = tokio::time::Instant::now() + gc_every;
         }

@@ -9,7 +9,11 @@
 //! node, and announces the addresses (gratuitous ARP, unsolicited NA) once all is set. CHECK
 //! verifies the veth, the node routes and the policy rules. `vethMTU` sets both veth ends' MTU;
 //! `vethLinkAddress` puts a link-local address on the pod's `veth0` (a service mesh's iptables
-//! redirect drops packets arriving on an interface without an address). Not yet here: `podCIDRType`.
+//! redirect drops packets arriving on an interface without an address).
+//! In a cluster (the agent's socket exists) the SpiderCoordinator's spec gives the defaults for
+//! every key the netconf leaves out, and its status adds the cluster's pod and service CIDRs
+//! (found per `podCIDRType` by the controller) to the hijacked CIDRs: through veth0 in underlay
+//! mode, through eth0's gateway in overlay mode (so they never follow an underlay default route).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -35,6 +39,8 @@ pub const TABLE_BASE: u32 = 100;
 pub const RULE_PRIORITY: u32 = 1000;
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
+/// How long the agent may take to say what the SpiderCoordinator is (it answers from a cache).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Priority of the node's `to <pod ip>` rules.
 pub const HOST_RULE_PRIORITY: u32 = 1000;
 
@@ -44,7 +50,7 @@ pub struct CoordinatorConf {
     /// `auto`, `underlay`, `overlay`, `disabled`; only the checks and policy routing exist so far.
     #[serde(default)]
     pub mode: Option<String>,
-    #[serde(default = "yes")]
+    #[serde(default = "yes", alias = "detectIPConflict")]
     pub detect_ip_conflict: bool,
     #[serde(default = "yes")]
     pub detect_gateway: bool,
@@ -77,6 +83,10 @@ pub struct CoordinatorConf {
     pub probe_tries: u32,
     #[serde(default = "hundred")]
     pub probe_interval_ms: u64,
+    /// The agent's socket, asked for the cluster's SpiderCoordinator when it exists; `""` never
+    /// asks (standalone).
+    #[serde(default)]
+    pub agent_socket: Option<String>,
 }
 
 fn yes() -> bool {
@@ -92,7 +102,90 @@ fn hundred() -> u64 {
     100
 }
 
+/// The SpiderCoordinator phase in which the plugin trusts its CIDRs.
+pub const PHASE_SYNCED: &str = "Synced";
+
+/// The netconf with the cluster's SpiderCoordinator folded in (`settings` is what the agent
+/// answers: `{"name", "spec", "status"}` or null). Keys the netconf sets win; `hijackCIDR` is the
+/// union of both plus the status's pod and service CIDRs. With `require_synced` (ADD, CHECK), a
+/// coordinator whose status is not `Synced` refuses (code 11, try again later) rather than start
+/// a pod without its routes; DEL takes the spec regardless (its `hostRuleTable` say where to clean).
+pub fn with_cluster_settings(
+    raw: &serde_json::Value,
+    settings: &serde_json::Value,
+    require_synced: bool,
+) -> Result<serde_json::Value, CniError> {
+    if settings.is_null() {
+        return Ok(raw.clone());
+    }
+    let name = settings["name"].as_str().unwrap_or("default");
+    let status = &settings["status"];
+    if require_synced && status["phase"].as_str() != Some(PHASE_SYNCED) {
+        return Err(CniError::new(
+            ErrorCode::TryAgainLater,
+            format!(
+                "coordinator: SpiderCoordinator {name} is not ready ({}): {}",
+                status["phase"].as_str().unwrap_or("no status yet"),
+                status["reason"]
+                    .as_str()
+                    .unwrap_or("the controller has not written its status")
+            ),
+        ));
+    }
+    let mut merged = raw.clone();
+    let Some(out) = merged.as_object_mut() else {
+        return Err(CniError::decoding("coordinator netconf is not an object"));
+    };
+    let mut hijack: Vec<serde_json::Value> = out
+        .get("hijackCIDR")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if let Some(spec) = settings["spec"].as_object() {
+        for (key, value) in spec {
+            if key == "hijackCIDR" {
+                hijack.extend(value.as_array().into_iter().flatten().cloned());
+            } else if !out.contains_key(key) {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for key in ["overlayPodCIDR", "serviceCIDR"] {
+        hijack.extend(status[key].as_array().into_iter().flatten().cloned());
+    }
+    let mut seen = std::collections::HashSet::new();
+    hijack.retain(|c| seen.insert(c.to_string()));
+    out.insert("hijackCIDR".into(), serde_json::Value::Array(hijack));
+    Ok(merged)
+}
+
 impl CoordinatorConf {
+    /// The netconf of `req`, with the cluster's SpiderCoordinator folded in when the agent's
+    /// socket exists. `strict` (ADD, CHECK): an agent that does not answer, or a coordinator not
+    /// `Synced`, is an error; else (DEL, which must succeed with the agent gone) the netconf alone
+    /// is used, or with the spec's defaults.
+    pub fn load(req: &Request, strict: bool) -> Result<CoordinatorConf, CniError> {
+        let raw = &req.conf.raw;
+        let socket = match raw.get("agentSocket") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(CniError::decoding(format!(
+                    "coordinator: agentSocket must be a string, not {other}"
+                )));
+            }
+            None => spiderpool_ipam::config::DEFAULT_AGENT_SOCKET.to_string(),
+        };
+        if socket.is_empty() || !Path::new(&socket).exists() {
+            return CoordinatorConf::parse(raw);
+        }
+        let network = raw["name"].as_str().unwrap_or_default();
+        match spiderpool_ipam::agent::coordinator_settings(Path::new(&socket), network, AGENT_TIMEOUT) {
+            Ok(settings) => CoordinatorConf::parse(&with_cluster_settings(raw, &settings, strict)?),
+            Err(e) if strict => Err(e),
+            Err(_) => CoordinatorConf::parse(raw),
+        }
+    }
+
     pub fn parse(raw: &serde_json::Value) -> Result<CoordinatorConf, CniError> {
         let conf: CoordinatorConf = serde_json::from_value(raw.clone())
             .map_err(|e| CniError::decoding(format!("coordinator netconf: {e}")))?;
@@ -486,6 +579,34 @@ fn link_to_node(
     Ok(())
 }
 
+/// Overlay mode: the hijacked CIDRs (the cluster's pods and services among them) go through eth0's
+/// gateway in the main table, so they stay on the overlay even when an underlay NIC carries the
+/// default route (`podDefaultRouteNIC`). Runs inside the pod; a family eth0 has no gateway for is
+/// left alone.
+fn hijack_through_overlay(conf: &CoordinatorConf) -> Result<(), CniError> {
+    let Ok(eth0) = spiderpool_linux::probe::ifindex(OVERLAY_NIC) else {
+        return Ok(()); // no overlay NIC: nothing to keep the CIDRs on
+    };
+    let mut rtnl = Rtnl::new().map_err(io)?;
+    for ipv6 in [false, true] {
+        let gateway = rtnl.routes(ipv6).map_err(io)?.iter().find_map(|r| {
+            (route_table(r) == MAIN_TABLE
+                && r.header.destination_prefix_length == 0
+                && route_oif(r) == Some(eth0))
+            .then(|| spiderpool_linux::rtnl::route_gateway(r))
+            .flatten()
+        });
+        let Some(gateway) = gateway else { continue };
+        for cidr in conf.hijack_cidr.iter().filter(|c| c.addr().is_ipv6() == ipv6) {
+            match rtnl.add_route_via((cidr.network(), cidr.prefix_len()), gateway, eth0, MAIN_TABLE) {
+                Err(e) if e.errno() == Some(EEXIST) => {}
+                other => other.map_err(io)?,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Deletes `to <ip> lookup TABLE` rules whose route in TABLE is gone (it went with its veth).
 fn remove_orphan_rules(rtnl: &mut Rtnl, table: u32) -> Result<(), CniError> {
     for ipv6 in [false, true] {
@@ -523,7 +644,7 @@ impl Plugin for Coordinator {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let conf = CoordinatorConf::parse(&req.conf.raw)?;
+        let conf = CoordinatorConf::load(req, true)?;
         let prev = req.conf.prev_result.clone().ok_or_else(|| {
             CniError::invalid_config("coordinator must follow a main plugin: no prevResult")
         })?;
@@ -538,6 +659,8 @@ impl Plugin for Coordinator {
         netns.run(|| add_in_pod(&conf, &ifname, &addrs)).map_err(io)??;
         if underlay_mode {
             link_to_node(&conf, &req.container_id, &netns, &addrs)?;
+        } else if !conf.hijack_cidr.is_empty() {
+            netns.run(|| hijack_through_overlay(&conf)).map_err(io)??;
         }
         Ok(prev)
     }
@@ -546,7 +669,7 @@ impl Plugin for Coordinator {
     /// pod's addresses) is removed here, from the container ID alone, so a DEL without netns or
     /// prevResult cleans up as well, and a second DEL finds nothing to do.
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let conf = CoordinatorConf::parse(&req.conf.raw)?;
+        let conf = CoordinatorConf::load(req, false)?;
         let mut rtnl = Rtnl::new().map_err(io)?;
         if let Ok(index) = spiderpool_linux::probe::ifindex(&host_veth_name(&req.container_id)) {
             match rtnl.delete(index) {
@@ -558,7 +681,7 @@ impl Plugin for Coordinator {
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let conf = CoordinatorConf::parse(&req.conf.raw)?;
+        let conf = CoordinatorConf::load(req, true)?;
         let prev = req
             .conf
             .prev_result
@@ -725,6 +848,63 @@ mod tests {
         );
         let c = CoordinatorConf::parse(&json!({"hijackCIDR": ["10.96.0.0/12", "fd00:96::/108"]})).unwrap();
         assert_eq!(c.hijack_cidr.len(), 2);
+    }
+
+    #[test]
+    fn cluster_settings_fill_in_what_the_netconf_leaves_out() {
+        let settings = json!({"name": "default",
+            "spec": {"mode": "underlay", "podCIDRType": "cluster", "hostRuleTable": 600, "vethMTU": 1400,
+                     "detectIPConflict": false, "hijackCIDR": ["172.20.0.0/16"]},
+            "status": {"phase": "Synced", "overlayPodCIDR": ["10.244.0.0/16", "fd00:244::/56"],
+                       "serviceCIDR": ["10.96.0.0/12", "172.20.0.0/16"]}});
+        let raw = json!({"type": "coordinator", "hostRuleTable": 700, "hijackCIDR": ["192.168.9.0/24"]});
+        let merged = with_cluster_settings(&raw, &settings, true).unwrap();
+        let c = CoordinatorConf::parse(&merged).unwrap();
+        assert_eq!(c.host_rule_table, 700, "the netconf wins");
+        assert_eq!(c.mode.as_deref(), Some("underlay"));
+        assert_eq!(c.veth_mtu, Some(1400));
+        assert!(!c.detect_ip_conflict, "Spiderpool's spelling detectIPConflict");
+        let hijack: Vec<String> = c.hijack_cidr.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            hijack,
+            [
+                "192.168.9.0/24",
+                "172.20.0.0/16",
+                "10.244.0.0/16",
+                "fd00:244::/56",
+                "10.96.0.0/12"
+            ],
+            "netconf, spec, pod CIDRs, service CIDRs, each once"
+        );
+        assert_eq!(
+            with_cluster_settings(&raw, &serde_json::Value::Null, true).unwrap(),
+            raw
+        );
+    }
+
+    #[test]
+    fn a_coordinator_not_synced_refuses_pods() {
+        let raw = json!({"type": "coordinator"});
+        let not_ready = json!({"name": "default", "spec": {}, "status": {"phase": "NotReady",
+            "reason": "podCIDRType calico: the Calico IPPool CRD is not installed"}});
+        let e = with_cluster_settings(&raw, &not_ready, true).unwrap_err();
+        assert_eq!(e.code, 11);
+        assert!(e.msg.contains("Calico IPPool CRD"), "{}", e.msg);
+        let no_status = json!({"name": "default", "spec": {}, "status": null});
+        assert!(
+            with_cluster_settings(&raw, &no_status, true)
+                .unwrap_err()
+                .msg
+                .contains("no status yet")
+        );
+        // DEL: the spec still applies.
+        let del = with_cluster_settings(
+            &raw,
+            &json!({"spec": {"hostRuleTable": 600}, "status": null}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(del["hostRuleTable"], 600);
     }
 
     #[test]

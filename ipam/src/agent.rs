@@ -21,6 +21,9 @@ pub enum Verb {
     Del,
     Check,
     Gc,
+    /// The cluster's coordinator settings (the SpiderCoordinator `default`), for the coordinator
+    /// plugin; answered with [`AgentResponse::Coordinator`].
+    Coordinator,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,11 +64,53 @@ pub enum AgentResponse {
     /// ADD: the addresses and routes; other verbs: an empty result.
     Ok(CniResult),
     Error(CniError),
+    /// COORDINATOR: `{"spec": .., "status": ..}` of the SpiderCoordinator, or null when the
+    /// cluster has none.
+    Coordinator(serde_json::Value),
 }
 
 /// Sends one request and waits for the answer. Transport failures become CNI errors that say
 /// the agent could not be reached (code 11, try again later), never a silent success.
 pub fn call(socket: &Path, request: &AgentRequest, timeout: Duration) -> Result<CniResult, CniError> {
+    match exchange(socket, request, timeout)? {
+        AgentResponse::Ok(result) => Ok(result),
+        AgentResponse::Error(e) => Err(e),
+        AgentResponse::Coordinator(_) => Err(CniError::new(
+            ErrorCode::DecodingFailure,
+            "spiderpool agent answered an IPAM request with coordinator settings",
+        )),
+    }
+}
+
+/// Asks the agent for the cluster's coordinator settings: `{"spec", "status"}` of the
+/// SpiderCoordinator, or null.
+pub fn coordinator_settings(
+    socket: &Path,
+    network: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, CniError> {
+    let request = AgentRequest {
+        verb: Verb::Coordinator,
+        network: network.to_string(),
+        container_id: String::new(),
+        ifname: String::new(),
+        pod: None,
+        default_ipv4_pools: Vec::new(),
+        default_ipv6_pools: Vec::new(),
+        clean_gateway: false,
+        valid_attachments: Vec::new(),
+    };
+    match exchange(socket, &request, timeout)? {
+        AgentResponse::Coordinator(settings) => Ok(settings),
+        AgentResponse::Error(e) => Err(e),
+        AgentResponse::Ok(_) => Err(CniError::new(
+            ErrorCode::DecodingFailure,
+            "spiderpool agent answered a coordinator request with an IPAM result (an older agent?)",
+        )),
+    }
+}
+
+fn exchange(socket: &Path, request: &AgentRequest, timeout: Duration) -> Result<AgentResponse, CniError> {
     let unreachable = |what: &str, e: std::io::Error| {
         CniError::new(
             ErrorCode::TryAgainLater,
@@ -95,8 +140,7 @@ pub fn call(socket: &Path, request: &AgentRequest, timeout: Duration) -> Result<
         ));
     }
     match serde_json::from_str::<AgentResponse>(&answer) {
-        Ok(AgentResponse::Ok(result)) => Ok(result),
-        Ok(AgentResponse::Error(e)) => Err(e),
+        Ok(response) => Ok(response),
         Err(e) => Err(CniError::new(
             ErrorCode::DecodingFailure,
             format!("spiderpool agent answered something unreadable: {e}"),

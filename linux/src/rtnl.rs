@@ -120,6 +120,15 @@ pub fn route_destination(route: &RouteMessage) -> Option<std::net::IpAddr> {
     })
 }
 
+/// The gateway (`via`) of a route message.
+pub fn route_gateway(route: &RouteMessage) -> Option<std::net::IpAddr> {
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(std::net::IpAddr::V4(*v4)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(std::net::IpAddr::V6(*v6)),
+        _ => None,
+    })
+}
+
 /// The output interface of a route message.
 pub fn route_oif(route: &RouteMessage) -> Option<u32> {
     route.attributes.iter().find_map(|a| match a {

@@ -842,3 +842,304 @@ async fn cluster_crd_upgrade_by_controller_apply() {
     );
     let _ = coordinators.list(&Default::default()).await.unwrap();
 }
+
+/// Runs `spiderpool-controller --once` until the SpiderCoordinator `default` has a status that
+/// `want` accepts (other tests' controllers reconcile it too, so a round may race a stale read);
+/// the last status seen on failure.
+async fn coordinator_status(
+    cluster: &Cluster,
+    want: impl Fn(&spiderpool_api::coordinator::CoordinatorStatus) -> bool,
+) -> Result<spiderpool_api::coordinator::CoordinatorStatus, String> {
+    let api: Api<SpiderCoordinator> = Api::all(cluster.client.clone());
+    let mut last = None;
+    for _ in 0..20 {
+        let out = std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-controller"))
+            .arg("--once")
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()
+            .expect("spiderpool-controller runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let status = api
+            .get("default")
+            .await
+            .expect("SpiderCoordinator default")
+            .status
+            .unwrap_or_default();
+        if want(&status) {
+            return Ok(status);
+        }
+        last = Some(status);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(format!("{last:?}"))
+}
+
+/// podCIDRType against a real API server: each source (kubeadm-config, Calico IPPools,
+/// cilium-config, none, auto) and the service CIDR from the ServiceCIDR API the API server keeps;
+/// then the agent hands the status to the coordinator plugin, which routes the cluster's CIDRs
+/// through veth0, and refuses a pod while the SpiderCoordinator is NotReady.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up (and root for the plugin part)"]
+async fn cluster_coordinator_cidrs_follow_pod_cidr_type_into_the_plugin() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{DeleteParams, DynamicObject};
+    let cluster = Cluster::connect().await.unwrap();
+    let coordinators: Api<SpiderCoordinator> = Api::all(cluster.client.clone());
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "kube-system");
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(cluster.client.clone());
+    let dp = DeleteParams::default();
+    let _ = coordinators.delete("default", &dp).await;
+    for cm in ["kubeadm-config", "cilium-config"] {
+        let _ = config_maps.delete(cm, &dp).await;
+    }
+    // A run that failed half-way may have left the Calico stub behind: start without it.
+    let _ = crds.delete("ippools.crd.projectcalico.org", &dp).await;
+    let gone = eventually(Duration::from_secs(30), || async {
+        crds.get_opt("ippools.crd.projectcalico.org")
+            .await
+            .ok()
+            .and_then(|c| c.is_none().then_some(()))
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the Calico stub CRD from an earlier run is not going away"
+    );
+    let set_type = |t: &'static str| {
+        let coordinators = coordinators.clone();
+        async move {
+            coordinators
+                .patch(
+                    "default",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"podCIDRType": t}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    coordinators
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderCoordinator",
+                "metadata": {"name": "default"},
+                "spec": {"mode": "auto", "podCIDRType": "cluster", "hijackCIDR": ["172.31.0.0/16"]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The API server was started with --service-cluster-ip-range 10.0.0.0/24: its ServiceCIDR.
+    let service = vec!["10.0.0.0/24".to_string()];
+
+    // cluster, without any source: NotReady, saying what it looked for.
+    let s = coordinator_status(&cluster, |s| s.phase.as_deref() == Some("NotReady"))
+        .await
+        .unwrap();
+    assert!(
+        s.reason.as_deref().unwrap_or_default().contains("kubeadm-config"),
+        "{s:?}"
+    );
+
+    // cluster, with kubeadm's ConfigMap (dual stack); the ServiceCIDR API wins over its serviceSubnet.
+    let create_config_map = |name: &str, data: Value| {
+        let config_maps = config_maps.clone();
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap();
+        async move { config_maps.create(&PostParams::default(), &cm).await.unwrap() }
+    };
+    create_config_map("kubeadm-config", json!({
+        "ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nnetworking:\n  podSubnet: 10.244.0.0/16,fd00:244::/56\n  serviceSubnet: 10.96.0.0/12\n"}))
+    .await;
+    let s = coordinator_status(&cluster, |s| s.phase.as_deref() == Some("Synced"))
+        .await
+        .unwrap();
+    assert_eq!(s.overlay_pod_cidr, ["10.244.0.0/16", "fd00:244::/56"]);
+    assert_eq!(s.service_cidr, service);
+    assert_eq!(s.reason, None);
+
+    // calico: NotReady without its CRD; with it, the enabled pools only.
+    set_type("calico").await;
+    let s = coordinator_status(&cluster, |s| s.phase.as_deref() == Some("NotReady"))
+        .await
+        .unwrap();
+    assert!(
+        s.reason.as_deref().unwrap_or_default().contains("Calico"),
+        "{s:?}"
+    );
+    let stub: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_yaml_ng::from_str(include_str!("../fixtures/crds/calico-ippool-stub.yaml")).unwrap();
+    crds.patch(
+        "ippools.crd.projectcalico.org",
+        &PatchParams::apply("spiderpool-e2e").force(),
+        &Patch::Apply(&stub),
+    )
+    .await
+    .unwrap();
+    let gvk = kube::api::GroupVersionKind::gvk("crd.projectcalico.org", "v1", "IPPool");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "ippools");
+    let calico: Api<DynamicObject> = Api::all_with(cluster.client.clone(), &ar);
+    let pool = |name: &str, spec: Value| {
+        serde_json::from_value::<DynamicObject>(json!({
+            "apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec}))
+        .unwrap()
+    };
+    let created = eventually(Duration::from_secs(10), || async {
+        calico
+            .create(
+                &PostParams::default(),
+                &pool("default-ipv4-ippool", json!({"cidr": "192.168.0.0/16"})),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    assert!(created.is_some(), "the Calico IPPool CRD is not served");
+    calico
+        .create(
+            &PostParams::default(),
+            &pool("old", json!({"cidr": "10.10.0.0/16", "disabled": true})),
+        )
+        .await
+        .unwrap();
+    let s = coordinator_status(&cluster, |s| s.phase.as_deref() == Some("Synced"))
+        .await
+        .unwrap();
+    assert_eq!(s.overlay_pod_cidr, ["192.168.0.0/16"]);
+
+    // auto: Calico is there, so Calico.
+    set_type("auto").await;
+    let s = coordinator_status(&cluster, |s| s.overlay_pod_cidr == ["192.168.0.0/16"])
+        .await
+        .unwrap();
+    assert_eq!(s.phase.as_deref(), Some("Synced"));
+
+    // cilium: NotReady without cilium-config; its cluster-pool CIDRs with it.
+    set_type("cilium").await;
+    coordinator_status(&cluster, |s| {
+        s.phase.as_deref() == Some("NotReady")
+            && s.reason.as_deref().unwrap_or_default().contains("cilium-config")
+    })
+    .await
+    .unwrap();
+    create_config_map(
+        "cilium-config",
+        json!({
+        "ipam": "cluster-pool", "cluster-pool-ipv4-cidr": "10.128.0.0/12 10.144.0.0/12"}),
+    )
+    .await;
+    let s = coordinator_status(&cluster, |s| s.phase.as_deref() == Some("Synced"))
+        .await
+        .unwrap();
+    assert_eq!(s.overlay_pod_cidr, ["10.128.0.0/12", "10.144.0.0/12"]);
+
+    // none: no pod CIDR, the service CIDR still.
+    set_type("none").await;
+    let s = coordinator_status(&cluster, |s| s.overlay_pod_cidr.is_empty())
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.phase.as_deref(), s.service_cidr.clone()),
+        (Some("Synced"), service.clone())
+    );
+
+    // The plugin: back to `cluster` (kubeadm's pod CIDRs); an agent answers the coordinator
+    // through its socket and the pod gets the cluster's CIDRs through veth0.
+    set_type("cluster").await;
+    coordinator_status(&cluster, |s| {
+        s.overlay_pod_cidr == ["10.244.0.0/16", "fd00:244::/56"]
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&cluster.kubeconfig, "node-coordinator", dir.path()).unwrap();
+    let topo = spiderpool_e2e::Topology::new("cc", &["10.6.0.1/16", "fd00:6::1/64"]).unwrap();
+    spiderpool_e2e::ip(&topo.node, &["addr", "add", "10.6.0.254/16", "dev", "up0"]).unwrap();
+    spiderpool_e2e::ip(
+        &topo.node,
+        &["addr", "add", "fd00:6::fe/64", "dev", "up0", "nodad"],
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let macvlan = json!({"cniVersion": "1.0.0", "name": "underlay", "type": "macvlan", "master": "up0",
+        "mode": "bridge", "ipam": {"type": "spiderpool", "dataDir": data.path(), "pools": [
+            {"name": "v4", "subnet": "10.6.0.0/16", "ips": ["10.6.0.10-10.6.0.20"], "gateway": "10.6.0.1"},
+            {"name": "v6", "subnet": "fd00:6::/64", "ips": ["fd00:6::10-fd00:6::20"], "gateway": "fd00:6::1"}]}});
+    let add_pod = |name: &str| {
+        let pod = topo.pod(name).unwrap();
+        let inv = spiderpool_cni::exec::Invocation::new(
+            "ADD",
+            &format!("ctr-{name}"),
+            pod.path().to_str().unwrap(),
+            "net1",
+        );
+        let out = topo.exec("macvlan", &inv, &macvlan).unwrap();
+        assert!(out.success, "macvlan ADD: {}", out.stdout);
+        let coordinator = json!({"cniVersion": "1.0.0", "name": "underlay", "type": "coordinator",
+            "agentSocket": agent.socket, "prevResult": out.json()});
+        let out = topo.exec("coordinator", &inv, &coordinator).unwrap();
+        (pod, inv, coordinator, out)
+    };
+    let (pod, inv, coordinator, out) = add_pod("a");
+    assert!(out.success, "coordinator ADD: {}", out.stdout);
+    let routes = spiderpool_e2e::ip(&pod, &["-4", "route", "show"]).unwrap();
+    for cidr in ["10.244.0.0/16", "10.0.0.0/24", "172.31.0.0/16"] {
+        assert!(
+            routes
+                .lines()
+                .any(|l| l.starts_with(cidr) && l.contains("dev veth0")),
+            "{cidr} through veth0: {routes}"
+        );
+    }
+    let routes6 = spiderpool_e2e::ip(&pod, &["-6", "route", "show"]).unwrap();
+    assert!(
+        routes6
+            .lines()
+            .any(|l| l.starts_with("fd00:244::/56") && l.contains("dev veth0")),
+        "{routes6}"
+    );
+    let del = spiderpool_cni::exec::Invocation {
+        command: "DEL".into(),
+        ..inv.clone()
+    };
+    assert!(topo.exec("coordinator", &del, &coordinator).unwrap().success);
+    assert!(topo.exec("macvlan", &del, &macvlan).unwrap().success);
+
+    // NotReady (kubeadm-config gone): ADD refuses with code 11 and the reason; DEL still works.
+    config_maps.delete("kubeadm-config", &dp).await.unwrap();
+    coordinator_status(&cluster, |s| s.phase.as_deref() == Some("NotReady"))
+        .await
+        .unwrap();
+    // The agent's cache follows the watch.
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
+    let refused = eventually(Duration::from_secs(10), || async {
+        let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (pod, inv, coordinator, out) = add_pod(&format!("b{n}"));
+        let del = spiderpool_cni::exec::Invocation {
+            command: "DEL".into(),
+            ..inv.clone()
+        };
+        assert!(
+            topo.exec("coordinator", &del, &coordinator).unwrap().success,
+            "DEL while NotReady"
+        );
+        assert!(topo.exec("macvlan", &del, &macvlan).unwrap().success);
+        drop(pod);
+        (!out.success).then_some(out)
+    })
+    .await
+    .expect("ADD refused while the SpiderCoordinator is NotReady");
+    let err = refused.json();
+    assert_eq!(err["code"], 11, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("kubeadm-config"), "{err}");
+    assert!(spiderpool_e2e::store_records(data.path()).is_empty());
+
+    // Leave the cluster as found (the chart tier installs its own `default`).
+    drop(agent);
+    coordinators.delete("default", &dp).await.unwrap();
+    config_maps.delete("cilium-config", &dp).await.unwrap();
+    crds.delete("ippools.crd.projectcalico.org", &dp).await.unwrap();
+}

@@ -340,6 +340,9 @@ fn beside_an_overlay_eth0_there_is_no_veth_and_replies_follow_the_nic() {
             .unwrap()
             .contains("dev eth0")
     );
+    // The hijacked CIDR (services, say) stays on the overlay: through eth0's gateway.
+    let hijacked = ip(&pod, &["route", "show", "10.96.0.0/12"]).unwrap();
+    assert!(hijacked.contains("via 10.244.0.1 dev eth0"), "{hijacked}");
     // A client behind the underlay gateway is answered through net1, not the overlay's default.
     let answered = topo
         .gateway

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
+use spiderpool_api::coordinator::SpiderCoordinator;
 use spiderpool_api::crd::{
     IPAllocationDetail, PodIPAllocation, PoolIPAllocation, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
     SpiderReservedIP,
@@ -89,6 +90,7 @@ pub struct IpamService {
     reserved: reflector::Store<SpiderReservedIP>,
     pods: reflector::Store<Pod>,
     namespaces: reflector::Store<Namespace>,
+    coordinators: reflector::Store<SpiderCoordinator>,
     writers: Mutex<HashMap<String, mpsc::UnboundedSender<PoolOp>>>,
 }
 
@@ -133,7 +135,16 @@ impl IpamService {
                 .reflect(ns_writer)
                 .for_each(|_| async {}),
         );
+        let (coordinators, coordinators_writer) = reflector::store();
+        let coordinator_api: Api<SpiderCoordinator> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(coordinator_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(coordinators_writer)
+                .for_each(|_| async {}),
+        );
         pools.wait_until_ready().await?;
+        coordinators.wait_until_ready().await?;
         reserved.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         namespaces.wait_until_ready().await?;
@@ -144,6 +155,7 @@ impl IpamService {
             reserved,
             pods,
             namespaces,
+            coordinators,
             writers: Mutex::new(HashMap::new()),
         }))
     }
@@ -154,6 +166,23 @@ impl IpamService {
             Verb::Del => self.del(&req).await.map(|()| CniResult::default()),
             Verb::Check => self.check(&req).await.map(|()| CniResult::default()),
             Verb::Gc => self.gc(&req).await.map(|()| CniResult::default()),
+            Verb::Coordinator => {
+                Err(ServiceError::BadRequest("COORDINATOR is not an IPAM verb".into()).into())
+            }
+        }
+    }
+
+    /// The coordinator plugin's cluster settings: `{"spec", "status"}` of the SpiderCoordinator
+    /// named `default` (or of the only one), null when there is none.
+    pub fn coordinator_settings(&self) -> serde_json::Value {
+        let all = self.coordinators.state();
+        let chosen = all
+            .iter()
+            .find(|c| c.name_any() == "default")
+            .or_else(|| (all.len() == 1).then(|| &all[0]));
+        match chosen {
+            Some(c) => serde_json::json!({"name": c.name_any(), "spec": c.spec, "status": c.status}),
+            None => serde_json::Value::Null,
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use spiderpool_cni::{CniError, ErrorCode};
-use spiderpool_ipam::agent::{AgentRequest, AgentResponse};
+use spiderpool_ipam::agent::{AgentRequest, AgentResponse, Verb};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -59,6 +59,9 @@ async fn answer(stream: UnixStream, service: &Arc<IpamService>) -> std::io::Resu
         return Ok(()); // a connect-only probe (the plugin's STATUS, a readiness check)
     }
     let response = match serde_json::from_str::<AgentRequest>(&line) {
+        Ok(req) if req.verb == Verb::Coordinator => {
+            AgentResponse::Coordinator(service.coordinator_settings())
+        }
         Ok(req) => {
             let summary = format!(
                 "{:?} {} {}",

@@ -17,6 +17,8 @@ use crate::server::{Served, Snapshot};
 
 pub struct ManagerOptions {
     pub kubelet_dir: PathBuf,
+    /// How kubelet learns of each resource (`Register` call, or the plugins_registry watcher).
+    pub registration: crate::kubelet::Registration,
     /// `None`: the built-in config (shared `spidernet.io/rdma` over every RDMA device).
     pub config_file: Option<PathBuf>,
     /// SpiderNetworkNodePolicy documents whose `resourceName`s come first.
@@ -171,6 +173,7 @@ where
                     }
                     match Served::start(
                         &options.kubelet_dir,
+                        &options.registration,
                         snapshot,
                         options.sysfs.clone(),
                         options.devinfo_dir.clone(),

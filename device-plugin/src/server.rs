@@ -21,9 +21,11 @@ use crate::api::{
     Empty, ListAndWatchResponse, NumaNode, PreStartContainerRequest, PreStartContainerResponse,
     PreferredAllocationRequest, PreferredAllocationResponse, TopologyInfo,
 };
-use crate::kubelet::register;
+use crate::kubelet::{API_VERSION, DEVICE_PLUGIN_TYPE, Registration, register};
 use crate::pool::{Members, Resource};
 use crate::preferred::preferred;
+use crate::registration_api::registration_server::{Registration as RegistrationService, RegistrationServer};
+use crate::registration_api::{InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse};
 
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
@@ -196,6 +198,39 @@ impl DevicePlugin for Arc<Service> {
     }
 }
 
+/// The plugin watcher's side of a socket in `plugins_registry`: what this plugin is, and where
+/// kubelet's answer is logged.
+struct WatcherInfo {
+    resource: String,
+    socket: PathBuf,
+}
+
+#[tonic::async_trait]
+impl RegistrationService for WatcherInfo {
+    async fn get_info(&self, _: Request<InfoRequest>) -> Result<Response<PluginInfo>, Status> {
+        Ok(Response::new(PluginInfo {
+            r#type: DEVICE_PLUGIN_TYPE.into(),
+            name: self.resource.clone(),
+            // This same socket serves the DevicePlugin service.
+            endpoint: self.socket.to_string_lossy().into_owned(),
+            supported_versions: vec![API_VERSION.into()],
+        }))
+    }
+
+    async fn notify_registration_status(
+        &self,
+        request: Request<RegistrationStatus>,
+    ) -> Result<Response<RegistrationStatusResponse>, Status> {
+        let status = request.into_inner();
+        if status.plugin_registered {
+            tracing::info!(resource = %self.resource, "kubelet's plugin watcher registered us");
+        } else {
+            tracing::error!(resource = %self.resource, "kubelet's plugin watcher refused us: {}", status.error);
+        }
+        Ok(Response::new(RegistrationStatusResponse {}))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("device plugin socket {0}: {1}")]
@@ -212,15 +247,20 @@ pub struct Served {
 }
 
 impl Served {
-    /// Serves `snapshot`'s resource in `dir` and registers it with kubelet there.
+    /// Serves `snapshot`'s resource and registers it with kubelet: in `dir` with a `Register`
+    /// call, or in the plugins_registry directory for kubelet's plugin watcher to find.
     pub async fn start(
         dir: &Path,
+        registration: &Registration,
         snapshot: Snapshot,
         sysfs: Sysfs,
         devinfo_dir: Option<PathBuf>,
     ) -> Result<Served, ServeError> {
         let name = snapshot.resource.name.clone();
-        let socket = dir.join(name.socket_file());
+        let socket = match registration {
+            Registration::KubeletSocket => dir.join(name.socket_file()),
+            Registration::PluginsRegistry(registry) => registry.join(name.socket_file()),
+        };
         let (devices, _) = watch::channel(devices_of(&snapshot));
         let service = Arc::new(Service {
             snapshot: RwLock::new(snapshot),
@@ -234,8 +274,15 @@ impl Served {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| ServeError::Socket(socket.clone(), e))?;
-        let server =
-            tonic::transport::Server::builder().add_service(DevicePluginServer::new(service.clone()));
+        let watcher = matches!(registration, Registration::PluginsRegistry(_)).then(|| {
+            RegistrationServer::new(WatcherInfo {
+                resource: name.full(),
+                socket: socket.clone(),
+            })
+        });
+        let server = tonic::transport::Server::builder()
+            .add_service(DevicePluginServer::new(service.clone()))
+            .add_optional_service(watcher);
         let task = tokio::spawn(async move {
             if let Err(e) = server
                 .serve_with_incoming(UnixListenerStream::new(listener))
@@ -244,12 +291,16 @@ impl Served {
                 tracing::error!("device plugin server stopped: {e}");
             }
         });
-        if let Err(e) = register(dir, &name.socket_file(), &name.full()).await {
-            task.abort();
-            let _ = std::fs::remove_file(&socket);
-            return Err(e.into());
+        if *registration == Registration::KubeletSocket {
+            if let Err(e) = register(dir, &name.socket_file(), &name.full()).await {
+                task.abort();
+                let _ = std::fs::remove_file(&socket);
+                return Err(e.into());
+            }
+            tracing::info!(resource = %name.full(), socket = %socket.display(), "registered with kubelet");
+        } else {
+            tracing::info!(resource = %name.full(), socket = %socket.display(), "serving for kubelet's plugin watcher");
         }
-        tracing::info!(resource = %name.full(), socket = %socket.display(), "registered with kubelet");
         Ok(Served {
             service,
             socket,

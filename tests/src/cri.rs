@@ -48,11 +48,12 @@ fn build_busybox_image() -> Result<PathBuf> {
     if !busybox.exists() {
         bail!("no /bin/busybox: apt-get install busybox-static (hack/test.sh does)");
     }
-    // Kept for the whole test process: containerd instances import it one after another.
-    let dir = tempfile::Builder::new()
-        .prefix("spiderpool-cri-image")
-        .tempdir()?
-        .keep();
+    // One fixed place, rebuilt by each test process (containerd instances import it one after
+    // another), so runs leave nothing but this behind.
+    let dir = std::env::temp_dir().join("spiderpool-cri-image");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
     let rootfs = dir.join("rootfs");
     for sub in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
         std::fs::create_dir_all(rootfs.join(sub))?;

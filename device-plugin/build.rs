@@ -1,9 +1,8 @@
-//! Compiles the kubelet device plugin and plugin registration APIs with protox (pure Rust): no system `protoc`.
+//! Compiles the kubelet device plugin API with protox (pure Rust): no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/deviceplugin.proto");
-    println!("cargo:rerun-if-changed=proto/pluginregistration.proto");
-    let fds = protox::compile(["deviceplugin.proto", "pluginregistration.proto"], ["proto"])?;
+    let fds = protox::compile(["deviceplugin.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -9,9 +9,9 @@
 # ./spiderpool-rs-image.tar. With --rootfs, the image is that tree as it is (the CRI tier's busybox
 # pause and workload image).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo=$(cd "$(dirname "$0")/.." && pwd)
 
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)
 bin_dir="" rootfs="" entrypoint='["/usr/local/bin/spiderpool-agent"]' tag="ghcr.io/spidernet-io/spiderpool-rs:$version" out="$PWD/spiderpool-rs-image.tar"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -23,6 +23,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
+# Paths above are the caller's; the build below runs in the repository.
+[ -z "$bin_dir" ] || bin_dir=$(realpath "$bin_dir")
+cd "$repo"
 bins=(spiderpool-agent spiderpool-controller spiderpool coordinator ifacer)
 if [ -z "$bin_dir" ] && [ -z "$rootfs" ]; then
     cargo build --release --quiet --locked $(printf -- '--bin %s ' "${bins[@]}")

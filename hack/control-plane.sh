@@ -7,6 +7,8 @@
 #   hack/control-plane.sh down    stops both and removes the state
 #   hack/control-plane.sh bin     prints the directory holding the binaries
 #   hack/control-plane.sh helm    builds helm (helm.sh/helm/v3) into the cache and prints its path
+#   hack/control-plane.sh kubelet builds kubelet (k8s.io/kubernetes, same version) into the cache and
+#                                 prints its path
 # Binaries are cached in $SPIDERPOOL_CACHE/control-plane/<versions>/ (outside the clone) so CI
 # builds them once. The Go sources are only build inputs for the test tier; the product is Rust.
 set -euo pipefail
@@ -67,6 +69,26 @@ build() {
     )
     for b in kube-apiserver kubectl etcd; do mv "$BIN_DIR/$b.tmp" "$BIN_DIR/$b"; done
     log "binaries in $BIN_DIR"
+}
+
+build_kubelet() {
+    local out="$CACHE/control-plane/kubelet-$K8S_VERSION/kubelet"
+    if [ ! -x "$out" ]; then
+        build # the module setup (go.mod with the staging replaces) is shared
+        local src="$CACHE/control-plane/src-k8s-$K8S_VERSION"
+        local minor=${K8S_VERSION#*.}
+        local v=k8s.io/component-base/version
+        mkdir -p "$(dirname "$out")"
+        (
+            cd "$src"
+            export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+            log "building kubelet v$K8S_VERSION"
+            go build -trimpath -ldflags="-s -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=${K8S_VERSION%%.*} -X $v.gitMinor=${minor%%.*}" \
+                -o "$out.tmp" k8s.io/kubernetes/cmd/kubelet
+        )
+        mv "$out.tmp" "$out"
+    fi
+    echo "$out"
 }
 
 build_helm() {
@@ -196,5 +218,6 @@ up) up ;;
 down) down ;;
 bin) echo "$BIN_DIR" ;;
 helm) build_helm ;;
-*) echo "usage: $0 build|up|down|bin|helm" >&2; exit 2 ;;
+kubelet) build_kubelet ;;
+*) echo "usage: $0 build|up|down|bin|helm|kubelet" >&2; exit 2 ;;
 esac

@@ -34,25 +34,37 @@ netns_ready() {
     ip netns add sp-probe-$$ 2>/dev/null && ip netns del sp-probe-$$ || { echo "cannot create network namespaces here"; return 1; }
 }
 if reason=$(netns_ready); then
-    # The ignored tests are the root-only tiers, the control-plane tier (cluster_*) and the CRI
-    # tier (cri_*): those two run below.
-    cargo test --workspace --locked -- --ignored --skip cluster_ --skip cri_
+    # The ignored tests are the root-only tiers, the control-plane tier (cluster_*, kubelet_*)
+    # and the CRI tier (cri_*): those run below.
+    cargo test --workspace --locked -- --ignored --skip cluster_ --skip cri_ --skip kubelet_
 else
     skip netns "$reason"
 fi
 
-step "control plane: kube-apiserver + etcd (+ helm) built from the Go module proxy; CRDs, agents' IPAM service, controller, chart"
+step "control plane: kube-apiserver + etcd (+ helm, kubelet) built from the Go module proxy; CRDs, agents' IPAM service, controller, a real kubelet with the device plugin, chart"
 control_plane_ready() {
     command -v go >/dev/null || { echo "no Go toolchain to build kube-apiserver and etcd"; return 1; }
     command -v openssl >/dev/null || apt_install openssl >&2 || { echo "cannot install openssl"; return 1; }
     command -v curl >/dev/null || apt_install curl >&2 || { echo "cannot install curl"; return 1; }
     hack/control-plane.sh build >&2 || { echo "building kube-apiserver/etcd failed (see above)"; return 1; }
     hack/control-plane.sh helm >/dev/null || { echo "building helm failed (see above)"; return 1; }
+    hack/control-plane.sh kubelet >/dev/null || { echo "building kubelet failed (see above)"; return 1; }
+}
+kubelet_ready() {
+    is_root || { echo "needs root (kubelet, containerd, /var/lib/kubelet/device-plugins)"; return 1; }
+    apt_install containerd runc busybox-static >&2 || { echo "cannot install containerd runc busybox-static"; return 1; }
 }
 if reason=$(control_plane_ready); then
     kubeconfig=$(hack/control-plane.sh up)
     trap 'hack/control-plane.sh down' EXIT
     SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --test cluster -- --ignored
+    echo "--- kubelet: a real kubelet (v1.34) runs VF pods from the device plugin; plugin and kubelet restarts, handover"
+    if reason=$(kubelet_ready); then
+        SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$(hack/control-plane.sh kubelet) \
+            cargo test --locked -p spiderpool-e2e --test kubelet -- --ignored --nocapture
+    else
+        skip kubelet "$reason"
+    fi
     echo "--- chart: helm lint/template (4 value sets), server-side dry-run, install + upgrade, RBAC"
     hack/test-chart.sh "$kubeconfig"
     hack/control-plane.sh down

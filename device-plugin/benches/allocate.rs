@@ -10,7 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use spiderpool_device_plugin::api::device_plugin_client::DevicePluginClient;
 use spiderpool_device_plugin::api::{AllocateRequest, ContainerAllocateRequest};
 use spiderpool_device_plugin::config::{Config, ResourceSpec, Selectors};
-use spiderpool_device_plugin::kubelet::{Registration, unix_channel};
+use spiderpool_device_plugin::kubelet::unix_channel;
 use spiderpool_device_plugin::pool::assign;
 use spiderpool_device_plugin::server::{Served, Snapshot};
 use spiderpool_linux::sysfs::Sysfs;
@@ -49,10 +49,10 @@ fn allocate(c: &mut Criterion) {
             served.push(
                 Served::start(
                     dir.path(),
-                    &Registration::KubeletSocket,
                     snapshot,
                     Sysfs::new(&root),
                     Some(devinfo.path().to_path_buf()),
+                    Default::default(),
                 )
                 .await
                 .expect("serve"),

@@ -10,23 +10,6 @@ use crate::api::registration_client::RegistrationClient;
 use crate::api::{DevicePluginOptions, RegisterRequest};
 
 pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet/device-plugins";
-/// Where kubelet's plugin watcher looks for plugin sockets (`<kubelet root>/plugins_registry`).
-pub const DEFAULT_PLUGINS_REGISTRY: &str = "/var/lib/kubelet/plugins_registry";
-/// The plugin type kubelet's plugin watcher hands to its device manager.
-pub const DEVICE_PLUGIN_TYPE: &str = "DevicePlugin";
-
-/// How kubelet learns of a served resource.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Registration {
-    /// The plugin's socket in the device-plugins directory and a `Register` call on kubelet.sock:
-    /// what every kubelet supports.
-    #[default]
-    KubeletSocket,
-    /// The plugin's socket in this directory (kubelet's `plugins_registry`), which kubelet's
-    /// plugin watcher finds and asks `GetInfo` (pluginregistration v1); no call to kubelet, so a
-    /// plugin can start before kubelet and kubelet finds it whenever it (re)starts.
-    PluginsRegistry(PathBuf),
-}
 pub const KUBELET_SOCKET: &str = "kubelet.sock";
 pub const API_VERSION: &str = "v1beta1";
 /// kubelet's record of which device IDs it gave to which pod (survives plugin restarts).

@@ -15,12 +15,5 @@ pub mod api {
     tonic::include_proto!("v1beta1");
 }
 
-/// kubelet's plugin registration API v1 (the plugin watcher on `plugins_registry`), generated
-/// from `proto/pluginregistration.proto`.
-#[allow(clippy::all, missing_docs)]
-pub mod registration_api {
-    tonic::include_proto!("pluginregistration");
-}
-
 #[cfg(test)]
 pub(crate) mod testing;

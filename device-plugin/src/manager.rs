@@ -17,8 +17,6 @@ use crate::server::{Served, Snapshot};
 
 pub struct ManagerOptions {
     pub kubelet_dir: PathBuf,
-    /// How kubelet learns of each resource (`Register` call, or the plugins_registry watcher).
-    pub registration: crate::kubelet::Registration,
     /// `None`: the built-in config (shared `spidernet.io/rdma` over every RDMA device).
     pub config_file: Option<PathBuf>,
     /// SpiderNetworkNodePolicy documents whose `resourceName`s come first.
@@ -95,12 +93,15 @@ where
     let mut last_notes: Vec<String> = Vec::new();
     let mut ticker = tokio::time::interval(options.resync);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Woken when kubelet drops one of our resources: register it again at once.
+    let dropped = Arc::new(tokio::sync::Notify::new());
     tokio::pin!(shutdown);
     loop {
         let wake = options.wake.clone();
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => {}
+            _ = dropped.notified() => {}
             _ = async { match &wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {
                 // A burst of events (a VF flapping, many VFs appearing) needs one rescan.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -162,7 +163,12 @@ where
                 links_down: links_down.clone(),
             };
             match served.remove(&key) {
-                Some(s) if s.socket_present() => {
+                Some(s) if s.socket_present() && !s.dropped() => {
+                    s.update(snapshot);
+                    served.insert(key, s);
+                }
+                Some(s) if s.socket_present() && s.register_again().await => {
+                    tracing::warn!(resource = %key, "kubelet dropped our ListAndWatch stream: registered again");
                     s.update(snapshot);
                     served.insert(key, s);
                 }
@@ -173,10 +179,10 @@ where
                     }
                     match Served::start(
                         &options.kubelet_dir,
-                        &options.registration,
                         snapshot,
                         options.sysfs.clone(),
                         options.devinfo_dir.clone(),
+                        dropped.clone(),
                     )
                     .await
                     {

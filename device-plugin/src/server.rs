@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use spiderpool_api::inventory::Inventory;
@@ -21,11 +22,9 @@ use crate::api::{
     Empty, ListAndWatchResponse, NumaNode, PreStartContainerRequest, PreStartContainerResponse,
     PreferredAllocationRequest, PreferredAllocationResponse, TopologyInfo,
 };
-use crate::kubelet::{API_VERSION, DEVICE_PLUGIN_TYPE, Registration, register};
+use crate::kubelet::register;
 use crate::pool::{Members, Resource};
 use crate::preferred::preferred;
-use crate::registration_api::registration_server::{Registration as RegistrationService, RegistrationServer};
-use crate::registration_api::{InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse};
 
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
@@ -101,6 +100,28 @@ struct Service {
     devices: watch::Sender<Vec<Device>>,
     sysfs: Sysfs,
     devinfo_dir: Option<PathBuf>,
+    /// Set when a ListAndWatch stream ends while we still serve: kubelet dropped us (a kubelet
+    /// that took a second registration for this resource disconnects the newer plugin when the
+    /// older one goes, kubernetes#121994), and only a new registration brings the devices back.
+    dropped: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Marks the service dropped when the ListAndWatch stream it rides on goes away.
+struct StreamGuard {
+    dropped: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.stopping.load(Ordering::SeqCst) {
+            self.dropped.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+    }
 }
 
 type ListStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
@@ -120,8 +141,15 @@ impl DevicePlugin for Arc<Service> {
     type ListAndWatchStream = ListStream;
 
     async fn list_and_watch(&self, _: Request<Empty>) -> Result<Response<ListStream>, Status> {
-        let stream =
-            WatchStream::new(self.devices.subscribe()).map(|devices| Ok(ListAndWatchResponse { devices }));
+        let guard = StreamGuard {
+            dropped: self.dropped.clone(),
+            stopping: self.stopping.clone(),
+            wake: self.wake.clone(),
+        };
+        let stream = WatchStream::new(self.devices.subscribe()).map(move |devices| {
+            let _alive = &guard;
+            Ok(ListAndWatchResponse { devices })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -198,39 +226,6 @@ impl DevicePlugin for Arc<Service> {
     }
 }
 
-/// The plugin watcher's side of a socket in `plugins_registry`: what this plugin is, and where
-/// kubelet's answer is logged.
-struct WatcherInfo {
-    resource: String,
-    socket: PathBuf,
-}
-
-#[tonic::async_trait]
-impl RegistrationService for WatcherInfo {
-    async fn get_info(&self, _: Request<InfoRequest>) -> Result<Response<PluginInfo>, Status> {
-        Ok(Response::new(PluginInfo {
-            r#type: DEVICE_PLUGIN_TYPE.into(),
-            name: self.resource.clone(),
-            // This same socket serves the DevicePlugin service.
-            endpoint: self.socket.to_string_lossy().into_owned(),
-            supported_versions: vec![API_VERSION.into()],
-        }))
-    }
-
-    async fn notify_registration_status(
-        &self,
-        request: Request<RegistrationStatus>,
-    ) -> Result<Response<RegistrationStatusResponse>, Status> {
-        let status = request.into_inner();
-        if status.plugin_registered {
-            tracing::info!(resource = %self.resource, "kubelet's plugin watcher registered us");
-        } else {
-            tracing::error!(resource = %self.resource, "kubelet's plugin watcher refused us: {}", status.error);
-        }
-        Ok(Response::new(RegistrationStatusResponse {}))
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("device plugin socket {0}: {1}")]
@@ -243,30 +238,32 @@ pub enum ServeError {
 pub struct Served {
     service: Arc<Service>,
     socket: PathBuf,
+    /// The socket file we bound (a successor binding the same name makes a new one).
+    inode: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Served {
-    /// Serves `snapshot`'s resource and registers it with kubelet: in `dir` with a `Register`
-    /// call, or in the plugins_registry directory for kubelet's plugin watcher to find.
+    /// Serves `snapshot`'s resource in `dir` and registers it with kubelet there.
+    /// `wake` is notified when kubelet drops the served resource (see [`Served::dropped`]).
     pub async fn start(
         dir: &Path,
-        registration: &Registration,
         snapshot: Snapshot,
         sysfs: Sysfs,
         devinfo_dir: Option<PathBuf>,
+        wake: Arc<tokio::sync::Notify>,
     ) -> Result<Served, ServeError> {
         let name = snapshot.resource.name.clone();
-        let socket = match registration {
-            Registration::KubeletSocket => dir.join(name.socket_file()),
-            Registration::PluginsRegistry(registry) => registry.join(name.socket_file()),
-        };
+        let socket = dir.join(name.socket_file());
         let (devices, _) = watch::channel(devices_of(&snapshot));
         let service = Arc::new(Service {
             snapshot: RwLock::new(snapshot),
             devices,
             sysfs,
             devinfo_dir,
+            dropped: Arc::new(AtomicBool::new(false)),
+            stopping: Arc::new(AtomicBool::new(false)),
+            wake,
         });
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).map_err(|e| ServeError::Socket(socket.clone(), e))?;
@@ -274,15 +271,11 @@ impl Served {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| ServeError::Socket(socket.clone(), e))?;
-        let watcher = matches!(registration, Registration::PluginsRegistry(_)).then(|| {
-            RegistrationServer::new(WatcherInfo {
-                resource: name.full(),
-                socket: socket.clone(),
-            })
-        });
-        let server = tonic::transport::Server::builder()
-            .add_service(DevicePluginServer::new(service.clone()))
-            .add_optional_service(watcher);
+        let inode = std::fs::metadata(&socket)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map_err(|e| ServeError::Socket(socket.clone(), e))?;
+        let server =
+            tonic::transport::Server::builder().add_service(DevicePluginServer::new(service.clone()));
         let task = tokio::spawn(async move {
             if let Err(e) = server
                 .serve_with_incoming(UnixListenerStream::new(listener))
@@ -291,19 +284,16 @@ impl Served {
                 tracing::error!("device plugin server stopped: {e}");
             }
         });
-        if *registration == Registration::KubeletSocket {
-            if let Err(e) = register(dir, &name.socket_file(), &name.full()).await {
-                task.abort();
-                let _ = std::fs::remove_file(&socket);
-                return Err(e.into());
-            }
-            tracing::info!(resource = %name.full(), socket = %socket.display(), "registered with kubelet");
-        } else {
-            tracing::info!(resource = %name.full(), socket = %socket.display(), "serving for kubelet's plugin watcher");
+        if let Err(e) = register(dir, &name.socket_file(), &name.full()).await {
+            task.abort();
+            let _ = std::fs::remove_file(&socket);
+            return Err(e.into());
         }
+        tracing::info!(resource = %name.full(), socket = %socket.display(), "registered with kubelet");
         Ok(Served {
             service,
             socket,
+            inode,
             task,
         })
     }
@@ -331,9 +321,45 @@ impl Served {
         self.socket.exists()
     }
 
-    /// Stops serving, removes the socket and the resource's device-info files.
+    /// Whether kubelet's ListAndWatch stream of this resource ended while we served it: kubelet
+    /// no longer counts these devices until we register again.
+    pub fn dropped(&self) -> bool {
+        self.service.dropped.load(Ordering::SeqCst)
+    }
+
+    /// After [`Served::dropped`]: the same socket registered again (a new `Register` call).
+    /// False when kubelet did not take it.
+    pub async fn register_again(&self) -> bool {
+        self.service.dropped.store(false, Ordering::SeqCst);
+        let Some(dir) = self.socket.parent() else {
+            return false;
+        };
+        let Some(file) = self.socket.file_name().and_then(|f| f.to_str()) else {
+            return false;
+        };
+        let name: Result<String, ()> = match self.service.snapshot.read() {
+            Ok(s) => Ok(s.resource.name.full()),
+            Err(_) => Err(()),
+        };
+        match name {
+            Ok(name) => register(dir, file, &name).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops serving, removes the socket and the resource's device-info files, unless another
+    /// plugin has taken the socket's name over (a successor registering before we stop): then
+    /// both are its own.
     pub fn stop(self) {
+        self.service.stopping.store(true, Ordering::SeqCst);
         self.task.abort();
+        if std::fs::metadata(&self.socket)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+            != Some(self.inode)
+        {
+            return;
+        }
         let _ = std::fs::remove_file(&self.socket);
         if let (Some(dir), Ok(s)) = (&self.service.devinfo_dir, self.service.snapshot.read()) {
             remove_device_infos(dir, &s.resource);

@@ -15,7 +15,7 @@ use spiderpool_device_plugin::api::{
     PreferredAllocationRequest,
 };
 use spiderpool_device_plugin::config::{Config, ResourceSpec, Selectors};
-use spiderpool_device_plugin::kubelet::{Registration, unix_channel};
+use spiderpool_device_plugin::kubelet::unix_channel;
 use spiderpool_device_plugin::pool::assign;
 use spiderpool_device_plugin::server::{Served, Snapshot};
 use spiderpool_linux::sysfs::Sysfs;
@@ -46,10 +46,10 @@ async fn registers_lists_allocates_and_prefers_like_kubelet_expects() {
     };
     let served = Served::start(
         dir.path(),
-        &Registration::KubeletSocket,
         snapshot.clone(),
         Sysfs::new(&root),
         Some(devinfo.path().to_path_buf()),
+        Default::default(),
     )
     .await
     .unwrap();
@@ -177,7 +177,6 @@ async fn default_config_advertises_shared_rdma_slots() {
     let resource = assign(&Config::default(), &inv).unwrap().0.remove(0);
     let served = Served::start(
         dir.path(),
-        &Registration::KubeletSocket,
         Snapshot {
             resource,
             inventory: inv,
@@ -185,6 +184,7 @@ async fn default_config_advertises_shared_rdma_slots() {
         },
         Sysfs::new(&root),
         None,
+        Default::default(),
     )
     .await
     .unwrap();

@@ -14,7 +14,7 @@ use common::{fixture, start_kubelet};
 use spiderpool_api::inventory::Vf;
 use spiderpool_device_plugin::api::device_plugin_client::DevicePluginClient;
 use spiderpool_device_plugin::api::{Empty, ListAndWatchResponse, RegisterRequest};
-use spiderpool_device_plugin::kubelet::{Registration, unix_channel};
+use spiderpool_device_plugin::kubelet::unix_channel;
 use spiderpool_device_plugin::manager::{ManagerOptions, run};
 use spiderpool_linux::sysfs::Sysfs;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -84,7 +84,6 @@ async fn rescans_reloads_tracks_links_and_survives_kubelet_restarts() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = ManagerOptions {
         kubelet_dir: kubelet_dir.path().to_path_buf(),
-        registration: Registration::KubeletSocket,
         config_file: Some(config.clone()),
         policy_file: None,
         sysfs: Sysfs::new(&sysroot),
@@ -175,7 +174,6 @@ async fn a_wake_rescans_at_once_without_waiting_for_the_resync() {
     let wake = Arc::new(tokio::sync::Notify::new());
     let options = ManagerOptions {
         kubelet_dir: kubelet_dir.path().to_path_buf(),
-        registration: Registration::KubeletSocket,
         config_file: Some(config),
         policy_file: None,
         sysfs: Sysfs::new(&root),
@@ -208,78 +206,47 @@ async fn a_wake_rescans_at_once_without_waiting_for_the_resync() {
     manager.await.unwrap();
 }
 
-/// The plugin watcher path: no kubelet.sock at all; the socket appears in plugins_registry, and
-/// what kubelet's watcher does with it (GetInfo, then the DevicePlugin service on the endpoint it
-/// names, then NotifyRegistrationStatus) works; the socket goes with the plugin.
+/// A kubelet that took a second registration for a resource disconnects the newer plugin when
+/// the older one goes (kubernetes#121994); a dropped ListAndWatch stream is registered again at
+/// once, without waiting for the (here hour-long) resync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_registry_socket_answers_the_plugin_watcher() {
-    use spiderpool_device_plugin::registration_api::registration_client::RegistrationClient;
-    use spiderpool_device_plugin::registration_api::{InfoRequest, RegistrationStatus};
+async fn a_stream_kubelet_drops_is_registered_again_at_once() {
     let kubelet_dir = tempfile::tempdir().unwrap();
-    let registry = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let (inv, root) = fixture("cx6dx");
     let config = work.path().join("config.yaml");
     write(&config, VF_CONFIG);
+    let mut registrations = start_kubelet(kubelet_dir.path());
     let options = ManagerOptions {
         kubelet_dir: kubelet_dir.path().to_path_buf(),
-        registration: Registration::PluginsRegistry(registry.path().to_path_buf()),
         config_file: Some(config),
         policy_file: None,
         sysfs: Sysfs::new(&root),
         devinfo_dir: None,
-        resync: Duration::from_millis(200),
+        resync: Duration::from_secs(3600),
         wake: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let manager = tokio::spawn(run(options, move || inv.clone(), async {
         let _ = stopped.await;
     }));
-    // The watcher sees a socket appear in its directory.
-    let socket = registry.path().join("spidernet.io_cx6_vfs.sock");
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "no socket in plugins_registry within 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let first = next_registration(&mut registrations).await;
+    let socket = kubelet_dir.path().join(&first.endpoint);
+    {
+        let mut client = DevicePluginClient::new(unix_channel(&socket).await.unwrap());
+        let mut stream = client.list_and_watch(Empty {}).await.unwrap().into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().devices.len(), 7);
+        // kubelet closes the connection: stream and channel go.
     }
-    let channel = unix_channel(&socket).await.unwrap();
-    let info = RegistrationClient::new(channel.clone())
-        .get_info(InfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(info.r#type, "DevicePlugin");
-    assert_eq!(info.name, "spidernet.io/cx6_vfs", "the extended resource name");
-    assert_eq!(info.supported_versions, ["v1beta1"]);
+    let again = next_registration(&mut registrations).await;
     assert_eq!(
-        Path::new(&info.endpoint),
-        socket,
-        "an absolute endpoint: this same socket"
+        again.endpoint, first.endpoint,
+        "the same socket, registered again"
     );
-    let mut client = DevicePluginClient::new(unix_channel(Path::new(&info.endpoint)).await.unwrap());
-    let options = client
-        .get_device_plugin_options(Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(options.get_preferred_allocation_available);
+    // And it serves on: a new stream gets the devices.
+    let mut client = DevicePluginClient::new(unix_channel(&socket).await.unwrap());
     let mut stream = client.list_and_watch(Empty {}).await.unwrap().into_inner();
     assert_eq!(stream.message().await.unwrap().unwrap().devices.len(), 7);
-    RegistrationClient::new(channel)
-        .notify_registration_status(RegistrationStatus {
-            plugin_registered: true,
-            error: String::new(),
-        })
-        .await
-        .unwrap();
-    assert!(
-        std::fs::read_dir(kubelet_dir.path()).unwrap().next().is_none(),
-        "nothing in the device-plugins directory: kubelet.sock was never needed"
-    );
     stop.send(()).unwrap();
     manager.await.unwrap();
-    assert!(!socket.exists(), "the socket goes with the plugin");
 }

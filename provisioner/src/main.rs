@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use spiderpool_api::inventory::Inventory;
 use spiderpool_device_plugin::allocate::DEVINFO_DIR;
-use spiderpool_device_plugin::kubelet::{DEFAULT_KUBELET_DIR, Registration, allocated_device_ids};
+use spiderpool_device_plugin::kubelet::{DEFAULT_KUBELET_DIR, allocated_device_ids};
 use spiderpool_device_plugin::manager::{ManagerOptions, run as run_device_plugin};
 use std::sync::Arc;
 
@@ -81,11 +81,6 @@ enum Command {
         /// Rescan interval in milliseconds: the bound on how late a VF, link or config change shows.
         #[arg(long, default_value_t = 1000)]
         resync_ms: u64,
-        /// Register through kubelet's plugin watcher: the sockets go into this directory
-        /// (kubelet's `plugins_registry`, e.g. /var/lib/kubelet/plugins_registry) instead of a
-        /// `Register` call on kubelet.sock.
-        #[arg(long)]
-        plugins_registry: Option<PathBuf>,
     },
     /// The node agent: the IPAM service, the inventory reporter (SpiderNodeInventory), the device
     /// plugin and /healthz, /readyz.
@@ -106,9 +101,6 @@ enum Command {
         device_plugin: bool,
         #[arg(long, default_value = DEFAULT_KUBELET_DIR)]
         kubelet_dir: PathBuf,
-        /// As for `device-plugin`: register through kubelet's plugin watcher in this directory.
-        #[arg(long)]
-        plugins_registry: Option<PathBuf>,
     },
     /// Install spiderpool, coordinator and ifacer into a CNI bin directory (atomically).
     InstallCni {
@@ -273,14 +265,9 @@ fn print_status(status: &BTreeMap<String, Status>) {
     }
 }
 
-fn registration(plugins_registry: Option<PathBuf>) -> Registration {
-    plugins_registry.map_or(Registration::KubeletSocket, Registration::PluginsRegistry)
-}
-
 fn device_plugin(
     sysfs_root: PathBuf,
     kubelet_dir: PathBuf,
-    registration: Registration,
     config: Option<PathBuf>,
     policy: Option<PathBuf>,
     devinfo_dir: PathBuf,
@@ -301,7 +288,6 @@ fn device_plugin(
         }
         let options = ManagerOptions {
             kubelet_dir,
-            registration,
             config_file: config,
             policy_file: policy,
             sysfs: Sysfs::new(&sysfs_root),
@@ -380,8 +366,8 @@ fn run_agent(
     health_addr: String,
     sysfs_root: PathBuf,
     inventory_interval: u64,
-    // The device plugin's kubelet directory and registration, when it is on.
-    device_plugin: Option<(PathBuf, Registration)>,
+    // The device plugin's kubelet directory, when it is on.
+    device_plugin: Option<PathBuf>,
 ) -> Result<()> {
     use spiderpool_provisioner::{daemon, ipam_service};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -416,10 +402,9 @@ fn run_agent(
             }
         };
         tokio::spawn(reporter);
-        if let Some((kubelet_dir, registration)) = device_plugin {
+        if let Some(kubelet_dir) = device_plugin {
             let options = ManagerOptions {
                 kubelet_dir,
-                registration,
                 config_file: None,
                 policy_file: None,
                 sysfs: Sysfs::new(&sysfs_root),
@@ -486,16 +471,7 @@ fn main() -> Result<()> {
             policy,
             devinfo_dir,
             resync_ms,
-            plugins_registry,
-        } => device_plugin(
-            sysfs_root,
-            kubelet_dir,
-            registration(plugins_registry),
-            config,
-            policy,
-            devinfo_dir,
-            resync_ms,
-        ),
+        } => device_plugin(sysfs_root, kubelet_dir, config, policy, devinfo_dir, resync_ms),
         Command::IpamService { node_name, socket } => ipam_service(node_name, socket),
         Command::Run {
             node_name,
@@ -505,14 +481,13 @@ fn main() -> Result<()> {
             inventory_interval,
             device_plugin,
             kubelet_dir,
-            plugins_registry,
         } => run_agent(
             node_name,
             socket,
             health_addr,
             sysfs_root,
             inventory_interval,
-            device_plugin.then(|| (kubelet_dir, registration(plugins_registry))),
+            device_plugin.then_some(kubelet_dir),
         ),
         Command::InstallCni { to, from } => {
             let from = match from {

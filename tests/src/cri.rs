@@ -96,6 +96,13 @@ impl CriNode {
     /// Starts containerd with `conflist` as its only network, imports the busybox image and
     /// waits until the CRI plugin answers and sees the image.
     pub async fn start(node: &NetNs, conflist: &Value) -> Result<CriNode> {
+        CriNode::start_with(Some(node), Some(conflist)).await
+    }
+
+    /// As [`CriNode::start`]; without a namespace containerd runs in the caller's (a kubelet
+    /// beside it on the host reaches the API server on loopback), without a conflist it has no
+    /// network for pods (host-network pods need none).
+    pub async fn start_with(node: Option<&NetNs>, conflist: Option<&Value>) -> Result<CriNode> {
         let image = busybox_image()?;
         let dir = tempfile::Builder::new()
             .prefix("spiderpool-cri")
@@ -123,10 +130,12 @@ impl CriNode {
         for plugin in DEBIAN_PLUGINS {
             std::os::unix::fs::symlink(Path::new(DEBIAN_CNI_DIR).join(plugin), cni_bin.join(plugin))?;
         }
-        std::fs::write(
-            net_d.join("10-test.conflist"),
-            serde_json::to_vec_pretty(conflist)?,
-        )?;
+        if let Some(conflist) = conflist {
+            std::fs::write(
+                net_d.join("10-test.conflist"),
+                serde_json::to_vec_pretty(conflist)?,
+            )?;
+        }
         let config = format!(
             r#"version = 2
 root = "{dir}/root"
@@ -157,7 +166,9 @@ state = "{dir}/state"
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        node.enter_on_spawn(&mut cmd);
+        if let Some(node) = node {
+            node.enter_on_spawn(&mut cmd);
+        }
         let child = cmd.spawn().context("starting containerd")?;
         let mut started = StartGuard(Some(child), dir.clone());
 
@@ -398,6 +409,26 @@ state = "{dir}/state"
 
 impl Drop for CriNode {
     fn drop(&mut self) {
+        // Containers a test (or a kubelet) left running would outlive containerd: kill them first.
+        let ctr = |args: &[&str]| {
+            Command::new("ctr")
+                .arg("-a")
+                .arg(&self.socket)
+                .args(["-n", K8S_NAMESPACE])
+                .args(args)
+                .output()
+        };
+        // `ctr tasks ls`: TASK PID STATUS; the processes are killed directly (containerd may
+        // not be answering any more), their shims after containerd.
+        if let Ok(out) = ctr(&["tasks", "ls"]) {
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(1))
+            {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -432,6 +463,11 @@ impl Drop for StartGuard {
 fn stop_containerd(child: &mut Child, dir: &Path) {
     let _ = child.kill();
     let _ = child.wait();
+    // The shims of this containerd (`-address <dir>/containerd.sock`) outlive it.
+    let _ = Command::new("pkill")
+        .args(["-9", "-f"])
+        .arg(format!("containerd-shim-runc-v2 .*-address {}/", dir.display()))
+        .status();
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let prefix = dir.to_string_lossy().into_owned();
     let mut under: Vec<&str> = mounts

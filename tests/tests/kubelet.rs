@@ -1,0 +1,333 @@
+//! Kubelet tier: a real kubelet (k8s.io/kubernetes v1.34, `hack/control-plane.sh kubelet`) on
+//! this host, registered with the control-plane tier's API server as node `spiderpool-kubelet`,
+//! runs host-network pods through a private containerd (no CNI needed); the device plugin
+//! process serves it the VFs of a fixture sysfs. Root only; hack/test.sh runs it with the
+//! control-plane tier (SPIDERPOOL_TEST_KUBECONFIG, SPIDERPOOL_TEST_KUBELET).
+//! kubelet's device plugin directory is fixed (/var/lib/kubelet/device-plugins): the test refuses
+//! to run beside another kubelet.
+
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use spiderpool_e2e::cluster::{Cluster, Daemon, eventually};
+use spiderpool_e2e::cri::{BUSYBOX_IMAGE, CriNode};
+
+const NODE: &str = "spiderpool-kubelet";
+const RESOURCE: &str = "spidernet.io/e810_vfs";
+const ENV: &str = "PCIDEVICE_SPIDERNET_IO_E810_VFS";
+const DEVICE_PLUGINS: &str = "/var/lib/kubelet/device-plugins";
+const KUBELET_ENV: &str = "SPIDERPOOL_TEST_KUBELET";
+
+/// The kubelet process, restartable with the same configuration.
+struct Kubelet {
+    daemon: Daemon,
+    cmd: Vec<String>,
+}
+
+impl Kubelet {
+    fn start(kubeconfig: &Path, cri_socket: &Path, dir: &Path) -> Kubelet {
+        let binary = std::env::var(KUBELET_ENV).unwrap_or_else(|_| {
+            panic!("{KUBELET_ENV} is not set: build kubelet with `hack/control-plane.sh kubelet` (hack/test.sh does)")
+        });
+        // What this host allows: cgroup v1 without QoS cgroups, no swap or eviction policing,
+        // node status every second (the test watches allocatable change).
+        let config = format!(
+            r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: false}}}}
+authorization: {{mode: AlwaysAllow}}
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+failCgroupV1: false
+containerRuntimeEndpoint: unix://{socket}
+address: 127.0.0.1
+port: 10290
+readOnlyPort: 0
+healthzPort: 0
+nodeStatusUpdateFrequency: 1s
+nodeStatusReportFrequency: 1s
+evictionHard: {{memory.available: "1Mi"}}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+localStorageCapacityIsolation: false
+resolvConf: ""
+"#,
+            socket = cri_socket.display()
+        );
+        std::fs::write(dir.join("kubelet.yaml"), config).unwrap();
+        let cmd = vec![
+            binary,
+            format!("--config={}", dir.join("kubelet.yaml").display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--root-dir={}", dir.join("root").display()),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--hostname-override={NODE}"),
+            "--v=1".into(),
+        ];
+        let mut kubelet = Kubelet {
+            daemon: Daemon::new(dir.join("kubelet.log")),
+            cmd,
+        };
+        kubelet.restart();
+        kubelet
+    }
+
+    fn restart(&mut self) {
+        self.daemon.kill();
+        let mut cmd = Command::new(&self.cmd[0]);
+        cmd.args(&self.cmd[1..]);
+        self.daemon.start(cmd).unwrap();
+    }
+}
+
+/// `spiderpool-agent device-plugin` over the e810 fixture's two iavf VFs.
+fn device_plugin(dir: &Path, log: &str) -> Daemon {
+    let config = dir.join("dp.yaml");
+    std::fs::write(
+        &config,
+        "resources:\n- resourceName: e810_vfs\n  selectors: {drivers: [iavf]}\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
+    cmd.arg("device-plugin")
+        .arg("--sysfs-root")
+        .arg(spiderpool_e2e::sysfs_fixture::fixtures_dir().join("e810"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--devinfo-dir")
+        .arg(dir.join("devinfo"))
+        .args(["--resync-ms", "200"])
+        .env("RUST_LOG", "info");
+    let mut daemon = Daemon::new(dir.join(log));
+    daemon.start(cmd).unwrap();
+    daemon
+}
+
+/// The node's (capacity, allocatable) of the VF resource, as numbers (absent: 0).
+async fn vf_counts(nodes: &Api<Node>) -> (i64, i64) {
+    let Ok(node) = nodes.get(NODE).await else {
+        return (-1, -1);
+    };
+    let count = |m: Option<
+        &std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| {
+        m.and_then(|m| m.get(RESOURCE))
+            .and_then(|q| q.0.parse().ok())
+            .unwrap_or(0)
+    };
+    let status = node.status.unwrap_or_default();
+    (
+        count(status.capacity.as_ref()),
+        count(status.allocatable.as_ref()),
+    )
+}
+
+/// Waits until the node reports `want` (capacity, allocatable); how long that took.
+async fn wait_counts(nodes: &Api<Node>, want: (i64, i64), what: &str) -> Duration {
+    let start = Instant::now();
+    let seen = eventually(Duration::from_secs(30), || async {
+        (vf_counts(nodes).await == want).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "{what}: node never reported (capacity, allocatable) = {want:?}, last {:?}",
+        vf_counts(nodes).await
+    );
+    start.elapsed()
+}
+
+fn vf_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": NODE, "hostNetwork": true, "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sleep", "3600"],
+                "resources": {"limits": {RESOURCE: "1"}}}]
+        }
+    }))
+    .unwrap()
+}
+
+/// Waits for the pod to run or fail; its phase, reason and message.
+async fn settle(pods: &Api<Pod>, name: &str) -> (String, String, String) {
+    let settled = eventually(Duration::from_secs(60), || async {
+        let pod = pods.get(name).await.ok()?;
+        let status = pod.status?;
+        let phase = status.phase.clone()?;
+        let running = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+        (running || phase == "Failed").then(|| {
+            (
+                phase,
+                status.reason.unwrap_or_default(),
+                status.message.unwrap_or_default(),
+            )
+        })
+    })
+    .await;
+    settled.unwrap_or_else(|| panic!("pod {name} neither ran nor failed within 60 s"))
+}
+
+/// The VF kubelet gave the pod's container, from the container's environment (CRI ExecSync).
+async fn vf_of(cri: &mut CriNode, pods: &Api<Pod>, name: &str) -> String {
+    let pod = pods.get(name).await.unwrap();
+    let id = pod.status.unwrap().container_statuses.unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let id = id.trim_start_matches("containerd://");
+    let (code, out) = cri
+        .exec(id, &["/bin/sh", "-c", &format!("echo ${ENV}")])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    out.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "kubelet tier: needs root, hack/control-plane.sh up and kubelet"]
+async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubelet_restarts() {
+    if std::os::unix::net::UnixStream::connect(Path::new(DEVICE_PLUGINS).join("kubelet.sock")).is_ok() {
+        panic!(
+            "a kubelet already serves {DEVICE_PLUGINS}: this test runs its own and cannot share the directory"
+        );
+    }
+    // What an earlier run left (its checkpoint names pods that are gone).
+    let _ = std::fs::remove_dir_all(DEVICE_PLUGINS);
+    std::fs::create_dir_all(DEVICE_PLUGINS).unwrap();
+    let cluster = Cluster::connect().await.unwrap();
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let _ = nodes.delete(NODE, &DeleteParams::default()).await;
+    let ns = cluster.namespace("kubelet", json!({})).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    let work = tempfile::tempdir().unwrap();
+    let dir: PathBuf = work.path().to_path_buf();
+    let mut cri = CriNode::start_with(None, None).await.unwrap();
+    let mut kubelet = Kubelet::start(&cluster.kubeconfig, &cri.socket, &dir);
+    let registered = eventually(Duration::from_secs(60), || async { nodes.get(NODE).await.ok() }).await;
+    assert!(
+        registered.is_some(),
+        "kubelet did not register its node:\n{}",
+        kubelet.daemon.log_text()
+    );
+
+    // Registration: the plugin's two VFs become the node's capacity and allocatable.
+    let started = Instant::now();
+    let mut plugin = device_plugin(&dir, "dp-1.log");
+    wait_counts(&nodes, (2, 2), "first registration").await;
+    let first_seen = started.elapsed();
+
+    // Allocation: a pod asking for one VF runs with the VF named in its environment.
+    pods.create(&PostParams::default(), &vf_pod("a")).await.unwrap();
+    let (phase, reason, message) = settle(&pods, "a").await;
+    assert_eq!(phase, "Running", "{reason}: {message}");
+    let vf_a = vf_of(&mut cri, &pods, "a").await;
+    assert!(vf_a == "0000:5e:01.0" || vf_a == "0000:5e:01.1", "{ENV}={vf_a}");
+
+    // The plugin killed: kubelet counts its devices unhealthy (allocatable 0) and refuses what
+    // arrives meanwhile, as kubelet v1.34 does (the reason the window must stay short).
+    plugin.kill();
+    wait_counts(&nodes, (2, 0), "plugin gone").await;
+    pods.create(&PostParams::default(), &vf_pod("in-the-window"))
+        .await
+        .unwrap();
+    let (phase, reason, _) = settle(&pods, "in-the-window").await;
+    assert_eq!(
+        (phase.as_str(), reason.as_str()),
+        ("Failed", "UnexpectedAdmissionError")
+    );
+    pods.delete("in-the-window", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Restarted: both VFs are back, the one inside pod a still counted; a new pod gets the other.
+    let restarted = Instant::now();
+    let mut plugin = device_plugin(&dir, "dp-2.log");
+    wait_counts(&nodes, (2, 2), "plugin restarted").await;
+    let restart_seen = restarted.elapsed();
+    pods.create(&PostParams::default(), &vf_pod("b")).await.unwrap();
+    let (phase, reason, message) = settle(&pods, "b").await;
+    assert_eq!(phase, "Running", "{reason}: {message}");
+    let vf_b = vf_of(&mut cri, &pods, "b").await;
+    assert_ne!(vf_a, vf_b, "b got the VF pod a holds");
+    pods.delete("b", &DeleteParams::default()).await.unwrap();
+
+    // Handover: a second plugin registers while the first serves, then the first goes. kubelet
+    // v1.34 then drops the newer one too (kubernetes#121994); it registers again at once.
+    let successor = device_plugin(&dir, "dp-3.log");
+    let took_over = eventually(Duration::from_secs(10), || async {
+        successor
+            .log_text()
+            .contains("registered with kubelet")
+            .then_some(())
+    })
+    .await;
+    assert!(took_over.is_some(), "{}", successor.log_text());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let handover = Instant::now();
+    plugin.kill();
+    let again = eventually(Duration::from_secs(5), || async {
+        successor.log_text().contains("registered again").then_some(())
+    })
+    .await;
+    let handover_took = handover.elapsed();
+    assert!(
+        again.is_some(),
+        "the successor did not register again after kubelet dropped it:\n{}",
+        successor.log_text()
+    );
+    wait_counts(&nodes, (2, 2), "after the handover").await;
+    pods.create(&PostParams::default(), &vf_pod("c")).await.unwrap();
+    let (phase, reason, message) = settle(&pods, "c").await;
+    assert_eq!(phase, "Running", "after the handover: {reason}: {message}");
+
+    // kubelet restarted: it wipes the plugin sockets; the plugin serves and registers again, and
+    // the pods keep their VFs (kubelet's checkpoint).
+    let gone_before = successor.log_text().matches("socket gone").count();
+    let kubelet_restart = Instant::now();
+    kubelet.restart();
+    let reregistered = eventually(Duration::from_secs(30), || async {
+        (successor.log_text().matches("socket gone").count() > gone_before).then_some(())
+    })
+    .await;
+    assert!(reregistered.is_some(), "{}", successor.log_text());
+    let kubelet_seen = kubelet_restart.elapsed();
+    wait_counts(&nodes, (2, 2), "kubelet restarted").await;
+    for name in ["a", "c"] {
+        let (phase, _, _) = settle(&pods, name).await;
+        assert_eq!(phase, "Running", "{name} after kubelet's restart");
+    }
+    assert_eq!(vf_of(&mut cri, &pods, "a").await, vf_a);
+
+    eprintln!("successor plugin's log:\n{}", successor.log_text());
+    eprintln!(
+        "kubelet tier: plugin start → node allocatable {first_seen:?}; plugin restart → allocatable {restart_seen:?} \
+         (node status every 1 s); handover kill → registered again within {handover_took:?}; kubelet restart → \
+         plugin registered again within {kubelet_seen:?}"
+    );
+
+    // Leave nothing: pods, node, plugin, kubelet, containerd and the device plugin directory.
+    let _ = pods
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await;
+    drop(successor);
+    drop(kubelet);
+    let _ = nodes.delete(NODE, &DeleteParams::default()).await;
+    let _ = cri.pods().await;
+    drop(cri);
+    let _ = std::fs::remove_dir_all(DEVICE_PLUGINS);
+}

@@ -27,6 +27,9 @@ pub struct ManagerOptions {
     pub resync: Duration,
     /// Woken on link events (netlink), for a rescan right away instead of at the next resync.
     pub wake: Option<Arc<tokio::sync::Notify>>,
+    /// Notified once the first pass has served and registered what the node has (the agent's
+    /// readiness: a successor is ready once kubelet counts its devices).
+    pub first_pass: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Link health from transitions: a netdev seen up and then down is unhealthy until it is up
@@ -101,7 +104,17 @@ where
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => {}
-            _ = dropped.notified() => {}
+            _ = dropped.notified() => {
+                // The fast path: kubelet refuses pods for the resource until we are back, so
+                // register again before anything else (no rescan); a failure is left to the
+                // full pass below, next tick.
+                for (key, s) in &served {
+                    if s.dropped() && s.socket_present() && s.register_again().await {
+                        tracing::warn!(resource = %key, "kubelet dropped our ListAndWatch stream: registered again");
+                    }
+                }
+                continue;
+            }
             _ = async { match &wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {
                 // A burst of events (a VF flapping, many VFs appearing) needs one rescan.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -204,6 +217,9 @@ where
                 tracing::info!(resource = %key, "no longer configured: stopped");
                 s.stop();
             }
+        }
+        if let Some(first) = options.first_pass.as_ref() {
+            first.notify_one();
         }
     }
     for (_, s) in served {

@@ -330,7 +330,6 @@ impl Served {
     /// After [`Served::dropped`]: the same socket registered again (a new `Register` call).
     /// False when kubelet did not take it.
     pub async fn register_again(&self) -> bool {
-        self.service.dropped.store(false, Ordering::SeqCst);
         let Some(dir) = self.socket.parent() else {
             return false;
         };
@@ -341,10 +340,16 @@ impl Served {
             Ok(s) => Ok(s.resource.name.full()),
             Err(_) => Err(()),
         };
-        match name {
-            Ok(name) => register(dir, file, &name).await.is_ok(),
-            Err(_) => false,
+        let Ok(name) = name else {
+            return false;
+        };
+        // Cleared first: the stream kubelet opens after this registration is the live one.
+        self.service.dropped.store(false, Ordering::SeqCst);
+        if register(dir, file, &name).await.is_ok() {
+            return true;
         }
+        self.service.dropped.store(true, Ordering::SeqCst);
+        false
     }
 
     /// Stops serving, removes the socket and the resource's device-info files, unless another

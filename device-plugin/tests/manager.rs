@@ -90,6 +90,7 @@ async fn rescans_reloads_tracks_links_and_survives_kubelet_restarts() {
         devinfo_dir: Some(devinfo.path().to_path_buf()),
         resync: Duration::from_millis(200),
         wake: None,
+        first_pass: None,
     };
     let manager = tokio::spawn(run(options, scan, async {
         let _ = stopped.await;
@@ -180,6 +181,7 @@ async fn a_wake_rescans_at_once_without_waiting_for_the_resync() {
         devinfo_dir: None,
         resync: Duration::from_secs(3600),
         wake: Some(wake.clone()),
+        first_pass: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let manager = tokio::spawn(run(options, scan, async {
@@ -225,6 +227,7 @@ async fn a_stream_kubelet_drops_is_registered_again_at_once() {
         devinfo_dir: None,
         resync: Duration::from_secs(3600),
         wake: None,
+        first_pass: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let manager = tokio::spawn(run(options, move || inv.clone(), async {

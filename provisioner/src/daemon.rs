@@ -55,6 +55,23 @@ pub async fn report_inventory(client: &Client, node: &str, inventory: &Inventory
     Ok(())
 }
 
+/// Binds the health address with SO_REUSEPORT: during a rolling update the new agent starts
+/// beside the old one on the host network (a DaemonSet surge) and both must listen.
+pub fn bind_shared(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
 /// `/healthz` answers while the process runs; `/readyz` once `ready` is set (the IPAM service
 /// listens and its caches are filled).
 pub async fn serve_health(listener: TcpListener, ready: Arc<AtomicBool>) {

@@ -101,6 +101,17 @@ enum Command {
         device_plugin: bool,
         #[arg(long, default_value = DEFAULT_KUBELET_DIR)]
         kubelet_dir: PathBuf,
+        /// Written once the agent serves (IPAM socket bound, device plugin registered), removed on
+        /// exit: what `probe --ready-file` checks. Unlike /readyz it is private to the container,
+        /// so an old and a new agent side by side during an update are told apart.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Exit 0 when the agent of this container is ready (its --ready-file exists): the
+    /// readiness probe.
+    Probe {
+        #[arg(long)]
+        ready_file: PathBuf,
     },
     /// Install spiderpool, coordinator and ifacer into a CNI bin directory (atomically).
     InstallCni {
@@ -294,6 +305,7 @@ fn device_plugin(
             devinfo_dir: Some(devinfo_dir),
             resync: Duration::from_millis(resync_ms.max(100)),
             wake,
+            first_pass: None,
         };
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -368,6 +380,7 @@ fn run_agent(
     inventory_interval: u64,
     // The device plugin's kubelet directory, when it is on.
     device_plugin: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
 ) -> Result<()> {
     use spiderpool_provisioner::{daemon, ipam_service};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -375,14 +388,14 @@ fn run_agent(
     let runtime = runtime()?;
     runtime.block_on(async move {
         let ready = Arc::new(AtomicBool::new(false));
-        let health = tokio::net::TcpListener::bind(&health_addr)
-            .await
-            .with_context(|| format!("bind {health_addr}"))?;
+        if let Some(f) = &ready_file {
+            let _ = std::fs::remove_file(f); // a previous run's
+        }
+        let health = daemon::bind_shared(&health_addr).with_context(|| format!("bind {health_addr}"))?;
         tokio::spawn(daemon::serve_health(health, ready.clone()));
         let client = kube::Client::try_default().await.context("Kubernetes client")?;
         let (service, listener) = ipam_listener(client.clone(), &node, &socket).await?;
         tokio::spawn(ipam_service::server::serve(listener, service));
-        ready.store(true, Ordering::Relaxed);
         tracing::info!("agent of node {node}: health on {health_addr}");
         let reporter = {
             let (client, node, root) = (client.clone(), node.clone(), sysfs_root.clone());
@@ -402,6 +415,7 @@ fn run_agent(
             }
         };
         tokio::spawn(reporter);
+        let first_pass = Arc::new(tokio::sync::Notify::new());
         if let Some(kubelet_dir) = device_plugin {
             let options = ManagerOptions {
                 kubelet_dir,
@@ -411,14 +425,25 @@ fn run_agent(
                 devinfo_dir: Some(PathBuf::from(DEVINFO_DIR)),
                 resync: Duration::from_secs(1),
                 wake: None,
+                first_pass: Some(first_pass.clone()),
             };
             let root = sysfs_root.clone();
             tokio::spawn(run_device_plugin(options, move || scan_node(&root), std::future::pending::<()>()));
+            // Ready once kubelet has our devices: during an update the old agent keeps serving
+            // until then (and kubelet switches to us when we register).
+            first_pass.notified().await;
+        }
+        ready.store(true, Ordering::Relaxed);
+        if let Some(f) = &ready_file {
+            std::fs::write(f, "ready\n").with_context(|| format!("write {}", f.display()))?;
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        if let Some(f) = &ready_file {
+            let _ = std::fs::remove_file(f);
         }
         Ok(())
     })
@@ -481,6 +506,7 @@ fn main() -> Result<()> {
             inventory_interval,
             device_plugin,
             kubelet_dir,
+            ready_file,
         } => run_agent(
             node_name,
             socket,
@@ -488,7 +514,15 @@ fn main() -> Result<()> {
             sysfs_root,
             inventory_interval,
             device_plugin.then_some(kubelet_dir),
+            ready_file,
         ),
+        Command::Probe { ready_file } => {
+            if ready_file.exists() {
+                Ok(())
+            } else {
+                anyhow::bail!("not ready: {} does not exist", ready_file.display())
+            }
+        }
         Command::InstallCni { to, from } => {
             let from = match from {
                 Some(f) => f,

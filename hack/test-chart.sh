@@ -54,6 +54,11 @@ for values in "${value_sets[@]}"; do
     fi
 done
 
+echo "device plugin config (full values: a ConfigMap and the agent's flag; default: neither)"
+run "full values: ConfigMap and --device-plugin-config" bash -c "grep -q 'name: $release-agent-device-plugin' $work/rendered-full/spiderpool/templates/agent-config.yaml && grep -q -- '--device-plugin-config=' $work/rendered-full/spiderpool/templates/agent-daemonset.yaml"
+run "default values: built-in config" bash -c "[ ! -e $work/rendered-default/spiderpool/templates/agent-config.yaml ] && ! grep -q -- '--device-plugin-config' $work/rendered-default/spiderpool/templates/agent-daemonset.yaml"
+run "agent updates surge (maxSurge 1, maxUnavailable 0) with a per-container readiness probe" bash -c "grep -A2 'rollingUpdate' $work/rendered-default/spiderpool/templates/agent-daemonset.yaml | grep -q 'maxSurge: 1' && grep -q 'probe, --ready-file' $work/rendered-default/spiderpool/templates/agent-daemonset.yaml"
+
 echo "install and upgrade"
 run "helm install" "$helm" install "$release" "$chart" -n "$ns" --kubeconfig "$kubeconfig" --wait=false
 run "helm upgrade (controller replicas 3, gcInterval 10)" "$helm" upgrade "$release" "$chart" -n "$ns" \

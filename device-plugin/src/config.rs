@@ -242,6 +242,23 @@ pub fn parse_with_ranges(s: &str) -> Result<(String, VfRanges), ConfigError> {
 mod tests {
     use super::*;
 
+    /// The chart's example config (ci/full-values.yaml, `agent.devicePlugin.config`) is what the
+    /// agent reads from the ConfigMap: it must parse.
+    #[test]
+    fn the_charts_example_config_parses() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/spiderpool/ci/full-values.yaml"
+        );
+        let values: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let config = &values["agent"]["devicePlugin"]["config"];
+        let text = serde_yaml_ng::to_string(config).unwrap();
+        let parsed = Config::parse(&text).unwrap();
+        assert_eq!(parsed.resources.len(), 2);
+        assert_eq!(parsed.resources[1].kind, Kind::Rdma);
+    }
+
     #[test]
     fn names_sockets_and_env() {
         let spec = |name: &str, prefix: Option<&str>| ResourceSpec {

@@ -96,9 +96,13 @@ enum Command {
         /// Seconds between inventory reports.
         #[arg(long, default_value_t = 60)]
         inventory_interval: u64,
-        /// Also serve the kubelet device plugin (built-in config).
+        /// Also serve the kubelet device plugin.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         device_plugin: bool,
+        /// The device plugin's resources and selectors (as for `device-plugin --config`; reread
+        /// every second). Default: `spidernet.io/rdma` shared over every RDMA device.
+        #[arg(long)]
+        device_plugin_config: Option<PathBuf>,
         #[arg(long, default_value = DEFAULT_KUBELET_DIR)]
         kubelet_dir: PathBuf,
         /// Written once the agent serves (IPAM socket bound, device plugin registered), removed on
@@ -378,8 +382,8 @@ fn run_agent(
     health_addr: String,
     sysfs_root: PathBuf,
     inventory_interval: u64,
-    // The device plugin's kubelet directory, when it is on.
-    device_plugin: Option<PathBuf>,
+    // The device plugin's kubelet directory and config file, when it is on.
+    device_plugin: Option<(PathBuf, Option<PathBuf>)>,
     ready_file: Option<PathBuf>,
 ) -> Result<()> {
     use spiderpool_provisioner::{daemon, ipam_service};
@@ -416,10 +420,10 @@ fn run_agent(
         };
         tokio::spawn(reporter);
         let first_pass = Arc::new(tokio::sync::Notify::new());
-        if let Some(kubelet_dir) = device_plugin {
+        if let Some((kubelet_dir, config_file)) = device_plugin {
             let options = ManagerOptions {
                 kubelet_dir,
-                config_file: None,
+                config_file,
                 policy_file: None,
                 sysfs: Sysfs::new(&sysfs_root),
                 devinfo_dir: Some(PathBuf::from(DEVINFO_DIR)),
@@ -505,6 +509,7 @@ fn main() -> Result<()> {
             sysfs_root,
             inventory_interval,
             device_plugin,
+            device_plugin_config,
             kubelet_dir,
             ready_file,
         } => run_agent(
@@ -513,7 +518,7 @@ fn main() -> Result<()> {
             health_addr,
             sysfs_root,
             inventory_interval,
-            device_plugin.then_some(kubelet_dir),
+            device_plugin.then_some((kubelet_dir, device_plugin_config)),
             ready_file,
         ),
         Command::Probe { ready_file } => {

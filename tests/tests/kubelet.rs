@@ -89,23 +89,48 @@ resolvConf: ""
     }
 }
 
-/// `spiderpool-agent device-plugin` over the e810 fixture's two iavf VFs.
-fn device_plugin(dir: &Path, log: &str) -> Daemon {
+/// The device plugin's config: the e810 fixture's two iavf VFs.
+fn plugin_config(dir: &Path) -> PathBuf {
     let config = dir.join("dp.yaml");
     std::fs::write(
         &config,
         "resources:\n- resourceName: e810_vfs\n  selectors: {drivers: [iavf]}\n",
     )
     .unwrap();
+    config
+}
+
+/// `spiderpool-agent device-plugin` over the e810 fixture.
+fn device_plugin(dir: &Path, log: &str) -> Daemon {
     let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
     cmd.arg("device-plugin")
         .arg("--sysfs-root")
         .arg(spiderpool_e2e::sysfs_fixture::fixtures_dir().join("e810"))
         .arg("--config")
-        .arg(&config)
+        .arg(plugin_config(dir))
         .arg("--devinfo-dir")
         .arg(dir.join("devinfo"))
         .args(["--resync-ms", "200"])
+        .env("RUST_LOG", "info");
+    let mut daemon = Daemon::new(dir.join(log));
+    daemon.start(cmd).unwrap();
+    daemon
+}
+
+/// The whole agent (`spiderpool-agent run`: IPAM service, inventory, device plugin) over the
+/// same fixture and config, as the chart runs it: ready once its ready file exists.
+fn agent(dir: &Path, kubeconfig: &Path, log: &str, ready: &Path) -> Daemon {
+    let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
+    cmd.args(["run", "--node-name", NODE, "--health-addr", "127.0.0.1:15752"])
+        .arg("--socket")
+        .arg(dir.join("agent.sock"))
+        .arg("--sysfs-root")
+        .arg(spiderpool_e2e::sysfs_fixture::fixtures_dir().join("e810"))
+        .arg("--device-plugin-config")
+        .arg(plugin_config(dir))
+        .arg("--ready-file")
+        .arg(ready)
+        .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info");
     let mut daemon = Daemon::new(dir.join(log));
     daemon.start(cmd).unwrap();
@@ -266,17 +291,37 @@ async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubele
     assert_ne!(vf_a, vf_b, "b got the VF pod a holds");
     pods.delete("b", &DeleteParams::default()).await.unwrap();
 
-    // Handover: a second plugin registers while the first serves, then the first goes. kubelet
-    // v1.34 then drops the newer one too (kubernetes#121994); it registers again at once.
-    let successor = device_plugin(&dir, "dp-3.log");
-    let took_over = eventually(Duration::from_secs(10), || async {
-        successor
-            .log_text()
-            .contains("registered with kubelet")
-            .then_some(())
+    // Handover, as an update of the chart's agent does it: a successor agent (`run`, the device
+    // plugin inside) starts while the first plugin serves and is ready once it registered; then
+    // the first goes. kubelet v1.34 then drops the newer one too (kubernetes#121994); it
+    // registers again at once.
+    let ready = dir.join("successor.ready");
+    let successor = agent(&dir, &cluster.kubeconfig, "agent.log", &ready);
+    let took_over = eventually(Duration::from_secs(30), || async { ready.exists().then_some(()) }).await;
+    assert!(
+        took_over.is_some(),
+        "the successor agent never got ready: {}",
+        successor.log_text()
+    );
+    assert!(
+        successor.log_text().contains("registered with kubelet"),
+        "ready before registering: {}",
+        successor.log_text()
+    );
+    // While both serve, kubelet allocates through the successor: a pod arriving now runs.
+    pods.create(&PostParams::default(), &vf_pod("during-overlap"))
+        .await
+        .unwrap();
+    let (phase, reason, message) = settle(&pods, "during-overlap").await;
+    assert_eq!(phase, "Running", "while two plugins serve: {reason}: {message}");
+    pods.delete("during-overlap", &DeleteParams::default())
+        .await
+        .unwrap();
+    let freed = eventually(Duration::from_secs(30), || async {
+        pods.get_opt("during-overlap").await.ok()?.is_none().then_some(())
     })
     .await;
-    assert!(took_over.is_some(), "{}", successor.log_text());
+    assert!(freed.is_some(), "pod during-overlap not gone");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let handover = Instant::now();
     plugin.kill();

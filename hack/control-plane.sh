@@ -25,13 +25,11 @@ ETCD_PORT=${CONTROL_PLANE_ETCD_PORT:-12379}
 
 log() { echo "control-plane: $*" >&2; }
 
-build() {
-    if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kubectl" ] && [ -x "$BIN_DIR/etcd" ]; then
-        return 0
-    fi
+# The Go module that builds k8s.io/kubernetes commands at $K8S_VERSION: prints its directory.
+k8s_module() {
     command -v go >/dev/null || { log "go is not installed"; return 1; }
     local src="$CACHE/control-plane/src-k8s-$K8S_VERSION"
-    mkdir -p "$src" "$BIN_DIR"
+    mkdir -p "$src"
     export GOFLAGS=-mod=mod GOTOOLCHAIN=local
     # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging
     # paths, which do not exist in the module zip: point each at its published v0.X.Y instead.
@@ -49,7 +47,21 @@ build() {
     (
         cd "$src"
         log "resolving k8s.io/kubernetes v$K8S_VERSION (staging v$staging)"
-        go get "k8s.io/kubernetes@v$K8S_VERSION" >/dev/null 2>&1 || go get "k8s.io/kubernetes@v$K8S_VERSION"
+        go get "k8s.io/kubernetes@v$K8S_VERSION" >/dev/null 2>&1 || go get "k8s.io/kubernetes@v$K8S_VERSION" >&2
+    ) || return 1
+    echo "$src"
+}
+
+build() {
+    if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kubectl" ] && [ -x "$BIN_DIR/etcd" ]; then
+        return 0
+    fi
+    local src minor=${K8S_VERSION#*.}
+    src=$(k8s_module) || return 1
+    mkdir -p "$BIN_DIR"
+    export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+    (
+        cd "$src"
         log "building kube-apiserver and kubectl (several minutes the first time)"
         # The version the server reports (/version): clients such as Helm check kubeVersion against it.
         local v=k8s.io/component-base/version
@@ -74,9 +86,8 @@ build() {
 build_kubelet() {
     local out="$CACHE/control-plane/kubelet-$K8S_VERSION/kubelet"
     if [ ! -x "$out" ]; then
-        build # the module setup (go.mod with the staging replaces) is shared
-        local src="$CACHE/control-plane/src-k8s-$K8S_VERSION"
-        local minor=${K8S_VERSION#*.}
+        local src minor=${K8S_VERSION#*.}
+        src=$(k8s_module) || return 1
         local v=k8s.io/component-base/version
         mkdir -p "$(dirname "$out")"
         (

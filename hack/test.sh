@@ -41,6 +41,9 @@ else
     skip netns "$reason"
 fi
 
+# The API server's version, and the newest: v1.37 keeps a successor device plugin registered when
+# its predecessor goes (kubernetes#121994 fixed), v1.34 drops it (the plugin registers again).
+KUBELET_VERSIONS="1.34.3 1.37.2"
 step "control plane: kube-apiserver + etcd (+ helm, kubelet) built from the Go module proxy; CRDs, agents' IPAM service, controller, a real kubelet with the device plugin, chart"
 control_plane_ready() {
     command -v go >/dev/null || { echo "no Go toolchain to build kube-apiserver and etcd"; return 1; }
@@ -48,7 +51,9 @@ control_plane_ready() {
     command -v curl >/dev/null || apt_install curl >&2 || { echo "cannot install curl"; return 1; }
     hack/control-plane.sh build >&2 || { echo "building kube-apiserver/etcd failed (see above)"; return 1; }
     hack/control-plane.sh helm >/dev/null || { echo "building helm failed (see above)"; return 1; }
-    hack/control-plane.sh kubelet >/dev/null || { echo "building kubelet failed (see above)"; return 1; }
+    for v in $KUBELET_VERSIONS; do
+        K8S_VERSION=$v hack/control-plane.sh kubelet >/dev/null || { echo "building kubelet $v failed (see above)"; return 1; }
+    done
 }
 kubelet_ready() {
     is_root || { echo "needs root (kubelet, containerd, /var/lib/kubelet/device-plugins)"; return 1; }
@@ -58,10 +63,12 @@ if reason=$(control_plane_ready); then
     kubeconfig=$(hack/control-plane.sh up)
     trap 'hack/control-plane.sh down' EXIT
     SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --test cluster -- --ignored
-    echo "--- kubelet: a real kubelet (v1.34) runs VF pods from the device plugin; plugin and kubelet restarts, handover"
     if reason=$(kubelet_ready); then
-        SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$(hack/control-plane.sh kubelet) \
-            cargo test --locked -p spiderpool-e2e --test kubelet -- --ignored --nocapture
+        for v in $KUBELET_VERSIONS; do
+            echo "--- kubelet $v: runs VF pods from the device plugin; plugin and kubelet restarts, handover to a successor agent"
+            SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$(K8S_VERSION=$v hack/control-plane.sh kubelet) \
+                cargo test --locked -p spiderpool-e2e --test kubelet -- --ignored --nocapture
+        done
     else
         skip kubelet "$reason"
     fi

@@ -127,9 +127,17 @@ impl ResourceName {
         format!("{}/{}", self.prefix, self.name)
     }
 
-    /// The plugin's socket file: `<prefix>_<name>.sock`, as the SR-IOV device plugin names it.
-    pub fn socket_file(&self) -> String {
-        format!("{}_{}.sock", self.prefix, self.name)
+    /// The start of the plugin's socket file names: `<prefix>_<name>`, as the SR-IOV device
+    /// plugin names them.
+    pub fn socket_stem(&self) -> String {
+        format!("{}_{}", self.prefix, self.name)
+    }
+
+    /// This process's socket file: `<prefix>_<name>-<instance>.sock`. Each plugin process has its
+    /// own, so a successor registers beside its predecessor: kubelets from v1.37 refuse a second
+    /// plugin on a socket path that is already connected.
+    pub fn socket_file(&self, instance: &str) -> String {
+        format!("{}-{instance}.sock", self.socket_stem())
     }
 
     /// `PCIDEVICE_<PREFIX>_<NAME>`, with `.` and `-` as `_`, upper case.
@@ -270,7 +278,7 @@ mod tests {
         };
         let n = spec("mlx_vfs", None).name().unwrap();
         assert_eq!(n.full(), "spidernet.io/mlx_vfs");
-        assert_eq!(n.socket_file(), "spidernet.io_mlx_vfs.sock");
+        assert_eq!(n.socket_file("1a2b"), "spidernet.io_mlx_vfs-1a2b.sock");
         assert_eq!(n.env_name(), "PCIDEVICE_SPIDERNET_IO_MLX_VFS");
         assert_eq!(
             spec("intel.com/e810-vf", None).name().unwrap().env_name(),

@@ -218,7 +218,11 @@ where
                 s.stop();
             }
         }
-        if let Some(first) = options.first_pass.as_ref() {
+        // Ready (once) when everything configured is served and registered: a refused
+        // registration is tried again next pass.
+        if let Some(first) = options.first_pass.as_ref()
+            && wanted.iter().all(|k| served.contains_key(k))
+        {
             first.notify_one();
         }
     }

@@ -226,6 +226,39 @@ impl DevicePlugin for Arc<Service> {
     }
 }
 
+/// This process's part of its socket names: PID and start time, in hex.
+fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+    })
+}
+
+/// Removes this resource's sockets in `dir` that nobody listens on any more (a plugin killed
+/// before it could clean up); a live predecessor's socket stays.
+fn remove_stale_sockets(dir: &Path, stem: &str, ours: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mine = name == format!("{stem}.sock")
+            || (name.starts_with(&format!("{stem}-")) && name.ends_with(".sock"));
+        if !mine || name == ours {
+            continue;
+        }
+        if let Err(e) = std::os::unix::net::UnixStream::connect(entry.path())
+            && e.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            tracing::info!(socket = %entry.path().display(), "removing a dead plugin's socket");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("device plugin socket {0}: {1}")]
@@ -254,7 +287,9 @@ impl Served {
         wake: Arc<tokio::sync::Notify>,
     ) -> Result<Served, ServeError> {
         let name = snapshot.resource.name.clone();
-        let socket = dir.join(name.socket_file());
+        let file = name.socket_file(instance_id());
+        let socket = dir.join(&file);
+        remove_stale_sockets(dir, &name.socket_stem(), &file);
         let (devices, _) = watch::channel(devices_of(&snapshot));
         let service = Arc::new(Service {
             snapshot: RwLock::new(snapshot),
@@ -284,7 +319,7 @@ impl Served {
                 tracing::error!("device plugin server stopped: {e}");
             }
         });
-        if let Err(e) = register(dir, &name.socket_file(), &name.full()).await {
+        if let Err(e) = register(dir, &file, &name.full()).await {
             task.abort();
             let _ = std::fs::remove_file(&socket);
             return Err(e.into());

@@ -59,7 +59,11 @@ async fn registers_lists_allocates_and_prefers_like_kubelet_expects() {
         .unwrap()
         .unwrap();
     assert_eq!(reg.version, "v1beta1");
-    assert_eq!(reg.endpoint, "spidernet.io_cx6_vfs.sock");
+    assert!(
+        reg.endpoint.starts_with("spidernet.io_cx6_vfs-") && reg.endpoint.ends_with(".sock"),
+        "{}",
+        reg.endpoint
+    );
     assert_eq!(reg.resource_name, "spidernet.io/cx6_vfs");
     assert!(reg.options.unwrap().get_preferred_allocation_available);
     let mode = std::fs::metadata(served.socket())

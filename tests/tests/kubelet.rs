@@ -29,6 +29,18 @@ const KUBELET_ENV: &str = "SPIDERPOOL_TEST_KUBELET";
 struct Kubelet {
     daemon: Daemon,
     cmd: Vec<String>,
+    /// `kubelet --version`: "Kubernetes v1.34.3".
+    version: String,
+}
+
+/// The minor version of the kubelet under test.
+fn kubelet_minor(kubelet: &Kubelet) -> u32 {
+    kubelet
+        .version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Kubelet {
@@ -73,9 +85,11 @@ resolvConf: ""
             format!("--hostname-override={NODE}"),
             "--v=1".into(),
         ];
+        let version = Command::new(&cmd[0]).arg("--version").output().unwrap();
         let mut kubelet = Kubelet {
             daemon: Daemon::new(dir.join("kubelet.log")),
             cmd,
+            version: String::from_utf8_lossy(&version.stdout).trim().to_string(),
         };
         kubelet.restart();
         kubelet
@@ -237,6 +251,25 @@ async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubele
     let cluster = Cluster::connect().await.unwrap();
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let _ = nodes.delete(NODE, &DeleteParams::default()).await;
+    // Pods an earlier, failed run bound to this node would take the VFs first.
+    let all_pods: Api<Pod> = Api::all(cluster.client.clone());
+    let leftovers = all_pods
+        .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={NODE}")))
+        .await
+        .unwrap();
+    for pod in leftovers {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let _ = Api::<Pod>::namespaced(cluster.client.clone(), &ns)
+            .delete(
+                &name,
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await;
+    }
     let ns = cluster.namespace("kubelet", json!({})).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
     let work = tempfile::tempdir().unwrap();
@@ -259,7 +292,12 @@ async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubele
     // Allocation: a pod asking for one VF runs with the VF named in its environment.
     pods.create(&PostParams::default(), &vf_pod("a")).await.unwrap();
     let (phase, reason, message) = settle(&pods, "a").await;
-    assert_eq!(phase, "Running", "{reason}: {message}");
+    assert_eq!(
+        phase,
+        "Running",
+        "{reason}: {message}\nplugin:\n{}",
+        plugin.log_text()
+    );
     let vf_a = vf_of(&mut cri, &pods, "a").await;
     assert!(vf_a == "0000:5e:01.0" || vf_a == "0000:5e:01.1", "{ENV}={vf_a}");
 
@@ -323,11 +361,17 @@ async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubele
     .await;
     assert!(freed.is_some(), "pod during-overlap not gone");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let handover = Instant::now();
     plugin.kill();
-    // Polled finely: this is the window in which kubelet would refuse a pod.
+    let handover = Instant::now();
+    // Polled finely: this is the window in which kubelet would refuse a pod. kubelets with the
+    // fix for #121994 (v1.37 here) keep the successor: nothing to register again.
+    let fixed = kubelet_minor(&kubelet) >= 37;
+    if fixed {
+        // No gap to wait out: a pod arriving right as the old plugin dies must run.
+        pods.create(&PostParams::default(), &vf_pod("c")).await.unwrap();
+    }
     let mut again = false;
-    while handover.elapsed() < Duration::from_secs(5) {
+    while handover.elapsed() < Duration::from_secs(if fixed { 2 } else { 5 }) {
         if successor.log_text().contains("registered again") {
             again = true;
             break;
@@ -335,13 +379,23 @@ async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubele
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let handover_took = handover.elapsed();
-    assert!(
-        again,
-        "the successor did not register again after kubelet dropped it:\n{}",
-        successor.log_text()
-    );
+    if fixed {
+        assert!(
+            !again,
+            "a fixed kubelet dropped the successor:\n{}",
+            successor.log_text()
+        );
+    } else {
+        assert!(
+            again,
+            "the successor did not register again after kubelet dropped it:\n{}",
+            successor.log_text()
+        );
+    }
     wait_counts(&nodes, (2, 2), "after the handover").await;
-    pods.create(&PostParams::default(), &vf_pod("c")).await.unwrap();
+    if !fixed {
+        pods.create(&PostParams::default(), &vf_pod("c")).await.unwrap();
+    }
     let (phase, reason, message) = settle(&pods, "c").await;
     assert_eq!(phase, "Running", "after the handover: {reason}: {message}");
 
@@ -364,10 +418,16 @@ async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubele
     assert_eq!(vf_of(&mut cri, &pods, "a").await, vf_a);
 
     eprintln!("successor plugin's log:\n{}", successor.log_text());
+    let handover = if fixed {
+        "kubelet kept the successor (no gap)".to_string()
+    } else {
+        format!("handover kill → registered again within {handover_took:?}")
+    };
     eprintln!(
-        "kubelet tier: plugin start → node allocatable {first_seen:?}; plugin restart → allocatable {restart_seen:?} \
-         (node status every 1 s); handover kill → registered again within {handover_took:?}; kubelet restart → \
-         plugin registered again within {kubelet_seen:?}"
+        "kubelet tier ({}): plugin start → node allocatable {first_seen:?}; plugin restart → allocatable {restart_seen:?} \
+         (node status every 1 s); {handover}; kubelet restart → \
+         plugin registered again within {kubelet_seen:?}",
+        kubelet.version
     );
 
     // Leave nothing: pods, node, plugin, kubelet, containerd and the device plugin directory.

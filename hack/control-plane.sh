@@ -9,6 +9,7 @@
 #   hack/control-plane.sh helm    builds helm (helm.sh/helm/v3) into the cache and prints its path
 #   hack/control-plane.sh kubelet builds kubelet (k8s.io/kubernetes, same version) into the cache and
 #                                 prints its path
+#   hack/control-plane.sh scheduling  builds kube-scheduler and kube-controller-manager, prints their dir
 # Binaries are cached in $SPIDERPOOL_CACHE/control-plane/<versions>/ (outside the clone) so CI
 # builds them once. The Go sources are only build inputs for the test tier; the product is Rust.
 set -euo pipefail
@@ -98,6 +99,29 @@ build_kubelet() {
                 -o "$out.tmp" k8s.io/kubernetes/cmd/kubelet
         )
         mv "$out.tmp" "$out"
+    fi
+    echo "$out"
+}
+
+# kube-scheduler and kube-controller-manager (for DaemonSet rollouts in the kubelet tier): prints
+# the directory holding both.
+build_scheduling() {
+    local out="$CACHE/control-plane/scheduling-$K8S_VERSION"
+    if [ ! -x "$out/kube-scheduler" ] || [ ! -x "$out/kube-controller-manager" ]; then
+        local src minor=${K8S_VERSION#*.}
+        src=$(k8s_module) || return 1
+        local v=k8s.io/component-base/version
+        mkdir -p "$out"
+        (
+            cd "$src"
+            export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+            for cmd in kube-scheduler kube-controller-manager; do
+                log "building $cmd v$K8S_VERSION"
+                go build -trimpath -ldflags="-s -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=${K8S_VERSION%%.*} -X $v.gitMinor=${minor%%.*}" \
+                    -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+                mv "$out/$cmd.tmp" "$out/$cmd"
+            done
+        ) || return 1
     fi
     echo "$out"
 }
@@ -230,5 +254,6 @@ down) down ;;
 bin) echo "$BIN_DIR" ;;
 helm) build_helm ;;
 kubelet) build_kubelet ;;
-*) echo "usage: $0 build|up|down|bin|helm|kubelet" >&2; exit 2 ;;
+scheduling) build_scheduling ;;
+*) echo "usage: $0 build|up|down|bin|helm|kubelet|scheduling" >&2; exit 2 ;;
 esac

@@ -44,7 +44,7 @@ fi
 # The API server's version, and the newest: v1.37 keeps a successor device plugin registered when
 # its predecessor goes (kubernetes#121994 fixed), v1.34 drops it (the plugin registers again).
 KUBELET_VERSIONS="1.34.3 1.37.2"
-step "control plane: kube-apiserver + etcd (+ helm, kubelet) built from the Go module proxy; CRDs, agents' IPAM service, controller, a real kubelet with the device plugin, chart"
+step "control plane: kube-apiserver + etcd (+ helm, kubelet, kube-scheduler, kube-controller-manager) built from the Go module proxy; CRDs, agents' IPAM service, controller, a real kubelet with the device plugin, chart"
 control_plane_ready() {
     command -v go >/dev/null || { echo "no Go toolchain to build kube-apiserver and etcd"; return 1; }
     command -v openssl >/dev/null || apt_install openssl >&2 || { echo "cannot install openssl"; return 1; }
@@ -54,6 +54,7 @@ control_plane_ready() {
     for v in $KUBELET_VERSIONS; do
         K8S_VERSION=$v hack/control-plane.sh kubelet >/dev/null || { echo "building kubelet $v failed (see above)"; return 1; }
     done
+    hack/control-plane.sh scheduling >/dev/null || { echo "building kube-scheduler/kube-controller-manager failed (see above)"; return 1; }
 }
 kubelet_ready() {
     is_root || { echo "needs root (kubelet, containerd, /var/lib/kubelet/device-plugins)"; return 1; }
@@ -65,9 +66,10 @@ if reason=$(control_plane_ready); then
     SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --test cluster -- --ignored
     if reason=$(kubelet_ready); then
         for v in $KUBELET_VERSIONS; do
-            echo "--- kubelet $v: runs VF pods from the device plugin; plugin and kubelet restarts, handover to a successor agent"
+            echo "--- kubelet $v: VF pods from the device plugin; plugin and kubelet restarts; the chart's agent DaemonSet updated while VF pods arrive"
+            # One kubelet at a time: its device-plugin directory is fixed.
             SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$(K8S_VERSION=$v hack/control-plane.sh kubelet) \
-                cargo test --locked -p spiderpool-e2e --test kubelet -- --ignored --nocapture
+                cargo test --locked -p spiderpool-e2e --test kubelet -- --ignored --nocapture --test-threads=1
         done
     else
         skip kubelet "$reason"

@@ -231,6 +231,17 @@ state = "{dir}/state"
         })
     }
 
+    /// Imports an OCI image archive for the CRI plugin (kubelet's pods use it with
+    /// `imagePullPolicy: Never`).
+    pub fn import(&self, archive: &Path) -> Result<()> {
+        run(Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", K8S_NAMESPACE, "images", "import"])
+            .arg(archive))?;
+        Ok(())
+    }
+
     /// The calls containerd made to our plugins, in order: `<plugin> <VERB> netns=<CNI_NETNS>`.
     pub fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("calls.log"))

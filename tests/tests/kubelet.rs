@@ -237,18 +237,24 @@ async fn vf_of(cri: &mut CriNode, pods: &Api<Pod>, name: &str) -> String {
     out.trim().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "kubelet tier: needs root, hack/control-plane.sh up and kubelet"]
-async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubelet_restarts() {
+/// Deletion without a grace period (the pods here hold VFs the next one needs).
+fn delete_now() -> DeleteParams {
+    DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    }
+}
+
+/// This host as node `NODE`: what an earlier run left removed (its checkpoint, sockets, pods
+/// bound to the node, the node), then containerd and kubelet started and the node registered.
+async fn node_up(cluster: &Cluster, dir: &Path) -> (CriNode, Kubelet) {
     if std::os::unix::net::UnixStream::connect(Path::new(DEVICE_PLUGINS).join("kubelet.sock")).is_ok() {
         panic!(
             "a kubelet already serves {DEVICE_PLUGINS}: this test runs its own and cannot share the directory"
         );
     }
-    // What an earlier run left (its checkpoint names pods that are gone).
     let _ = std::fs::remove_dir_all(DEVICE_PLUGINS);
     std::fs::create_dir_all(DEVICE_PLUGINS).unwrap();
-    let cluster = Cluster::connect().await.unwrap();
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let _ = nodes.delete(NODE, &DeleteParams::default()).await;
     // Pods an earlier, failed run bound to this node would take the VFs first.
@@ -261,27 +267,30 @@ async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubele
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let _ = Api::<Pod>::namespaced(cluster.client.clone(), &ns)
-            .delete(
-                &name,
-                &DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                },
-            )
+            .delete(&name, &delete_now())
             .await;
     }
-    let ns = cluster.namespace("kubelet", json!({})).await.unwrap();
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
-    let work = tempfile::tempdir().unwrap();
-    let dir: PathBuf = work.path().to_path_buf();
-    let mut cri = CriNode::start_with(None, None).await.unwrap();
-    let mut kubelet = Kubelet::start(&cluster.kubeconfig, &cri.socket, &dir);
+    let cri = CriNode::start_with(None, None).await.unwrap();
+    let kubelet = Kubelet::start(&cluster.kubeconfig, &cri.socket, dir);
     let registered = eventually(Duration::from_secs(60), || async { nodes.get(NODE).await.ok() }).await;
     assert!(
         registered.is_some(),
         "kubelet did not register its node:\n{}",
         kubelet.daemon.log_text()
     );
+    (cri, kubelet)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "kubelet tier: needs root, hack/control-plane.sh up and kubelet"]
+async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubelet_restarts() {
+    let cluster = Cluster::connect().await.unwrap();
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let work = tempfile::tempdir().unwrap();
+    let dir: PathBuf = work.path().to_path_buf();
+    let (mut cri, mut kubelet) = node_up(&cluster, &dir).await;
+    let ns = cluster.namespace("kubelet", json!({})).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
 
     // Registration: the plugin's two VFs become the node's capacity and allocatable.
     let started = Instant::now();
@@ -438,6 +447,259 @@ async fn kubelet_admits_vf_pods_and_keeps_counting_them_across_plugin_and_kubele
     drop(kubelet);
     let _ = nodes.delete(NODE, &DeleteParams::default()).await;
     let _ = cri.pods().await;
+    drop(cri);
+    let _ = std::fs::remove_dir_all(DEVICE_PLUGINS);
+}
+
+/// A `hack/control-plane.sh` build product (cached after the first build).
+fn control_plane_tool(what: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/control-plane.sh");
+    let out = spiderpool_e2e::run(Command::new(script).arg(what)).unwrap();
+    PathBuf::from(out.trim())
+}
+
+/// The chart's agent DaemonSet on a real node, updated the way `helm upgrade` or a restart
+/// does it (kube-scheduler and the DaemonSet controller of kube-controller-manager roll it with
+/// the chart's maxSurge strategy), while VF pods keep arriving: none may be refused. The agent
+/// runs from the project's image over the e810 fixture (mounted as its sysfs).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "kubelet tier: needs root, hack/control-plane.sh up, kubelet, scheduling and helm"]
+async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
+    let cluster = Cluster::connect().await.unwrap();
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let work = tempfile::tempdir().unwrap();
+    let dir: PathBuf = work.path().to_path_buf();
+    let (cri, kubelet) = node_up(&cluster, &dir).await;
+    let fixed = kubelet_minor(&kubelet) >= 37;
+
+    // The chart mounts the netns directory with HostToContainer propagation, which needs a
+    // shared mount there, as `ip netns add` makes one (a systemd host's / is shared anyway).
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if !mounts.lines().any(|l| l.split(' ').nth(4) == Some("/run/netns")) {
+        std::fs::create_dir_all("/run/netns").unwrap();
+        spiderpool_e2e::run(Command::new("mount").args(["--bind", "/run/netns", "/run/netns"])).unwrap();
+    }
+    spiderpool_e2e::run(Command::new("mount").args(["--make-rshared", "/run/netns"])).unwrap();
+
+    // The image, from this workspace's binaries.
+    let tag = "localhost/spiderpool-rs:rollout";
+    let archive = dir.join("image.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/build-image.sh");
+    spiderpool_e2e::run(
+        Command::new(script)
+            .arg("--bin-dir")
+            .arg(spiderpool_e2e::bin_dir())
+            .args(["--tag", tag, "--out"])
+            .arg(&archive),
+    )
+    .unwrap();
+    cri.import(&archive).unwrap();
+
+    // Scheduling: kube-scheduler and the DaemonSet controller, nothing else.
+    let scheduling = control_plane_tool("scheduling");
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let mut scheduler = Daemon::new(dir.join("scheduler.log"));
+    let mut cmd = Command::new(scheduling.join("kube-scheduler"));
+    cmd.args([
+        &format!("--kubeconfig={kubeconfig}"),
+        "--leader-elect=false",
+        "--secure-port=0",
+    ]);
+    scheduler.start(cmd).unwrap();
+    let mut controllers = Daemon::new(dir.join("kcm.log"));
+    let mut cmd = Command::new(scheduling.join("kube-controller-manager"));
+    cmd.args([
+        &format!("--kubeconfig={kubeconfig}"),
+        "--leader-elect=false",
+        "--secure-port=0",
+        "--controllers=daemonset",
+    ]);
+    controllers.start(cmd).unwrap();
+
+    // The chart: only the agent, from our image, on the fixture, reaching the API server with
+    // the test's kubeconfig (no service-account tokens in this control plane).
+    let release_ns = cluster.namespace("rollout", json!({})).await.unwrap();
+    // Cluster-scoped objects carry the release name: one per run.
+    let release = format!("ro{}", std::process::id());
+    let state_dir = cluster.kubeconfig.parent().unwrap().display().to_string();
+    let fixture = spiderpool_e2e::sysfs_fixture::fixtures_dir().join("e810");
+    let values = json!({
+        "image": {"repository": "localhost/spiderpool-rs", "tag": "rollout", "pullPolicy": "Never"},
+        "controller": {"replicas": 0},
+        "coordinator": {"enabled": false},
+        "agent": {
+            "healthPort": 15760,
+            "ipamSocket": "/var/run/spidernet/rollout-test.sock",
+            "hostPaths": {"cniBin": dir.join("cni-bin"), "cniConf": dir.join("net.d"), "netns": "/run/netns"},
+            "devicePlugin": {"config": {"resources": [{"resourceName": "e810_vfs", "selectors": {"drivers": ["iavf"]}}]}},
+            "extraArgs": ["--sysfs-root=/fixture"],
+            "extraEnv": [{"name": "KUBECONFIG", "value": kubeconfig}],
+            "extraVolumes": [
+                {"name": "fixture", "hostPath": {"path": fixture}},
+                {"name": "control-plane", "hostPath": {"path": state_dir}}],
+            "extraVolumeMounts": [
+                {"name": "fixture", "mountPath": "/fixture", "readOnly": true},
+                {"name": "control-plane", "mountPath": state_dir, "readOnly": true}],
+        }
+    });
+    std::fs::write(dir.join("values.json"), values.to_string()).unwrap();
+    let helm = control_plane_tool("helm");
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/spiderpool");
+    let helm_cmd = |verb: &str| {
+        let mut cmd = Command::new(&helm);
+        cmd.arg(verb).arg(&release).arg(&chart).args(["-n", &release_ns]);
+        cmd.arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .arg("-f")
+            .arg(dir.join("values.json"));
+        cmd
+    };
+    // The cluster tier applies the chart's admission policy itself; the release must own it.
+    {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let dp = DeleteParams::default();
+        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(cluster.client.clone())
+            .delete("spiderpool-ipv6-ranges", &dp)
+            .await;
+        let _ = Api::<ValidatingAdmissionPolicy>::all(cluster.client.clone())
+            .delete("spiderpool-ipv6-ranges", &dp)
+            .await;
+    }
+    spiderpool_e2e::run(&mut helm_cmd("install")).unwrap();
+
+    let all_pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &release_ns);
+    let agents = || async {
+        all_pods
+            .list(&kube::api::ListParams::default().labels("app.kubernetes.io/component=agent"))
+            .await
+            .unwrap()
+            .items
+    };
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let first = eventually(Duration::from_secs(120), || async {
+        let a = agents().await;
+        (a.len() == 1 && ready(&a[0])).then(|| a[0].metadata.uid.clone().unwrap_or_default())
+    })
+    .await;
+    assert!(
+        first.is_some(),
+        "the agent pod never got ready: {:?}\nscheduler: {}\ncontrollers: {}\nkubelet: {}",
+        agents()
+            .await
+            .iter()
+            .map(|p| p.status.as_ref().and_then(|s| s.container_statuses.clone()))
+            .collect::<Vec<_>>(),
+        scheduler
+            .log_text()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        controllers
+            .log_text()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        kubelet
+            .daemon
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("-agent-") && (l.contains("rror") || l.contains("robe")))
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let first = first.unwrap_or_default();
+    wait_counts(&nodes, (2, 2), "the agent's device plugin").await;
+
+    // One VF held all along; pods for the other one arrive back to back during the update.
+    let ns = cluster.namespace("rollout-pods", json!({})).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    pods.create(&PostParams::default(), &vf_pod("holder"))
+        .await
+        .unwrap();
+    assert_eq!(settle(&pods, "holder").await.0, "Running");
+
+    let ds: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(cluster.client.clone(), &release_ns);
+    let ds_name = format!("{release}-agent");
+    ds.patch(
+        &ds_name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+            "spiderpool.spidernet.io/restarted-at": format!("{:?}", std::time::SystemTime::now())}}}}})),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    let mut done_at: Option<Instant> = None;
+    let mut i = 0;
+    // Until the old agent is gone and the new one ready, and 3 s more.
+    while done_at.is_none_or(|t| t.elapsed() < Duration::from_secs(3)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the update did not finish in 180 s"
+        );
+        let name = format!("u-{i}");
+        i += 1;
+        pods.create(&PostParams::default(), &vf_pod(&name)).await.unwrap();
+        let (phase, reason, message) = settle(&pods, &name).await;
+        outcomes.push((name.clone(), phase, reason, message));
+        let _ = pods.delete(&name, &delete_now()).await;
+        let _ = eventually(Duration::from_secs(30), || async {
+            pods.get_opt(&name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        let a = agents().await;
+        if done_at.is_none()
+            && a.len() == 1
+            && ready(&a[0])
+            && a[0].metadata.uid.as_deref() != Some(first.as_str())
+        {
+            done_at = Some(Instant::now());
+        }
+    }
+    let refused: Vec<_> = outcomes.iter().filter(|o| o.1 != "Running").collect();
+    eprintln!(
+        "kubelet tier ({}): agent DaemonSet update in {:?}, {} VF pods created meanwhile, {} refused {:?}",
+        kubelet.version,
+        done_at.map(|t| t.duration_since(started)),
+        outcomes.len(),
+        refused.len(),
+        refused
+    );
+    if fixed {
+        assert!(refused.is_empty(), "pods refused during the update: {refused:?}");
+    }
+    assert!(outcomes.len() >= 3, "too few pods to say anything: {outcomes:?}");
+
+    let _ = pods
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await;
+    let _ = spiderpool_e2e::run(
+        Command::new(&helm)
+            .args(["uninstall", &release, "-n", &release_ns])
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig),
+    );
+    let _ = eventually(Duration::from_secs(60), || async {
+        agents().await.is_empty().then_some(())
+    })
+    .await;
+    drop(scheduler);
+    drop(controllers);
+    drop(kubelet);
+    let _ = nodes.delete(NODE, &DeleteParams::default()).await;
     drop(cri);
     let _ = std::fs::remove_dir_all(DEVICE_PLUGINS);
 }

@@ -692,7 +692,14 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
             .arg("--kubeconfig")
             .arg(&cluster.kubeconfig),
     );
-    let _ = eventually(Duration::from_secs(60), || async {
+    // No garbage collector runs here: the DaemonSet's pods are deleted by hand, and kubelet stops
+    // them before it goes.
+    for pod in agents().await {
+        let _ = all_pods
+            .delete(&pod.metadata.name.unwrap_or_default(), &delete_now())
+            .await;
+    }
+    let _ = eventually(Duration::from_secs(30), || async {
         agents().await.is_empty().then_some(())
     })
     .await;

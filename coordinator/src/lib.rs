@@ -83,10 +83,6 @@ pub struct CoordinatorConf {
     pub probe_tries: u32,
     #[serde(default = "hundred")]
     pub probe_interval_ms: u64,
-    /// The agent's socket, asked for the cluster's SpiderCoordinator when it exists; `""` never
-    /// asks (standalone).
-    #[serde(default)]
-    pub agent_socket: Option<String>,
 }
 
 fn yes() -> bool {
@@ -161,7 +157,8 @@ pub fn with_cluster_settings(
 
 impl CoordinatorConf {
     /// The netconf of `req`, with the cluster's SpiderCoordinator folded in when the agent's
-    /// socket exists. `strict` (ADD, CHECK): an agent that does not answer, or a coordinator not
+    /// socket (`agentSocket`, default the agent's path; `""`: never ask) exists. It is read from
+    /// the raw netconf because it decides what is parsed. `strict` (ADD, CHECK): an agent that does not answer, or a coordinator not
     /// `Synced`, is an error; else (DEL, which must succeed with the agent gone) the netconf alone
     /// is used, or with the spec's defaults.
     pub fn load(req: &Request, strict: bool) -> Result<CoordinatorConf, CniError> {

@@ -271,8 +271,6 @@ pub enum ServeError {
 pub struct Served {
     service: Arc<Service>,
     socket: PathBuf,
-    /// The socket file we bound (a successor binding the same name makes a new one).
-    inode: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -306,9 +304,6 @@ impl Served {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| ServeError::Socket(socket.clone(), e))?;
-        let inode = std::fs::metadata(&socket)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .map_err(|e| ServeError::Socket(socket.clone(), e))?;
         let server =
             tonic::transport::Server::builder().add_service(DevicePluginServer::new(service.clone()));
         let task = tokio::spawn(async move {
@@ -328,7 +323,6 @@ impl Served {
         Ok(Served {
             service,
             socket,
-            inode,
             task,
         })
     }
@@ -371,11 +365,7 @@ impl Served {
         let Some(file) = self.socket.file_name().and_then(|f| f.to_str()) else {
             return false;
         };
-        let name: Result<String, ()> = match self.service.snapshot.read() {
-            Ok(s) => Ok(s.resource.name.full()),
-            Err(_) => Err(()),
-        };
-        let Ok(name) = name else {
+        let Some(name) = self.service.snapshot.read().ok().map(|s| s.resource.name.full()) else {
             return false;
         };
         // Cleared first: the stream kubelet opens after this registration is the live one.
@@ -387,17 +377,13 @@ impl Served {
         false
     }
 
-    /// Stops serving, removes the socket and the resource's device-info files, unless another
-    /// plugin has taken the socket's name over (a successor registering before we stop): then
-    /// both are its own.
+    /// Stops serving, removes the socket and the resource's device-info files. When the socket
+    /// is already gone (kubelet wiped it on a restart, and we serve again at once) the
+    /// device-info files stay: pods kubelet admitted before may still need them.
     pub fn stop(self) {
         self.service.stopping.store(true, Ordering::SeqCst);
         self.task.abort();
-        if std::fs::metadata(&self.socket)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .ok()
-            != Some(self.inode)
-        {
+        if !self.socket_present() {
             return;
         }
         let _ = std::fs::remove_file(&self.socket);

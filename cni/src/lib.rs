@@ -2,6 +2,7 @@
 //! types, conversion between result versions, error codes, `CNI_*` environment parsing and a
 //! skeleton that turns a [`Plugin`] implementation into a spec-conforming executable.
 
+pub mod agent;
 pub mod args;
 pub mod error;
 pub mod exec;

@@ -170,13 +170,13 @@ impl CoordinatorConf {
                     "coordinator: agentSocket must be a string, not {other}"
                 )));
             }
-            None => spiderpool_ipam::config::DEFAULT_AGENT_SOCKET.to_string(),
+            None => spiderpool_cni::agent::DEFAULT_AGENT_SOCKET.to_string(),
         };
         if socket.is_empty() || !Path::new(&socket).exists() {
             return CoordinatorConf::parse(raw);
         }
         let network = raw["name"].as_str().unwrap_or_default();
-        match spiderpool_ipam::agent::coordinator_settings(Path::new(&socket), network, AGENT_TIMEOUT) {
+        match spiderpool_cni::agent::coordinator_settings(Path::new(&socket), network, AGENT_TIMEOUT) {
             Ok(settings) => CoordinatorConf::parse(&with_cluster_settings(raw, &settings, strict)?),
             Err(e) if strict => Err(e),
             Err(_) => CoordinatorConf::parse(raw),

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
+use spiderpool_cni::agent::DEFAULT_AGENT_SOCKET;
 
 use crate::pool::{Pool, PoolError, PoolSpec};
 use crate::range::Family;
 
 pub const DEFAULT_DATA_DIR: &str = "/run/spiderpool";
-pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/spidernet/spiderpool.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

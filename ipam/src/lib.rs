@@ -1,7 +1,6 @@
 //! Spiderpool IPAM: address ranges, pools, the allocator, the embedded store and the `spiderpool`
 //! CNI IPAM plugin.
 
-pub mod agent;
 pub mod allocator;
 pub mod config;
 pub mod plugin;

@@ -7,12 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use spiderpool_cni::{CniError, CniResult, ErrorCode, IpConfig, Plugin, PluginInfo, Request};
 
-use crate::agent::{self, AgentRequest, CALL_TIMEOUT, PodRef, Verb};
 use crate::allocator::{allocate, holds, release};
 use crate::config::{ClusterConfig, ConfigError, IpamConfig};
 use crate::pool::Pool;
 use crate::range::Family;
 use crate::store::{AllocatedIp, DB_FILE, LOCK_TIMEOUT, OwnerRecord, Store, StoreError, Tables, owner_key};
+use spiderpool_cni::agent::{self, AgentRequest, CALL_TIMEOUT, PodRef, Verb};
 
 pub struct SpiderpoolIpam;
 

@@ -87,7 +87,7 @@ enum Command {
     Run {
         #[arg(long)]
         node_name: Option<String>,
-        #[arg(long, default_value = spiderpool_ipam::config::DEFAULT_AGENT_SOCKET)]
+        #[arg(long, default_value = spiderpool_cni::agent::DEFAULT_AGENT_SOCKET)]
         socket: PathBuf,
         #[arg(long, default_value = "0.0.0.0:5710")]
         health_addr: String,
@@ -131,7 +131,7 @@ enum Command {
         /// This node's name (default: NODE_NAME, else the hostname).
         #[arg(long)]
         node_name: Option<String>,
-        #[arg(long, default_value = spiderpool_ipam::config::DEFAULT_AGENT_SOCKET)]
+        #[arg(long, default_value = spiderpool_cni::agent::DEFAULT_AGENT_SOCKET)]
         socket: PathBuf,
     },
 }

@@ -22,8 +22,8 @@ use spiderpool_api::crd::{
     IPAllocationDetail, PodIPAllocation, PoolIPAllocation, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
     SpiderReservedIP,
 };
+use spiderpool_cni::agent::{AgentRequest, PodRef, Verb};
 use spiderpool_cni::{CniError, CniResult, ErrorCode, IpConfig};
-use spiderpool_ipam::agent::{AgentRequest, PodRef, Verb};
 use spiderpool_ipam::range::{Family, RESERVED_CAP, expand_entries};
 use tokio::sync::{mpsc, oneshot};
 

@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use spiderpool_cni::agent::{AgentRequest, AgentResponse, Verb};
 use spiderpool_cni::{CniError, ErrorCode};
-use spiderpool_ipam::agent::{AgentRequest, AgentResponse, Verb};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 

@@ -1,5 +1,6 @@
-//! Cluster mode: the plugin asks the node agent's IPAM service, over a root-only unix socket, for
-//! what standalone mode does with its own store. One request per connection, one JSON object per
+//! Our CNI plugins and the node agent: in cluster mode the `spiderpool` plugin asks the agent's
+//! IPAM service, over a root-only unix socket, for what standalone mode does with its own store,
+//! and the `coordinator` plugin asks it for the cluster's coordinator settings. One request per connection, one JSON object per
 //! line each way; the agent keeps all state in the Kubernetes API.
 
 use std::io::{BufRead, BufReader, Write};
@@ -7,8 +8,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::{Attachment, CniError, CniResult, ErrorCode};
 use serde::{Deserialize, Serialize};
-use spiderpool_cni::{Attachment, CniError, CniResult, ErrorCode};
+
+/// Where the agent listens (Spiderpool's path).
+pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/spidernet/spiderpool.sock";
 
 /// What a call may take before the plugin gives up: long enough for a burst of pods on one node
 /// queueing behind one pool, short enough to come back before the runtime's own timeout.

@@ -6,13 +6,12 @@
 
 use serde::Deserialize;
 use spiderpool_cni::{CniError, CniResult, ErrorCode, Plugin, PluginInfo, Request};
-use spiderpool_linux::links::LinkTable;
-use spiderpool_linux::rtnl::Rtnl;
+use spiderpool_linux::links::{LinkFacts, set_bond_option};
+use spiderpool_linux::rtnl::{IfExists, Rtnl};
 use spiderpool_linux::sysfs::Sysfs;
 
 pub const DEFAULT_BOND: &str = "sp_bond0";
 pub const ALIAS: &str = "spiderpool:ifacer";
-const EEXIST: i32 = 17;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct BondConf {
@@ -132,8 +131,9 @@ fn io(e: impl std::fmt::Display) -> CniError {
     CniError::new(ErrorCode::IoFailure, format!("ifacer: {e}"))
 }
 
-fn index(links: &LinkTable, name: &str) -> Result<u32, CniError> {
-    links.facts(name).map(|f| f.index).ok_or_else(|| {
+/// The host link called `name`, which the netconf says exists.
+fn existing(rtnl: &mut Rtnl, name: &str) -> Result<LinkFacts, CniError> {
+    rtnl.link(name).map_err(io)?.map(|l| l.facts).ok_or_else(|| {
         CniError::new(
             ErrorCode::InvalidNetworkConfig,
             format!("ifacer: host interface {name} does not exist"),
@@ -141,43 +141,36 @@ fn index(links: &LinkTable, name: &str) -> Result<u32, CniError> {
     })
 }
 
-/// Creates what is missing; returns the master interface.
+/// Creates what is missing; returns the master interface. Bonds and VLANs are made with the same
+/// link requests as the provisioner's applier; one another ADD made meanwhile is kept.
 pub fn ensure(conf: &IfacerConf, sysfs: &Sysfs) -> Result<String, CniError> {
     let mut rtnl = Rtnl::new().map_err(io)?;
     let mut parent = conf.interfaces[0].clone();
     if let Some(Bond { name, mode, options }) = &conf.bond {
-        let links = LinkTable::dump().map_err(io)?;
+        let mut ports = Vec::with_capacity(conf.interfaces.len());
         for i in &conf.interfaces {
-            index(&links, i)?;
+            ports.push((i, existing(&mut rtnl, i)?.index));
         }
-        match links.facts(name) {
-            Some(f) if f.kind.as_deref() != Some("bond") => {
+        let bond = match rtnl.link(name).map_err(io)? {
+            Some(l) if l.facts.kind.as_deref() != Some("bond") => {
                 return Err(CniError::invalid_config(format!(
                     "ifacer: {name} exists and is not a bond"
                 )));
             }
-            Some(_) => {}
+            Some(l) => l.facts.index,
             None => {
-                match rtnl.add_bond(name, &mode.to_string()) {
-                    Err(e) if e.errno() == Some(EEXIST) => {} // another ADD made it just now
-                    other => other.map_err(io)?,
-                }
-                let links = LinkTable::dump().map_err(io)?;
-                let b = index(&links, name)?;
+                rtnl.create_bond(name, &mode.to_string(), IfExists::Keep)
+                    .map_err(io)?;
+                let b = existing(&mut rtnl, name)?.index;
                 rtnl.set_alias(b, ALIAS).map_err(io)?;
                 for (k, v) in options {
-                    sysfs
-                        .write(format!("class/net/{name}/bonding/{k}"), v)
-                        .map_err(|e| io(format!("bond option {k}: {e}")))?;
+                    set_bond_option(sysfs, name, k, v).map_err(|e| io(format!("bond option {k}: {e}")))?;
                 }
+                b
             }
-        }
-        let links = LinkTable::dump().map_err(io)?;
-        let b = index(&links, name)?;
-        for i in &conf.interfaces {
-            let f = links.facts(i).ok_or_else(|| io(format!("{i} vanished")))?;
-            let master = sysfs.link_name(format!("class/net/{i}/master"));
-            match master.as_deref() {
+        };
+        for (i, index) in ports {
+            match sysfs.link_name(format!("class/net/{i}/master")).as_deref() {
                 Some(m) if m == name => continue,
                 Some(m) => {
                     return Err(CniError::invalid_config(format!(
@@ -186,18 +179,15 @@ pub fn ensure(conf: &IfacerConf, sysfs: &Sysfs) -> Result<String, CniError> {
                 }
                 None => {}
             }
-            rtnl.set_up(f.index, false).map_err(io)?;
-            rtnl.set_controller(f.index, b).map_err(io)?;
-            rtnl.set_up(f.index, true).map_err(io)?;
+            rtnl.enslave(index, bond).map_err(io)?;
         }
-        rtnl.set_up(b, true).map_err(io)?;
+        rtnl.set_up(bond, true).map_err(io)?;
         parent = name.clone();
     }
     if let Some(id) = conf.vlan_id {
         let name = format!("{parent}.{id}");
-        let links = LinkTable::dump().map_err(io)?;
-        let p = index(&links, &parent)?;
-        match links.facts(&name) {
+        let p = existing(&mut rtnl, &parent)?.index;
+        match rtnl.link(&name).map_err(io)?.map(|l| l.facts) {
             Some(f) if f.kind.as_deref() != Some("vlan") || f.vlan_id != Some(id) || f.parent != Some(p) => {
                 return Err(CniError::invalid_config(format!(
                     "ifacer: {name} exists and is not VLAN {id} on {parent}"
@@ -205,12 +195,8 @@ pub fn ensure(conf: &IfacerConf, sysfs: &Sysfs) -> Result<String, CniError> {
             }
             Some(f) => rtnl.set_up(f.index, true).map_err(io)?,
             None => {
-                match rtnl.add_vlan(&name, p, id) {
-                    Err(e) if e.errno() == Some(EEXIST) => {}
-                    other => other.map_err(io)?,
-                }
-                let links = LinkTable::dump().map_err(io)?;
-                let v = index(&links, &name)?;
+                rtnl.create_vlan(&name, p, id, IfExists::Keep).map_err(io)?;
+                let v = existing(&mut rtnl, &name)?.index;
                 rtnl.set_alias(v, ALIAS).map_err(io)?;
                 rtnl.set_up(v, true).map_err(io)?;
             }
@@ -245,9 +231,8 @@ impl Plugin for Ifacer {
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let conf = IfacerConf::parse(&req.conf.raw)?;
-        let links = LinkTable::dump().map_err(io)?;
         let master = conf.master();
-        if links.facts(&master).is_none() {
+        if Rtnl::new().map_err(io)?.link(&master).map_err(io)?.is_none() {
             return Err(CniError::new(
                 ErrorCode::InvalidNetworkConfig,
                 format!("ifacer: {master} is missing"),

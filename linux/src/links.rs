@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoData, InfoVlan, LinkAttribute, LinkExtentMask, LinkInfo, LinkMessage, Prop, VfInfo, VfLinkState,
+    InfoData, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, Prop, VfInfo, VfLinkState,
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::protocols::NETLINK_ROUTE;
+
+use crate::netlink::{NetlinkError, NetlinkSocket};
+use crate::rtnl::Rtnl;
+use crate::sysfs::Sysfs;
 
 /// A VF as its PF reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,16 +45,6 @@ pub struct LinkTable {
     facts: HashMap<String, LinkFacts>,
     alt_names: HashMap<String, Vec<String>>,
     vfs: HashMap<(String, u32), VfConfig>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error("netlink: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("netlink: cannot decode a link message: {0}")]
-    Decode(String),
-    #[error("netlink: the kernel answered with error {0}")]
-    Kernel(i32),
 }
 
 impl LinkTable {
@@ -93,90 +85,24 @@ impl LinkTable {
     }
 
     /// Dumps every link of the current network namespace (no privileges needed).
-    pub fn dump() -> Result<LinkTable, LinkError> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
+    pub fn dump() -> Result<LinkTable, NetlinkError> {
+        LinkTable::dump_with(&mut Rtnl::new()?)
+    }
 
-        let mut request = LinkMessage::default();
-        // Without RTEXT_FILTER_VF the kernel leaves the VF list out of the dump.
-        request
-            .attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::Vf]));
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut message = NetlinkMessage::new(
-            header,
-            NetlinkPayload::from(RouteNetlinkMessage::GetLink(request)),
-        );
-        message.finalize();
-        let mut buf = vec![0u8; message.buffer_len()];
-        message.serialize(&mut buf);
-        socket.send(&buf, 0)?;
-
+    /// Dumps every link through an open socket (its namespace).
+    pub fn dump_with(rtnl: &mut Rtnl) -> Result<LinkTable, NetlinkError> {
         let mut table = LinkTable::default();
-        loop {
-            let (data, _) = socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| LinkError::Decode(e.to_string()))?;
-                let len = reply.header.length as usize;
-                match reply.payload {
-                    NetlinkPayload::Done(_) => return Ok(table),
-                    NetlinkPayload::Error(e) => match e.code {
-                        Some(code) => return Err(LinkError::Kernel(code.get())),
-                        None => return Ok(table),
-                    },
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => table.add(&link),
-                    _ => {}
-                }
-                if len == 0 {
-                    break;
-                }
-                offset += len;
-            }
+        for link in rtnl.links()? {
+            table.add(&link);
         }
+        Ok(table)
     }
 
     fn add(&mut self, link: &LinkMessage) {
-        let Some(name) = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        }) else {
+        let Some((name, facts)) = link_facts(link) else {
             return;
         };
         self.names.push(name.clone());
-        let mut facts = LinkFacts {
-            index: link.header.index,
-            up: link
-                .header
-                .flags
-                .contains(netlink_packet_route::link::LinkFlags::Up),
-            ..LinkFacts::default()
-        };
-        for attribute in &link.attributes {
-            match attribute {
-                LinkAttribute::IfAlias(a) => facts.alias = Some(a.clone()),
-                LinkAttribute::Link(parent) => facts.parent = Some(*parent),
-                LinkAttribute::Mtu(mtu) => facts.mtu = Some(*mtu),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfo::Kind(kind) => facts.kind = Some(kind.to_string()),
-                            LinkInfo::Data(InfoData::Vlan(vlan)) => {
-                                facts.vlan_id = vlan.iter().find_map(|v| match v {
-                                    InfoVlan::Id(id) => Some(*id),
-                                    _ => None,
-                                });
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
         self.facts.insert(name.clone(), facts);
         for attribute in &link.attributes {
             match attribute {
@@ -204,35 +130,75 @@ impl LinkTable {
     }
 }
 
+/// The name and facts of a link message (`None` without a name).
+pub(crate) fn link_facts(link: &LinkMessage) -> Option<(String, LinkFacts)> {
+    let name = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })?;
+    let mut facts = LinkFacts {
+        index: link.header.index,
+        up: link.header.flags.contains(LinkFlags::Up),
+        ..LinkFacts::default()
+    };
+    for attribute in &link.attributes {
+        match attribute {
+            LinkAttribute::IfAlias(a) => facts.alias = Some(a.clone()),
+            LinkAttribute::Link(parent) => facts.parent = Some(*parent),
+            LinkAttribute::Mtu(mtu) => facts.mtu = Some(*mtu),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => facts.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vlan(vlan)) => {
+                            facts.vlan_id = vlan.iter().find_map(|v| match v {
+                                InfoVlan::Id(id) => Some(*id),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((name, facts))
+}
+
+/// Writes a bonding option (`miimon`, `primary`, ...) to the bond's sysfs directory: rtnetlink
+/// takes some of them, sysfs every one, by the names the policies and netconfs use.
+pub fn set_bond_option(sysfs: &Sysfs, bond: &str, option: &str, value: &str) -> std::io::Result<()> {
+    sysfs.write(format!("class/net/{bond}/bonding/{option}"), value)
+}
+
 /// `RTMGRP_LINK`: the multicast group of link changes (up/down, new/removed links).
 const RTMGRP_LINK: u32 = 1;
 
 /// Calls `on_event` (on a thread of its own) every time the kernel reports a link change in
 /// the current network namespace, until `on_event` returns `false`. The message content is not
 /// decoded: callers rescan, which keeps one code path for events and periodic resyncs.
-pub fn watch_link_events(mut on_event: impl FnMut() -> bool + Send + 'static) -> Result<(), LinkError> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+pub fn watch_link_events(mut on_event: impl FnMut() -> bool + Send + 'static) -> Result<(), NetlinkError> {
+    let mut socket = NetlinkSocket::subscribe(NETLINK_ROUTE, RTMGRP_LINK)?;
     std::thread::Builder::new()
         .name("link-events".into())
         .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buffer = vec![0u8; 64 * 1024];
             loop {
-                match socket.recv(&mut &mut buf[..], 0) {
-                    Ok(_) => {
-                        if !on_event() {
-                            return;
-                        }
-                    }
-                    // ENOBUFS: events were dropped; a rescan covers them all the same.
-                    Err(e) if e.raw_os_error() == Some(105) => {
-                        if !on_event() {
-                            return;
-                        }
-                    }
+                match socket.next_datagram(&mut buffer) {
+                    Ok(_) => {}
+                    // Events were dropped; a rescan covers them all the same.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
                     Err(_) => return,
                 }
+                if !on_event() {
+                    return;
+                }
             }
+        })
+        .map_err(|source| NetlinkError::Io {
+            what: "start the link event thread".into(),
+            source,
         })?;
     Ok(())
 }

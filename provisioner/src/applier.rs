@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use spiderpool_api::inventory::Inventory;
 use spiderpool_api::policy::SpiderNetworkNodePolicy;
-use spiderpool_linux::links::LinkTable;
-use spiderpool_linux::rtnl::Rtnl;
+use spiderpool_linux::links::{LinkTable, set_bond_option};
+use spiderpool_linux::rtnl::{IfExists, NetlinkError, Rtnl};
 use spiderpool_linux::sysfs::Sysfs;
 
 use crate::planner::{Action, Observed, Plan, Status, Step, plan};
@@ -126,21 +126,18 @@ pub struct LiveKernel {
     rtnl: Rtnl,
 }
 
-const EEXIST: i32 = 17;
-
 impl LiveKernel {
-    pub fn new(sysfs: Sysfs) -> Result<LiveKernel, String> {
+    pub fn new(sysfs: Sysfs) -> Result<LiveKernel, NetlinkError> {
         Ok(LiveKernel {
             sysfs,
-            rtnl: Rtnl::new().map_err(|e| e.to_string())?,
+            rtnl: Rtnl::new()?,
         })
     }
 
-    fn index(&self, link: &str) -> Result<u32, String> {
-        let table = LinkTable::dump().map_err(|e| e.to_string())?;
-        table
-            .facts(link)
-            .map(|f| f.index)
+    fn index(&mut self, link: &str) -> Result<u32, String> {
+        self.rtnl
+            .link_index(link)
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no link {link}"))
     }
 
@@ -153,14 +150,14 @@ impl LiveKernel {
 
 impl Kernel for LiveKernel {
     fn apply(&mut self, action: &Action) -> Result<(), String> {
-        let rtnl_err = |e: spiderpool_linux::rtnl::RtnlError| e.to_string();
+        let failed = |e: NetlinkError| e.to_string();
         match action {
             Action::SetNumVfs { pci, count, .. } => {
                 self.write(format!("bus/pci/devices/{pci}/sriov_numvfs"), &count.to_string())
             }
             Action::SetMtu { link, mtu } => {
                 let i = self.index(link)?;
-                self.rtnl.set_mtu(i, *mtu).map_err(rtnl_err)
+                self.rtnl.set_mtu(i, *mtu).map_err(failed)
             }
             Action::SetVf {
                 pf,
@@ -172,7 +169,7 @@ impl Kernel for LiveKernel {
                 let i = self.index(pf)?;
                 self.rtnl
                     .set_vf(i, *vf, *trust, *spoof_chk, link_state.as_deref())
-                    .map_err(rtnl_err)
+                    .map_err(failed)
             }
             Action::BindDriver { pci, driver } => {
                 self.write(format!("bus/pci/devices/{pci}/driver_override"), driver)?;
@@ -181,41 +178,38 @@ impl Kernel for LiveKernel {
                 }
                 self.write("bus/pci/drivers_probe".into(), pci)
             }
-            Action::CreateBond { name, mode } => match self.rtnl.add_bond(name, mode) {
-                Err(e) if e.errno() == Some(EEXIST) => Ok(()),
-                other => other.map_err(rtnl_err),
-            },
+            // The planner asks for what is missing; one made meanwhile is as good.
+            Action::CreateBond { name, mode } => {
+                self.rtnl.create_bond(name, mode, IfExists::Keep).map_err(failed)
+            }
             Action::SetBondOption { bond, option, value } => {
-                self.write(format!("class/net/{bond}/bonding/{option}"), value)
+                set_bond_option(&self.sysfs, bond, option, value)
+                    .map_err(|e| format!("write {value:?} to class/net/{bond}/bonding/{option}: {e}"))
             }
             Action::Enslave { link, bond } => {
                 let (i, b) = (self.index(link)?, self.index(bond)?);
-                // A port must be down to join a bond; the bond brings it up again.
-                self.rtnl.set_up(i, false).map_err(rtnl_err)?;
-                self.rtnl.set_controller(i, b).map_err(rtnl_err)?;
-                self.rtnl.set_up(i, true).map_err(rtnl_err)
+                self.rtnl.enslave(i, b).map_err(failed)
             }
             Action::Release { link } => {
                 let i = self.index(link)?;
-                self.rtnl.set_controller(i, 0).map_err(rtnl_err)
+                self.rtnl.set_controller(i, 0).map_err(failed)
             }
             Action::CreateVlan { name, parent, id } => {
                 let p = self.index(parent)?;
-                match self.rtnl.add_vlan(name, p, *id) {
-                    Err(e) if e.errno() == Some(EEXIST) => Ok(()),
-                    other => other.map_err(rtnl_err),
-                }
+                self.rtnl
+                    .create_vlan(name, p, *id, IfExists::Keep)
+                    .map_err(failed)
             }
             Action::SetAlias { link, alias } => {
                 let i = self.index(link)?;
-                self.rtnl.set_alias(i, alias).map_err(rtnl_err)
+                self.rtnl.set_alias(i, alias).map_err(failed)
             }
             Action::LinkUp { link } => {
                 let i = self.index(link)?;
-                self.rtnl.set_up(i, true).map_err(rtnl_err)
+                self.rtnl.set_up(i, true).map_err(failed)
             }
             Action::SetRdmaNetnsMode { shared } => {
-                spiderpool_linux::rdma::set_netns_mode_shared(*shared).map_err(|e| e.to_string())
+                spiderpool_linux::rdma::set_netns_mode_shared(*shared).map_err(failed)
             }
         }
     }

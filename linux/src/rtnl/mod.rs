@@ -116,9 +116,17 @@ mod tests {
         assert!(lo.facts.index > 0);
         assert_eq!(rtnl.link_index("lo").unwrap(), Some(lo.facts.index));
         assert_eq!(rtnl.link("nosuchlink0").unwrap(), None);
-        // A refused request names itself and keeps a positive errno.
+        // A refused request names itself and keeps the errno, positive as libc spells it.
+        let e = rtnl.set_mtu(999_999, 1500).unwrap_err();
+        // ENODEV as root, EPERM as anyone else.
+        assert!(matches!(e.errno(), Some(libc::ENODEV | libc::EPERM)), "{e}");
+        assert!(e.to_string().contains("set mtu of link 999999"), "{e}");
+        match rtnl.delete_link(999_999) {
+            Ok(deleted) => assert!(!deleted, "gone already is not an error"),
+            Err(e) => assert_eq!(e.errno(), Some(libc::EPERM), "{e}"),
+        }
         let e = rtnl.create_bond("b0", "9", IfExists::Keep).unwrap_err();
-        assert!(e.to_string().contains("create bond b0"), "{e}");
+        assert!(e.to_string().contains("create bond b0: unknown bond mode"), "{e}");
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl From<Route> for RouteEntry {
 }
 
 impl RouteEntry {
-    fn decode(message: RouteMessage) -> Result<RouteEntry, String> {
+    fn decode(message: RouteMessage, what: &str) -> Result<RouteEntry, NetlinkError> {
         let mut destination = None;
         let mut route = Route {
             destination: IpNet::from(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
@@ -165,8 +165,13 @@ impl RouteEntry {
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         });
-        route.destination = IpNet::new(destination, message.header.destination_prefix_length)
-            .map_err(|e| format!("route to {destination}: {e}"))?;
+        route.destination =
+            IpNet::new(destination, message.header.destination_prefix_length).map_err(|e| {
+                NetlinkError::Decode {
+                    what: what.into(),
+                    reason: format!("route to {destination}: {e}"),
+                }
+            })?;
         Ok(RouteEntry { route, message })
     }
 }
@@ -342,14 +347,10 @@ impl Rtnl {
         self.dump(what, RouteNetlinkMessage::GetRoute(request))?
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => Some(RouteEntry::decode(r)),
+                RouteNetlinkMessage::NewRoute(r) => Some(RouteEntry::decode(r, what)),
                 _ => None,
             })
-            .collect::<Result<_, _>>()
-            .map_err(|reason| NetlinkError::Decode {
-                what: what.into(),
-                reason,
-            })
+            .collect()
     }
 
     pub fn add_route(&mut self, route: &Route, if_exists: IfExists) -> Result<(), NetlinkError> {

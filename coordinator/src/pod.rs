@@ -61,10 +61,14 @@ pub fn set_up_nic(
     addrs: &[NicAddress],
     pod: &mut impl Kernel,
 ) -> Result<(), CniError> {
-    let index = index_of(pod, ifname)?;
-    tune_nic(pod, index, conf, ifname, addrs)?;
-    probe_addresses(pod, conf, ifname, addrs)?;
-    policy_route(pod, index, conf, ifname, addrs)?;
+    let nic = Nic {
+        index: index_of(pod, ifname)?,
+        name: ifname,
+        addrs,
+    };
+    tune_nic(pod, conf, &nic)?;
+    probe_addresses(pod, conf, &nic)?;
+    policy_route(pod, conf, &nic)?;
     // Neighbours that cached another MAC for these addresses (a previous pod) learn this one now.
     for (addr, _) in addrs {
         pod.announce(ifname, addr.addr())
@@ -73,14 +77,20 @@ pub fn set_up_nic(
     Ok(())
 }
 
-/// MAC prefix, queue length and sysctls of the NIC, before anyone sees it (the checks come next).
-fn tune_nic(
-    pod: &mut impl Kernel,
+/// The NIC being set up: its index in the pod, its name, what prevResult gave it.
+struct Nic<'a> {
     index: u32,
-    conf: &CoordinatorConf,
-    ifname: &str,
-    addrs: &[NicAddress],
-) -> Result<(), CniError> {
+    name: &'a str,
+    addrs: &'a [NicAddress],
+}
+
+/// MAC prefix, queue length and sysctls of the NIC, before anyone sees it (the checks come next).
+fn tune_nic(pod: &mut impl Kernel, conf: &CoordinatorConf, nic: &Nic<'_>) -> Result<(), CniError> {
+    let Nic {
+        index,
+        name: ifname,
+        addrs,
+    } = *nic;
     if let Some(prefix) = &conf.pod_mac_prefix {
         let ip = addrs
             .iter()
@@ -110,12 +120,10 @@ fn tune_nic(
 
 /// Fails with [`CODE_IP_CONFLICT`] when someone on the wire holds one of the addresses, and with
 /// [`CODE_GATEWAY_UNREACHABLE`] when a gateway does not answer.
-fn probe_addresses(
-    pod: &mut impl Kernel,
-    conf: &CoordinatorConf,
-    ifname: &str,
-    addrs: &[NicAddress],
-) -> Result<(), CniError> {
+fn probe_addresses(pod: &mut impl Kernel, conf: &CoordinatorConf, nic: &Nic<'_>) -> Result<(), CniError> {
+    let Nic {
+        name: ifname, addrs, ..
+    } = *nic;
     let interval = Duration::from_millis(conf.probe_interval_ms);
     for (addr, gateway) in addrs {
         let ip = addr.addr();
@@ -178,13 +186,12 @@ pub(crate) fn is_extra_nic(conf: &CoordinatorConf, ifname: &str, index: u32, rou
 
 /// Gives a NIC that does not carry the default route its own table: its routes copied there, a
 /// default route via its gateway, and `from <ip>` rules.
-fn policy_route(
-    pod: &mut impl Kernel,
-    index: u32,
-    conf: &CoordinatorConf,
-    ifname: &str,
-    addrs: &[NicAddress],
-) -> Result<(), CniError> {
+fn policy_route(pod: &mut impl Kernel, conf: &CoordinatorConf, nic: &Nic<'_>) -> Result<(), CniError> {
+    let Nic {
+        index,
+        name: ifname,
+        addrs,
+    } = *nic;
     for ipv6 in [false, true] {
         let mine: Vec<_> = addrs.iter().filter(|(a, _)| a.addr().is_ipv6() == ipv6).collect();
         if mine.is_empty() {

@@ -68,7 +68,6 @@ impl World {
         let w = World::underlay();
         {
             let mut p = w.pod.state();
-            p.routes.clear();
             let net1 = p.index("net1").unwrap();
             let eth0 = p.add_link("eth0");
             p.add_address("eth0", "10.244.1.5/24", true);

@@ -4,7 +4,7 @@
 # usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --locked -p spiderpool-provisioner -p spiderpool-ipam -p spiderpool-e2e --bins
+cargo build --release --quiet --locked -p spiderpool-agent -p spiderpool-ipam -p spiderpool-e2e --bins
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 kubeconfig=$(hack/control-plane.sh up)
 echo "$(nproc) CPUs; kube-apiserver $(basename "$(hack/control-plane.sh bin)") on loopback"

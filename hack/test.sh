@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test tier the project has: static checks, unit (with the plugin driven as a process),
-# netns (real Debian CNI plugins calling ours in network namespaces; root) and vm (a real kernel
-# with emulated SR-IOV NICs under QEMU; root).
+# Runs every test tier the project has (ARCHITECTURE.md, "Test tiers"): static checks; unit (with
+# the plugins driven as processes); netns (real Debian CNI plugins calling ours in network
+# namespaces; root); control plane, kubelet and chart (a real kube-apiserver, kubelets built from
+# the Go module proxy); image; CRI (containerd + runc); vm (a real kernel with emulated SR-IOV NICs
+# and Soft-RoCE under QEMU; root).
 # A tier whose prerequisites are missing prints SKIPPED with the reason; under CI=true it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +11,7 @@ source hack/lib.sh
 
 step "static: cargo fmt --check, cargo clippy -D warnings, CRD manifests match the Rust types"
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 crd_tmp=$(mktemp -d)
 cargo run -q --locked -p spiderpool-api --bin crdgen -- --out-dir "$crd_tmp/crds" --policy "$crd_tmp/policy.yaml"
 if ! diff -ru charts/spiderpool/crds "$crd_tmp/crds" || ! diff -u charts/spiderpool/templates/ipv6-ranges-policy.yaml "$crd_tmp/policy.yaml"; then
@@ -34,9 +36,9 @@ netns_ready() {
     ip netns add sp-probe-$$ 2>/dev/null && ip netns del sp-probe-$$ || { echo "cannot create network namespaces here"; return 1; }
 }
 if reason=$(netns_ready); then
-    # The ignored tests are the root-only tiers, the control-plane tier (cluster_*, kubelet_*)
-    # and the CRI tier (cri_*): those run below.
-    cargo test --workspace --locked -- --ignored --skip cluster_ --skip cri_ --skip kubelet_
+    # The ignored tests need root; the control-plane, kubelet and CRI targets are behind
+    # spiderpool-e2e's features and run below.
+    cargo test --workspace --locked -- --ignored
 else
     skip netns "$reason"
 fi
@@ -63,13 +65,13 @@ kubelet_ready() {
 if reason=$(control_plane_ready); then
     kubeconfig=$(hack/control-plane.sh up)
     trap 'hack/control-plane.sh down' EXIT
-    SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --test cluster -- --ignored
+    SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --features control-plane --test cluster -- --ignored
     if reason=$(kubelet_ready); then
         for v in $KUBELET_VERSIONS; do
             echo "--- kubelet $v: VF pods from the device plugin; plugin and kubelet restarts; the chart's agent DaemonSet updated while VF pods arrive"
             # One kubelet at a time: its device-plugin directory is fixed.
             SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$(K8S_VERSION=$v hack/control-plane.sh kubelet) \
-                cargo test --locked -p spiderpool-e2e --test kubelet -- --ignored --nocapture --test-threads=1
+                cargo test --locked -p spiderpool-e2e --features control-plane --test kubelet -- --ignored --nocapture --test-threads=1
         done
     else
         skip kubelet "$reason"
@@ -100,7 +102,7 @@ cri_ready() {
         { echo "cannot install containerd runc busybox-static iproute2 containernetworking-plugins"; return 1; }
 }
 if reason=$(cri_ready); then
-    cargo test --locked -p spiderpool-e2e --test cri -- --ignored --nocapture
+    cargo test --locked -p spiderpool-e2e --features cri --test cri -- --ignored --nocapture
 else
     skip cri "$reason"
 fi

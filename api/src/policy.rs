@@ -1,6 +1,8 @@
 //! SpiderNetworkNodePolicy: what a node's NICs should look like (VFs, MTU, VF settings, bonds,
-//! VLANs, RDMA netns mode) and which device-plugin resource the selected VFs feed. In standalone
-//! mode it is read from a YAML file; the CRD arrives with cluster mode.
+//! VLANs, RDMA netns mode) and which device-plugin resource the selected VFs feed. Policies are
+//! read from YAML files (`spiderpool-agent apply -f`, `device-plugin --policy`). The cluster-scoped
+//! CRD (`SpiderNetworkNodePolicyResource`, below) is generated and installed with the others, but
+//! no component reads policies from the API server.
 
 use std::collections::BTreeMap;
 
@@ -136,24 +138,33 @@ pub struct RdmaSpec {
     pub netns_mode: String,
 }
 
+/// Why a policy file could not be read: which YAML document, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("document {document}: {reason}")]
+pub struct DocumentError {
+    /// 1-based, as a user counts documents in the file.
+    pub document: usize,
+    pub reason: String,
+}
+
 /// Reads YAML with one or more SpiderNetworkNodePolicy documents (empty documents are skipped,
 /// other kinds are an error).
-pub fn parse_documents(text: &str) -> Result<Vec<SpiderNetworkNodePolicy>, String> {
+pub fn parse_documents(text: &str) -> Result<Vec<SpiderNetworkNodePolicy>, DocumentError> {
     use serde::Deserialize;
     let mut policies = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+        let bad = |reason: String| DocumentError {
+            document: i + 1,
+            reason,
+        };
+        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
         if value.is_null() {
             continue;
         }
         let policy: SpiderNetworkNodePolicy =
-            serde_yaml_ng::from_value(value).map_err(|e| format!("document {}: {e}", i + 1))?;
+            serde_yaml_ng::from_value(value).map_err(|e| bad(e.to_string()))?;
         if policy.kind.as_deref().is_some_and(|k| k != KIND) {
-            return Err(format!(
-                "document {}: kind {:?} is not {KIND}",
-                i + 1,
-                policy.kind
-            ));
+            return Err(bad(format!("kind {:?} is not {KIND}", policy.kind)));
         }
         policies.push(policy);
     }

@@ -18,16 +18,39 @@ pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/spidernet/spiderpool.sock";
 /// queueing behind one pool, short enough to come back before the runtime's own timeout.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// One request to the agent: a branch per service it offers the plugins. On the wire every
+/// request is one JSON object whose `verb` says the service (`ADD`, `DEL`, `CHECK`, `GC`: IPAM;
+/// `COORDINATOR`: the coordinator's settings), the format since the first release, so a plugin
+/// and an agent of different versions side by side during an update understand each other.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AgentRequest {
+    /// The `spiderpool` plugin's verbs; answered with [`AgentResponse::Ok`] or `Error`.
+    Ipam(IpamRequest),
+    /// The cluster's coordinator settings; answered with [`AgentResponse::Coordinator`].
+    Coordinator(CoordinatorRequest),
+}
+
+impl<'de> Deserialize<'de> for AgentRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Dispatch on `verb` first, so an error names the fields of the service asked for.
+        let value = serde_json::Value::deserialize(d)?;
+        let request = match value.get("verb").and_then(serde_json::Value::as_str) {
+            Some("COORDINATOR") => serde_json::from_value(value).map(AgentRequest::Coordinator),
+            _ => serde_json::from_value(value).map(AgentRequest::Ipam),
+        };
+        request.map_err(D::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
-pub enum Verb {
+pub enum IpamVerb {
     Add,
     Del,
     Check,
     Gc,
-    /// The cluster's coordinator settings (the SpiderCoordinator `default`), for the coordinator
-    /// plugin; answered with [`AgentResponse::Coordinator`].
-    Coordinator,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +63,8 @@ pub struct PodRef {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AgentRequest {
-    pub verb: Verb,
+pub struct IpamRequest {
+    pub verb: IpamVerb,
     /// The CNI network name (Multus passes the NetworkAttachmentDefinition's name here).
     pub network: String,
     #[serde(default)]
@@ -62,6 +85,23 @@ pub struct AgentRequest {
     pub valid_attachments: Vec<Attachment>,
 }
 
+/// The coordinator's one verb.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CoordinatorVerb {
+    #[default]
+    Coordinator,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordinatorRequest {
+    /// Always `COORDINATOR`: the field that tells this service from IPAM on the wire.
+    pub verb: CoordinatorVerb,
+    /// The CNI network name, for the agent's log.
+    pub network: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum AgentResponse {
@@ -75,8 +115,8 @@ pub enum AgentResponse {
 
 /// Sends one request and waits for the answer. Transport failures become CNI errors that say
 /// the agent could not be reached (code 11, try again later), never a silent success.
-pub fn call(socket: &Path, request: &AgentRequest, timeout: Duration) -> Result<CniResult, CniError> {
-    match exchange(socket, request, timeout)? {
+pub fn call(socket: &Path, request: IpamRequest, timeout: Duration) -> Result<CniResult, CniError> {
+    match exchange(socket, &AgentRequest::Ipam(request), timeout)? {
         AgentResponse::Ok(result) => Ok(result),
         AgentResponse::Error(e) => Err(e),
         AgentResponse::Coordinator(_) => Err(CniError::new(
@@ -93,17 +133,10 @@ pub fn coordinator_settings(
     network: &str,
     timeout: Duration,
 ) -> Result<serde_json::Value, CniError> {
-    let request = AgentRequest {
-        verb: Verb::Coordinator,
+    let request = AgentRequest::Coordinator(CoordinatorRequest {
+        verb: CoordinatorVerb::Coordinator,
         network: network.to_string(),
-        container_id: String::new(),
-        ifname: String::new(),
-        pod: None,
-        default_ipv4_pools: Vec::new(),
-        default_ipv6_pools: Vec::new(),
-        clean_gateway: false,
-        valid_attachments: Vec::new(),
-    };
+    });
     match exchange(socket, &request, timeout)? {
         AgentResponse::Coordinator(settings) => Ok(settings),
         AgentResponse::Error(e) => Err(e),
@@ -149,5 +182,50 @@ fn exchange(socket: &Path, request: &AgentRequest, timeout: Duration) -> Result<
             ErrorCode::DecodingFailure,
             format!("spiderpool agent answered something unreadable: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_format_is_the_first_release_s() {
+        // What plugins and agents of the first release send: each side must read the other's.
+        let ipam = r#"{"verb":"ADD","network":"macvlan","containerId":"c1","ifname":"eth0","pod":{"namespace":"ns","name":"p","uid":"u"},"defaultIpv4Pools":["a"],"defaultIpv6Pools":[],"cleanGateway":false,"validAttachments":[]}"#;
+        let coordinator = r#"{"verb":"COORDINATOR","network":"macvlan","containerId":"","ifname":"","pod":null,"defaultIpv4Pools":[],"defaultIpv6Pools":[],"cleanGateway":false,"validAttachments":[]}"#;
+        let AgentRequest::Ipam(req) = serde_json::from_str(ipam).unwrap() else {
+            panic!("an IPAM verb reads as an IPAM request");
+        };
+        assert_eq!(req.verb, IpamVerb::Add);
+        assert_eq!(req.default_ipv4_pools, ["a"]);
+        assert_eq!(
+            serde_json::to_string(&AgentRequest::Ipam(req)).unwrap(),
+            ipam,
+            "an IPAM request is written as before"
+        );
+        // An older plugin's coordinator request carries the IPAM fields too: they are ignored.
+        let req: AgentRequest = serde_json::from_str(coordinator).unwrap();
+        assert_eq!(
+            req,
+            AgentRequest::Coordinator(CoordinatorRequest {
+                verb: CoordinatorVerb::Coordinator,
+                network: "macvlan".into()
+            })
+        );
+        let written: serde_json::Value = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({"verb": "COORDINATOR", "network": "macvlan"})
+        );
+        // An older agent reads that with its defaults for the rest.
+    }
+
+    #[test]
+    fn a_bad_request_says_what_is_wrong() {
+        let err = serde_json::from_str::<AgentRequest>(r#"{"verb":"ADD"}"#).unwrap_err();
+        assert!(err.to_string().contains("network"), "{err}");
+        let err = serde_json::from_str::<AgentRequest>(r#"{"verb":"FLY","network":"n"}"#).unwrap_err();
+        assert!(err.to_string().contains("FLY"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The CNI protocol as a plugin sees it: spec versions 0.3.0 to 1.1.0, the netconf and result
 //! types, conversion between result versions, error codes, `CNI_*` environment parsing and a
-//! skeleton that turns a [`Plugin`] implementation into a spec-conforming executable.
+//! skeleton that turns a [`Plugin`] implementation into a spec-conforming executable; and the
+//! protocol between our plugins and the node agent ([`agent`]).
 
 pub mod agent;
 pub mod args;

@@ -38,23 +38,51 @@ pub struct Discovered {
     pub service: Vec<IpNet>,
 }
 
+/// Why the cluster's CIDRs could not be found; its text is the SpiderCoordinator's NotReady
+/// reason.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// A read of the API server failed.
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// What the cluster says is missing or not what it must be.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DiscoveryError {
+    /// The same error, saying where the bad value was read.
+    fn within(self, place: &str) -> DiscoveryError {
+        match self {
+            DiscoveryError::Invalid(why) => DiscoveryError::Invalid(format!("{place}: {why}")),
+            api => api,
+        }
+    }
+}
+
 /// `a,b` or `a b` (kubeadm and Cilium write lists both ways); every entry must be a CIDR.
-pub fn cidr_list(text: &str) -> Result<Vec<IpNet>, String> {
+pub fn cidr_list(text: &str) -> Result<Vec<IpNet>, DiscoveryError> {
     text.split([',', ' '])
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<IpNet>()
                 .map(|n| n.trunc())
-                .map_err(|e| format!("{s:?}: {e}"))
+                .map_err(|e| DiscoveryError::Invalid(format!("{s:?}: {e}")))
         })
         .collect()
 }
 
 /// `networking.podSubnet` and `networking.serviceSubnet` of kubeadm's ClusterConfiguration.
-pub fn kubeadm_networking(cluster_configuration: &str) -> Result<(Option<String>, Option<String>), String> {
+pub fn kubeadm_networking(
+    cluster_configuration: &str,
+) -> Result<(Option<String>, Option<String>), DiscoveryError> {
     let doc: serde_json::Value = serde_yaml_ng::from_str(cluster_configuration)
-        .map_err(|e| format!("kubeadm-config ClusterConfiguration: {e}"))?;
+        .map_err(|e| DiscoveryError::Invalid(format!("kubeadm-config ClusterConfiguration: {e}")))?;
     let get = |key: &str| {
         doc["networking"][key]
             .as_str()
@@ -82,36 +110,38 @@ pub fn flag_value(words: &[String], flag: &str) -> Option<String> {
 
 /// What `cilium-config` says: `Ok(None)` when Cilium delegates IPAM to Kubernetes (the node
 /// podCIDRs: use the `cluster` sources).
-pub fn cilium_pod_cidrs(data: &BTreeMap<String, String>) -> Result<Option<Vec<IpNet>>, String> {
+pub fn cilium_pod_cidrs(data: &BTreeMap<String, String>) -> Result<Option<Vec<IpNet>>, DiscoveryError> {
     match data.get("ipam").map(String::as_str).unwrap_or("cluster-pool") {
         "kubernetes" => Ok(None),
         "cluster-pool" | "cluster-pool-v2beta" => {
             let mut cidrs = Vec::new();
             for key in ["cluster-pool-ipv4-cidr", "cluster-pool-ipv6-cidr"] {
                 if let Some(v) = data.get(key) {
-                    cidrs.extend(cidr_list(v).map_err(|e| format!("cilium-config {key}: {e}"))?);
+                    cidrs.extend(cidr_list(v).map_err(|e| e.within(&format!("cilium-config {key}")))?);
                 }
             }
             if cidrs.is_empty() {
-                return Err("cilium-config has no cluster-pool-ipv4-cidr or cluster-pool-ipv6-cidr".into());
+                return Err(DiscoveryError::Invalid(
+                    "cilium-config has no cluster-pool-ipv4-cidr or cluster-pool-ipv6-cidr".into(),
+                ));
             }
             Ok(Some(cidrs))
         }
-        other => Err(format!(
+        other => Err(DiscoveryError::Invalid(format!(
             "cilium-config ipam mode {other:?}: only cluster-pool and kubernetes are read; list the pod CIDRs in hijackCIDR and set podCIDRType none"
-        )),
+        ))),
     }
 }
 
 /// `spec.cidr` of every Calico IPPool that is not disabled.
-pub fn calico_pod_cidrs(pools: &[serde_json::Value]) -> Result<Vec<IpNet>, String> {
+pub fn calico_pod_cidrs(pools: &[serde_json::Value]) -> Result<Vec<IpNet>, DiscoveryError> {
     let mut cidrs = Vec::new();
     for pool in pools {
         if pool["spec"]["disabled"].as_bool() == Some(true) {
             continue;
         }
         if let Some(cidr) = pool["spec"]["cidr"].as_str() {
-            cidrs.extend(cidr_list(cidr).map_err(|e| format!("calico IPPool: {e}"))?);
+            cidrs.extend(cidr_list(cidr).map_err(|e| e.within("calico IPPool"))?);
         }
     }
     Ok(cidrs)
@@ -127,15 +157,18 @@ impl Sources {
         Sources { client }
     }
 
-    async fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+    async fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, DiscoveryError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), KUBE_SYSTEM);
         match api.get_opt(name).await {
             Ok(cm) => Ok(cm.map(|cm| cm.data.unwrap_or_default())),
-            Err(e) => Err(format!("ConfigMap {KUBE_SYSTEM}/{name}: {e}")),
+            Err(e) => Err(DiscoveryError::Api {
+                what: format!("ConfigMap {KUBE_SYSTEM}/{name}"),
+                source: e,
+            }),
         }
     }
 
-    async fn kubeadm(&self) -> Result<(Option<String>, Option<String>), String> {
+    async fn kubeadm(&self) -> Result<(Option<String>, Option<String>), DiscoveryError> {
         match self.config_map("kubeadm-config").await? {
             Some(data) => match data.get("ClusterConfiguration") {
                 Some(text) => kubeadm_networking(text),
@@ -146,12 +179,15 @@ impl Sources {
     }
 
     /// A flag of the static pod of `component` (label `component=<name>`, as kubeadm labels them).
-    async fn component_flag(&self, component: &str, flag: &str) -> Result<Option<String>, String> {
+    async fn component_flag(&self, component: &str, flag: &str) -> Result<Option<String>, DiscoveryError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), KUBE_SYSTEM);
         let pods = api
             .list(&ListParams::default().labels(&format!("component={component}")))
             .await
-            .map_err(|e| format!("pods of {component} in {KUBE_SYSTEM}: {e}"))?;
+            .map_err(|e| DiscoveryError::Api {
+                what: format!("pods of {component} in {KUBE_SYSTEM}"),
+                source: e,
+            })?;
         for pod in pods {
             for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
                 let words: Vec<String> = c
@@ -169,23 +205,23 @@ impl Sources {
         Ok(None)
     }
 
-    pub async fn cluster_pod_cidrs(&self) -> Result<Vec<IpNet>, String> {
+    pub async fn cluster_pod_cidrs(&self) -> Result<Vec<IpNet>, DiscoveryError> {
         if let (Some(pod), _) = self.kubeadm().await? {
-            return cidr_list(&pod).map_err(|e| format!("kubeadm-config podSubnet: {e}"));
+            return cidr_list(&pod).map_err(|e| e.within("kubeadm-config podSubnet"));
         }
         if let Some(v) = self
             .component_flag("kube-controller-manager", "cluster-cidr")
             .await?
         {
-            return cidr_list(&v).map_err(|e| format!("kube-controller-manager --cluster-cidr: {e}"));
+            return cidr_list(&v).map_err(|e| e.within("kube-controller-manager --cluster-cidr"));
         }
-        Err(format!(
+        Err(DiscoveryError::Invalid(format!(
             "podCIDRType cluster: no kubeadm-config ConfigMap with networking.podSubnet and no kube-controller-manager pod with --cluster-cidr in {KUBE_SYSTEM}"
-        ))
+        )))
     }
 
     /// `Ok(None)` when Calico's IPPool CRD is not installed.
-    pub async fn calico_pod_cidrs(&self) -> Result<Option<Vec<IpNet>>, String> {
+    pub async fn calico_pod_cidrs(&self) -> Result<Option<Vec<IpNet>>, DiscoveryError> {
         let gvk = GroupVersionKind::gvk("crd.projectcalico.org", "v1", "IPPool");
         let resource = ApiResource::from_gvk_with_plural(&gvk, "ippools");
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
@@ -195,16 +231,19 @@ impl Sources {
                 calico_pod_cidrs(&pools).map(Some)
             }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-            Err(e) => Err(format!("calico IPPools: {e}")),
+            Err(e) => Err(DiscoveryError::Api {
+                what: "calico IPPools".into(),
+                source: e,
+            }),
         }
     }
 
     /// `Ok(None)` when there is no cilium-config.
-    pub async fn cilium_config(&self) -> Result<Option<BTreeMap<String, String>>, String> {
+    pub async fn cilium_config(&self) -> Result<Option<BTreeMap<String, String>>, DiscoveryError> {
         self.config_map("cilium-config").await
     }
 
-    pub async fn service_cidrs(&self) -> Result<Vec<IpNet>, String> {
+    pub async fn service_cidrs(&self) -> Result<Vec<IpNet>, DiscoveryError> {
         let api: Api<ServiceCIDR> = Api::all(self.client.clone());
         match api.list(&ListParams::default()).await {
             Ok(list) => {
@@ -215,7 +254,9 @@ impl Sources {
                     .filter(|s| s.metadata.deletion_timestamp.is_none())
                 {
                     for c in s.spec.iter().flat_map(|spec| spec.cidrs.iter().flatten()) {
-                        cidrs.extend(cidr_list(c).map_err(|e| format!("ServiceCIDR {}: {e}", s.name_any()))?);
+                        cidrs.extend(
+                            cidr_list(c).map_err(|e| e.within(&format!("ServiceCIDR {}", s.name_any())))?,
+                        );
                     }
                 }
                 if !cidrs.is_empty() {
@@ -224,22 +265,27 @@ impl Sources {
             }
             // Before Kubernetes 1.33 (or with the API off): the older sources.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(format!("ServiceCIDRs: {e}")),
+            Err(e) => {
+                return Err(DiscoveryError::Api {
+                    what: "ServiceCIDRs".into(),
+                    source: e,
+                });
+            }
         }
         if let (_, Some(service)) = self.kubeadm().await? {
-            return cidr_list(&service).map_err(|e| format!("kubeadm-config serviceSubnet: {e}"));
+            return cidr_list(&service).map_err(|e| e.within("kubeadm-config serviceSubnet"));
         }
         if let Some(v) = self
             .component_flag("kube-apiserver", "service-cluster-ip-range")
             .await?
         {
-            return cidr_list(&v).map_err(|e| format!("kube-apiserver --service-cluster-ip-range: {e}"));
+            return cidr_list(&v).map_err(|e| e.within("kube-apiserver --service-cluster-ip-range"));
         }
-        Err("no ServiceCIDR, no kubeadm-config serviceSubnet and no kube-apiserver pod with --service-cluster-ip-range".into())
+        Err(DiscoveryError::Invalid("no ServiceCIDR, no kubeadm-config serviceSubnet and no kube-apiserver pod with --service-cluster-ip-range".into()))
     }
 
     /// The CIDRs for `pod_cidr_type` (absent means `auto`).
-    pub async fn discover(&self, pod_cidr_type: Option<&str>) -> Result<Discovered, String> {
+    pub async fn discover(&self, pod_cidr_type: Option<&str>) -> Result<Discovered, DiscoveryError> {
         let service = self.service_cidrs().await?;
         let wanted = pod_cidr_type.unwrap_or("auto");
         let (resolved, pod) = match wanted {
@@ -247,8 +293,16 @@ impl Sources {
             "cluster" => ("cluster", self.cluster_pod_cidrs().await?),
             "calico" => match self.calico_pod_cidrs().await? {
                 Some(cidrs) if !cidrs.is_empty() => ("calico", cidrs),
-                Some(_) => return Err("podCIDRType calico: no enabled Calico IPPool".into()),
-                None => return Err("podCIDRType calico: the Calico IPPool CRD is not installed".into()),
+                Some(_) => {
+                    return Err(DiscoveryError::Invalid(
+                        "podCIDRType calico: no enabled Calico IPPool".into(),
+                    ));
+                }
+                None => {
+                    return Err(DiscoveryError::Invalid(
+                        "podCIDRType calico: the Calico IPPool CRD is not installed".into(),
+                    ));
+                }
             },
             "cilium" => self.cilium(true).await?,
             "auto" => match self.calico_pod_cidrs().await? {
@@ -259,9 +313,9 @@ impl Sources {
                 },
             },
             other => {
-                return Err(format!(
+                return Err(DiscoveryError::Invalid(format!(
                     "podCIDRType {other:?}: want auto, cluster, calico, cilium or none"
-                ));
+                )));
             }
         };
         Ok(Discovered {
@@ -273,15 +327,15 @@ impl Sources {
 
     /// Cilium's pod CIDRs; with `required`, a missing cilium-config is an error, else it means
     /// "not Cilium" (an empty answer).
-    async fn cilium(&self, required: bool) -> Result<(&'static str, Vec<IpNet>), String> {
+    async fn cilium(&self, required: bool) -> Result<(&'static str, Vec<IpNet>), DiscoveryError> {
         match self.cilium_config().await? {
             Some(data) => match cilium_pod_cidrs(&data)? {
                 Some(cidrs) => Ok(("cilium", cidrs)),
                 None => Ok(("cluster", self.cluster_pod_cidrs().await?)),
             },
-            None if required => Err(format!(
+            None if required => Err(DiscoveryError::Invalid(format!(
                 "podCIDRType cilium: no cilium-config ConfigMap in {KUBE_SYSTEM}"
-            )),
+            ))),
             None => Ok(("", Vec::new())),
         }
     }
@@ -290,7 +344,7 @@ impl Sources {
 /// The status a discovery outcome gives; on failure the CIDRs last found are kept (for whoever
 /// reads the object) but the phase says the plugin must not trust them.
 pub fn status_for(
-    outcome: &Result<Discovered, String>,
+    outcome: &Result<Discovered, DiscoveryError>,
     previous: Option<&CoordinatorStatus>,
 ) -> CoordinatorStatus {
     let strings = |v: &[IpNet]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
@@ -303,7 +357,7 @@ pub fn status_for(
         },
         Err(reason) => CoordinatorStatus {
             phase: Some(PHASE_NOT_READY.into()),
-            reason: Some(reason.clone()),
+            reason: Some(reason.to_string()),
             ..previous.cloned().unwrap_or_default()
         },
     }
@@ -369,7 +423,12 @@ mod tests {
         assert_eq!(cidr_list(" 10.0.0.0/8  10.1.0.0/16 ").unwrap().len(), 2);
         // Host bits are dropped, as the kernel would.
         assert_eq!(cidr_list("10.244.1.7/16").unwrap(), nets(&["10.244.0.0/16"]));
-        assert!(cidr_list("10.244.0.0/16,banana").unwrap_err().contains("banana"));
+        assert!(
+            cidr_list("10.244.0.0/16,banana")
+                .unwrap_err()
+                .to_string()
+                .contains("banana")
+        );
         assert!(cidr_list("").unwrap().is_empty());
     }
 
@@ -430,6 +489,7 @@ mod tests {
         assert!(
             cilium_pod_cidrs(&data(&[("ipam", "multi-pool")]))
                 .unwrap_err()
+                .to_string()
                 .contains("hijackCIDR")
         );
     }
@@ -457,7 +517,7 @@ mod tests {
         let synced = status_for(&ok, None);
         assert_eq!(synced.phase.as_deref(), Some(PHASE_SYNCED));
         assert_eq!(synced.overlay_pod_cidr, ["10.244.0.0/16"]);
-        let failed = status_for(&Err("gone".into()), Some(&synced));
+        let failed = status_for(&Err(DiscoveryError::Invalid("gone".into())), Some(&synced));
         assert_eq!(failed.phase.as_deref(), Some(PHASE_NOT_READY));
         assert_eq!(failed.reason.as_deref(), Some("gone"));
         assert_eq!(failed.service_cidr, ["10.96.0.0/12"]);

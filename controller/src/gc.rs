@@ -14,8 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderEndpoint, SpiderIPPool, SpiderReservedIP};
-use spiderpool_ipam::pool::Pool;
-use spiderpool_ipam::range::{RESERVED_CAP, expand_entries};
+use spiderpool_ipam::cluster::{pool_of, reserved_keys};
 
 use crate::metrics::Metrics;
 
@@ -197,19 +196,9 @@ fn stateful_set_wants(set: &StatefulSet, pod: &str) -> bool {
     }
 }
 
-fn reserved_keys(reserved: &[SpiderReservedIP]) -> HashSet<u128> {
-    expand_entries(
-        reserved
-            .iter()
-            .flat_map(|r| r.spec.ips.iter().map(String::as_str)),
-        RESERVED_CAP,
-    )
-}
-
 /// The number of addresses a pool can hand out, or `None` when its spec does not validate.
 fn total_of(pool: &SpiderIPPool, reserved: &HashSet<u128>) -> Option<i64> {
-    let spec = serde_json::to_value(&pool.spec).ok()?;
-    let p = Pool::from_spec_json(spec, pool.metadata.name.as_deref().unwrap_or_default()).ok()?;
+    let p = pool_of(pool).ok()?;
     i64::try_from(p.available(reserved)).ok()
 }
 

@@ -9,8 +9,7 @@ use clap::Parser;
 use spiderpool_controller::gc;
 use spiderpool_controller::leader::Elector;
 use spiderpool_controller::metrics::Metrics;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use spiderpool_daemon::http::{self, Response};
 
 #[derive(Parser)]
 #[command(
@@ -46,28 +45,16 @@ struct Cli {
     metrics_addr: String,
 }
 
-async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = stream.read(&mut buf).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.render()),
-                "/healthz" | "/readyz" => ("200 OK", "ok\n".to_string()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
+/// `/metrics` for Prometheus; `/healthz` and `/readyz` while the process runs.
+fn route(metrics: Arc<Metrics>) -> impl Fn(&str) -> Response + Send + Sync + 'static {
+    move |path| match path {
+        "/metrics" => Response {
+            status: "200 OK",
+            content_type: "text/plain; version=0.0.4",
+            body: metrics.render(),
+        },
+        "/healthz" | "/readyz" => Response::text("200 OK", "ok\n"),
+        _ => Response::not_found(),
     }
 }
 
@@ -82,19 +69,15 @@ fn identity(given: Option<String>) -> String {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    spiderpool_daemon::init_logging();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(cli))
+    spiderpool_daemon::runtime()?.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            // As PID 1 in its container the controller must stop on SIGTERM itself.
+            () = spiderpool_daemon::shutdown_signal() => Ok(()),
+        }
+    })
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -121,10 +104,9 @@ async fn run(cli: Cli) -> Result<()> {
         println!("updated {written} SpiderCoordinator statuses");
         return Ok(());
     }
-    let listener = TcpListener::bind(&cli.metrics_addr)
-        .await
-        .with_context(|| format!("bind {}", cli.metrics_addr))?;
-    tokio::spawn(serve_http(listener, metrics.clone()));
+    let listener =
+        http::bind_shared(&cli.metrics_addr).with_context(|| format!("bind {}", cli.metrics_addr))?;
+    tokio::spawn(http::serve(listener, route(metrics.clone())));
     let namespace = cli
         .lease_namespace
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
@@ -171,9 +153,6 @@ async fn run(cli: Cli) -> Result<()> {
         } else {
             renew_every
         };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
+        tokio::time::sleep(wait).await;
     }
 }

@@ -183,7 +183,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, Kind, ResourceSpec, Selectors};
     use crate::pool::assign;
-    use crate::testing::{fixture_inventory, fixture_root};
+    use spiderpool_testing::fixtures::{fixture_inventory, fixture_root};
 
     fn resources(inv: &Inventory) -> Vec<Resource> {
         let config = Config {
@@ -300,7 +300,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A copy of the fixture with an IOMMU group for the vfio-pci VF.
         let root = dir.path().join("sys");
-        spiderpool_e2e_copy(&fixture_root("cx6dx"), &root);
+        spiderpool_testing::fixtures::copy_fixture("cx6dx", &root);
         std::fs::create_dir_all(root.join("kernel/iommu_groups/87")).unwrap();
         std::os::unix::fs::symlink(
             "../../../../kernel/iommu_groups/87",
@@ -321,16 +321,5 @@ mod tests {
         let info: serde_json::Value =
             serde_json::from_str(&resp.envs["PCIDEVICE_INTEL_COM_DPDK_INFO"]).unwrap();
         assert_eq!(info["0000:3b:01.5"]["vfio"]["dev-mount"], "/dev/vfio/87");
-    }
-
-    /// `cp -a`, keeping symlinks as they are.
-    fn spiderpool_e2e_copy(from: &Path, to: &Path) {
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(status.success());
     }
 }

@@ -15,5 +15,4 @@ pub mod api {
     tonic::include_proto!("v1beta1");
 }
 
-#[cfg(test)]
-pub(crate) mod testing;
+pub mod testing;

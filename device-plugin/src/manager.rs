@@ -62,22 +62,33 @@ impl LinkWatch {
     }
 }
 
-fn read_config(path: Option<&PathBuf>, policies: Option<&PathBuf>) -> Result<Config, String> {
+/// A config or policy file that cannot be used: which file, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", file.display())]
+pub struct ConfigFileError {
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+fn read_config(path: Option<&PathBuf>, policies: Option<&PathBuf>) -> Result<Config, ConfigFileError> {
+    let bad = |p: &PathBuf, reason: String| ConfigFileError {
+        file: p.clone(),
+        reason,
+    };
     let mut config = match path {
         None => Config::default(),
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            Config::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            let text = std::fs::read_to_string(p).map_err(|e| bad(p, e.to_string()))?;
+            Config::parse(&text).map_err(|e| bad(p, e.to_string()))?
         }
     };
     if let Some(p) = policies {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let policies =
-            spiderpool_api::policy::parse_documents(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        let text = std::fs::read_to_string(p).map_err(|e| bad(p, e.to_string()))?;
+        let policies = spiderpool_api::policy::parse_documents(&text).map_err(|e| bad(p, e.to_string()))?;
         let mut resources = Config::from_policies(&policies);
         resources.append(&mut config.resources);
         config = Config { resources };
-        config.validate().map_err(|e| format!("{}: {e}", p.display()))?;
+        config.validate().map_err(|e| bad(p, e.to_string()))?;
     }
     Ok(config)
 }
@@ -128,6 +139,7 @@ where
                 config_error = None;
             }
             Err(e) => {
+                let e = e.to_string();
                 if config_error.as_deref() != Some(e.as_str()) {
                     tracing::error!("device plugin config: {e}; keeping the previous one");
                 }

@@ -228,7 +228,7 @@ pub fn assign_candidates(
 mod tests {
     use super::*;
     use crate::config::ResourceSpec;
-    use crate::testing::fixture_inventory;
+    use spiderpool_testing::fixtures::fixture_inventory;
 
     fn spec(name: &str, kind: Kind, selectors: Selectors) -> ResourceSpec {
         match kind {
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn vf_device_ids_come_from_sysfs() {
         let inv = fixture_inventory("cx6dx");
-        let sysfs = Sysfs::new(crate::testing::fixture_root("cx6dx"));
+        let sysfs = Sysfs::new(spiderpool_testing::fixtures::fixture_root("cx6dx"));
         let config = Config {
             resources: vec![spec(
                 "cx6_vfs",

@@ -1,5 +1,7 @@
-//! One resource served to kubelet: the DevicePlugin gRPC service on `<dir>/<prefix>_<name>.sock`,
-//! registered with kubelet, its device list pushed through ListAndWatch whenever it changes.
+//! One resource served to kubelet: the DevicePlugin gRPC service on
+//! `<dir>/<prefix>_<name>-<instance>.sock` (one socket per plugin process, see
+//! [`crate::config::ResourceName::socket_file`]), registered with kubelet, its device list pushed
+//! through ListAndWatch whenever it changes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

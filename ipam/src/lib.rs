@@ -1,7 +1,9 @@
-//! Spiderpool IPAM: address ranges, pools, the allocator, the embedded store and the `spiderpool`
-//! CNI IPAM plugin.
+//! Spiderpool IPAM, both modes: address ranges and pools; standalone mode's allocator and
+//! embedded store; cluster mode's pool choice and allocation decision ([`cluster`]); and the
+//! `spiderpool` CNI IPAM plugin, which in cluster mode asks the agent.
 
 pub mod allocator;
+pub mod cluster;
 pub mod config;
 pub mod plugin;
 pub mod pool;

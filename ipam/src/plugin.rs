@@ -1,6 +1,6 @@
 //! The `spiderpool` CNI IPAM plugin. Standalone mode: pools from the netconf or a pool file,
 //! state in the embedded store. Cluster mode (the netconf names no pools): every verb is a call
-//! to the node agent's IPAM service (see [`crate::agent`]).
+//! to the node agent's IPAM service over the protocol of [`spiderpool_cni::agent`].
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,7 +12,7 @@ use crate::config::{ClusterConfig, ConfigError, IpamConfig};
 use crate::pool::Pool;
 use crate::range::Family;
 use crate::store::{AllocatedIp, DB_FILE, LOCK_TIMEOUT, OwnerRecord, Store, StoreError, Tables, owner_key};
-use spiderpool_cni::agent::{self, AgentRequest, CALL_TIMEOUT, PodRef, Verb};
+use spiderpool_cni::agent::{self, CALL_TIMEOUT, IpamRequest, IpamVerb as Verb, PodRef};
 
 pub struct SpiderpoolIpam;
 
@@ -154,7 +154,7 @@ fn via_agent(req: &Request, verb: Verb) -> Result<Option<CniResult>, CniError> {
             ));
         }
     };
-    let request = AgentRequest {
+    let request = IpamRequest {
         verb,
         network: req.conf.name.clone(),
         container_id: req.container_id.clone(),
@@ -165,7 +165,7 @@ fn via_agent(req: &Request, verb: Verb) -> Result<Option<CniResult>, CniError> {
         clean_gateway: cluster.clean_gateway,
         valid_attachments: req.conf.valid_attachments.clone().unwrap_or_default(),
     };
-    agent::call(&cluster.socket, &request, CALL_TIMEOUT).map(Some)
+    agent::call(&cluster.socket, request, CALL_TIMEOUT).map(Some)
 }
 
 impl Plugin for SpiderpoolIpam {

@@ -15,8 +15,10 @@ pub struct RouteSpec {
     pub gw: String,
 }
 
-/// The fields of the SpiderIPPool spec that matter on a node (the affinity fields are accepted and
-/// ignored until cluster mode). Field names are Spiderpool's, so the same manifests serve both modes.
+/// The fields of the SpiderIPPool spec that decide what a pool hands out. The others (node,
+/// namespace, pod and multus affinities) are accepted and ignored here: cluster mode's pool choice
+/// reads them from the SpiderIPPool object ([`crate::cluster::select`]), and standalone mode has no
+/// pods to match them against. Field names are Spiderpool's, so the same manifests serve both modes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
@@ -45,6 +47,8 @@ pub struct PoolSpec {
 pub enum PoolError {
     #[error("pool has no name")]
     NoName,
+    #[error("pool {pool}: {reason}")]
+    BadSpec { pool: String, reason: String },
     #[error("pool name {0:?} is invalid (letters, digits, '-', '.', '_'; at most 253)")]
     BadName(String),
     #[error("pool {pool}: subnet {subnet:?} is not a CIDR like 10.6.0.0/16")]
@@ -238,9 +242,12 @@ impl Pool {
 
     /// A pool from a SpiderIPPool object's `spec` as JSON (the cluster's objects come this way:
     /// their fields are the ones [`PoolSpec`] reads).
-    pub fn from_spec_json(spec: serde_json::Value, name: &str) -> Result<Pool, String> {
-        let spec: PoolSpec = serde_json::from_value(spec).map_err(|e| format!("pool {name}: {e}"))?;
-        Pool::from_spec(&spec, Some(name)).map_err(|e| e.to_string())
+    pub fn from_spec_json(spec: serde_json::Value, name: &str) -> Result<Pool, PoolError> {
+        let spec: PoolSpec = serde_json::from_value(spec).map_err(|e| PoolError::BadSpec {
+            pool: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        Pool::from_spec(&spec, Some(name))
     }
 
     /// How many addresses the pool can hand out when `reserved` (address keys) are held back.

@@ -2,10 +2,10 @@
 //! (130 RDMA devices). `cargo bench -p spiderpool-provisioner --bench scan`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use spiderpool_e2e::sysfs_fixture::build_large;
 use spiderpool_linux::links::LinkTable;
 use spiderpool_linux::sysfs::Sysfs;
 use spiderpool_provisioner::discovery::{NodeIdentity, scan};
+use spiderpool_testing::sysfs_fixture::build_large;
 
 fn scan_large(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -285,9 +285,7 @@ mod tests {
     }
 
     fn world() -> (Rc<RefCell<Inventory>>, Vec<SpiderNetworkNodePolicy>) {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs/cx6dx.json");
-        let inv: Inventory = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let inv = spiderpool_testing::fixtures::fixture_inventory("cx6dx");
         let policy = SpiderNetworkNodePolicy {
             api_version: None,
             kind: None,

@@ -1,10 +1,9 @@
-//! The node side that is not a CNI plugin: discovery of NICs, VFs, RDMA devices and NUMA
-//! (sysfs + netlink → [`spiderpool_api::inventory::Inventory`]) and its rendering; the
-//! `spiderpool-agent` binary, and the agent's cluster-mode IPAM service.
+//! The node's hardware, read and changed: discovery of NICs, VFs, RDMA devices, bonds and NUMA
+//! (sysfs + netlink → [`spiderpool_api::inventory::Inventory`]) and its rendering as a table, and
+//! the SpiderNetworkNodePolicy [`planner`] (pure: policies + what the node has → ordered actions)
+//! with the [`applier`] that carries the actions out against the kernel.
 
 pub mod applier;
-pub mod daemon;
 pub mod discovery;
-pub mod ipam_service;
 pub mod planner;
 pub mod render;

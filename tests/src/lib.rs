@@ -3,7 +3,6 @@
 
 pub mod cluster;
 pub mod cri;
-pub mod sysfs_fixture;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,30 +11,11 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use spiderpool_cni::exec::{Invocation, Output, run_command};
 use spiderpool_linux::netns::NetNs;
+pub use spiderpool_testing::process::bin_dir;
+pub use spiderpool_testing::sysfs_fixture;
 
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.
 pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
-
-/// The directory holding this workspace's binaries (`spiderpool`, ...): `SPIDERPOOL_BIN_DIR`, or
-/// the target directory this test binary was built into (hack/test.sh builds the binaries first).
-pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SPIDERPOOL_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    assert!(
-        dir.join("spiderpool").exists(),
-        "{} has no spiderpool binary: run `cargo build --workspace --bins` first (hack/test.sh does)",
-        dir.display()
-    );
-    dir
-}
 
 /// The attachment records left in the `spiderpool` store under `data_dir`.
 pub fn store_records(data_dir: &Path) -> Vec<String> {

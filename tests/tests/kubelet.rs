@@ -1,4 +1,4 @@
-//! Kubelet tier: a real kubelet (k8s.io/kubernetes v1.34, `hack/control-plane.sh kubelet`) on
+//! Kubelet tier: a real kubelet (k8s.io/kubernetes v1.34 and v1.37, `hack/control-plane.sh kubelet`) on
 //! this host, registered with the control-plane tier's API server as node `spiderpool-kubelet`,
 //! runs host-network pods through a private containerd (no CNI needed); the device plugin
 //! process serves it the VFs of a fixture sysfs. Root only; hack/test.sh runs it with the

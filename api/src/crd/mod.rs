@@ -2,11 +2,9 @@
 //! field names so existing manifests apply unchanged. Manifests are generated from these types by
 //! `crdgen` into `charts/spiderpool/crds/`.
 //!
-//! Departures from upstream, each for a reason:
-//! - `SpiderIPPool.status.allocatedIPs` is a JSON object (IP → allocation), not a JSON-encoded
-//!   string, so an allocation is a merge patch that adds one key instead of a rewrite of every
-//!   allocation in the pool.
-//! - `SpiderEndpoint` has no status subresource: the agent writes the whole object in one call.
+//! One departure from upstream: `SpiderEndpoint` has no status subresource, so the agent writes
+//! the whole object in one call. `SpiderIPPool.status.allocatedIPs` keeps upstream's format, a
+//! JSON-encoded string (see [`IPPoolStatus`] for why).
 
 pub mod admission;
 pub mod ipam;

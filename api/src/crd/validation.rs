@@ -4,7 +4,8 @@
 //!
 //! CEL has no ordering on IP values. Range order and overlap are therefore checked numerically
 //! for IPv4 (an address as an int); for IPv6 the schema checks each endpoint and rejects repeated
-//! entries, and the agent and controller refuse a pool whose ranges overlap (see `ranges`).
+//! entries, and the ValidatingAdmissionPolicy of [`super::admission`] checks order and overlap.
+//! The agent and the controller refuse an overlapping pool too (`spiderpool_ipam::pool`).
 
 /// `s` is a CEL expression yielding a dotted IPv4 string; the result is its value as an int.
 fn v4_int(s: &str) -> String {

@@ -9,16 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 use spiderpool_device_plugin::api::device_plugin_client::DevicePluginClient;
-use spiderpool_device_plugin::api::registration_server::{Registration, RegistrationServer};
 use spiderpool_device_plugin::api::{AllocateRequest, ContainerAllocateRequest, Empty, RegisterRequest};
 use spiderpool_device_plugin::kubelet::{KUBELET_SOCKET, unix_channel};
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
-
-struct Kubelet {
-    dir: PathBuf,
-}
+use spiderpool_device_plugin::testing::start_kubelet;
 
 /// One JSON line, stamped with the wall clock in milliseconds (for latency figures).
 fn emit(mut value: serde_json::Value) {
@@ -64,35 +57,23 @@ async fn follow(dir: PathBuf, reg: RegisterRequest) -> Result<()> {
     Ok(())
 }
 
-#[tonic::async_trait]
-impl Registration for Kubelet {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
-        let reg = request.into_inner();
+#[tokio::main]
+async fn main() -> Result<()> {
+    let dir = PathBuf::from(std::env::args().nth(1).context("usage: fake-kubelet DIR")?);
+    std::fs::create_dir_all(&dir)?;
+    let mut registrations = start_kubelet(&dir)?;
+    emit(json!({"event": "listening", "socket": dir.join(KUBELET_SOCKET)}));
+    while let Some(reg) = registrations.recv().await {
         emit(
             json!({"event": "register", "resource": reg.resource_name, "endpoint": reg.endpoint, "version": reg.version}),
         );
-        let dir = self.dir.clone();
+        let dir = dir.clone();
         tokio::spawn(async move {
             let resource = reg.resource_name.clone();
             if let Err(e) = follow(dir, reg).await {
                 emit(json!({"event": "error", "resource": resource, "error": e.to_string()}));
             }
         });
-        Ok(Response::new(Empty {}))
     }
-}
-
-#[tokio::main]
-async fn main() -> Result<()> {
-    let dir = PathBuf::from(std::env::args().nth(1).context("usage: fake-kubelet DIR")?);
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join(KUBELET_SOCKET);
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)?;
-    emit(json!({"event": "listening", "socket": socket}));
-    tonic::transport::Server::builder()
-        .add_service(RegistrationServer::new(Kubelet { dir }))
-        .serve_with_incoming(UnixListenerStream::new(listener))
-        .await?;
     Ok(())
 }

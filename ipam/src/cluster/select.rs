@@ -10,7 +10,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 use spiderpool_api::crd::SpiderIPPool;
 
-use super::ServiceError;
+/// A pod's pool annotation that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid annotation {key}: {reason}")]
+pub struct BadAnnotation {
+    pub key: String,
+    pub reason: String,
+}
 
 pub const ANNOTATION_IPPOOLS: &str = "ipam.spidernet.io/ippools";
 pub const ANNOTATION_IPPOOL: &str = "ipam.spidernet.io/ippool";
@@ -58,8 +64,11 @@ pub struct Inputs<'a> {
     pub pools: &'a [Arc<SpiderIPPool>],
 }
 
-pub fn candidates(input: &Inputs<'_>) -> Result<Candidates, ServiceError> {
-    let bad = |key: &str, e: serde_json::Error| ServiceError::BadAnnotation(format!("{key}: {e}"));
+pub fn candidates(input: &Inputs<'_>) -> Result<Candidates, BadAnnotation> {
+    let bad = |key: &str, e: serde_json::Error| BadAnnotation {
+        key: key.to_string(),
+        reason: e.to_string(),
+    };
     if let Some(text) = input.pod_annotations.get(ANNOTATION_IPPOOLS) {
         let entries: Vec<IppoolsEntry> =
             serde_json::from_str(text).map_err(|e| bad(ANNOTATION_IPPOOLS, e))?;
@@ -90,7 +99,7 @@ pub fn candidates(input: &Inputs<'_>) -> Result<Candidates, ServiceError> {
             source: "pod annotation ipam.spidernet.io/ippool",
         });
     }
-    let ns_list = |key: &str| -> Result<Vec<String>, ServiceError> {
+    let ns_list = |key: &str| -> Result<Vec<String>, BadAnnotation> {
         match input.namespace_annotations.get(key) {
             None => Ok(Vec::new()),
             Some(text) => serde_json::from_str(text).map_err(|e| bad(key, e)),
@@ -154,39 +163,50 @@ pub struct Subject<'a> {
     pub network: &'a str,
 }
 
+/// Why a pool may not serve a pod's interface.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(pub String);
+
+impl PartialEq<&str> for Unusable {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// `Ok(())` when `pool` may serve `who`, else the reason it may not.
-pub fn usable(pool: &SpiderIPPool, who: &Subject<'_>) -> Result<(), String> {
+pub fn usable(pool: &SpiderIPPool, who: &Subject<'_>) -> Result<(), Unusable> {
     if pool.spec.disable == Some(true) {
-        return Err("disabled".into());
+        return Err(Unusable("disabled".into()));
     }
     if pool.metadata.deletion_timestamp.is_some() {
-        return Err("terminating".into());
+        return Err(Unusable("terminating".into()));
     }
     let spec = &pool.spec;
     if !spec.node_name.is_empty() && !spec.node_name.iter().any(|n| n == who.node) {
-        return Err(format!("nodeName does not list {}", who.node));
+        return Err(Unusable(format!("nodeName does not list {}", who.node)));
     }
     if let Some(sel) = &spec.node_affinity {
         let empty = BTreeMap::new();
         if !selector_matches(sel, who.node_labels.unwrap_or(&empty)) {
-            return Err(format!("nodeAffinity does not match node {}", who.node));
+            return Err(Unusable(format!("nodeAffinity does not match node {}", who.node)));
         }
     }
     if !spec.namespace_name.is_empty() && !spec.namespace_name.iter().any(|n| n == who.namespace) {
-        return Err(format!("namespaceName does not list {}", who.namespace));
+        return Err(Unusable(format!("namespaceName does not list {}", who.namespace)));
     }
     if let Some(sel) = &spec.namespace_affinity
         && !selector_matches(sel, who.namespace_labels)
     {
-        return Err(format!(
+        return Err(Unusable(format!(
             "namespaceAffinity does not match namespace {}",
             who.namespace
-        ));
+        )));
     }
     if let Some(sel) = &spec.pod_affinity
         && !selector_matches(sel, who.pod_labels)
     {
-        return Err("podAffinity does not match the pod".into());
+        return Err(Unusable("podAffinity does not match the pod".into()));
     }
     if !spec.multus_name.is_empty() {
         let qualified = format!("{}/{}", who.namespace, who.network);
@@ -195,7 +215,10 @@ pub fn usable(pool: &SpiderIPPool, who: &Subject<'_>) -> Result<(), String> {
             .iter()
             .any(|m| m == who.network || *m == qualified)
         {
-            return Err(format!("multusName does not list network {}", who.network));
+            return Err(Unusable(format!(
+                "multusName does not list network {}",
+                who.network
+            )));
         }
     }
     Ok(())
@@ -327,7 +350,7 @@ mod tests {
         let mut p = pool("p", "10.0.0.0/24", false);
         assert!(usable(&p, &who).is_ok());
         p.spec.node_name = vec!["n2".into()];
-        assert!(usable(&p, &who).unwrap_err().contains("nodeName"));
+        assert!(usable(&p, &who).unwrap_err().0.contains("nodeName"));
         p.spec.node_name = vec!["n1".into()];
         p.spec.node_affinity = Some(LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
@@ -337,10 +360,10 @@ mod tests {
             }]),
             ..LabelSelector::default()
         });
-        assert!(usable(&p, &who).unwrap_err().contains("nodeAffinity"));
+        assert!(usable(&p, &who).unwrap_err().0.contains("nodeAffinity"));
         p.spec.node_affinity = None;
         p.spec.multus_name = vec!["other/macvlan".into()];
-        assert!(usable(&p, &who).unwrap_err().contains("multusName"));
+        assert!(usable(&p, &who).unwrap_err().0.contains("multusName"));
         p.spec.multus_name = vec!["ns/macvlan".into()];
         assert!(usable(&p, &who).is_ok());
         p.spec.disable = Some(true);

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use spiderpool_cni::agent::{AgentRequest, AgentResponse, Verb};
+use spiderpool_cni::agent::{AgentRequest, AgentResponse};
 use spiderpool_cni::{CniError, ErrorCode};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -59,10 +59,8 @@ async fn answer(stream: UnixStream, service: &Arc<IpamService>) -> std::io::Resu
         return Ok(()); // a connect-only probe (the plugin's STATUS, a readiness check)
     }
     let response = match serde_json::from_str::<AgentRequest>(&line) {
-        Ok(req) if req.verb == Verb::Coordinator => {
-            AgentResponse::Coordinator(service.coordinator_settings())
-        }
-        Ok(req) => {
+        Ok(AgentRequest::Coordinator(_)) => AgentResponse::Coordinator(service.coordinator_settings()),
+        Ok(AgentRequest::Ipam(req)) => {
             let summary = format!(
                 "{:?} {} {}",
                 req.verb,

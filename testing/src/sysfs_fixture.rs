@@ -570,5 +570,5 @@ fn roce(name: &str, netdev: &str, index: u32) -> Rdma {
 
 /// Where the committed fixtures live.
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sysfs")
+    crate::fixtures::fixtures_dir()
 }

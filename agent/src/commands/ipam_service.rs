@@ -1,0 +1,32 @@
+//! `spiderpool-agent ipam-service`: the cluster-mode IPAM service alone.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::ipam_service::{IpamService, server};
+use crate::node::node_name;
+
+/// The node and socket of the IPAM service (also `run`'s).
+#[derive(clap::Args)]
+pub struct Args {
+    /// This node's name (default: NODE_NAME, else the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The plugins' unix socket (created mode 0600).
+    #[arg(long, default_value = spiderpool_cni::agent::DEFAULT_AGENT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+pub fn exec(args: Args) -> Result<()> {
+    let node = node_name(args.node_name)?;
+    spiderpool_daemon::runtime()?.block_on(async move {
+        let client = kube::Client::try_default().await.context("Kubernetes client")?;
+        let (service, listener) = IpamService::listen(client, &node, &args.socket).await?;
+        tokio::select! {
+            () = server::serve(listener, service) => {}
+            () = spiderpool_daemon::shutdown_signal() => {}
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,9 @@
+//! One module per `spiderpool-agent` subcommand: its clap arguments and an `exec`.
+
+pub mod apply;
+pub mod device_plugin;
+pub mod install_cni;
+pub mod inventory;
+pub mod ipam_service;
+pub mod probe;
+pub mod run;

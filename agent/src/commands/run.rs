@@ -1,0 +1,52 @@
+//! `spiderpool-agent run`: the node agent (see [`crate::run`]).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use spiderpool_device_plugin::kubelet::DEFAULT_KUBELET_DIR;
+use spiderpool_linux::sysfs::DEFAULT_SYSFS_ROOT;
+
+use crate::{Config, DevicePlugin};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    ipam: super::ipam_service::Args,
+    #[arg(long, default_value = "0.0.0.0:5710")]
+    health_addr: String,
+    #[arg(long, default_value = DEFAULT_SYSFS_ROOT)]
+    sysfs_root: PathBuf,
+    /// Seconds between inventory reports.
+    #[arg(long, default_value_t = 60)]
+    inventory_interval: u64,
+    /// Also serve the kubelet device plugin.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    device_plugin: bool,
+    /// The device plugin's resources and selectors (as for `device-plugin --config`; reread
+    /// every second). Default: `spidernet.io/rdma` shared over every RDMA device.
+    #[arg(long)]
+    device_plugin_config: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_KUBELET_DIR)]
+    kubelet_dir: PathBuf,
+    /// Written once the agent serves (IPAM socket bound, device plugin registered), removed on
+    /// exit: what `probe --ready-file` checks. Unlike /readyz it is private to the container,
+    /// so an old and a new agent side by side during an update are told apart.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+pub fn exec(args: Args) -> Result<()> {
+    let config = Config {
+        node_name: crate::node::node_name(args.ipam.node_name)?,
+        socket: args.ipam.socket,
+        health_addr: args.health_addr,
+        sysfs_root: args.sysfs_root,
+        inventory_interval: std::time::Duration::from_secs(args.inventory_interval.max(5)),
+        device_plugin: args.device_plugin.then_some(DevicePlugin {
+            kubelet_dir: args.kubelet_dir,
+            config_file: args.device_plugin_config,
+        }),
+        ready_file: args.ready_file,
+    };
+    spiderpool_daemon::runtime()?.block_on(crate::run(config, spiderpool_daemon::shutdown_signal()))
+}

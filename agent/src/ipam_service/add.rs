@@ -1,0 +1,236 @@
+//! ADD: choose the pools, claim an address per family from their writers, record the pod's
+//! SpiderEndpoint, answer the plugin.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::Api;
+use kube::runtime::reflector;
+use spiderpool_api::crd::{IPAllocationDetail, PoolIPAllocation};
+use spiderpool_cni::agent::IpamRequest;
+use spiderpool_cni::{CniError, CniResult, IpConfig};
+use spiderpool_ipam::cluster::select;
+use spiderpool_ipam::range::Family;
+
+use super::pool_writer::Claimed;
+use super::{IpamService, ServiceError, pod_of};
+
+/// The StatefulSet that controls a pod, if any.
+fn stateful_set_of(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "StatefulSet" && o.controller == Some(true))
+        .map(|o| o.name.clone())
+}
+
+impl IpamService {
+    pub(super) async fn add(self: &Arc<Self>, req: &IpamRequest) -> Result<CniResult, CniError> {
+        let pod_ref = pod_of(req)?;
+        let what = format!("pod {}/{}", pod_ref.namespace, pod_ref.name);
+        let cached = self
+            .pods
+            .get(&reflector::ObjectRef::new(&pod_ref.name).within(&pod_ref.namespace))
+            .filter(|p| pod_ref.uid.is_empty() || p.metadata.uid.as_deref() == Some(pod_ref.uid.as_str()));
+        let pod = match cached {
+            Some(p) => (*p).clone(),
+            None => {
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod_ref.namespace);
+                pods.get(&pod_ref.name)
+                    .await
+                    .map_err(|e| ServiceError::from_kube(e, &what))?
+            }
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !pod_ref.uid.is_empty() && pod_ref.uid != uid {
+            return Err(ServiceError::BadRequest(format!(
+                "{what} has UID {uid}, the runtime asked for UID {}",
+                pod_ref.uid
+            ))
+            .into());
+        }
+        let sts = stateful_set_of(&pod);
+        let namespace = match self
+            .namespaces
+            .get(&reflector::ObjectRef::new(&pod_ref.namespace))
+        {
+            Some(n) => (*n).clone(),
+            None => {
+                let namespaces: Api<Namespace> = Api::all(self.client.clone());
+                namespaces
+                    .get(&pod_ref.namespace)
+                    .await
+                    .map_err(|e| ServiceError::from_kube(e, &format!("namespace {}", pod_ref.namespace)))?
+            }
+        };
+        let empty = BTreeMap::new();
+        // Arcs of the cached objects: a pool's status carries every allocation, not worth a copy.
+        let all_pools = self.pools.state();
+        let chosen = select::candidates(&select::Inputs {
+            ifname: &req.ifname,
+            pod_annotations: pod.metadata.annotations.as_ref().unwrap_or(&empty),
+            namespace_annotations: namespace.metadata.annotations.as_ref().unwrap_or(&empty),
+            netconf_v4: &req.default_ipv4_pools,
+            netconf_v6: &req.default_ipv6_pools,
+            netconf_clean_gateway: req.clean_gateway,
+            pools: &all_pools,
+        })
+        .map_err(ServiceError::from)?;
+        if chosen.ipv4.is_empty() && chosen.ipv6.is_empty() {
+            return Err(ServiceError::BadRequest(format!(
+                "no pool for {what} interface {}: no annotation, no namespace or netconf default pools, and no pool with default: true",
+                req.ifname
+            ))
+            .into());
+        }
+        let node_labels = self.node_labels_if_needed(&chosen).await?;
+        let subject = select::Subject {
+            node: &self.node,
+            node_labels: node_labels.as_ref(),
+            namespace: &pod_ref.namespace,
+            namespace_labels: namespace.metadata.labels.as_ref().unwrap_or(&empty),
+            pod_labels: pod.metadata.labels.as_ref().unwrap_or(&empty),
+            network: &req.network,
+        };
+        let entry = PoolIPAllocation {
+            pod: format!("{}/{}", pod_ref.namespace, pod_ref.name),
+            pod_uid: uid.clone(),
+            interface: Some(req.ifname.clone()),
+            node: Some(self.node.clone()),
+            owner_stateful_set: sts.clone(),
+        };
+        let mut got: Vec<(Family, Claimed)> = Vec::new();
+        for (family, names) in [(Family::V4, &chosen.ipv4), (Family::V6, &chosen.ipv6)] {
+            if names.is_empty() {
+                continue;
+            }
+            match self
+                .claim_from(family, names, &subject, &entry, chosen.source)
+                .await
+            {
+                Ok(c) => got.push((family, c)),
+                Err(e) => {
+                    // All or nothing: give back what the other family got.
+                    for (_, c) in &got {
+                        let _ = self.release(&c.pool.name, &uid, Some(&req.ifname)).await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let detail = detail_of(&req.ifname, &got, chosen.clean_gateway);
+        if let Err(e) = self.record_endpoint(&pod, req, detail, sts).await {
+            for (_, c) in &got {
+                let _ = self.release(&c.pool.name, &uid, Some(&req.ifname)).await;
+            }
+            return Err(e.into());
+        }
+        Ok(result_of(&got, chosen.clean_gateway))
+    }
+
+    async fn node_labels_if_needed(
+        &self,
+        chosen: &select::Candidates,
+    ) -> Result<Option<BTreeMap<String, String>>, ServiceError> {
+        let mut needed = false;
+        for name in chosen.ipv4.iter().chain(&chosen.ipv6) {
+            if let Ok(p) = self.pool(name).await {
+                needed |= p.spec.node_affinity.is_some();
+            }
+        }
+        if !needed {
+            return Ok(None);
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        match nodes.get_opt(&self.node).await {
+            Ok(n) => Ok(Some(n.and_then(|n| n.metadata.labels).unwrap_or_default())),
+            Err(e) => Err(ServiceError::from_kube(e, &format!("node {}", self.node))),
+        }
+    }
+
+    async fn claim_from(
+        &self,
+        family: Family,
+        names: &[String],
+        subject: &select::Subject<'_>,
+        entry: &PoolIPAllocation,
+        source: &str,
+    ) -> Result<Claimed, ServiceError> {
+        let mut why = Vec::new();
+        for name in names {
+            let pool = match self.pool(name).await {
+                Ok(p) => p,
+                Err(e) => {
+                    why.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            if select::family_of(&pool) != Some(i64::from(family.number())) {
+                why.push(format!("{name}: not an IPv{} pool", family.number()));
+                continue;
+            }
+            if let Err(reason) = select::usable(&pool, subject) {
+                why.push(format!("{name}: {reason}"));
+                continue;
+            }
+            match self.claim(name, entry.clone()).await {
+                Ok(Some(c)) => return Ok(c),
+                Ok(None) => why.push(format!("{name}: no free address")),
+                Err(ServiceError::InvalidPool(e)) => why.push(format!("{name}: {e}")),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ServiceError::Exhausted(format!(
+            "no IPv{} address for {} interface {} from {source} [{}]",
+            family.number(),
+            entry.pod,
+            entry.interface.as_deref().unwrap_or(""),
+            why.join("; ")
+        )))
+    }
+}
+
+fn detail_of(ifname: &str, got: &[(Family, Claimed)], clean_gateway: bool) -> IPAllocationDetail {
+    let mut d = IPAllocationDetail {
+        interface: ifname.to_string(),
+        clean_gateway: Some(clean_gateway),
+        ..IPAllocationDetail::default()
+    };
+    for (family, c) in got {
+        let addr = c.pool.address(c.ip).to_string();
+        let gw = c.pool.gateway.map(|g| g.to_string());
+        match family {
+            Family::V4 => {
+                d.ipv4 = Some(addr);
+                d.ipv4_pool = Some(c.pool.name.clone());
+                d.ipv4_gateway = gw;
+            }
+            Family::V6 => {
+                d.ipv6 = Some(addr);
+                d.ipv6_pool = Some(c.pool.name.clone());
+                d.ipv6_gateway = gw;
+            }
+        }
+    }
+    d
+}
+
+fn result_of(got: &[(Family, Claimed)], clean_gateway: bool) -> CniResult {
+    CniResult {
+        ips: got
+            .iter()
+            .map(|(_, c)| IpConfig {
+                address: c.pool.address(c.ip),
+                gateway: if clean_gateway { None } else { c.pool.gateway },
+                interface: None,
+            })
+            .collect(),
+        routes: got
+            .iter()
+            .flat_map(|(_, c)| c.pool.routes.iter().cloned())
+            .collect(),
+        ..CniResult::default()
+    }
+}

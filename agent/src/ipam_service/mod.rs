@@ -1,0 +1,237 @@
+//! The agent's IPAM service (cluster mode): the `spiderpool` plugin's verbs answered from
+//! SpiderIPPool objects. Addresses are recorded in the pool's status (see [`pool_writer`]) and in
+//! the pod's SpiderEndpoint; the Kubernetes API is the only state, so the agent can be killed and
+//! restarted at any point.
+
+mod add;
+mod endpoint;
+mod error;
+#[cfg(test)]
+mod mock_api;
+pub mod pool_writer;
+mod release;
+pub mod server;
+#[cfg(test)]
+mod tests;
+
+pub use error::ServiceError;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
+use spiderpool_api::coordinator::SpiderCoordinator;
+use spiderpool_api::crd::{PoolIPAllocation, SpiderIPPool, SpiderReservedIP};
+use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
+use spiderpool_cni::{CniError, CniResult};
+use spiderpool_ipam::cluster::decide::{Decision, Op};
+use spiderpool_ipam::cluster::reserved_keys;
+use tokio::sync::{mpsc, oneshot};
+
+use pool_writer::{Answer, Claimed, PoolOp};
+
+pub struct IpamService {
+    client: Client,
+    node: String,
+    pools: reflector::Store<SpiderIPPool>,
+    reserved: reflector::Store<SpiderReservedIP>,
+    pods: reflector::Store<Pod>,
+    namespaces: reflector::Store<Namespace>,
+    coordinators: reflector::Store<SpiderCoordinator>,
+    writers: Mutex<HashMap<String, mpsc::UnboundedSender<PoolOp>>>,
+}
+
+impl IpamService {
+    /// Starts the pool and reserved-IP caches and waits until both have listed once.
+    pub async fn start(client: Client, node: String) -> anyhow::Result<Arc<IpamService>> {
+        let (pools, pools_writer) = reflector::store();
+        let pool_api: Api<SpiderIPPool> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(pool_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(pools_writer)
+                .for_each(|_| async {}),
+        );
+        let (reserved, reserved_writer) = reflector::store();
+        let reserved_api: Api<SpiderReservedIP> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(reserved_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(reserved_writer)
+                .for_each(|_| async {}),
+        );
+        // This node's pods and every namespace: what pool choice reads per ADD, kept by watches
+        // instead of two reads of the API server per pod. A pod the watch has not delivered yet
+        // is read directly.
+        let (pods, pods_writer) = reflector::store();
+        let pod_api: Api<Pod> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(
+                pod_api,
+                watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            )
+            .default_backoff()
+            .reflect(pods_writer)
+            .for_each(|_| async {}),
+        );
+        let (namespaces, ns_writer) = reflector::store();
+        let ns_api: Api<Namespace> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(ns_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(ns_writer)
+                .for_each(|_| async {}),
+        );
+        let (coordinators, coordinators_writer) = reflector::store();
+        let coordinator_api: Api<SpiderCoordinator> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(coordinator_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(coordinators_writer)
+                .for_each(|_| async {}),
+        );
+        pools.wait_until_ready().await?;
+        coordinators.wait_until_ready().await?;
+        reserved.wait_until_ready().await?;
+        pods.wait_until_ready().await?;
+        namespaces.wait_until_ready().await?;
+        Ok(Arc::new(IpamService {
+            client,
+            node,
+            pools,
+            reserved,
+            pods,
+            namespaces,
+            coordinators,
+            writers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The service with its caches filled and its socket bound, ready to serve.
+    pub async fn listen(
+        client: Client,
+        node: &str,
+        socket: &Path,
+    ) -> anyhow::Result<(Arc<IpamService>, tokio::net::UnixListener)> {
+        let service = IpamService::start(client, node.to_string())
+            .await
+            .context("pool caches")?;
+        let listener = server::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
+        tracing::info!("IPAM service of node {node} listening on {}", socket.display());
+        Ok((service, listener))
+    }
+
+    pub async fn handle(self: &Arc<Self>, req: IpamRequest) -> Result<CniResult, CniError> {
+        match req.verb {
+            IpamVerb::Add => self.add(&req).await,
+            IpamVerb::Del => self.del(&req).await.map(|()| CniResult::default()),
+            IpamVerb::Check => self.check(&req).await.map(|()| CniResult::default()),
+            IpamVerb::Gc => self.gc(&req).await.map(|()| CniResult::default()),
+        }
+    }
+
+    /// The coordinator plugin's cluster settings: `{"spec", "status"}` of the SpiderCoordinator
+    /// named `default` (or of the only one), null when there is none.
+    pub fn coordinator_settings(&self) -> serde_json::Value {
+        let all = self.coordinators.state();
+        let chosen = all
+            .iter()
+            .find(|c| c.name_any() == "default")
+            .or_else(|| (all.len() == 1).then(|| &all[0]));
+        match chosen {
+            Some(c) => serde_json::json!({"name": c.name_any(), "spec": c.spec, "status": c.status}),
+            None => serde_json::Value::Null,
+        }
+    }
+
+    fn writer(&self, pool: &str) -> mpsc::UnboundedSender<PoolOp> {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = writers.get(pool).filter(|w| !w.is_closed()) {
+            return w.clone();
+        }
+        let store = self.reserved.clone();
+        let pools = self.pools.clone();
+        let key = reflector::ObjectRef::new(pool);
+        let sources = pool_writer::Sources {
+            api: Api::all(self.client.clone()),
+            reserved: Arc::new(move || reserved_keys(store.state().iter().map(|r| &**r))),
+            latest: Arc::new(move || pools.get(&key)),
+        };
+        let w = pool_writer::spawn(sources, pool.to_string());
+        writers.insert(pool.to_string(), w.clone());
+        w
+    }
+
+    /// Queues `op` at the pool's writer and waits for its answer.
+    async fn ask(&self, pool: &str, op: Op) -> Result<Answer, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer(pool)
+            .send(PoolOp { op, reply })
+            .map_err(|_| ServiceError::Internal(format!("writer of pool {pool} stopped")))?;
+        rx.await
+            .map_err(|_| ServiceError::Internal(format!("writer of pool {pool} dropped a request")))?
+    }
+
+    /// An address of `pool` for `entry` (see [`Op::Claim`]); `None` when the pool has none free.
+    async fn claim(&self, pool: &str, entry: PoolIPAllocation) -> Result<Option<Claimed>, ServiceError> {
+        match self.ask(pool, Op::Claim(entry)).await? {
+            Answer {
+                decision: Decision::Claim(ip),
+                pool,
+            } => Ok(ip.map(|ip| Claimed { ip, pool })),
+            Answer { decision, .. } => Err(ServiceError::Internal(format!(
+                "writer of pool {pool} answered a claim with {decision:?}"
+            ))),
+        }
+    }
+
+    /// Releases what `pod_uid` holds in `pool` on `interface` (every interface when `None`).
+    async fn release(
+        &self,
+        pool: &str,
+        pod_uid: &str,
+        interface: Option<&str>,
+    ) -> Result<Vec<IpAddr>, ServiceError> {
+        let op = Op::Release {
+            pod_uid: pod_uid.to_string(),
+            interface: interface.map(str::to_string),
+        };
+        match self.ask(pool, op).await? {
+            Answer {
+                decision: Decision::Release(ips),
+                ..
+            } => Ok(ips),
+            Answer { decision, .. } => Err(ServiceError::Internal(format!(
+                "writer of pool {pool} answered a release with {decision:?}"
+            ))),
+        }
+    }
+
+    /// The pool by name: from the cache, else from the API server (the cache may not have seen a
+    /// pool created a moment ago).
+    async fn pool(&self, name: &str) -> Result<Arc<SpiderIPPool>, ServiceError> {
+        if let Some(p) = self.pools.get(&reflector::ObjectRef::new(name)) {
+            return Ok(p);
+        }
+        let api: Api<SpiderIPPool> = Api::all(self.client.clone());
+        api.get(name)
+            .await
+            .map(Arc::new)
+            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {name}")))
+    }
+}
+
+/// The pod a request is for: every verb but GC names one.
+fn pod_of(req: &IpamRequest) -> Result<&PodRef, ServiceError> {
+    let verb = format!("{:?}", req.verb).to_uppercase();
+    req.pod
+        .as_ref()
+        .ok_or_else(|| ServiceError::BadRequest(format!("{verb} without a pod")))
+}

@@ -1,0 +1,211 @@
+//! One writer task per SpiderIPPool. Every claim and release for that pool in this agent queues
+//! here; the task takes everything queued, decides it against one copy of the pool and writes it
+//! as one merge patch of `status` (the whole `allocatedIPs` string and the counts) guarded by the
+//! copy's resourceVersion. Another agent's write in
+//! between makes the API server answer 409; the task then reads the pool again and decides again,
+//! so no address is ever given twice, and a burst costs one write per round instead of one per pod.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderIPPool};
+use spiderpool_ipam::allocator::Cursor;
+use spiderpool_ipam::cluster::decide::{self, Decision, Op};
+use spiderpool_ipam::cluster::pool_of;
+use spiderpool_ipam::pool::Pool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ServiceError;
+
+/// Reserved addresses (all SpiderReservedIP objects), as range keys.
+pub type ReservedFn = Arc<dyn Fn() -> HashSet<u128> + Send + Sync>;
+
+/// The newest copy of the pool the agent's watch has delivered, if any.
+pub type LatestFn = Arc<dyn Fn() -> Option<Arc<SpiderIPPool>> + Send + Sync>;
+
+/// How long a writer that lost a round waits for the watch to bring the winner's version before
+/// it reads the pool itself.
+const WATCH_WAIT: Duration = Duration::from_millis(250);
+
+/// What a writer needs besides its queue.
+#[derive(Clone)]
+pub struct Sources {
+    pub api: Api<SpiderIPPool>,
+    pub reserved: ReservedFn,
+    pub latest: LatestFn,
+}
+
+/// What a claim got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub ip: IpAddr,
+    /// The pool as the writer decided with it (its prefix, gateway and routes go to the pod).
+    pub pool: Arc<Pool>,
+}
+
+/// The writer's answer to one op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub decision: Decision,
+    pub pool: Arc<Pool>,
+}
+
+/// An [`Op`] with where its answer goes.
+pub struct PoolOp {
+    pub op: Op,
+    pub reply: oneshot::Sender<Result<Answer, ServiceError>>,
+}
+
+pub fn spawn(sources: Sources, name: String) -> mpsc::UnboundedSender<PoolOp> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(sources, name, rx));
+    tx
+}
+
+async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<PoolOp>) {
+    // The last copy written or read, with its decoded allocations; `None` forces a read.
+    let mut copy: Option<Copy> = None;
+    // Where the walk for free addresses goes on from (see `decide`).
+    let mut cursor: Option<Cursor> = None;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let started = std::time::Instant::now();
+        let outcome = decide_and_write(&sources, &name, &mut copy, &mut cursor, &mut batch, &mut rx).await;
+        tracing::debug!(pool = %name, ops = batch.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch written");
+        answer(batch, outcome);
+    }
+}
+
+struct Copy {
+    pool: SpiderIPPool,
+    allocated: BTreeMap<String, PoolIPAllocation>,
+}
+
+fn decoded(name: &str, pool: SpiderIPPool) -> Result<Copy, ServiceError> {
+    let allocated = pool
+        .status
+        .clone()
+        .unwrap_or_default()
+        .allocations()
+        .map_err(|e| ServiceError::InvalidPool(format!("pool {name}: status.allocatedIPs: {e}")))?;
+    Ok(Copy { pool, allocated })
+}
+
+fn version_of(pool: &SpiderIPPool) -> Option<u64> {
+    pool.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+/// After losing a round at `tried`: the winner's version as the watch delivers it, or `None`
+/// when it does not come within [`WATCH_WAIT`] (the caller then reads the pool itself). Saves
+/// each losing agent a read of the whole pool per round.
+async fn newer_from_watch(latest: &LatestFn, tried: Option<u64>) -> Option<SpiderIPPool> {
+    let tried = tried?;
+    let deadline = tokio::time::Instant::now() + WATCH_WAIT;
+    loop {
+        if let Some(p) = latest()
+            && version_of(&p).is_some_and(|v| v > tried)
+        {
+            return Some((*p).clone());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
+async fn decide_and_write(
+    sources: &Sources,
+    name: &str,
+    copy: &mut Option<Copy>,
+    cursor: &mut Option<Cursor>,
+    batch: &mut Vec<PoolOp>,
+    rx: &mut mpsc::UnboundedReceiver<PoolOp>,
+) -> Result<(Vec<Decision>, Arc<Pool>), ServiceError> {
+    let api = &sources.api;
+    let mut conflicts = 0u32;
+    loop {
+        // Everything queued so far rides in this write.
+        while let Ok(op) = rx.try_recv() {
+            batch.push(op);
+        }
+        let current = match copy.take() {
+            Some(c) => c,
+            None => {
+                let pool = api
+                    .get_status(name)
+                    .await
+                    .map_err(|e| ServiceError::from_kube(e, name))?;
+                decoded(name, pool)?
+            }
+        };
+        let pool = Arc::new(pool_of(&current.pool).map_err(|e| ServiceError::InvalidPool(e.to_string()))?);
+        let reserved = (sources.reserved)();
+        let cx = decide::Context {
+            pool: &pool,
+            reserved: &reserved,
+            accept_new: current.pool.metadata.deletion_timestamp.is_none(),
+        };
+        let mut allocated = current.allocated.clone();
+        let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
+        // The cursor moves only with a write that lands: a lost round decides again from it.
+        let mut walk = *cursor;
+        let (decisions, changed) = decide::decide(&mut allocated, &mut walk, &cx, &ops);
+        if !changed {
+            *copy = Some(current);
+            *cursor = walk;
+            return Ok((decisions, pool));
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": current.pool.metadata.resource_version },
+            "status": {
+                "allocatedIPs": IPPoolStatus::encode_allocations(&allocated),
+                "allocatedIPCount": allocated.len(),
+                "totalIPCount": u64::try_from(pool.available(&reserved)).unwrap_or(u64::MAX),
+            }
+        });
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(written) => {
+                *copy = Some(Copy {
+                    pool: written,
+                    allocated,
+                });
+                *cursor = walk;
+                return Ok((decisions, pool));
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                // Another agent wrote first: take its version and decide again.
+                conflicts += 1;
+                tracing::debug!(pool = %name, conflicts, "resourceVersion conflict");
+                if let Some(newer) = newer_from_watch(&sources.latest, version_of(&current.pool)).await {
+                    *copy = Some(decoded(name, newer)?);
+                }
+            }
+            Err(e) => return Err(ServiceError::from_kube(e, name)),
+        }
+    }
+}
+
+fn answer(batch: Vec<PoolOp>, outcome: Result<(Vec<Decision>, Arc<Pool>), ServiceError>) {
+    match outcome {
+        // `decide` answers each op, in order.
+        Ok((decisions, pool)) => {
+            for (op, decision) in batch.into_iter().zip(decisions) {
+                let pool = pool.clone();
+                drop(op.reply.send(Ok(Answer { decision, pool })));
+            }
+        }
+        Err(e) => {
+            for op in batch {
+                drop(op.reply.send(Err(e.clone())));
+            }
+        }
+    }
+}

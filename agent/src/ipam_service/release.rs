@@ -1,0 +1,169 @@
+//! DEL, CHECK and GC: releasing what a pod's interface holds, verifying it, and releasing what
+//! the runtime no longer knows.
+
+use std::collections::HashSet;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use spiderpool_api::crd::{SpiderEndpoint, SpiderIPPool};
+use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
+use spiderpool_cni::{CniError, ErrorCode};
+
+use super::{IpamService, ServiceError, pod_of};
+
+impl IpamService {
+    pub(super) async fn del(&self, req: &IpamRequest) -> Result<(), CniError> {
+        let pod_ref = pod_of(req)?;
+        let (api, _, ep) = self.endpoint_of(pod_ref).await?;
+        let Some(ep) = ep else {
+            // No endpoint: ADD never finished, or this is the second DEL. Pools may still hold
+            // an address written before the endpoint; release by UID where one is known.
+            if !pod_ref.uid.is_empty() {
+                self.release_everywhere(&pod_ref.uid, &req.ifname).await?;
+            }
+            return Ok(());
+        };
+        let status = ep.status.clone().unwrap_or_default();
+        if !pod_ref.uid.is_empty() && status.current.uid != pod_ref.uid {
+            // The endpoint belongs to a newer pod of the same name; this pod's own addresses,
+            // if any are left, are found by UID.
+            self.release_everywhere(&pod_ref.uid, &req.ifname).await?;
+            return Ok(());
+        }
+        if status.owner_controller_type.as_deref() == Some("StatefulSet") {
+            // A StatefulSet pod keeps its address for its successor; the controller releases it
+            // when the StatefulSet no longer wants that pod.
+            return Ok(());
+        }
+        let uid = status.current.uid.clone();
+        for d in status.current.ips.iter().filter(|d| d.interface == req.ifname) {
+            for pool in [&d.ipv4_pool, &d.ipv6_pool].into_iter().flatten() {
+                match self.release(pool, &uid, Some(&req.ifname)).await {
+                    Ok(_) | Err(ServiceError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.forget_interface(&api, &pod_ref.name, &uid, &req.ifname, Some(ep))
+            .await?;
+        Ok(())
+    }
+
+    async fn release_everywhere(&self, uid: &str, ifname: &str) -> Result<(), ServiceError> {
+        let holding: Vec<String> = self
+            .pools
+            .state()
+            .iter()
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.allocations()
+                        .unwrap_or_default()
+                        .values()
+                        .any(|a| a.pod_uid == uid && a.interface.as_deref() == Some(ifname))
+                })
+            })
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        for pool in holding {
+            match self.release(&pool, uid, Some(ifname)).await {
+                Ok(_) | Err(ServiceError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn check(&self, req: &IpamRequest) -> Result<(), CniError> {
+        let pod_ref = pod_of(req)?;
+        let (_, what, ep) = self.endpoint_of(pod_ref).await?;
+        let unknown = || {
+            CniError::new(
+                ErrorCode::UnknownContainer,
+                format!("no allocation for {what} interface {}", req.ifname),
+            )
+        };
+        let status = ep.ok_or_else(unknown)?.status.unwrap_or_default();
+        if !pod_ref.uid.is_empty() && status.current.uid != pod_ref.uid {
+            return Err(unknown());
+        }
+        let detail = status
+            .current
+            .ips
+            .iter()
+            .find(|d| d.interface == req.ifname)
+            .ok_or_else(unknown)?;
+        let pools: Api<SpiderIPPool> = Api::all(self.client.clone());
+        for (addr, pool) in [
+            (&detail.ipv4, &detail.ipv4_pool),
+            (&detail.ipv6, &detail.ipv6_pool),
+        ] {
+            let (Some(addr), Some(pool)) = (addr, pool) else {
+                continue;
+            };
+            let ip = addr.split('/').next().unwrap_or_default();
+            let obj = pools
+                .get_status(pool)
+                .await
+                .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {pool}")))?;
+            let holder = obj
+                .status
+                .and_then(|s| s.allocations().ok())
+                .and_then(|m| m.get(ip).cloned());
+            if holder.as_ref().map(|h| h.pod_uid.as_str()) != Some(status.current.uid.as_str()) {
+                return Err(ServiceError::Mismatch(format!(
+                    "{ip} of {what} is not held for it in pool {pool} (holder: {})",
+                    holder.map_or_else(|| "none".to_string(), |h| h.pod)
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// CNI GC: release what this node's endpoints hold for attachments the runtime no longer has.
+    pub(super) async fn gc(&self, req: &IpamRequest) -> Result<(), CniError> {
+        let valid: HashSet<(String, String)> = req
+            .valid_attachments
+            .iter()
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .collect();
+        let api: Api<SpiderEndpoint> = Api::all(self.client.clone());
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| ServiceError::from_kube(e, "SpiderEndpoints"))?;
+        for ep in list {
+            let Some(status) = ep.status.clone() else { continue };
+            if status.current.node != self.node
+                || status.owner_controller_type.as_deref() == Some("StatefulSet")
+            {
+                continue;
+            }
+            let Some(container) = status.current.container_id.clone() else {
+                continue;
+            };
+            for d in &status.current.ips {
+                if valid.contains(&(container.clone(), d.interface.clone())) {
+                    continue;
+                }
+                let del = IpamRequest {
+                    verb: IpamVerb::Del,
+                    network: req.network.clone(),
+                    container_id: container.clone(),
+                    ifname: d.interface.clone(),
+                    pod: Some(PodRef {
+                        namespace: ep.namespace().unwrap_or_default(),
+                        name: ep.name_any(),
+                        uid: status.current.uid.clone(),
+                    }),
+                    default_ipv4_pools: Vec::new(),
+                    default_ipv6_pools: Vec::new(),
+                    clean_gateway: false,
+                    valid_attachments: Vec::new(),
+                };
+                self.del(&del).await?;
+            }
+        }
+        Ok(())
+    }
+}

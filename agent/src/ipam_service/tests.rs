@@ -1,0 +1,366 @@
+//! The IPAM service's API calls against a scripted API server ([`super::mock_api`]): the exact
+//! requests of a batched pool write, of a lost round (409), of a SpiderEndpoint's creation and of
+//! a GC release. The decisions themselves are tested in `spiderpool_ipam::cluster`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::reflector;
+use serde_json::{Value, json};
+use spiderpool_api::crd::{IPAllocationDetail, IPPoolStatus, PoolIPAllocation};
+use spiderpool_cni::Attachment;
+use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
+use spiderpool_ipam::cluster::decide::{Decision, Op};
+use tokio::sync::oneshot;
+
+use super::IpamService;
+use super::mock_api::{MockApi, status_body};
+use super::pool_writer::{self, PoolOp, Sources};
+
+const POOLS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools";
+const ENDPOINTS: &str = "/apis/spiderpool.spidernet.io/v2beta1/namespaces/ns/spiderendpoints";
+
+fn entry(pod: &str) -> PoolIPAllocation {
+    PoolIPAllocation {
+        pod: format!("ns/{pod}"),
+        pod_uid: format!("uid-{pod}"),
+        interface: Some("eth0".into()),
+        node: Some("n1".into()),
+        owner_stateful_set: None,
+    }
+}
+
+/// The pool `p` (10.0.0.10–10.0.0.20) at `version`, holding `held` (address → pod).
+fn pool(version: &str, held: &[(&str, &str)]) -> Value {
+    let allocated: BTreeMap<String, PoolIPAllocation> = held
+        .iter()
+        .map(|(ip, pod)| (ip.to_string(), entry(pod)))
+        .collect();
+    json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+        "metadata": {"name": "p", "resourceVersion": version},
+        "spec": {"subnet": "10.0.0.0/24", "ips": ["10.0.0.10-10.0.0.20"], "gateway": "10.0.0.1"},
+        "status": {"allocatedIPs": IPPoolStatus::encode_allocations(&allocated), "allocatedIPCount": held.len()}
+    })
+}
+
+/// The merge patch a writer sends for `held` on top of `version`.
+fn expected_patch(version: &str, held: &[(&str, &str)]) -> Value {
+    let allocated: BTreeMap<String, PoolIPAllocation> = held
+        .iter()
+        .map(|(ip, pod)| (ip.to_string(), entry(pod)))
+        .collect();
+    json!({
+        "metadata": {"resourceVersion": version},
+        "status": {
+            "allocatedIPs": IPPoolStatus::encode_allocations(&allocated),
+            "allocatedIPCount": held.len(),
+            "totalIPCount": 11,
+        }
+    })
+}
+
+fn writer(api: &MockApi) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
+    let sources = Sources {
+        api: Api::all(api.client()),
+        reserved: Arc::new(HashSet::new),
+        latest: Arc::new(|| None),
+    };
+    pool_writer::spawn(sources, "p".into())
+}
+
+fn claim(
+    tx: &tokio::sync::mpsc::UnboundedSender<PoolOp>,
+    pod: &str,
+) -> oneshot::Receiver<Result<pool_writer::Answer, super::ServiceError>> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(PoolOp {
+        op: Op::Claim(entry(pod)),
+        reply,
+    })
+    .unwrap();
+    rx
+}
+
+fn claimed(answer: Result<pool_writer::Answer, super::ServiceError>) -> IpAddr {
+    match answer.unwrap().decision {
+        Decision::Claim(Some(ip)) => ip,
+        other => panic!("not a claimed address: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn claims_queued_together_are_one_status_patch_guarded_by_the_read_version() {
+    let api = MockApi::new();
+    api.reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[]))
+        .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
+    let tx = writer(&api);
+    // Queued before the writer runs: one batch.
+    let replies = [claim(&tx, "a"), claim(&tx, "b"), claim(&tx, "c")];
+    let mut ips = Vec::new();
+    for r in replies {
+        ips.push(claimed(r.await.unwrap()).to_string());
+    }
+    assert_eq!(ips, ["10.0.0.10", "10.0.0.11", "10.0.0.12"]);
+    assert_eq!(
+        api.calls(),
+        [format!("GET {POOLS}/p/status"), format!("PATCH {POOLS}/p/status")]
+    );
+    let patch = api.seen()[1].body.clone();
+    assert_eq!(
+        patch,
+        Some(expected_patch(
+            "5",
+            &[("10.0.0.10", "a"), ("10.0.0.11", "b"), ("10.0.0.12", "c")]
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_lost_round_reads_the_winner_s_version_and_decides_again() {
+    let api = MockApi::new();
+    api.reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[]))
+        .reply(
+            "PATCH",
+            &format!("{POOLS}/p/status"),
+            409,
+            status_body(409, "the object has been modified"),
+        )
+        // Another agent gave .10 to pod x meanwhile.
+        .reply(
+            "GET",
+            &format!("{POOLS}/p/status"),
+            200,
+            pool("6", &[("10.0.0.10", "x")]),
+        )
+        .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("7", &[]));
+    let tx = writer(&api);
+    let ip = claimed(claim(&tx, "a").await.unwrap());
+    assert_eq!(ip.to_string(), "10.0.0.11", "never the winner's address");
+    assert_eq!(api.calls().len(), 4);
+    assert_eq!(
+        api.seen()[3].body,
+        Some(expected_patch("6", &[("10.0.0.10", "x"), ("10.0.0.11", "a")]))
+    );
+    assert_eq!(api.unused(), 0);
+}
+
+#[tokio::test]
+async fn an_api_error_reaches_every_op_of_the_batch() {
+    let api = MockApi::new();
+    api.reply(
+        "GET",
+        &format!("{POOLS}/p/status"),
+        404,
+        status_body(404, "not found"),
+    );
+    let tx = writer(&api);
+    let replies = [claim(&tx, "a"), claim(&tx, "b")];
+    for r in replies {
+        let err = r.await.unwrap().unwrap_err();
+        assert!(matches!(err, super::ServiceError::NotFound(_)), "{err:?}");
+    }
+}
+
+/// A service for node `n1` with empty caches, talking to `api`.
+fn service(api: &MockApi) -> Arc<IpamService> {
+    Arc::new(IpamService {
+        client: api.client(),
+        node: "n1".into(),
+        pools: reflector::store().0,
+        reserved: reflector::store().0,
+        pods: reflector::store().0,
+        namespaces: reflector::store().0,
+        coordinators: reflector::store().0,
+        writers: Mutex::new(HashMap::new()),
+    })
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")}
+    }))
+    .unwrap()
+}
+
+fn request(verb: IpamVerb, pod: &str, container: &str) -> IpamRequest {
+    IpamRequest {
+        verb,
+        network: "macvlan".into(),
+        container_id: container.into(),
+        ifname: "eth0".into(),
+        pod: Some(PodRef {
+            namespace: "ns".into(),
+            name: pod.into(),
+            uid: format!("uid-{pod}"),
+        }),
+        default_ipv4_pools: Vec::new(),
+        default_ipv6_pools: Vec::new(),
+        clean_gateway: false,
+        valid_attachments: Vec::new(),
+    }
+}
+
+fn detail(ip: &str) -> IPAllocationDetail {
+    IPAllocationDetail {
+        interface: "eth0".into(),
+        ipv4: Some(format!("{ip}/24")),
+        ipv4_pool: Some("p".into()),
+        ..IPAllocationDetail::default()
+    }
+}
+
+fn endpoint(pod: &str, node: &str, container: &str, ip: &str, version: &str) -> Value {
+    json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpoint",
+        "metadata": {"name": pod, "namespace": "ns", "resourceVersion": version},
+        "spec": {},
+        "status": {
+            "current": {"uid": format!("uid-{pod}"), "node": node, "containerID": container,
+                        "ips": [serde_json::to_value(detail(ip)).unwrap()]},
+            "ownerControllerType": "Pod", "ownerControllerName": pod
+        }
+    })
+}
+
+#[tokio::test]
+async fn add_creates_the_endpoint_owned_by_the_pod_without_reading_first() {
+    let api = MockApi::new();
+    api.reply(
+        "POST",
+        ENDPOINTS,
+        201,
+        endpoint("a", "n1", "c1", "10.0.0.10", "1"),
+    );
+    let svc = service(&api);
+    svc.record_endpoint(
+        &pod("a"),
+        &request(IpamVerb::Add, "a", "c1"),
+        detail("10.0.0.10"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(api.calls(), [format!("POST {ENDPOINTS}")]);
+    let body = api.seen()[0].body.clone().unwrap();
+    assert_eq!(body["metadata"]["name"], "a");
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-a");
+    assert_eq!(body["metadata"]["ownerReferences"][0]["kind"], "Pod");
+    assert_eq!(body["status"]["current"]["node"], "n1");
+    assert_eq!(body["status"]["current"]["containerID"], "c1");
+    assert_eq!(body["status"]["current"]["ips"][0]["ipv4"], "10.0.0.10/24");
+}
+
+#[tokio::test]
+async fn a_second_interface_conflicting_with_the_first_reads_and_replaces() {
+    let api = MockApi::new();
+    api.reply("POST", ENDPOINTS, 409, status_body(409, "already exists"))
+        .reply(
+            "GET",
+            &format!("{ENDPOINTS}/a"),
+            200,
+            endpoint("a", "n1", "c1", "10.0.0.10", "3"),
+        )
+        .reply(
+            "PUT",
+            &format!("{ENDPOINTS}/a"),
+            200,
+            endpoint("a", "n1", "c1", "10.0.0.10", "4"),
+        );
+    let svc = service(&api);
+    let mut net1 = detail("10.0.0.11");
+    net1.interface = "net1".into();
+    let mut req = request(IpamVerb::Add, "a", "c1");
+    req.ifname = "net1".into();
+    svc.record_endpoint(&pod("a"), &req, net1, None).await.unwrap();
+    assert_eq!(
+        api.calls(),
+        [
+            format!("POST {ENDPOINTS}"),
+            format!("GET {ENDPOINTS}/a"),
+            format!("PUT {ENDPOINTS}/a")
+        ]
+    );
+    let put = api.seen()[2].body.clone().unwrap();
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "3",
+        "guarded by the version read"
+    );
+    let ifaces: Vec<&str> = put["status"]["current"]["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["interface"].as_str())
+        .collect();
+    assert_eq!(ifaces, ["eth0", "net1"]);
+}
+
+#[tokio::test]
+async fn gc_releases_only_this_node_s_attachments_the_runtime_no_longer_has() {
+    let api = MockApi::new();
+    let all = "/apis/spiderpool.spidernet.io/v2beta1/spiderendpoints";
+    api.reply(
+        "GET",
+        all,
+        200,
+        json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpointList", "metadata": {},
+            "items": [
+                endpoint("a", "n1", "c1", "10.0.0.10", "5"),
+                endpoint("b", "n1", "c2", "10.0.0.11", "7"),
+                endpoint("c", "n2", "c3", "10.0.0.12", "9"),
+            ]
+        }),
+    )
+    .reply(
+        "GET",
+        &format!("{ENDPOINTS}/b"),
+        200,
+        endpoint("b", "n1", "c2", "10.0.0.11", "7"),
+    )
+    .reply(
+        "GET",
+        &format!("{POOLS}/p/status"),
+        200,
+        pool(
+            "20",
+            &[("10.0.0.10", "a"), ("10.0.0.11", "b"), ("10.0.0.12", "c")],
+        ),
+    )
+    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("21", &[]))
+    .reply(
+        "DELETE",
+        &format!("{ENDPOINTS}/b"),
+        200,
+        status_body(200, "deleted"),
+    );
+    let svc = service(&api);
+    let mut gc = request(IpamVerb::Gc, "", "");
+    gc.pod = None;
+    gc.valid_attachments = vec![Attachment {
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    }];
+    svc.gc(&gc).await.unwrap();
+    assert_eq!(
+        api.calls(),
+        [
+            format!("GET {all}"),
+            format!("GET {ENDPOINTS}/b"),
+            format!("GET {POOLS}/p/status"),
+            format!("PATCH {POOLS}/p/status"),
+            format!("DELETE {ENDPOINTS}/b"),
+        ],
+        "a (valid) and c (another node) are left alone"
+    );
+    assert_eq!(
+        api.seen()[3].body,
+        Some(expected_patch("20", &[("10.0.0.10", "a"), ("10.0.0.12", "c")]))
+    );
+    let delete = api.seen()[4].body.clone().unwrap();
+    assert_eq!(delete["preconditions"]["resourceVersion"], "7");
+}

@@ -1,0 +1,111 @@
+//! The node agent. [`run`] composes its services: the cluster-mode IPAM service on the plugins'
+//! unix socket ([`ipam_service`]), the SpiderNodeInventory reporter ([`inventory_report`]), the
+//! kubelet device plugin (`spiderpool-device-plugin`) and the health endpoint. Each
+//! `spiderpool-agent` subcommand is in [`commands`]; `main` only dispatches.
+
+pub mod commands;
+pub mod install;
+pub mod inventory_report;
+pub mod ipam_service;
+pub mod node;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use spiderpool_daemon::http::{self, Response};
+use spiderpool_device_plugin::allocate::DEVINFO_DIR;
+use spiderpool_device_plugin::manager::{ManagerOptions, run as run_device_plugin};
+use spiderpool_linux::sysfs::Sysfs;
+
+/// What `spiderpool-agent run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    /// The IPAM service's unix socket.
+    pub socket: PathBuf,
+    /// `/healthz` and `/readyz`, bound with SO_REUSEPORT (an update's successor binds beside us).
+    pub health_addr: String,
+    pub sysfs_root: PathBuf,
+    pub inventory_interval: Duration,
+    /// `None`: no device plugin.
+    pub device_plugin: Option<DevicePlugin>,
+    /// Written once the agent serves, removed on exit (`probe --ready-file`).
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DevicePlugin {
+    pub kubelet_dir: PathBuf,
+    /// `None`: `spidernet.io/rdma` shared over every RDMA device.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Runs the agent until `shutdown` completes. Ready (`/readyz`, the ready file) once the IPAM
+/// service's caches are filled and its socket is bound, and the device plugin (when on) has
+/// registered what the node has: during an update the old agent keeps serving until then.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let node = config.node_name.clone();
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(f) = &config.ready_file {
+        let _ = std::fs::remove_file(f); // a previous run's
+    }
+    let health =
+        http::bind_shared(&config.health_addr).with_context(|| format!("bind {}", config.health_addr))?;
+    tokio::spawn(http::serve(health, health_route(ready.clone())));
+    let client = kube::Client::try_default().await.context("Kubernetes client")?;
+    let (service, listener) =
+        ipam_service::IpamService::listen(client.clone(), &node, &config.socket).await?;
+    tokio::spawn(ipam_service::server::serve(listener, service));
+    tracing::info!("agent of node {node}: health on {}", config.health_addr);
+    tokio::spawn(inventory_report::every(
+        client.clone(),
+        node.clone(),
+        config.sysfs_root.clone(),
+        config.inventory_interval,
+    ));
+    if let Some(plugin) = &config.device_plugin {
+        let first_pass = Arc::new(tokio::sync::Notify::new());
+        let options = ManagerOptions {
+            kubelet_dir: plugin.kubelet_dir.clone(),
+            config_file: plugin.config_file.clone(),
+            policy_file: None,
+            sysfs: Sysfs::new(&config.sysfs_root),
+            devinfo_dir: Some(PathBuf::from(DEVINFO_DIR)),
+            resync: Duration::from_secs(1),
+            wake: None,
+            first_pass: Some(first_pass.clone()),
+        };
+        let root = config.sysfs_root.clone();
+        // The plugin's sockets stay when the agent stops: a successor removes dead ones, and
+        // kubelet keeps counting the devices pods hold.
+        tokio::spawn(run_device_plugin(
+            options,
+            move || node::scan_node(&root),
+            std::future::pending::<()>(),
+        ));
+        first_pass.notified().await;
+    }
+    ready.store(true, Ordering::Relaxed);
+    if let Some(f) = &config.ready_file {
+        std::fs::write(f, "ready\n").with_context(|| format!("write {}", f.display()))?;
+    }
+    shutdown.await;
+    if let Some(f) = &config.ready_file {
+        let _ = std::fs::remove_file(f);
+    }
+    Ok(())
+}
+
+/// `/healthz` answers while the process runs; `/readyz` once `ready` is set.
+fn health_route(ready: Arc<AtomicBool>) -> impl Fn(&str) -> Response + Send + Sync + 'static {
+    move |path| match path {
+        "/healthz" => Response::text("200 OK", "ok\n"),
+        "/readyz" if ready.load(Ordering::Relaxed) => Response::text("200 OK", "ready\n"),
+        "/readyz" => Response::text("503 Service Unavailable", "starting\n"),
+        _ => Response::not_found(),
+    }
+}

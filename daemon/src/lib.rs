@@ -1,0 +1,45 @@
+//! What the agent and the controller share as long-running processes: the tokio runtime, logging,
+//! the shutdown signal and the plain-HTTP endpoint kubelet probes and Prometheus scrapes.
+
+pub mod http;
+
+/// Completes on SIGTERM (kubelet stopping the container; we may be PID 1, where the kernel
+/// ignores a signal without a handler) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without handlers the default dispositions end the process anyway.
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("no signal handlers ({e}): stopping only by the default dispositions");
+            std::future::pending::<()>().await;
+        }
+    }
+    tracing::info!("stopping on signal");
+}
+
+/// The daemons' runtime: two workers (they are small; nodes keep their cores for pods).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

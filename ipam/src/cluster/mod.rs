@@ -1,0 +1,33 @@
+//! Cluster mode's decisions, pure and testable without an API server: which pools a pod's
+//! interface may use ([`select`]), which address a pool gives ([`decide`]), a SpiderIPPool
+//! object as a [`Pool`], and the SpiderReservedIP addresses as range keys. The agent's IPAM
+//! service and the controller do the I/O around them.
+
+pub mod decide;
+pub mod select;
+
+use std::collections::HashSet;
+
+use spiderpool_api::crd::{SpiderIPPool, SpiderReservedIP};
+
+use crate::pool::{Pool, PoolError};
+use crate::range::{RESERVED_CAP, expand_entries};
+
+/// The validated pool of a SpiderIPPool object, or why it cannot be used.
+pub fn pool_of(obj: &SpiderIPPool) -> Result<Pool, PoolError> {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let spec = serde_json::to_value(&obj.spec).map_err(|e| PoolError::BadSpec {
+        pool: name.clone(),
+        reason: e.to_string(),
+    })?;
+    Pool::from_spec_json(spec, &name)
+}
+
+/// The addresses of every SpiderReservedIP, as range keys: no pool hands them out.
+pub fn reserved_keys<'a>(objs: impl IntoIterator<Item = &'a SpiderReservedIP>) -> HashSet<u128> {
+    expand_entries(
+        objs.into_iter()
+            .flat_map(|r| r.spec.ips.iter().map(String::as_str)),
+        RESERVED_CAP,
+    )
+}

@@ -1,0 +1,41 @@
+//! The committed sysfs fixture trees (`tests/fixtures/sysfs/<name>/`) and the inventories pinned
+//! beside them (`<name>.json`). Test code: a missing or broken fixture panics with its path.
+
+use std::path::{Path, PathBuf};
+
+use spiderpool_api::inventory::Inventory;
+
+/// Where the fixture trees are.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs")
+}
+
+/// The sysfs root of fixture `name` (`cx6dx`, `e810`, `cx7-ib`, `bond`).
+pub fn fixture_root(name: &str) -> PathBuf {
+    fixtures_dir().join(name)
+}
+
+/// The pinned inventory of fixture `name`: what discovery reads from its tree.
+pub fn fixture_inventory(name: &str) -> Inventory {
+    let path = fixture_root(name).with_extension("json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A copy of fixture `name` at `to` (`cp -a`: the tree's relative symlinks stay as they are), for
+/// a test that changes it.
+pub fn copy_fixture(name: &str, to: &Path) {
+    let from = fixture_root(name);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&from)
+        .arg(to)
+        .status()
+        .unwrap_or_else(|e| panic!("cp -a {}: {e}", from.display()));
+    assert!(
+        status.success(),
+        "cp -a {} {} failed",
+        from.display(),
+        to.display()
+    );
+}

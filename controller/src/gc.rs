@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderEndpoint, SpiderIPPool, SpiderReservedIP};
 use spiderpool_ipam::cluster::{pool_of, reserved_keys};
 
@@ -277,14 +276,11 @@ async fn gc_pool(
         if released.is_empty() && !recount {
             return Ok(Some(counts));
         }
-        let patch = json!({
-            "metadata": {"resourceVersion": pool.metadata.resource_version},
-            "status": {
-                "allocatedIPs": IPPoolStatus::encode_allocations(&allocated),
-                "allocatedIPCount": count,
-                "totalIPCount": total.or(status.total_ip_count),
-            }
-        });
+        let patch = IPPoolStatus::guarded_patch(
+            pool.metadata.resource_version.as_deref(),
+            &allocated,
+            total.or(status.total_ip_count),
+        );
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

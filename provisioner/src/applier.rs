@@ -34,15 +34,35 @@ impl Observation {
     }
 }
 
+/// Why an action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("no link {0}")]
+    NoLink(String),
+    #[error("write {value:?} to {path}: {source}")]
+    Write {
+        path: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// What the node refused, as a kernel without an error code of its own says it (a model
+    /// node in tests).
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Carries out single actions.
 pub trait Kernel {
-    fn apply(&mut self, action: &Action) -> Result<(), String>;
+    fn apply(&mut self, action: &Action) -> Result<(), ApplyError>;
 }
 
 #[derive(Debug, Default)]
 pub struct Report {
     /// Every step tried, with its outcome, in order.
-    pub executed: Vec<(Step, Result<(), String>)>,
+    pub executed: Vec<(Step, Result<(), ApplyError>)>,
     /// Status after the last rescan.
     pub status: BTreeMap<String, Status>,
     pub rounds: usize,
@@ -134,23 +154,24 @@ impl LiveKernel {
         })
     }
 
-    fn index(&mut self, link: &str) -> Result<u32, String> {
+    fn index(&mut self, link: &str) -> Result<u32, ApplyError> {
         self.rtnl
-            .link_index(link)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no link {link}"))
+            .link_index(link)?
+            .ok_or_else(|| ApplyError::NoLink(link.to_string()))
     }
 
-    fn write(&self, rel: String, value: &str) -> Result<(), String> {
-        self.sysfs
-            .write(&rel, value)
-            .map_err(|e| format!("write {value:?} to {rel}: {e}"))
+    fn write(&self, rel: String, value: &str) -> Result<(), ApplyError> {
+        self.sysfs.write(&rel, value).map_err(|source| ApplyError::Write {
+            path: rel,
+            value: value.to_string(),
+            source,
+        })
     }
 }
 
 impl Kernel for LiveKernel {
-    fn apply(&mut self, action: &Action) -> Result<(), String> {
-        let failed = |e: NetlinkError| e.to_string();
+    fn apply(&mut self, action: &Action) -> Result<(), ApplyError> {
+        let failed = ApplyError::Netlink;
         match action {
             Action::SetNumVfs { pci, count, .. } => {
                 self.write(format!("bus/pci/devices/{pci}/sriov_numvfs"), &count.to_string())
@@ -183,8 +204,11 @@ impl Kernel for LiveKernel {
                 self.rtnl.create_bond(name, mode, IfExists::Keep).map_err(failed)
             }
             Action::SetBondOption { bond, option, value } => {
-                set_bond_option(&self.sysfs, bond, option, value)
-                    .map_err(|e| format!("write {value:?} to class/net/{bond}/bonding/{option}: {e}"))
+                set_bond_option(&self.sysfs, bond, option, value).map_err(|source| ApplyError::Write {
+                    path: format!("class/net/{bond}/bonding/{option}"),
+                    value: value.clone(),
+                    source,
+                })
             }
             Action::Enslave { link, bond } => {
                 let (i, b) = (self.index(link)?, self.index(bond)?);
@@ -231,9 +255,10 @@ mod tests {
     }
 
     impl Kernel for FakeKernel {
-        fn apply(&mut self, action: &Action) -> Result<(), String> {
+        fn apply(&mut self, action: &Action) -> Result<(), ApplyError> {
+            let refused = |why: &str| ApplyError::Refused(why.to_string());
             if self.fail_on.as_ref() == Some(action) {
-                return Err("EBUSY".into());
+                return Err(refused("EBUSY"));
             }
             self.done.push(action.clone());
             let mut node = self.node.borrow_mut();
@@ -243,8 +268,8 @@ mod tests {
                         .nics
                         .iter_mut()
                         .find(|n| n.name.as_deref() == Some(pf))
-                        .ok_or("no pf")?;
-                    let sriov = nic.sriov.as_mut().ok_or("no sriov")?;
+                        .ok_or_else(|| refused("no pf"))?;
+                    let sriov = nic.sriov.as_mut().ok_or_else(|| refused("no sriov"))?;
                     sriov.num_vfs = Some(*count);
                     sriov.vfs = (0..*count)
                         .map(|i| Vf {
@@ -269,12 +294,12 @@ mod tests {
                         .nics
                         .iter_mut()
                         .find(|n| n.name.as_deref() == Some(pf))
-                        .ok_or("no pf")?;
+                        .ok_or_else(|| refused("no pf"))?;
                     let v = nic
                         .sriov
                         .as_mut()
                         .and_then(|s| s.vfs.iter_mut().find(|v| v.vf_id == *vf))
-                        .ok_or("no vf")?;
+                        .ok_or_else(|| refused("no vf"))?;
                     v.trust = trust.or(v.trust);
                     v.spoof_chk = spoof_chk.or(v.spoof_chk);
                 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
 use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderIPPool};
 use spiderpool_ipam::allocator::Cursor;
 use spiderpool_ipam::cluster::decide::{self, Decision, Op};
@@ -160,14 +159,11 @@ async fn decide_and_write(
             *cursor = walk;
             return Ok((decisions, pool));
         }
-        let patch = json!({
-            "metadata": { "resourceVersion": current.pool.metadata.resource_version },
-            "status": {
-                "allocatedIPs": IPPoolStatus::encode_allocations(&allocated),
-                "allocatedIPCount": allocated.len(),
-                "totalIPCount": u64::try_from(pool.available(&reserved)).unwrap_or(u64::MAX),
-            }
-        });
+        let patch = IPPoolStatus::guarded_patch(
+            current.pool.metadata.resource_version.as_deref(),
+            &allocated,
+            Some(i64::try_from(pool.available(&reserved)).unwrap_or(i64::MAX)),
+        );
         match api
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

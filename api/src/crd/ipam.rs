@@ -107,6 +107,24 @@ impl IPPoolStatus {
         }
     }
 
+    /// The merge patch that writes `allocated` (and its counts) as a pool's status, guarded by
+    /// the `resource_version` it was decided on: the API server refuses it (409) when another
+    /// writer came first. `total`: the pool's capacity, `None` to leave it as it is.
+    pub fn guarded_patch(
+        resource_version: Option<&str>,
+        allocated: &BTreeMap<String, PoolIPAllocation>,
+        total: Option<i64>,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"resourceVersion": resource_version},
+            "status": {
+                "allocatedIPs": IPPoolStatus::encode_allocations(allocated),
+                "allocatedIPCount": allocated.len(),
+                "totalIPCount": total,
+            }
+        })
+    }
+
     pub fn encode_allocations(map: &BTreeMap<String, PoolIPAllocation>) -> String {
         // A map of strings and plain structs always encodes.
         serde_json::to_string(map).unwrap_or_default()

@@ -1,0 +1,156 @@
+//! `spiderpool-agent run`: inventory reports and the IPAM service together.
+
+use super::*;
+
+/// `spiderpool-agent run`: ready once the IPAM service listens, reports the node's inventory
+/// (here a fixture sysfs tree) as its SpiderNodeInventory, and answers the plugin.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
+async fn cluster_agent_run_reports_inventory_and_serves_ipam() {
+    let cluster = Cluster::connect().await.unwrap();
+    let u = unique();
+    let node = format!("node-run-{u}");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sysfs/cx6dx");
+    // `spiderpool-agent run` for this node; `ready` and `log` are file names in `dir`.
+    let run_agent = |ready: &str, log: &str| {
+        std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"))
+            .args([
+                "run",
+                "--node-name",
+                &node,
+                "--health-addr",
+                "127.0.0.1:15751",
+                "--device-plugin=false",
+            ])
+            .args(["--inventory-interval", "5", "--socket"])
+            .arg(&socket)
+            .arg("--sysfs-root")
+            .arg(&fixture)
+            .arg("--ready-file")
+            .arg(dir.path().join(ready))
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = run_agent("ready-1", "run.log");
+    let ready = eventually(Duration::from_secs(30), || async {
+        http_get("127.0.0.1:15751", "/readyz")
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    })
+    .await;
+    let log = || std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    assert!(ready.is_some(), "never ready: {}", log());
+    assert!(http_get("127.0.0.1:15751", "/healthz").starts_with("HTTP/1.1 200"));
+
+    let inventories: Api<SpiderNodeInventory> = Api::all(cluster.client.clone());
+    let inv = eventually(Duration::from_secs(30), || async {
+        inventories.get_opt(&node).await.unwrap().and_then(|i| i.status)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no SpiderNodeInventory {node}: {}", log()));
+    assert!(!inv.nics.is_empty(), "{inv:?}");
+    assert!(
+        inv.nics.iter().any(|n| n.pci_address == "0000:3b:00.0"),
+        "{:?}",
+        inv.nics
+    );
+
+    let pool = format!("run-{u}");
+    create_pool(
+        &cluster,
+        &pool,
+        json!({"subnet": "10.206.0.0/24", "ips": ["10.206.0.10"]}),
+    )
+    .await
+    .unwrap();
+    let ns = cluster.namespace("run", json!({})).await.unwrap();
+    let uids = cluster
+        .pods(&ns, "p", 1, |_| node.clone(), json!({}))
+        .await
+        .unwrap();
+    // Clients that hang up before their answer (a plugin killed by its runtime) must not take
+    // the agent down.
+    for _ in 0..20 {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let req = json!({"verb": "DEL", "network": "n", "containerId": "c", "ifname": "net1",
+                         "pod": {"namespace": ns, "name": "p-0", "uid": uids[0]}});
+        s.write_all(format!("{req}\n").as_bytes()).unwrap();
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = cni(
+        "ADD",
+        &netconf(&socket, &[&pool], &[]),
+        &ns,
+        "p-0",
+        &uids[0],
+        "net1",
+    );
+    assert_eq!(
+        first_ip(&out).as_deref(),
+        Some("10.206.0.10"),
+        "{} {}",
+        out.stdout,
+        log()
+    );
+    assert!(child.try_wait().unwrap().is_none(), "agent died: {}", log());
+
+    // The readiness probe reads this agent's own file.
+    let probe = |file: &str| {
+        std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"))
+            .args(["probe", "--ready-file"])
+            .arg(dir.path().join(file))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(probe("ready-1"));
+    assert!(!probe("ready-2"), "no second agent yet");
+    // An update's successor starts beside it on the same node (same health port, same socket),
+    // becomes ready, takes the IPAM socket over; the old one stops (SIGTERM) and takes its
+    // readiness with it; requests keep being answered throughout.
+    let mut successor = run_agent("ready-2", "run-2.log");
+    let log2 = || std::fs::read_to_string(dir.path().join("run-2.log")).unwrap_or_default();
+    let ready2 = eventually(Duration::from_secs(30), || async {
+        probe("ready-2").then_some(())
+    })
+    .await;
+    assert!(ready2.is_some(), "the successor never got ready: {}", log2());
+    assert!(
+        successor.try_wait().unwrap().is_none(),
+        "successor died: {}",
+        log2()
+    );
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let _ = child.wait();
+    assert!(!probe("ready-1"), "the old agent's readiness goes with it");
+    assert!(
+        http_get("127.0.0.1:15751", "/healthz").starts_with("HTTP/1.1 200"),
+        "the successor answers health"
+    );
+    let out = cni(
+        "CHECK",
+        &netconf(&socket, &[&pool], &[]),
+        &ns,
+        "p-0",
+        &uids[0],
+        "net1",
+    );
+    assert!(
+        out.success,
+        "CHECK answered by the successor: {} {}",
+        out.stdout,
+        log2()
+    );
+    let _ = successor.kill();
+    let _ = successor.wait();
+}

@@ -57,3 +57,15 @@ fn main() -> Result<()> {
         Command::IpamService(args) => commands::ipam_service::exec(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap checks names, groups and defaults only when a subcommand is parsed (debug builds):
+        // this checks every subcommand at once.
+        super::Cli::command().debug_assert();
+    }
+}

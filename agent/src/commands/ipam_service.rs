@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use crate::ipam_service::{IpamService, server};
 use crate::node::node_name;
 
-/// The node and socket of the IPAM service (also `run`'s).
+/// The node and socket of the IPAM service (also `run`'s, flattened: hence its own group id).
 #[derive(clap::Args)]
+#[group(id = "ipam-service")]
 pub struct Args {
     /// This node's name (default: NODE_NAME, else the hostname).
     #[arg(long)]

@@ -4,25 +4,34 @@
 pub mod http;
 
 /// Completes on SIGTERM (kubelet stopping the container; we may be PID 1, where the kernel
-/// ignores a signal without a handler) or SIGINT (Ctrl-C).
+/// ignores a signal without a handler) or SIGINT (Ctrl-C). Until it is first polled, the default
+/// dispositions still apply (a signal then ends the process at once).
 pub async fn shutdown_signal() {
+    on_shutdown().await
+}
+
+/// [`shutdown_signal`] with the handlers installed now (call it inside the runtime): a signal
+/// that comes before the future is awaited is kept, so work in between runs to its end.
+pub fn on_shutdown() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            // Without handlers the default dispositions end the process anyway.
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("no signal handlers ({e}): stopping only by the default dispositions");
+                std::future::pending::<()>().await;
             }
         }
-        // Without handlers the default dispositions end the process anyway.
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!("no signal handlers ({e}): stopping only by the default dispositions");
-            std::future::pending::<()>().await;
-        }
+        tracing::info!("stopping on signal");
     }
-    tracing::info!("stopping on signal");
 }
 
 /// The daemons' runtime: two workers (they are small; nodes keep their cores for pods).
@@ -42,4 +51,21 @@ pub fn init_logging() {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_signal_before_the_await_is_kept() {
+        let rt = super::runtime().unwrap();
+        rt.block_on(async {
+            let stop = super::on_shutdown();
+            // SIGINT to ourselves: with the handler installed it only wakes the future.
+            // SAFETY: raise(3) with a valid signal number has no other effect.
+            assert_eq!(unsafe { libc::raise(libc::SIGINT) }, 0);
+            tokio::time::timeout(std::time::Duration::from_secs(5), stop)
+                .await
+                .expect("the signal sent before the await completes the future");
+        });
+    }
 }

@@ -71,9 +71,10 @@ for _ in $(seq 30); do
     ip -d -j link show "$pf0" | jq -e '.[0].vfinfo_list[0].trust == true' > /dev/null && break
     sleep 0.2
 done
-kill "$watcher"; wait "$watcher" 2>/dev/null || true
+kill "$watcher"
+wait "$watcher" || fail "apply --watch did not exit 0 on SIGTERM (it stops after the round it is in)"
 ip -d -j link show "$pf0" | jq -e '.[0].vfinfo_list[0].trust == true' > /dev/null || fail "drift not corrected"
-echo "ok: drift (trust turned off by hand) corrected by apply --watch"
+echo "ok: drift (trust turned off by hand) corrected by apply --watch, which stops cleanly on SIGTERM"
 
 # A VF kubelet gave to a pod blocks lowering numVfs (its checkpoint says so) unless forced.
 policy 2 "$pf0" > /tmp/p2.yaml

@@ -40,13 +40,26 @@ pub fn exec(args: Args) -> Result<()> {
     let Some(seconds) = args.watch else {
         return apply_once(&args);
     };
-    loop {
-        // Failures are in the status output; the next round tries again.
-        if let Err(e) = apply_once(&args) {
-            eprintln!("{e:#}");
+    let args = std::sync::Arc::new(args);
+    spiderpool_daemon::runtime()?.block_on(async move {
+        // Installed before the first round: a stop asked for mid-round waits for the round's
+        // end, so it never leaves a bond without its members or a VF half configured.
+        let stop = spiderpool_daemon::on_shutdown();
+        tokio::pin!(stop);
+        loop {
+            let round = args.clone();
+            match tokio::task::spawn_blocking(move || apply_once(&round)).await {
+                // Failures are in the status output; the next round tries again.
+                Ok(Err(e)) => eprintln!("{e:#}"),
+                Err(e) => eprintln!("apply round: {e}"),
+                Ok(Ok(())) => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(seconds.max(1))) => {}
+                () = &mut stop => return Ok(()),
+            }
         }
-        std::thread::sleep(Duration::from_secs(seconds.max(1)));
-    }
+    })
 }
 
 fn read_policies(file: &Path) -> Result<Vec<SpiderNetworkNodePolicy>> {

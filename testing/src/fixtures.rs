@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use spiderpool_api::inventory::Inventory;
 
-/// Where the fixture trees are.
+/// Where the fixture trees are: an absolute path without `..` (tests pass it on as a
+/// Kubernetes hostPath, which must not contain `..`).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).join("tests/fixtures/sysfs")
 }
 
 /// The sysfs root of fixture `name` (`cx6dx`, `e810`, `cx7-ib`, `bond`).
@@ -38,4 +40,19 @@ pub fn copy_fixture(name: &str, to: &Path) {
         from.display(),
         to.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fixtures_dir_is_a_plain_absolute_path_that_exists() {
+        let dir = super::fixtures_dir();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert!(
+            dir.components().all(|c| c != std::path::Component::ParentDir),
+            "{} contains ..",
+            dir.display()
+        );
+        assert!(dir.join("cx6dx").is_dir(), "{}", dir.display());
+    }
 }

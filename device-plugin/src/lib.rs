@@ -14,5 +14,3 @@ pub mod server;
 pub mod api {
     tonic::include_proto!("v1beta1");
 }
-
-pub mod testing;

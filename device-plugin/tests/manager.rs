@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use common::{fixture, start_kubelet};
 use spiderpool_api::inventory::Vf;
 use spiderpool_device_plugin::api::device_plugin_client::DevicePluginClient;
-use spiderpool_device_plugin::api::{Empty, ListAndWatchResponse, RegisterRequest};
+use spiderpool_device_plugin::api::{Empty, ListAndWatchResponse};
 use spiderpool_device_plugin::kubelet::unix_channel;
 use spiderpool_device_plugin::manager::{ManagerOptions, run};
 use spiderpool_linux::sysfs::Sysfs;
+use spiderpool_testing::kubelet::api::RegisterRequest;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::Streaming;
 

@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use spiderpool_api::inventory::Inventory;
-use spiderpool_device_plugin::api::RegisterRequest;
+use spiderpool_testing::kubelet::api::RegisterRequest;
 use tokio::sync::mpsc;
 
 pub fn start_kubelet(dir: &Path) -> mpsc::UnboundedReceiver<RegisterRequest> {
-    spiderpool_device_plugin::testing::start_kubelet(dir).unwrap()
+    spiderpool_testing::kubelet::start_kubelet(dir).unwrap()
 }
 
 pub fn fixture(name: &str) -> (Inventory, PathBuf) {

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use spiderpool_device_plugin::api::device_plugin_client::DevicePluginClient;
-use spiderpool_device_plugin::api::{AllocateRequest, ContainerAllocateRequest, Empty, RegisterRequest};
-use spiderpool_device_plugin::kubelet::{KUBELET_SOCKET, unix_channel};
-use spiderpool_device_plugin::testing::start_kubelet;
+use spiderpool_device_plugin::kubelet::unix_channel;
+use spiderpool_testing::kubelet::api::device_plugin_client::DevicePluginClient;
+use spiderpool_testing::kubelet::api::{AllocateRequest, ContainerAllocateRequest, Empty, RegisterRequest};
+use spiderpool_testing::kubelet::{KUBELET_SOCKET, start_kubelet};
 
 /// One JSON line, stamped with the wall clock in milliseconds (for latency figures).
 fn emit(mut value: serde_json::Value) {

@@ -1,7 +1,8 @@
-//! The fake kubelet of every test that needs one (this crate's tests and benchmarks, the VM
+//! The fake kubelet of every test that needs one (the device plugin's tests and benchmark, the VM
 //! tier's `fake-kubelet`): kubelet's `Registration` service on `DIR/kubelet.sock`, handing each
-//! registration to the test. Kept beside the API it speaks so no other crate compiles the
-//! kubelet protocol a second time.
+//! registration to the test, and a client for the plugin's own socket. It speaks the wire
+//! protocol from its own copy of the generated API ([`api`]), so no test depends on the plugin's
+//! code to talk to it.
 
 use std::path::Path;
 
@@ -10,9 +11,17 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::api::registration_server::{Registration, RegistrationServer};
-use crate::api::{Empty, RegisterRequest};
-use crate::kubelet::KUBELET_SOCKET;
+use api::registration_server::{Registration, RegistrationServer};
+use api::{Empty, RegisterRequest};
+
+/// kubelet's device plugin API v1beta1, generated from `device-plugin/proto/deviceplugin.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod api {
+    tonic::include_proto!("v1beta1");
+}
+
+/// Where kubelet listens for registrations, in its device plugin directory.
+pub const KUBELET_SOCKET: &str = "kubelet.sock";
 
 struct FakeKubelet {
     registered: mpsc::UnboundedSender<RegisterRequest>,

@@ -120,7 +120,7 @@ impl IpamService {
                 }
             }
         }
-        let detail = detail_of(&req.ifname, &got, chosen.clean_gateway);
+        let detail = detail_of(req, &got, chosen.clean_gateway);
         if let Err(e) = self.record_endpoint(&pod, req, detail, sts).await {
             for (_, c) in &got {
                 let _ = self.release(&c.pool.name, &uid, Some(&req.ifname)).await;
@@ -192,9 +192,10 @@ impl IpamService {
     }
 }
 
-fn detail_of(ifname: &str, got: &[(Family, Claimed)], clean_gateway: bool) -> IPAllocationDetail {
+fn detail_of(req: &IpamRequest, got: &[(Family, Claimed)], clean_gateway: bool) -> IPAllocationDetail {
     let mut d = IPAllocationDetail {
-        interface: ifname.to_string(),
+        interface: req.ifname.clone(),
+        network: Some(req.network.clone()),
         clean_gateway: Some(clean_gateway),
         ..IPAllocationDetail::default()
     };

@@ -120,7 +120,8 @@ impl IpamService {
         Ok(())
     }
 
-    /// CNI GC: release what this node's endpoints hold for attachments the runtime no longer has.
+    /// CNI GC of one network: release what this node's endpoints hold on that network for
+    /// attachments the runtime no longer has.
     pub(super) async fn gc(&self, req: &IpamRequest) -> Result<(), CniError> {
         let valid: HashSet<(String, String)> = req
             .valid_attachments
@@ -143,7 +144,11 @@ impl IpamService {
                 continue;
             };
             for d in &status.current.ips {
-                if valid.contains(&(container.clone(), d.interface.clone())) {
+                // Another network's attachment is not this GC's to judge (nor one whose network
+                // was not recorded: the controller releases it once its pod is gone).
+                if d.network.as_deref() != Some(req.network.as_str())
+                    || valid.contains(&(container.clone(), d.interface.clone()))
+                {
                     continue;
                 }
                 let del = IpamRequest {

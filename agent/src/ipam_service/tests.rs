@@ -210,18 +210,23 @@ fn detail(ip: &str) -> IPAllocationDetail {
         interface: "eth0".into(),
         ipv4: Some(format!("{ip}/24")),
         ipv4_pool: Some("p".into()),
+        network: Some("macvlan".into()),
         ..IPAllocationDetail::default()
     }
 }
 
 fn endpoint(pod: &str, node: &str, container: &str, ip: &str, version: &str) -> Value {
+    endpoint_on(pod, node, container, detail(ip), version)
+}
+
+fn endpoint_on(pod: &str, node: &str, container: &str, detail: IPAllocationDetail, version: &str) -> Value {
     json!({
         "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpoint",
         "metadata": {"name": pod, "namespace": "ns", "resourceVersion": version},
         "spec": {},
         "status": {
             "current": {"uid": format!("uid-{pod}"), "node": node, "containerID": container,
-                        "ips": [serde_json::to_value(detail(ip)).unwrap()]},
+                        "ips": [serde_json::to_value(detail).unwrap()]},
             "ownerControllerType": "Pod", "ownerControllerName": pod
         }
     })
@@ -253,6 +258,7 @@ async fn add_creates_the_endpoint_owned_by_the_pod_without_reading_first() {
     assert_eq!(body["status"]["current"]["node"], "n1");
     assert_eq!(body["status"]["current"]["containerID"], "c1");
     assert_eq!(body["status"]["current"]["ips"][0]["ipv4"], "10.0.0.10/24");
+    assert_eq!(body["status"]["current"]["ips"][0]["network"], "macvlan");
 }
 
 #[tokio::test]
@@ -300,9 +306,13 @@ async fn a_second_interface_conflicting_with_the_first_reads_and_replaces() {
 }
 
 #[tokio::test]
-async fn gc_releases_only_this_node_s_attachments_the_runtime_no_longer_has() {
+async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_longer_has() {
     let api = MockApi::new();
     let all = "/apis/spiderpool.spidernet.io/v2beta1/spiderendpoints";
+    let mut other_network = detail("10.0.0.13");
+    other_network.network = Some("sriov".into());
+    let mut unrecorded = detail("10.0.0.14");
+    unrecorded.network = None;
     api.reply(
         "GET",
         all,
@@ -313,6 +323,8 @@ async fn gc_releases_only_this_node_s_attachments_the_runtime_no_longer_has() {
                 endpoint("a", "n1", "c1", "10.0.0.10", "5"),
                 endpoint("b", "n1", "c2", "10.0.0.11", "7"),
                 endpoint("c", "n2", "c3", "10.0.0.12", "9"),
+                endpoint_on("d", "n1", "c4", other_network, "11"),
+                endpoint_on("e", "n1", "c5", unrecorded, "13"),
             ]
         }),
     )
@@ -355,7 +367,7 @@ async fn gc_releases_only_this_node_s_attachments_the_runtime_no_longer_has() {
             format!("PATCH {POOLS}/p/status"),
             format!("DELETE {ENDPOINTS}/b"),
         ],
-        "a (valid) and c (another node) are left alone"
+        "a (valid), c (another node), d (another network) and e (network not recorded) are left alone"
     );
     assert_eq!(
         api.seen()[3].body,

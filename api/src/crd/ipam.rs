@@ -282,4 +282,9 @@ pub struct IPAllocationDetail {
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The CNI network the interface was attached for (Multus: the NetworkAttachmentDefinition),
+    /// so a CNI GC of one network leaves the other networks' interfaces alone. Absent in endpoints
+    /// written before it was recorded: GC then leaves the interface to the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }

@@ -1,4 +1,5 @@
-//! The agents' IPAM service: a pool of 1000 over ten agents, an agent killed mid-burst, pool choice.
+//! The agents' IPAM service: a pool of 1000 over ten agents, an agent killed mid-burst, pool choice,
+//! CNI GC per network.
 
 use super::*;
 
@@ -371,4 +372,72 @@ async fn cluster_pool_choice_multi_nic_reserved_and_namespace_defaults() {
         cni("CHECK", &conf, &ns, "multi-0", &multi[0], "net1").error_code(),
         Some(3)
     );
+}
+
+/// The plugin's CNI GC for `network` (the netconf's name) with no valid attachments.
+fn gc_all_of(conf: &Value, network: &str) -> spiderpool_cni::exec::Output {
+    let mut conf = conf.clone();
+    conf["name"] = json!(network);
+    conf["cniVersion"] = json!("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([]);
+    let bin = spiderpool_e2e::bin_dir();
+    spiderpool_cni::exec::Invocation::new("GC", "", "", "")
+        .with_path(vec![bin.clone()])
+        .run(&bin.join("spiderpool"), conf.to_string().as_bytes())
+        .expect("spiderpool runs")
+}
+
+/// A CNI GC of one network releases that network's stale attachments only: another network's
+/// pod on the same node keeps its address until a GC of its own network.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
+async fn cluster_gc_of_one_network_leaves_the_other_networks_addresses() {
+    let cluster = Cluster::connect().await.unwrap();
+    let u = unique();
+    let pool = format!("gc-{u}");
+    create_pool(
+        &cluster,
+        &pool,
+        json!({"subnet": "10.206.0.0/24", "ips": ["10.206.0.10-10.206.0.20"]}),
+    )
+    .await
+    .unwrap();
+    let ns = cluster.namespace("gcnet", json!({})).await.unwrap();
+    let uids = cluster
+        .pods(&ns, "p", 2, |_| "node-gc".into(), json!({}))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&cluster.kubeconfig, "node-gc", dir.path()).unwrap();
+    let mut conf_a = netconf(&agent.socket, &[&pool], &[]);
+    conf_a["name"] = json!("net-a");
+    let mut conf_b = conf_a.clone();
+    conf_b["name"] = json!("net-b");
+    let a = cni("ADD", &conf_a, &ns, "p-0", &uids[0], "eth0");
+    assert!(a.success, "{} {}", a.stdout, a.stderr);
+    let b = cni("ADD", &conf_b, &ns, "p-1", &uids[1], "net1");
+    assert!(b.success, "{} {}", b.stdout, b.stderr);
+    let (ip_a, ip_b) = (first_ip(&a).unwrap(), first_ip(&b).unwrap());
+    assert_eq!(allocations(&cluster, &pool).await.len(), 2);
+
+    let out = gc_all_of(&conf_a, "net-a");
+    assert!(out.success, "{} {}", out.stdout, out.stderr);
+    let held = allocations(&cluster, &pool).await;
+    assert!(
+        !held.contains_key(&ip_a),
+        "net-a's stale attachment released: {held:?}"
+    );
+    assert_eq!(
+        held.get(&ip_b).map(|h| h.pod_uid.as_str()),
+        Some(uids[1].as_str()),
+        "net-b's attachment untouched by net-a's GC"
+    );
+
+    let out = gc_all_of(&conf_b, "net-b");
+    assert!(out.success, "{} {}", out.stdout, out.stderr);
+    assert!(
+        allocations(&cluster, &pool).await.is_empty(),
+        "net-b's own GC releases it"
+    );
+    drop(agent);
 }

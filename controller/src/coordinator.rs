@@ -55,6 +55,12 @@ pub enum DiscoveryError {
 }
 
 impl DiscoveryError {
+    /// How a failed read of `what` becomes a discovery error (for `map_err`).
+    fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> DiscoveryError {
+        let what = what.into();
+        move |source| DiscoveryError::Api { what, source }
+    }
+
     /// The same error, saying where the bad value was read.
     fn within(self, place: &str) -> DiscoveryError {
         match self {
@@ -159,13 +165,11 @@ impl Sources {
 
     async fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, DiscoveryError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), KUBE_SYSTEM);
-        match api.get_opt(name).await {
-            Ok(cm) => Ok(cm.map(|cm| cm.data.unwrap_or_default())),
-            Err(e) => Err(DiscoveryError::Api {
-                what: format!("ConfigMap {KUBE_SYSTEM}/{name}"),
-                source: e,
-            }),
-        }
+        let cm = api
+            .get_opt(name)
+            .await
+            .map_err(DiscoveryError::api(format!("ConfigMap {KUBE_SYSTEM}/{name}")))?;
+        Ok(cm.map(|cm| cm.data.unwrap_or_default()))
     }
 
     async fn kubeadm(&self) -> Result<(Option<String>, Option<String>), DiscoveryError> {
@@ -184,10 +188,9 @@ impl Sources {
         let pods = api
             .list(&ListParams::default().labels(&format!("component={component}")))
             .await
-            .map_err(|e| DiscoveryError::Api {
-                what: format!("pods of {component} in {KUBE_SYSTEM}"),
-                source: e,
-            })?;
+            .map_err(DiscoveryError::api(format!(
+                "pods of {component} in {KUBE_SYSTEM}"
+            )))?;
         for pod in pods {
             for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
                 let words: Vec<String> = c
@@ -231,10 +234,7 @@ impl Sources {
                 calico_pod_cidrs(&pools).map(Some)
             }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-            Err(e) => Err(DiscoveryError::Api {
-                what: "calico IPPools".into(),
-                source: e,
-            }),
+            Err(e) => Err(DiscoveryError::api("calico IPPools")(e)),
         }
     }
 
@@ -265,12 +265,7 @@ impl Sources {
             }
             // Before Kubernetes 1.33 (or with the API off): the older sources.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(DiscoveryError::Api {
-                    what: "ServiceCIDRs".into(),
-                    source: e,
-                });
-            }
+            Err(e) => return Err(DiscoveryError::api("ServiceCIDRs")(e)),
         }
         if let (_, Some(service)) = self.kubeadm().await? {
             return cidr_list(&service).map_err(|e| e.within("kubeadm-config serviceSubnet"));

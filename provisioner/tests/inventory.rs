@@ -10,7 +10,8 @@ use spiderpool_api::inventory::Inventory;
 use spiderpool_linux::links::{LinkTable, VfConfig};
 use spiderpool_linux::sysfs::Sysfs;
 use spiderpool_provisioner::discovery::{NodeIdentity, scan};
-use spiderpool_testing::sysfs_fixture::{FIXTURES, SysfsBuilder, build_fixture, fixtures_dir};
+use spiderpool_testing::fixtures::fixtures_dir;
+use spiderpool_testing::sysfs_fixture::{FIXTURES, SysfsBuilder, build_fixture};
 
 fn identity() -> NodeIdentity {
     NodeIdentity {

@@ -567,8 +567,3 @@ fn roce(name: &str, netdev: &str, index: u32) -> Rdma {
         mad: vec![index],
     }
 }
-
-/// Where the committed fixtures live.
-pub fn fixtures_dir() -> PathBuf {
-    crate::fixtures::fixtures_dir()
-}

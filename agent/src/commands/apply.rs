@@ -88,7 +88,7 @@ fn apply_once(args: &Args) -> Result<()> {
     let node_labels = node_labels(&args.node_labels)?;
     let mut observe = || {
         let (inventory, links) = scan_with_links(&args.sysfs_root);
-        spiderpool_provisioner::applier::Observation {
+        Observation {
             inventory,
             links,
             node_labels: node_labels.clone(),
@@ -96,7 +96,7 @@ fn apply_once(args: &Args) -> Result<()> {
             allocated: allocated_device_ids(&args.kubelet_dir),
         }
     };
-    let plan = Observation::plan(&observe(), &policies);
+    let plan = observe().plan(&policies);
     println!("plan ({} actions):", plan.steps.len());
     for step in &plan.steps {
         println!("  {}  ({})", step.action, step.reason);

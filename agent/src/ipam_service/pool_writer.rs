@@ -150,10 +150,10 @@ async fn decide_and_write(
             accept_new: current.pool.metadata.deletion_timestamp.is_none(),
         };
         let mut allocated = current.allocated.clone();
-        let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
         // The cursor moves only with a write that lands: a lost round decides again from it.
         let mut walk = *cursor;
-        let (decisions, changed) = decide::decide(&mut allocated, &mut walk, &cx, &ops);
+        let (decisions, changed) =
+            decide::decide(&mut allocated, &mut walk, &cx, batch.iter().map(|p| &p.op));
         if !changed {
             *copy = Some(current);
             *cursor = walk;

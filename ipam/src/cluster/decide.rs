@@ -55,11 +55,11 @@ pub struct Context<'a> {
 
 /// Decides every op of `batch` against `allocated`, updating it and the walk's `cursor`;
 /// `true` when `allocated` changed (and so must be written).
-pub fn decide(
+pub fn decide<'a>(
     allocated: &mut BTreeMap<String, PoolIPAllocation>,
     cursor: &mut Option<Cursor>,
     cx: &Context<'_>,
-    batch: &[Op],
+    batch: impl IntoIterator<Item = &'a Op>,
 ) -> (Vec<Decision>, bool) {
     let mut changed = false;
     let mut taken: HashSet<u128> = allocated
@@ -71,7 +71,8 @@ pub fn decide(
     let mut last = cursor
         .filter(|c| c.fingerprint == fingerprint)
         .and_then(|c| c.last);
-    let mut decisions = Vec::with_capacity(batch.len());
+    let batch = batch.into_iter();
+    let mut decisions = Vec::with_capacity(batch.size_hint().0);
     for op in batch {
         match op {
             Op::Claim(entry) => {

@@ -2,7 +2,8 @@
 //! usage: cargo run -p spiderpool-e2e --bin gen-sysfs-fixtures
 
 use anyhow::Result;
-use spiderpool_e2e::sysfs_fixture::{FIXTURES, build_fixture, fixtures_dir};
+use spiderpool_e2e::sysfs_fixture::{FIXTURES, build_fixture};
+use spiderpool_testing::fixtures::fixtures_dir;
 
 fn main() -> Result<()> {
     for name in FIXTURES {

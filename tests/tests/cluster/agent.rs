@@ -12,7 +12,7 @@ async fn cluster_agent_run_reports_inventory_and_serves_ipam() {
     let node = format!("node-run-{u}");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sysfs/cx6dx");
+    let fixture = spiderpool_testing::fixtures::fixture_root("cx6dx");
     // `spiderpool-agent run` for this node; `ready` and `log` are file names in `dir`.
     let run_agent = |ready: &str, log: &str| {
         std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"))

@@ -66,7 +66,7 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
     // Cluster-scoped objects carry the release name: one per run.
     let release = format!("ro{}", std::process::id());
     let state_dir = cluster.kubeconfig.parent().unwrap().display().to_string();
-    let fixture = spiderpool_e2e::sysfs_fixture::fixtures_dir().join("e810");
+    let fixture = spiderpool_testing::fixtures::fixture_root("e810");
     let values = json!({
         "image": {"repository": "localhost/spiderpool-rs", "tag": "rollout", "pullPolicy": "Never"},
         "controller": {"replicas": 0},

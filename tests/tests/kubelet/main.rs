@@ -126,7 +126,7 @@ fn device_plugin(dir: &Path, log: &str) -> Daemon {
     let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
     cmd.arg("device-plugin")
         .arg("--sysfs-root")
-        .arg(spiderpool_e2e::sysfs_fixture::fixtures_dir().join("e810"))
+        .arg(spiderpool_testing::fixtures::fixture_root("e810"))
         .arg("--config")
         .arg(plugin_config(dir))
         .arg("--devinfo-dir")
@@ -146,7 +146,7 @@ fn agent(dir: &Path, kubeconfig: &Path, log: &str, ready: &Path) -> Daemon {
         .arg("--socket")
         .arg(dir.join("agent.sock"))
         .arg("--sysfs-root")
-        .arg(spiderpool_e2e::sysfs_fixture::fixtures_dir().join("e810"))
+        .arg(spiderpool_testing::fixtures::fixture_root("e810"))
         .arg("--device-plugin-config")
         .arg(plugin_config(dir))
         .arg("--ready-file")

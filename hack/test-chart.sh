@@ -79,6 +79,9 @@ for verb in get list watch; do
     run "agent may $verb spiderippools" can yes "$agent" "$verb" spiderippools.spiderpool.spidernet.io
 done
 run "agent may patch spiderippools/status" can yes "$agent" patch spiderippools.spiderpool.spidernet.io --subresource=status
+run "agent may update spiderippoolregistries" can yes "$agent" update spiderippoolregistries.spiderpool.spidernet.io
+run "agent may create spiderippoolregistries" can yes "$agent" create spiderippoolregistries.spiderpool.spidernet.io
+run "agent may not delete spiderippoolregistries" can no "$agent" delete spiderippoolregistries.spiderpool.spidernet.io
 run "agent may create spiderendpoints" can yes "$agent" create spiderendpoints.spiderpool.spidernet.io -n default
 run "agent may delete spiderendpoints" can yes "$agent" delete spiderendpoints.spiderpool.spidernet.io -n default
 run "agent may create spidernodeinventories" can yes "$agent" create spidernodeinventories.spiderpool.spidernet.io
@@ -93,6 +96,8 @@ run "agent may not touch leases" can no "$agent" update leases.coordination.k8s.
 run "agent may not change CRDs" can no "$agent" patch customresourcedefinitions.apiextensions.k8s.io
 
 run "controller may patch spiderippools/status" can yes "$controller" patch spiderippools.spiderpool.spidernet.io --subresource=status
+run "controller may patch spiderippools (the finalizer)" can yes "$controller" patch spiderippools.spiderpool.spidernet.io
+run "controller may update spiderippoolregistries" can yes "$controller" update spiderippoolregistries.spiderpool.spidernet.io
 run "controller may delete spiderendpoints" can yes "$controller" delete spiderendpoints.spiderpool.spidernet.io -n default
 run "controller may list statefulsets" can yes "$controller" list statefulsets.apps --all-namespaces
 run "controller may update its lease" can yes "$controller" update leases.coordination.k8s.io -n "$ns"

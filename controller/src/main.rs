@@ -2,6 +2,7 @@
 //! SpiderCoordinator status (pod and service CIDRs) and metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -90,6 +91,17 @@ async fn run(cli: Cli) -> Result<()> {
         tracing::info!("applied {applied} CRDs");
     }
     if cli.once {
+        let pools = spiderpool_controller::pools::run_once(&client).await?;
+        println!(
+            "{} pools ready, {} not in use, {} finalizers removed, {} registry entries pruned",
+            pools.ready,
+            pools.not_ready.len(),
+            pools.finalizers_removed,
+            pools.entries_pruned
+        );
+        for why in &pools.not_ready {
+            println!("  {why}");
+        }
         let report = gc::run_once(&client, &metrics).await?;
         println!(
             "released {} addresses, deleted {} endpoints, recounted {} pools",
@@ -123,6 +135,12 @@ async fn run(cli: Cli) -> Result<()> {
     let renew_every = Duration::from_secs(u64::try_from(cli.lease_duration / 3).unwrap_or(1).max(1));
     let gc_every = Duration::from_secs(cli.gc_interval.max(1));
     let mut next_gc = tokio::time::Instant::now();
+    let leading_now = Arc::new(AtomicBool::new(false));
+    tokio::spawn(spiderpool_controller::pools::run(
+        client.clone(),
+        leading_now.clone(),
+        gc_every,
+    ));
     tracing::info!(identity = %me, lease = %format!("{namespace}/{}", cli.lease_name), "controller started");
     loop {
         let leading = match elector.try_acquire_or_renew().await {
@@ -133,6 +151,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         };
         metrics.leader.set(i64::from(leading));
+        leading_now.store(leading, Ordering::Relaxed);
         if leading && tokio::time::Instant::now() >= next_gc {
             match gc::run_once(&client, &metrics).await {
                 Ok(r) if !r.released.is_empty() || r.endpoints_deleted > 0 => tracing::info!(

@@ -28,10 +28,11 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use spiderpool_api::coordinator::SpiderCoordinator;
-use spiderpool_api::crd::{PoolIPAllocation, SpiderIPPool, SpiderReservedIP};
+use spiderpool_api::crd::{PoolIPAllocation, SpiderIPPool, SpiderIPPoolRegistry, SpiderReservedIP};
 use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
 use spiderpool_cni::{CniError, CniResult};
 use spiderpool_ipam::cluster::decide::{Decision, Op};
+use spiderpool_ipam::cluster::registry::is_registered;
 use spiderpool_ipam::cluster::reserved_keys;
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,6 +43,7 @@ pub struct IpamService {
     node: String,
     pools: reflector::Store<SpiderIPPool>,
     reserved: reflector::Store<SpiderReservedIP>,
+    registry: reflector::Store<SpiderIPPoolRegistry>,
     pods: reflector::Store<Pod>,
     namespaces: reflector::Store<Namespace>,
     coordinators: reflector::Store<SpiderCoordinator>,
@@ -65,6 +67,14 @@ impl IpamService {
             watcher(reserved_api, watcher::Config::default())
                 .default_backoff()
                 .reflect(reserved_writer)
+                .for_each(|_| async {}),
+        );
+        let (registry, registry_writer) = reflector::store();
+        let registry_api: Api<SpiderIPPoolRegistry> = Api::all(client.clone());
+        tokio::spawn(
+            watcher(registry_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(registry_writer)
                 .for_each(|_| async {}),
         );
         // This node's pods and every namespace: what pool choice reads per ADD, kept by watches
@@ -100,6 +110,7 @@ impl IpamService {
         pools.wait_until_ready().await?;
         coordinators.wait_until_ready().await?;
         reserved.wait_until_ready().await?;
+        registry.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         namespaces.wait_until_ready().await?;
         Ok(Arc::new(IpamService {
@@ -107,6 +118,7 @@ impl IpamService {
             node,
             pools,
             reserved,
+            registry,
             pods,
             namespaces,
             coordinators,
@@ -159,10 +171,18 @@ impl IpamService {
         let store = self.reserved.clone();
         let pools = self.pools.clone();
         let key = reflector::ObjectRef::new(pool);
+        let registry = self.registry.clone();
         let sources = pool_writer::Sources {
             api: Api::all(self.client.clone()),
             reserved: Arc::new(move || reserved_keys(store.state().iter().map(|r| &**r))),
             latest: Arc::new(move || pools.get(&key)),
+            registry: Api::all(self.client.clone()),
+            registered: Arc::new(move |uid, generation| {
+                registry
+                    .state()
+                    .iter()
+                    .any(|r| is_registered(&r.spec, uid, generation))
+            }),
         };
         let w = pool_writer::spawn(sources, pool.to_string());
         writers.insert(pool.to_string(), w.clone());
@@ -179,13 +199,24 @@ impl IpamService {
             .map_err(|_| ServiceError::Internal(format!("writer of pool {pool} dropped a request")))?
     }
 
-    /// An address of `pool` for `entry` (see [`Op::Claim`]); `None` when the pool has none free.
+    /// An address of `pool` for `entry` (see [`Op::Claim`]); `None` when the pool has none free,
+    /// [`ServiceError::InvalidPool`] when it gives none because it is not registered.
     async fn claim(&self, pool: &str, entry: PoolIPAllocation) -> Result<Option<Claimed>, ServiceError> {
         match self.ask(pool, Op::Claim(entry)).await? {
             Answer {
-                decision: Decision::Claim(ip),
+                decision: Decision::Claim(Some(ip)),
                 pool,
-            } => Ok(ip.map(|ip| Claimed { ip, pool })),
+                ..
+            } => Ok(Some(Claimed { ip, pool })),
+            Answer {
+                decision: Decision::Claim(None),
+                refused: Some(why),
+                ..
+            } => Err(ServiceError::InvalidPool(format!("not in use: {why}"))),
+            Answer {
+                decision: Decision::Claim(None),
+                ..
+            } => Ok(None),
             Answer { decision, .. } => Err(ServiceError::Internal(format!(
                 "writer of pool {pool} answered a claim with {decision:?}"
             ))),

@@ -4,6 +4,10 @@
 //! copy's resourceVersion. Another agent's write in
 //! between makes the API server answer 409; the task then reads the pool again and decides again,
 //! so no address is ever given twice, and a burst costs one write per round instead of one per pod.
+//!
+//! A pool gives new addresses only while the SpiderIPPoolRegistry lists it at the generation the
+//! copy has (`ipam::cluster::registry` says why that keeps two overlapping pools from both
+//! handing out); a writer that finds its pool missing there registers it first.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -11,10 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderIPPool};
+use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderIPPool, SpiderIPPoolRegistry};
 use spiderpool_ipam::allocator::Cursor;
 use spiderpool_ipam::cluster::decide::{self, Decision, Op};
 use spiderpool_ipam::cluster::pool_of;
+use spiderpool_ipam::cluster::register::{self, Outcome};
+use spiderpool_ipam::cluster::registry;
 use spiderpool_ipam::pool::Pool;
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,6 +32,9 @@ pub type ReservedFn = Arc<dyn Fn() -> HashSet<u128> + Send + Sync>;
 /// The newest copy of the pool the agent's watch has delivered, if any.
 pub type LatestFn = Arc<dyn Fn() -> Option<Arc<SpiderIPPool>> + Send + Sync>;
 
+/// Whether the registry the agent's watch has delivered lists the pool `uid` at `generation`.
+pub type RegisteredFn = Arc<dyn Fn(&str, i64) -> bool + Send + Sync>;
+
 /// How long a writer that lost a round waits for the watch to bring the winner's version before
 /// it reads the pool itself.
 const WATCH_WAIT: Duration = Duration::from_millis(250);
@@ -36,6 +45,8 @@ pub struct Sources {
     pub api: Api<SpiderIPPool>,
     pub reserved: ReservedFn,
     pub latest: LatestFn,
+    pub registry: Api<SpiderIPPoolRegistry>,
+    pub registered: RegisteredFn,
 }
 
 /// What a claim got.
@@ -51,6 +62,8 @@ pub struct Claimed {
 pub struct Answer {
     pub decision: Decision,
     pub pool: Arc<Pool>,
+    /// Why the pool gives no new address even if it has free ones (it is not registered).
+    pub refused: Option<String>,
 }
 
 /// An [`Op`] with where its answer goes.
@@ -70,14 +83,34 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
     let mut copy: Option<Copy> = None;
     // Where the walk for free addresses goes on from (see `decide`).
     let mut cursor: Option<Cursor> = None;
+    let mut registered = Registered::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let started = std::time::Instant::now();
-        let outcome = decide_and_write(&sources, &name, &mut copy, &mut cursor, &mut batch, &mut rx).await;
+        let mut state = State {
+            copy: &mut copy,
+            cursor: &mut cursor,
+            registered: &mut registered,
+        };
+        let outcome = decide_and_write(&sources, &name, &mut state, &mut batch, &mut rx).await;
         tracing::debug!(pool = %name, ops = batch.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch written");
         answer(batch, outcome);
     }
 }
+
+/// What a writer keeps between batches.
+struct State<'a> {
+    copy: &'a mut Option<Copy>,
+    cursor: &'a mut Option<Cursor>,
+    registered: &'a mut Registered,
+}
+
+/// The pool `(uid, generation)` this writer registered or found registered, so later batches
+/// need no read of the registry before the watch brings it. Still safe when the entry has gone
+/// since: that only happens after the pool itself changed, and the write guarded by the old
+/// copy's resourceVersion then fails.
+#[derive(Default)]
+struct Registered(Option<(String, i64)>);
 
 struct Copy {
     pool: SpiderIPPool,
@@ -117,21 +150,59 @@ async fn newer_from_watch(latest: &LatestFn, tried: Option<u64>) -> Option<Spide
     }
 }
 
+/// `Ok(())` when `pool` may hand out new addresses at its generation, else why not; registers it
+/// when neither this writer nor the watch has seen it registered.
+async fn admitted(
+    sources: &Sources,
+    known: &mut Registered,
+    pool: &SpiderIPPool,
+) -> Result<Result<(), String>, ServiceError> {
+    let uid = pool.metadata.uid.clone().unwrap_or_default();
+    let generation = pool.metadata.generation.unwrap_or(0);
+    if known
+        .0
+        .as_ref()
+        .is_some_and(|(u, g)| *u == uid && *g == generation)
+        || (sources.registered)(&uid, generation)
+    {
+        return Ok(Ok(()));
+    }
+    let cand = match registry::candidate_of(pool) {
+        Ok(c) => c,
+        Err(why) => return Ok(Err(why)),
+    };
+    match register::register(&sources.registry, &cand).await {
+        Ok(Outcome::Registered) => {
+            known.0 = Some((uid, generation));
+            Ok(Ok(()))
+        }
+        Ok(Outcome::Refused(why)) => Ok(Err(why)),
+        Err(e) => Err(ServiceError::Conflict(e.to_string())),
+    }
+}
+
+type Outcomes = (Vec<Decision>, Arc<Pool>, Option<String>);
+
 async fn decide_and_write(
     sources: &Sources,
     name: &str,
-    copy: &mut Option<Copy>,
-    cursor: &mut Option<Cursor>,
+    state: &mut State<'_>,
     batch: &mut Vec<PoolOp>,
     rx: &mut mpsc::UnboundedReceiver<PoolOp>,
-) -> Result<(Vec<Decision>, Arc<Pool>), ServiceError> {
+) -> Result<Outcomes, ServiceError> {
     let api = &sources.api;
+    let State {
+        copy,
+        cursor,
+        registered,
+    } = state;
     let mut conflicts = 0u32;
     loop {
         // Everything queued so far rides in this write.
         while let Ok(op) = rx.try_recv() {
             batch.push(op);
         }
+        let fresh = copy.is_none();
         let current = match copy.take() {
             Some(c) => c,
             None => {
@@ -144,20 +215,38 @@ async fn decide_and_write(
         };
         let pool = Arc::new(pool_of(&current.pool).map_err(|e| ServiceError::InvalidPool(e.to_string()))?);
         let reserved = (sources.reserved)();
+        let terminating = current.pool.metadata.deletion_timestamp.is_some();
+        let claims = batch.iter().any(|p| matches!(p.op, Op::Claim(_)));
+        let refused = if claims && !terminating {
+            match admitted(sources, registered, &current.pool).await {
+                Ok(verdict) => verdict.err(),
+                Err(e) => {
+                    **copy = Some(current);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        if refused.is_some() && !fresh {
+            // A refusal writes nothing, so no conflict would bring a newer copy: the pool may
+            // have been edited back meanwhile. Read it before saying no.
+            continue;
+        }
         let cx = decide::Context {
             pool: &pool,
             reserved: &reserved,
-            accept_new: current.pool.metadata.deletion_timestamp.is_none(),
+            accept_new: !terminating && refused.is_none(),
         };
         let mut allocated = current.allocated.clone();
         // The cursor moves only with a write that lands: a lost round decides again from it.
-        let mut walk = *cursor;
+        let mut walk = **cursor;
         let (decisions, changed) =
             decide::decide(&mut allocated, &mut walk, &cx, batch.iter().map(|p| &p.op));
         if !changed {
-            *copy = Some(current);
-            *cursor = walk;
-            return Ok((decisions, pool));
+            **copy = Some(current);
+            **cursor = walk;
+            return Ok((decisions, pool, refused));
         }
         let patch = IPPoolStatus::guarded_patch(
             current.pool.metadata.resource_version.as_deref(),
@@ -169,19 +258,19 @@ async fn decide_and_write(
             .await
         {
             Ok(written) => {
-                *copy = Some(Copy {
+                **copy = Some(Copy {
                     pool: written,
                     allocated,
                 });
-                *cursor = walk;
-                return Ok((decisions, pool));
+                **cursor = walk;
+                return Ok((decisions, pool, refused));
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 // Another agent wrote first: take its version and decide again.
                 conflicts += 1;
                 tracing::debug!(pool = %name, conflicts, "resourceVersion conflict");
                 if let Some(newer) = newer_from_watch(&sources.latest, version_of(&current.pool)).await {
-                    *copy = Some(decoded(name, newer)?);
+                    **copy = Some(decoded(name, newer)?);
                 }
             }
             Err(e) => return Err(ServiceError::from_kube(e, name)),
@@ -189,13 +278,18 @@ async fn decide_and_write(
     }
 }
 
-fn answer(batch: Vec<PoolOp>, outcome: Result<(Vec<Decision>, Arc<Pool>), ServiceError>) {
+fn answer(batch: Vec<PoolOp>, outcome: Result<Outcomes, ServiceError>) {
     match outcome {
         // `decide` answers each op, in order.
-        Ok((decisions, pool)) => {
+        Ok((decisions, pool, refused)) => {
             for (op, decision) in batch.into_iter().zip(decisions) {
                 let pool = pool.clone();
-                drop(op.reply.send(Ok(Answer { decision, pool })));
+                let refused = refused.clone();
+                drop(op.reply.send(Ok(Answer {
+                    decision,
+                    pool,
+                    refused,
+                })));
             }
         }
         Err(e) => {

@@ -21,6 +21,8 @@ use super::mock_api::{MockApi, status_body};
 use super::pool_writer::{self, PoolOp, Sources};
 
 const POOLS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools";
+const REGISTRY: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippoolregistries/ipv4";
+const REGISTRIES: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippoolregistries";
 const ENDPOINTS: &str = "/apis/spiderpool.spidernet.io/v2beta1/namespaces/ns/spiderendpoints";
 
 fn entry(pod: &str) -> PoolIPAllocation {
@@ -63,11 +65,18 @@ fn expected_patch(version: &str, held: &[(&str, &str)]) -> Value {
     })
 }
 
+/// A writer of pool `p` whose registry watch already lists the pool.
 fn writer(api: &MockApi) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
+    writer_with(api, true)
+}
+
+fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
     let sources = Sources {
         api: Api::all(api.client()),
         reserved: Arc::new(HashSet::new),
         latest: Arc::new(|| None),
+        registry: Api::all(api.client()),
+        registered: Arc::new(move |_, _| registered),
     };
     pool_writer::spawn(sources, "p".into())
 }
@@ -172,6 +181,7 @@ fn service(api: &MockApi) -> Arc<IpamService> {
         node: "n1".into(),
         pools: reflector::store().0,
         reserved: reflector::store().0,
+        registry: reflector::store().0,
         pods: reflector::store().0,
         namespaces: reflector::store().0,
         coordinators: reflector::store().0,
@@ -375,4 +385,103 @@ async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_
     );
     let delete = api.seen()[4].body.clone().unwrap();
     assert_eq!(delete["preconditions"]["resourceVersion"], "7");
+}
+
+/// The IPv4 registry at `version` with one entry.
+fn registry(version: &str, name: &str, uid: &str, ips: &[&str]) -> Value {
+    json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPoolRegistry",
+        "metadata": {"name": "ipv4", "resourceVersion": version},
+        "spec": {"pools": [{"name": name, "uid": uid, "generation": 1, "ips": ips}]}
+    })
+}
+
+#[tokio::test]
+async fn an_unregistered_pool_is_registered_before_it_hands_out_and_only_once() {
+    let api = MockApi::new();
+    api.reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[]))
+        .reply("GET", REGISTRY, 404, status_body(404, "not found"))
+        .reply(
+            "POST",
+            REGISTRIES,
+            201,
+            registry("1", "p", "", &["10.0.0.10-10.0.0.20"]),
+        )
+        .reply(
+            "PATCH",
+            &format!("{POOLS}/p/status"),
+            200,
+            pool("6", &[("10.0.0.10", "a")]),
+        )
+        .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("7", &[]));
+    let tx = writer_with(&api, false);
+    assert_eq!(claimed(claim(&tx, "a").await.unwrap()).to_string(), "10.0.0.10");
+    // The next batch relies on the registration this writer made: no second registry read.
+    assert_eq!(claimed(claim(&tx, "b").await.unwrap()).to_string(), "10.0.0.11");
+    assert_eq!(
+        api.calls(),
+        [
+            format!("GET {POOLS}/p/status"),
+            format!("GET {REGISTRY}"),
+            format!("POST {REGISTRIES}"),
+            format!("PATCH {POOLS}/p/status"),
+            format!("PATCH {POOLS}/p/status"),
+        ]
+    );
+    let created = api.seen()[2].body.clone().unwrap();
+    assert_eq!(created["metadata"]["name"], "ipv4");
+    assert_eq!(
+        created["spec"]["pools"],
+        json!([{"name": "p", "uid": "", "generation": 0, "ips": ["10.0.0.10-10.0.0.20"]}])
+    );
+}
+
+#[tokio::test]
+async fn a_pool_whose_addresses_another_pool_registered_first_hands_out_nothing_but_still_releases() {
+    let api = MockApi::new();
+    api.reply(
+        "GET",
+        &format!("{POOLS}/p/status"),
+        200,
+        pool("5", &[("10.0.0.12", "old")]),
+    )
+    // Lost the registry race: q was written between our read and our write.
+    .reply("GET", REGISTRY, 200, registry("1", "r", "ur", &["10.1.0.1"]))
+    .reply(
+        "PUT",
+        REGISTRY,
+        409,
+        status_body(409, "the object has been modified"),
+    )
+    .reply(
+        "GET",
+        REGISTRY,
+        200,
+        registry("2", "q", "uq", &["10.0.0.15-10.0.0.30"]),
+    )
+    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
+    let tx = writer_with(&api, false);
+    let (reply, release) = oneshot::channel();
+    let claim_reply = claim(&tx, "a");
+    tx.send(PoolOp {
+        op: Op::Release {
+            pod_uid: "uid-old".into(),
+            interface: None,
+        },
+        reply,
+    })
+    .unwrap();
+    let answer = claim_reply.await.unwrap().unwrap();
+    assert_eq!(answer.decision, Decision::Claim(None));
+    let why = answer.refused.expect("refused with a reason");
+    assert!(why.contains("belong to pool q"), "{why}");
+    assert!(why.contains("10.0.0.15-10.0.0.20"), "{why}");
+    let released = release.await.unwrap().unwrap().decision;
+    assert_eq!(released, Decision::Release(vec!["10.0.0.12".parse().unwrap()]));
+    let put = api.seen()[2].body.clone().unwrap();
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "1",
+        "the registry write is guarded by its read"
+    );
+    assert_eq!(api.unused(), 0);
 }

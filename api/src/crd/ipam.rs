@@ -24,7 +24,9 @@ const MAX_RANGES: u32 = 64;
     printcolumn = r#"{"name": "ALLOCATED-IP-COUNT", "type": "integer", "jsonPath": ".status.allocatedIPCount"}"#,
     printcolumn = r#"{"name": "TOTAL-IP-COUNT", "type": "integer", "jsonPath": ".status.totalIPCount"}"#,
     printcolumn = r#"{"name": "DEFAULT", "type": "boolean", "jsonPath": ".spec.default"}"#,
-    printcolumn = r#"{"name": "DISABLE", "type": "boolean", "jsonPath": ".spec.disable", "priority": 10}"#
+    printcolumn = r#"{"name": "DISABLE", "type": "boolean", "jsonPath": ".spec.disable", "priority": 10}"#,
+    printcolumn = r#"{"name": "READY", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "MESSAGE", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[x_kube(validation = Rule::new(v::SUBNET_IS_CIDR).message("subnet must be a CIDR"))]
 #[x_kube(validation = Rule::new(v::IP_VERSION_MATCHES_SUBNET).message("ipVersion does not match the subnet's family"))]
@@ -96,6 +98,29 @@ pub struct IPPoolStatus {
     pub allocated_ip_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "totalIPCount")]
     pub total_ip_count: Option<i64>,
+    /// `Ready`, written by the controller: `True` while the pool is registered at its current
+    /// generation (see [`super::SpiderIPPoolRegistry`]); `False` with the reason (its addresses
+    /// overlap another pool's, its spec is invalid) while it hands out nothing new.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<PoolCondition>,
+}
+
+/// A condition in the shape of `metav1.Condition`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
 }
 
 impl IPPoolStatus {

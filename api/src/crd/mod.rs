@@ -8,16 +8,18 @@
 
 pub mod admission;
 pub mod ipam;
+pub mod registry;
 pub mod validation;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::CustomResourceExt;
 
 pub use ipam::{
-    EndpointStatus, IPAllocationDetail, IPPoolSpec, IPPoolStatus, PodIPAllocation, PoolIPAllocation,
-    ReservedIPSpec, Route, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool, SpiderReservedIP, SpiderSubnet,
-    SubnetSpec, SubnetStatus,
+    EndpointStatus, IPAllocationDetail, IPPoolSpec, IPPoolStatus, PodIPAllocation, PoolCondition,
+    PoolIPAllocation, ReservedIPSpec, Route, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
+    SpiderReservedIP, SpiderSubnet, SubnetSpec, SubnetStatus,
 };
+pub use registry::{IPPoolRegistrySpec, RegisteredPool, SpiderIPPoolRegistry, registry_name};
 
 pub const GROUP: &str = "spiderpool.spidernet.io";
 pub const VERSION: &str = "v2beta1";
@@ -28,6 +30,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         SpiderIPPool::crd(),
         SpiderSubnet::crd(),
         SpiderReservedIP::crd(),
+        SpiderIPPoolRegistry::crd(),
         endpoint_crd(),
         crate::coordinator::SpiderCoordinator::crd(),
         crate::multus::SpiderMultusConfig::crd(),

@@ -4,6 +4,8 @@
 //! service and the controller do the I/O around them.
 
 pub mod decide;
+pub mod register;
+pub mod registry;
 pub mod select;
 
 use std::collections::HashSet;

@@ -63,7 +63,7 @@ async fn cluster_agent_run_reports_inventory_and_serves_ipam() {
     create_pool(
         &cluster,
         &pool,
-        json!({"subnet": "10.206.0.0/24", "ips": ["10.206.0.10"]}),
+        json!({"subnet": "10.207.0.0/24", "ips": ["10.207.0.10"]}),
     )
     .await
     .unwrap();
@@ -93,7 +93,7 @@ async fn cluster_agent_run_reports_inventory_and_serves_ipam() {
     );
     assert_eq!(
         first_ip(&out).as_deref(),
-        Some("10.206.0.10"),
+        Some("10.207.0.10"),
         "{} {}",
         out.stdout,
         log()

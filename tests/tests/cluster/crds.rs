@@ -155,7 +155,7 @@ async fn cluster_crd_upgrade_by_controller_apply() {
         spiderpool_controller::crds::apply_all(&cluster.client)
             .await
             .unwrap(),
-        8
+        spiderpool_api::crd::all().len()
     );
     let _ = coordinators.list(&Default::default()).await.unwrap();
 }

@@ -219,15 +219,9 @@ async fn cluster_agent_killed_mid_burst_no_duplicate_no_leak() {
     for i in 0..PODS {
         cluster.delete_pod(&ns, &format!("p-{i}")).await.unwrap();
     }
-    let out = std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-controller"))
-        .arg("--once")
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = controller_once(&cluster);
     // Another test's controller may have taken some back first; together nothing is left.
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.starts_with("released "), "{report}");
+    assert!(report.contains("\nreleased "), "{report}");
     let left = allocations(&cluster, &pool).await;
     assert!(left.is_empty(), "leaked after GC: {left:?}\n{report}");
 }

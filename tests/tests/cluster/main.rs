@@ -11,7 +11,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spiderpool_api::coordinator::SpiderCoordinator;
-use spiderpool_api::crd::{PoolIPAllocation, SpiderEndpoint, SpiderIPPool, SpiderReservedIP};
+use spiderpool_api::crd::{
+    PoolIPAllocation, SpiderEndpoint, SpiderIPPool, SpiderIPPoolRegistry, SpiderReservedIP,
+};
 use spiderpool_api::inventory::SpiderNodeInventory;
 use spiderpool_e2e::cluster::{
     Agent, Cluster, Controller, cni, eventually, first_ip, http_get, netconf, run_parallel, unique,
@@ -21,6 +23,7 @@ mod agent;
 mod controller;
 mod crds;
 mod ipam;
+mod overlap;
 
 async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result<SpiderIPPool> {
     let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
@@ -51,6 +54,17 @@ async fn allocations(cluster: &Cluster, pool: &str) -> BTreeMap<String, PoolIPAl
     map
 }
 
+/// `spiderpool-controller --once` (pool registration, GC, coordinator status); its report.
+fn controller_once(cluster: &Cluster) -> String {
+    let out = std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-controller"))
+        .arg("--once")
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .expect("spiderpool-controller runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `spiderpool-controller --once` until the SpiderCoordinator `default` has a status that
 /// `want` accepts (other tests' controllers reconcile it too, so a round may race a stale read);
 /// the last status seen on failure.
@@ -61,12 +75,7 @@ async fn coordinator_status(
     let api: Api<SpiderCoordinator> = Api::all(cluster.client.clone());
     let mut last = None;
     for _ in 0..20 {
-        let out = std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-controller"))
-            .arg("--once")
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .output()
-            .expect("spiderpool-controller runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        controller_once(cluster);
         let status = api
             .get("default")
             .await

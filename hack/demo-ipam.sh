@@ -22,7 +22,7 @@ JSON
 
 cni() { # VERB CONTAINER
     printf '%-4s %-6s -> ' "$1" "$2"
-    echo "$netconf" | CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=/var/run/netns/$2 CNI_IFNAME=eth0 \
+    echo "$netconf" | SPIDERPOOL_TRUSTED_DIRS=$data CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=/var/run/netns/$2 CNI_IFNAME=eth0 \
         CNI_PATH=/opt/cni/bin CNI_ARGS="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=$2;IgnoreUnknown=1" "$plugin" \
         && echo " (exit 0)" || echo " (exit $?)"
 }

@@ -3,7 +3,7 @@
 //! and the `coordinator` plugin asks it for the cluster's coordinator settings. One request per connection, one JSON object per
 //! line each way; the agent keeps all state in the Kubernetes API.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 /// Where the agent listens (Spiderpool's path).
 pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/spidernet/spiderpool.sock";
+
+/// The longest answer read from an agent: a result with every address of a pod is a few KiB.
+pub const ANSWER_LIMIT: u64 = 1 << 20;
 
 /// What a call may take before the plugin gives up: long enough for a burst of pods on one node
 /// queueing behind one pool, short enough to come back before the runtime's own timeout.
@@ -164,9 +167,18 @@ fn exchange(socket: &Path, request: &AgentRequest, timeout: Duration) -> Result<
     line.push(b'\n');
     stream.write_all(&line).map_err(|e| unreachable("send", e))?;
     let mut answer = String::new();
-    BufReader::new(&stream)
+    BufReader::new((&stream).take(ANSWER_LIMIT))
         .read_line(&mut answer)
         .map_err(|e| unreachable("receive", e))?;
+    if !answer.ends_with('\n') && answer.len() as u64 >= ANSWER_LIMIT {
+        return Err(CniError::new(
+            ErrorCode::DecodingFailure,
+            format!(
+                "spiderpool agent at {} answered more than {ANSWER_LIMIT} bytes",
+                socket.display()
+            ),
+        ));
+    }
     if answer.is_empty() {
         return Err(CniError::new(
             ErrorCode::TryAgainLater,

@@ -16,6 +16,10 @@ pub struct Invocation {
     pub ifname: String,
     pub args: String,
     pub path: Vec<PathBuf>,
+    /// Directories added to what the plugin trusts in netconf paths
+    /// ([`crate::paths::TRUSTED_DIRS_ENV`]); empty: the caller's own value passes through, as a
+    /// runtime passes its environment.
+    pub trusted_dirs: Vec<PathBuf>,
 }
 
 /// What the plugin printed and how it exited.
@@ -51,7 +55,13 @@ impl Invocation {
             ifname: ifname.into(),
             args: String::new(),
             path: Vec::new(),
+            trusted_dirs: Vec::new(),
         }
+    }
+
+    pub fn with_trusted_dirs(mut self, dirs: Vec<PathBuf>) -> Invocation {
+        self.trusted_dirs = dirs;
+        self
     }
 
     pub fn with_args(mut self, args: &str) -> Invocation {
@@ -70,6 +80,14 @@ impl Invocation {
         let mut cmd = Command::new(plugin);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        let trusted = if self.trusted_dirs.is_empty() {
+            std::env::var_os(crate::paths::TRUSTED_DIRS_ENV)
+        } else {
+            std::env::join_paths(&self.trusted_dirs).ok()
+        };
+        if let Some(dirs) = trusted {
+            cmd.env(crate::paths::TRUSTED_DIRS_ENV, dirs);
+        }
         let vars = [
             ("CNI_COMMAND", self.command.clone()),
             ("CNI_CONTAINERID", self.container_id.clone()),

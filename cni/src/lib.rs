@@ -8,6 +8,7 @@ pub mod args;
 pub mod error;
 pub mod exec;
 pub mod netconf;
+pub mod paths;
 pub mod result;
 pub mod skel;
 pub mod version;

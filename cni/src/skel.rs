@@ -108,6 +108,10 @@ pub struct Outcome {
     pub exit_code: i32,
 }
 
+/// The largest netconf read from stdin (a conflist entry with a prevResult of many interfaces is a
+/// few KiB; Multus delegates are far below this).
+pub const NETCONF_LIMIT: u64 = 1 << 20;
+
 /// Runs one invocation without touching the process' own stdio or environment.
 pub fn run(plugin: &dyn Plugin, env: &dyn Environment, stdin: &mut dyn Read) -> Outcome {
     let mut stdin_bytes = Vec::new();
@@ -130,8 +134,14 @@ pub fn run(plugin: &dyn Plugin, env: &dyn Environment, stdin: &mut dyn Read) -> 
             )));
         }
         stdin
+            .take(NETCONF_LIMIT + 1)
             .read_to_end(&mut stdin_bytes)
             .map_err(|e| CniError::io(format!("failed to read network configuration from stdin: {e}")))?;
+        if stdin_bytes.len() as u64 > NETCONF_LIMIT {
+            return Err(CniError::decoding(format!(
+                "the network configuration is larger than {NETCONF_LIMIT} bytes"
+            )));
+        }
         if command == Command::Version {
             return Ok(Some(version_json()));
         }

@@ -4,7 +4,7 @@
 //! pod's address is kept while the StatefulSet still wants that ordinal, so a recreated pod gets
 //! it back; it is released once the StatefulSet is gone or scaled below the ordinal.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -13,7 +13,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderEndpoint, SpiderIPPool, SpiderReservedIP};
-use spiderpool_ipam::cluster::{pool_of, reserved_keys};
+use spiderpool_ipam::cluster::{pool_of, reserved_set};
+use spiderpool_ipam::range::IpSet;
 
 use crate::metrics::Metrics;
 
@@ -196,7 +197,7 @@ fn stateful_set_wants(set: &StatefulSet, pod: &str) -> bool {
 }
 
 /// The number of addresses a pool can hand out, or `None` when its spec does not validate.
-fn total_of(pool: &SpiderIPPool, reserved: &HashSet<u128>) -> Option<i64> {
+fn total_of(pool: &SpiderIPPool, reserved: &IpSet) -> Option<i64> {
     let p = pool_of(pool).ok()?;
     i64::try_from(p.available(reserved)).ok()
 }
@@ -216,7 +217,7 @@ pub async fn run_once(client: &Client, metrics: &Arc<Metrics>) -> Result<GcRepor
         .list(&ListParams::default())
         .await
         .map_err(api_err("list SpiderReservedIPs"))?;
-    let reserved = reserved_keys(&reserved.items);
+    let reserved = reserved_set(&reserved.items);
     let mut report = GcReport::default();
     for pool in list.items {
         let name = pool.name_any();
@@ -237,7 +238,7 @@ async fn gc_pool(
     api: &Api<SpiderIPPool>,
     mut pool: SpiderIPPool,
     world: &World,
-    reserved: &HashSet<u128>,
+    reserved: &IpSet,
     report: &mut GcReport,
 ) -> Result<Option<(i64, i64)>, GcError> {
     // Answers the pool's allocated and total counts as they stand after the round (`None` when
@@ -469,7 +470,7 @@ mod tests {
             "metadata": {"name": "r"}, "spec": {"ips": ["10.0.0.18-10.0.0.30"]}
         }))
         .unwrap();
-        assert_eq!(total_of(&pool, &reserved_keys(&[r])), Some(8));
-        assert_eq!(total_of(&pool, &HashSet::new()), Some(10));
+        assert_eq!(total_of(&pool, &reserved_set(&[r])), Some(8));
+        assert_eq!(total_of(&pool, &IpSet::default()), Some(10));
     }
 }

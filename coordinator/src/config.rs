@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use spiderpool_cni::paths::{self, PathKind};
 use spiderpool_cni::{CniError, ErrorCode, Request};
 
 /// How long the agent may take to say what the SpiderCoordinator is (it answers from a cache).
@@ -140,11 +141,20 @@ impl CoordinatorConf {
             }
             None => spiderpool_cni::agent::DEFAULT_AGENT_SOCKET.to_string(),
         };
-        if socket.is_empty() || !Path::new(&socket).exists() {
+        if socket.is_empty() {
+            return CoordinatorConf::parse(raw);
+        }
+        let socket = match paths::confine("agentSocket", Path::new(&socket), PathKind::AgentSocket) {
+            Ok(s) => s,
+            Err(e) if strict => return Err(e),
+            // DEL must go through: it cleans up from the netconf alone.
+            Err(_) => return CoordinatorConf::parse(raw),
+        };
+        if !socket.exists() {
             return CoordinatorConf::parse(raw);
         }
         let network = raw["name"].as_str().unwrap_or_default();
-        match spiderpool_cni::agent::coordinator_settings(Path::new(&socket), network, AGENT_TIMEOUT) {
+        match spiderpool_cni::agent::coordinator_settings(&socket, network, AGENT_TIMEOUT) {
             Ok(settings) => CoordinatorConf::parse(&with_cluster_settings(raw, &settings, strict)?),
             Err(e) if strict => Err(e),
             Err(_) => CoordinatorConf::parse(raw),
@@ -154,6 +164,12 @@ impl CoordinatorConf {
     pub fn parse(raw: &serde_json::Value) -> Result<CoordinatorConf, CniError> {
         let conf: CoordinatorConf = serde_json::from_value(raw.clone())
             .map_err(|e| CniError::decoding(format!("coordinator netconf: {e}")))?;
+        if matches!(conf.host_rule_table, 0 | 253..=255) {
+            return Err(CniError::invalid_config(format!(
+                "coordinator: hostRuleTable {} is one of the kernel's own tables (unspec 0, default 253, main 254, local 255); routes to pods there would mix with the node's own",
+                conf.host_rule_table
+            )));
+        }
         if let Some(m) = &conf.mode
             && !matches!(m.as_str(), "auto" | "underlay" | "overlay" | "disabled")
         {

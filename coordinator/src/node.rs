@@ -138,8 +138,12 @@ pub fn unlink_from_node(
 }
 
 /// Deletes `to <ip> lookup TABLE` rules whose route in TABLE is gone (it went with its veth).
+/// Rules are listed before routes: ADD writes a pod's route before its rule, so a rule in the
+/// first list has its route in the second unless that route is really gone, and a concurrent
+/// ADD's rule either misses the first list or has its route in the second.
 fn remove_orphan_rules(node: &mut impl Kernel, table: u32) -> Result<(), CniError> {
     for ipv6 in [false, true] {
+        let rules = node.rules(ipv6).map_err(io_failure)?;
         let routed: Vec<IpAddr> = node
             .routes(ipv6)
             .map_err(io_failure)?
@@ -147,7 +151,7 @@ fn remove_orphan_rules(node: &mut impl Kernel, table: u32) -> Result<(), CniErro
             .filter(|r| r.route.table == table && !r.route.is_default())
             .map(|r| r.route.destination.addr())
             .collect();
-        for entry in node.rules(ipv6).map_err(io_failure)? {
+        for entry in rules {
             if entry.rule.table != table {
                 continue;
             }

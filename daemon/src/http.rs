@@ -1,11 +1,24 @@
 //! A minimal HTTP/1.1 responder for `/healthz`, `/readyz` and `/metrics`: one GET per connection,
 //! the answer chosen by the path alone. Enough for kubelet's probes and a Prometheus scrape,
 //! without an HTTP stack in processes that serve nothing else over TCP.
+//!
+//! Hardened because the agent's port is on the host network, where any pod may connect: at most
+//! [`MAX_CONNECTIONS`] are served at once (more are closed as soon as they are accepted, so idle
+//! clients cannot hold the process's file descriptors), each has [`IO_TIMEOUT`] to send its
+//! request and take the answer, and an accept error (out of file descriptors) pauses the loop
+//! instead of spinning it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a connection has to send its request, and then to take the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What one path answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +66,29 @@ where
     R: Fn(&str) -> Response + Send + Sync + 'static,
 {
     let route = Arc::new(route);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: retrying at once would spin a core.
+                tracing::warn!("health endpoint: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
             continue;
         };
         let route = route.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = [0u8; 2048];
-            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let n = match tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let r = route(path);
@@ -71,7 +99,7 @@ where
                 r.body.len(),
                 r.body
             );
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(response.as_bytes())).await;
         });
     }
 }
@@ -97,6 +125,36 @@ mod tests {
             s.read_to_string(&mut out).await.unwrap();
             assert!(out.starts_with(&format!("HTTP/1.1 {want}\r\n")), "{out}");
         }
+    }
+
+    /// Idle clients far beyond the cap neither keep the endpoint from answering once their time
+    /// is up nor hold more than the cap of the server's descriptors.
+    #[tokio::test]
+    async fn idle_connections_are_capped_and_cut_after_the_timeout() {
+        let listener = bind_shared("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, |_| Response::text("200 OK", "ok\n")));
+        let mut idle = Vec::new();
+        for _ in 0..(MAX_CONNECTIONS * 3) {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Those past the cap were closed at once: reading gives EOF without waiting.
+        let mut closed = 0;
+        for s in &mut idle[MAX_CONNECTIONS + 8..] {
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await;
+            if matches!(r, Ok(Ok(0)) | Ok(Err(_))) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, MAX_CONNECTIONS * 2 - 8);
+        // After the timeout the served ones are cut too, and a real probe is answered.
+        tokio::time::sleep(IO_TIMEOUT + Duration::from_millis(300)).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn on_shutdown() -> impl std::future::Future<Output = ()> {
 
 /// The daemons' runtime: two workers (they are small; nodes keep their cores for pods).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    raise_fd_limit();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -51,6 +52,23 @@ pub fn init_logging() {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Raises the soft limit of open files to the hard limit: a daemon serving sockets, watches and
+/// gRPC streams should run out of nothing before the kernel's own bound (the default soft limit
+/// is often 1024). Best effort: a refusal leaves the limit as it was.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 #[cfg(test)]

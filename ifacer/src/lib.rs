@@ -148,8 +148,19 @@ pub fn ensure(conf: &IfacerConf, sysfs: &Sysfs) -> Result<String, CniError> {
     let mut parent = conf.interfaces[0].clone();
     if let Some(Bond { name, mode, options }) = &conf.bond {
         let mut ports = Vec::with_capacity(conf.interfaces.len());
+        let addresses = rtnl.addresses().map_err(io)?;
         for i in &conf.interfaces {
-            ports.push((i, existing(&mut rtnl, i)?.index));
+            let index = existing(&mut rtnl, i)?.index;
+            // Enslaving takes a NIC's addresses off the node: one the node is reached by (its
+            // management NIC, a storage network) never becomes a port of a bond a netconf asks
+            // for. Checked before anything is created.
+            if let Some(a) = addresses.iter().find(|a| a.index == index && a.global) {
+                return Err(CniError::invalid_config(format!(
+                    "ifacer: {i} carries the node's address {}/{}; a NIC in use by the node is never made a bond port",
+                    a.ip, a.prefix_len
+                )));
+            }
+            ports.push((i, index));
         }
         let bond = match rtnl.link(name).map_err(io)? {
             Some(l) if l.facts.kind.as_deref() != Some("bond") => {

@@ -6,11 +6,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 use spiderpool_cni::agent::DEFAULT_AGENT_SOCKET;
+use spiderpool_cni::paths::{self, PathKind, ReadError};
 
 use crate::pool::{Pool, PoolError, PoolSpec};
 use crate::range::Family;
 
 pub const DEFAULT_DATA_DIR: &str = "/run/spiderpool";
+
+/// The largest pool file read (a thousand pools of 64 ranges each fit in well under this).
+pub const POOL_FILE_LIMIT: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,6 +45,13 @@ pub enum ConfigError {
     NoPools(String),
     #[error("dataDir must be an absolute path, not {0:?}")]
     RelativeDataDir(PathBuf),
+    /// A path outside the trusted directories (see [`spiderpool_cni::paths`]).
+    #[error("{0}")]
+    Untrusted(String),
+}
+
+fn confined(field: &str, path: &Path, kind: PathKind) -> Result<PathBuf, ConfigError> {
+    paths::confine(field, path, kind).map_err(|e| ConfigError::Untrusted(e.msg))
 }
 
 /// Spiderpool writes the default pool lists as JSON arrays; a single string is accepted too.
@@ -97,10 +108,11 @@ impl ClusterConfig {
         if !wire.pools.is_empty() || wire.pool_file.is_some() {
             return Ok(None);
         }
+        let socket = wire
+            .ipam_unix_socket_path
+            .map_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET), PathBuf::from);
         Ok(Some(ClusterConfig {
-            socket: wire
-                .ipam_unix_socket_path
-                .map_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET), PathBuf::from),
+            socket: confined("ipam_unix_socket_path", &socket, PathKind::AgentSocket)?,
             default_ipv4_pools: wire.default_ipv4_ippool.into_vec(),
             default_ipv6_pools: wire.default_ipv6_ippool.into_vec(),
             clean_gateway: wire.clean_gateway,
@@ -202,7 +214,7 @@ fn data_dir(wire: &IpamWire) -> Result<PathBuf, ConfigError> {
     if !dir.is_absolute() {
         return Err(ConfigError::RelativeDataDir(dir));
     }
-    Ok(dir)
+    confined("dataDir", &dir, PathKind::Data)
 }
 
 /// The pools to try for one family: the named defaults in the order written; without names, the
@@ -257,22 +269,49 @@ struct Metadata {
     name: Option<String>,
 }
 
-/// Reads SpiderIPPool manifests (YAML, several documents); other kinds are skipped.
+/// Where in the file a YAML error is, without the error's text: that can quote the file, and a
+/// CNI error ends up in pod events.
+fn yaml_place(index: usize, e: &serde_yaml_ng::Error) -> String {
+    match e.location() {
+        Some(at) => format!(
+            "document {} is not a SpiderIPPool manifest (line {}, column {})",
+            index + 1,
+            at.line(),
+            at.column()
+        ),
+        None => format!("document {} is not a SpiderIPPool manifest", index + 1),
+    }
+}
+
+/// Reads SpiderIPPool manifests (YAML, several documents); other kinds are skipped. The file must
+/// be a regular file inside a trusted directory, of at most [`POOL_FILE_LIMIT`] bytes.
 pub fn load_pool_file(path: &Path) -> Result<Vec<Pool>, ConfigError> {
     let err = |why: String| ConfigError::PoolFile {
         path: path.to_path_buf(),
         why,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let resolved = confined("poolFile", path, PathKind::PoolFile)?;
+    let bytes = paths::read_bounded(&resolved, POOL_FILE_LIMIT).map_err(|e| match e {
+        ReadError::Io(io) => err(io.kind().to_string()),
+        other => err(other.to_string()),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
+    parse_pool_manifests(&text, path)
+}
+
+/// The SpiderIPPools of a pool file's text (`path` names it in errors).
+pub fn parse_pool_manifests(text: &str, path: &Path) -> Result<Vec<Pool>, ConfigError> {
+    let err = |why: String| ConfigError::PoolFile {
+        path: path.to_path_buf(),
+        why,
+    };
     let mut pools = Vec::new();
-    for (index, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml_ng::Value::deserialize(doc)
-            .map_err(|e| err(format!("document {}: {e}", index + 1)))?;
+    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| err(yaml_place(index, &e)))?;
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        let manifest: Manifest =
-            serde_yaml_ng::from_value(value).map_err(|e| err(format!("document {}: {e}", index + 1)))?;
+        let manifest: Manifest = serde_yaml_ng::from_value(value).map_err(|e| err(yaml_place(index, &e)))?;
         match manifest.kind.as_deref() {
             Some("SpiderIPPool") => {}
             Some(_) => continue,
@@ -377,25 +416,38 @@ mod tests {
 
     #[test]
     fn pool_file_of_manifests() {
+        let path = Path::new("/etc/spiderpool/pools.yaml");
+        let pools = parse_pool_manifests(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: file-v4\nspec:\n  \
+             ipVersion: 4\n  subnet: 10.9.0.0/24\n  ips:\n  - 10.9.0.10-10.9.0.20\n  gateway: 10.9.0.1\n  \
+             podAffinity: {}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n---\n",
+            path,
+        )
+        .unwrap();
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].name, "file-v4");
+        assert_eq!(pools[0].set.len(), 11);
+
+        let err = parse_pool_manifests("kind: SpiderIPPool\nspec:\n  subnet: 10.9.0.0/24\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metadata.name"), "{err}");
+        let err = parse_pool_manifests("kind: SpiderIPPool\nmetadata: {name: x}\nspec: [\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("document 1"), "{err}");
+    }
+
+    #[test]
+    fn a_pool_file_outside_the_trusted_directories_is_never_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pools.yaml");
         std::fs::write(
             &path,
-            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: file-v4\nspec:\n  \
-             ipVersion: 4\n  subnet: 10.9.0.0/24\n  ips:\n  - 10.9.0.10-10.9.0.20\n  gateway: 10.9.0.1\n  \
-             podAffinity: {}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n---\n",
+            "kind: SpiderIPPool\nmetadata: {name: x}\nspec: {subnet: 10.9.0.0/24, ips: [10.9.0.1]}\n",
         )
         .unwrap();
-        let conf = json!({"ipam": {"poolFile": path}});
-        let c = IpamConfig::load(&conf).unwrap();
-        assert_eq!(c.ipv4[0].name, "file-v4");
-        assert_eq!(c.ipv4[0].set.len(), 11);
-
-        std::fs::write(&path, "kind: SpiderIPPool\nspec:\n  subnet: 10.9.0.0/24\n").unwrap();
-        let err = IpamConfig::load(&conf).unwrap_err().to_string();
-        assert!(err.contains("metadata.name"), "{err}");
-        std::fs::write(&path, "kind: SpiderIPPool\nmetadata: {name: x}\nspec: [\n").unwrap();
-        let err = IpamConfig::load(&conf).unwrap_err().to_string();
-        assert!(err.contains("document 1"), "{err}");
+        let err = IpamConfig::load(&json!({"ipam": {"poolFile": path}})).unwrap_err();
+        assert!(matches!(err, ConfigError::Untrusted(_)), "{err}");
     }
 }

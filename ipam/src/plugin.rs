@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use spiderpool_cni::{CniError, CniResult, ErrorCode, IpConfig, Plugin, PluginInfo, Request};
 
-use crate::allocator::{allocate, holds, release};
+use crate::allocator::{Slot, allocate, holds, release};
 use crate::config::{ClusterConfig, ConfigError, IpamConfig};
 use crate::pool::Pool;
 use crate::range::Family;
@@ -117,22 +117,47 @@ fn result_of(record: &OwnerRecord) -> CniResult {
 }
 
 fn release_record(t: &mut Tables<'_>, key: &str) -> Result<(), StoreError> {
-    if let Some(record) = t.owner(key)? {
-        for ip in &record.ips {
-            release(t, ip.address.addr(), key)?;
+    match t.owner(key) {
+        Ok(Some(record)) => {
+            for ip in &record.ips {
+                release(t, ip.address.addr(), key)?;
+            }
+            t.remove_owner(key)?;
         }
-        t.remove_owner(key)?;
+        Ok(None) => {}
+        Err(StoreError::Corrupt { .. }) => {
+            // The record cannot be read: the address slots still name their holder.
+            let held: Vec<_> = t
+                .all_slots()?
+                .into_iter()
+                .filter(|(_, slot)| matches!(slot, Slot::Allocated { owner, .. } if owner == key))
+                .map(|(ip, _)| ip)
+                .collect();
+            for ip in held {
+                release(t, ip, key)?;
+            }
+            t.remove_owner(key)?;
+        }
+        Err(e) => return Err(e),
     }
     Ok(())
 }
 
-/// Opens the store for DEL and GC, or `None` when it was never created (nothing to release).
-fn existing_store(req: &Request) -> Result<Option<Store>, CniError> {
+/// Opens the store for DEL and GC, or `None` when it was never created (nothing to release), or
+/// with `tolerate_unreadable` when it cannot be read.
+fn existing_store(req: &Request, tolerate_unreadable: bool) -> Result<Option<Store>, CniError> {
     let dir = IpamConfig::load_data_dir(&req.conf.raw).map_err(config_error)?;
     if !dir.join(DB_FILE).exists() {
         return Ok(None);
     }
-    Ok(Some(Store::open(&dir, LOCK_TIMEOUT)?))
+    match Store::open(&dir, LOCK_TIMEOUT) {
+        Ok(store) => Ok(Some(store)),
+        Err(e @ StoreError::Unreadable { .. }) if tolerate_unreadable => {
+            eprintln!("spiderpool: released nothing: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `Some(result)` when the netconf is in cluster mode and the agent answered.
@@ -199,7 +224,9 @@ impl Plugin for SpiderpoolIpam {
         if via_agent(req, Verb::Del)?.is_some() {
             return Ok(());
         }
-        let Some(store) = existing_store(req)? else {
+        // Nothing can be released from a store that cannot be read, and failing would keep the
+        // pod from ever being deleted; ADD says what to do about it.
+        let Some(store) = existing_store(req, true)? else {
             return Ok(());
         };
         let key = key_of(req);
@@ -297,7 +324,7 @@ impl Plugin for SpiderpoolIpam {
             .iter()
             .map(|a| owner_key(&req.conf.name, &a.container_id, &a.ifname))
             .collect();
-        let Some(store) = existing_store(req)? else {
+        let Some(store) = existing_store(req, false)? else {
             return Ok(());
         };
         store.write(|t| {

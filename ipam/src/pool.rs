@@ -88,6 +88,8 @@ pub enum PoolError {
     BadRoute { pool: String, what: String, why: String },
     #[error("pool {pool}: ips is empty")]
     NoIps { pool: String },
+    #[error("pool {pool}: subnet {subnet} is IPv4-mapped IPv6 (::ffff:0:0/96); use an IPv4 pool")]
+    MappedSubnet { pool: String, subnet: String },
 }
 
 /// A validated pool.
@@ -129,6 +131,18 @@ impl Pool {
                 pool,
                 subnet: subnet.to_string(),
                 network: subnet.trunc().to_string(),
+            });
+        }
+        let mapped =
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).unwrap_or_default();
+        if let IpNet::V6(v6) = subnet
+            && (v6.contains(&mapped) || mapped.contains(&v6))
+        {
+            // Addresses are kept in one number space with IPv4 as IPv4-mapped IPv6 (see
+            // `range`), so such a pool would hand out IPv4 pools' addresses.
+            return Err(PoolError::MappedSubnet {
+                pool,
+                subnet: subnet.to_string(),
             });
         }
         let family = Family::of(subnet.addr());
@@ -250,10 +264,9 @@ impl Pool {
         Pool::from_spec(&spec, Some(name))
     }
 
-    /// How many addresses the pool can hand out when `reserved` (address keys) are held back.
-    pub fn available(&self, reserved: &std::collections::HashSet<u128>) -> u128 {
-        let held_back = reserved.iter().filter(|k| self.set.contains(**k)).count() as u128;
-        self.set.len().saturating_sub(held_back)
+    /// How many addresses the pool can hand out when `reserved` are held back.
+    pub fn available(&self, reserved: &IpSet) -> u128 {
+        self.set.subtract(reserved).len()
     }
 
     /// The address with this pool's prefix length, as a CNI result carries it.

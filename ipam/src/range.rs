@@ -87,27 +87,17 @@ pub fn parse_range(text: &str) -> Result<(Family, Range), RangeError> {
     Ok((Family::of(key_to_ip(start)), Range { start, end }))
 }
 
-/// A sensible `cap` for [`expand_entries`] over reserved addresses.
-pub const RESERVED_CAP: usize = 1 << 20;
-
-/// The keys of every address that `entries` (single IPs or `a-b` ranges, as SpiderReservedIP
-/// lists them) name; entries that do not parse are skipped. Reserved lists are short in practice;
-/// a huge range stops at `cap` keys instead of expanding without bound.
-pub fn expand_entries<'a>(
-    entries: impl IntoIterator<Item = &'a str>,
-    cap: usize,
-) -> std::collections::HashSet<u128> {
-    let mut keys = std::collections::HashSet::new();
-    for entry in entries {
-        if let Ok((_, range)) = parse_range(entry) {
-            let mut k = range.start;
-            while k <= range.end && keys.len() < cap {
-                keys.insert(k);
-                k += 1;
-            }
-        }
-    }
-    keys
+/// The addresses that `entries` (single IPs or `a-b` ranges, as SpiderReservedIP lists them)
+/// name, as ranges: a reserved /64 costs one range, not 2^64 keys. Entries that do not parse are
+/// skipped (the API server's schema refuses them).
+pub fn set_of_entries<'a>(entries: impl IntoIterator<Item = &'a str>) -> IpSet {
+    IpSet::from_ranges(
+        entries
+            .into_iter()
+            .filter_map(|e| parse_range(e).ok())
+            .map(|(_, r)| r)
+            .collect(),
+    )
 }
 
 /// A set of addresses of one family: sorted, disjoint, non-adjacent ranges.

@@ -40,6 +40,7 @@ fn conf(version: &str, data_dir: &Path, ipam_extra: Value) -> Value {
 fn call(cmd: &str, id: &str, netconf: &Value) -> Output {
     Invocation::new(cmd, id, "/var/run/netns/test", "eth0")
         .with_path(vec![PathBuf::from("/usr/lib/cni")])
+        .with_trusted_dirs(vec![std::env::temp_dir()])
         .with_args("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;IgnoreUnknown=1")
         .run(plugin(), netconf.to_string().as_bytes())
         .expect("plugin runs")
@@ -85,6 +86,7 @@ fn add_repeated_add_check_del_twice_in_every_version() {
         // DEL as containerd's second call makes it: no netns, no prevResult.
         let out = Invocation::new("DEL", "c1", "", "eth0")
             .with_path(vec![PathBuf::from("/usr/lib/cni")])
+            .with_trusted_dirs(vec![std::env::temp_dir()])
             .run(plugin(), c.to_string().as_bytes())
             .unwrap();
         assert!(out.success, "{}", out.stdout);
@@ -262,13 +264,13 @@ fn bad_input_gets_the_right_error_code() {
         ("no ipam", no_ipam, vec![], 7),
         (
             "no pools (cluster mode) and no agent listening",
-            with_ipam(json!({"pools": [], "ipam_unix_socket_path": "/nonexistent/spiderpool.sock"})),
+            with_ipam(json!({"pools": [], "ipam_unix_socket_path": "/run/spidernet/nonexistent.sock"})),
             vec![("args", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_UID=u")],
             11,
         ),
         (
             "cluster mode without the pod in CNI_ARGS",
-            with_ipam(json!({"pools": [], "ipam_unix_socket_path": "/nonexistent/spiderpool.sock"})),
+            with_ipam(json!({"pools": [], "ipam_unix_socket_path": "/run/spidernet/nonexistent.sock"})),
             vec![],
             4,
         ),
@@ -329,7 +331,8 @@ fn bad_input_gets_the_right_error_code() {
     ];
     for (what, netconf, env, want) in cases {
         let mut inv = Invocation::new("ADD", "c1", "/var/run/netns/x", "eth0")
-            .with_path(vec![PathBuf::from("/usr/lib/cni")]);
+            .with_path(vec![PathBuf::from("/usr/lib/cni")])
+            .with_trusted_dirs(vec![std::env::temp_dir()]);
         for (k, v) in env {
             match k {
                 "netns" => inv.netns = v.into(),
@@ -480,7 +483,8 @@ fn processes_killed_at_random_points_leave_a_consistent_store() {
                 for i in 0..80 {
                     let id = format!("k{lane}-{i}");
                     let inv = Invocation::new("ADD", &id, "/var/run/netns/x", "eth0")
-                        .with_path(vec![PathBuf::from("/usr/lib/cni")]);
+                        .with_path(vec![PathBuf::from("/usr/lib/cni")])
+                        .with_trusted_dirs(vec![std::env::temp_dir()]);
                     let mut cmd = inv.command(plugin());
                     cmd.stdin(Stdio::piped());
                     let mut child = cmd.spawn().unwrap();

@@ -393,7 +393,8 @@ pub fn cni(verb: &str, netconf: &Value, ns: &str, name: &str, uid: &str, ifname:
     };
     let inv = Invocation::new(verb, &format!("ctr-{uid}"), netns, ifname)
         .with_args(&args)
-        .with_path(vec![crate::bin_dir()]);
+        .with_path(vec![crate::bin_dir()])
+        .with_trusted_dirs(vec![std::env::temp_dir()]);
     let body = serde_json::to_vec(netconf).unwrap_or_default();
     inv.run(&crate::bin_dir().join("spiderpool"), &body)
         .unwrap_or_else(|e| Output {

@@ -161,7 +161,10 @@ state = "{dir}/state"
         std::fs::write(dir.join("config.toml"), config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
         let mut cmd = Command::new("containerd");
-        cmd.arg("--config")
+        // containerd passes its environment to CNI plugins: the tests' stores are in temporary
+        // directories.
+        cmd.env(spiderpool_cni::paths::TRUSTED_DIRS_ENV, std::env::temp_dir())
+            .arg("--config")
             .arg(dir.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -15,7 +15,7 @@ ip link set "$pf" up
 ip addr add 10.0.2.15/24 dev "$pf" # the node's address on the uplink
 ip netns add pod1
 ipvlan=$(jq -nc --arg m "$pf" '{cniVersion: "1.0.0", name: "ipvlan-net", type: "ipvlan", master: $m, mode: "l2",
-    ipam: {type: "spiderpool", dataDir: "/run/spiderpool-coord",
+    ipam: {type: "spiderpool", dataDir: "/run/spiderpool/coord",
     pools: [{name: "slirp", subnet: "10.0.2.0/24", ips: ["10.0.2.100-10.0.2.110"], gateway: "10.0.2.2"}]}}')
 result=$(echo "$ipvlan" | cni ipvlan ADD /run/netns/pod1 net1) || fail "ipvlan ADD: $result"
 coord=$(jq -nc --argjson p "$result" '{cniVersion: "1.0.0", name: "ipvlan-net", type: "coordinator", prevResult: $p}')
@@ -54,7 +54,7 @@ pools_a='[{"name": "a", "subnet": "10.6.0.0/16", "ips": ["10.6.0.10-10.6.0.20"],
 pools_b='[{"name": "b", "subnet": "10.7.0.0/24", "ips": ["10.7.0.10-10.7.0.20"], "gateway": "10.7.0.1"}]'
 nic() { # NAME MASTER POOLS
     jq -nc --arg n "$1" --arg m "$2" --argjson p "$3" '{cniVersion: "1.0.0", name: $n, type: "ipvlan", master: $m,
-        mode: "l2", ipam: {type: "spiderpool", dataDir: "/run/spiderpool-coord2", pools: $p}}'
+        mode: "l2", ipam: {type: "spiderpool", dataDir: "/run/spiderpool/coord2", pools: $p}}'
 }
 chain() { # NETCONF IFNAME
     local r c

@@ -34,7 +34,7 @@ echo "ok: prevResult passes through"
 
 # Debian's ipvlan with our IPAM on top of the VLAN, into a pod netns.
 ip netns add pod1
-ipvlan=$(jq -nc --arg d /run/spiderpool-vm '{cniVersion: "1.0.0", name: "ipvlan-net", type: "ipvlan",
+ipvlan=$(jq -nc --arg d /run/spiderpool/vm '{cniVersion: "1.0.0", name: "ipvlan-net", type: "ipvlan",
     master: "sp_bond0.100", mode: "l2", ipam: {type: "spiderpool", dataDir: $d,
     pools: [{name: "v100", subnet: "10.100.0.0/24", ips: ["10.100.0.10-10.100.0.20"], gateway: "10.100.0.1"}]}}')
 out=$(echo "$ipvlan" | cni ipvlan ADD /run/netns/pod1 net1) || fail "ipvlan ADD: $out"
@@ -52,4 +52,14 @@ if out=$(echo "$bad" | cni ifacer ADD /var/run/netns/none eth0); then fail "a mi
 echo "$out" | jq -e '.code == 7 and (.msg | contains("nosuch0"))' > /dev/null || fail "error JSON: $out"
 [ ! -e /sys/class/net/sp_bond1 ] || fail "a failed ADD left a bond behind"
 echo "ok: a missing interface is a code 7 error and leaves nothing"
+
+# The NIC the node is reached by (QEMU's user network, with the default route) is never enslaved.
+mgmt=$(ip -j route show default | jq -r '.[0].dev')
+[ -n "$mgmt" ] && [ "$mgmt" != null ] || fail "no default route in the guest"
+bad=$(echo "$conf" | jq -c --arg m "$mgmt" '.interfaces = [$m] | .bond.name = "sp_bond2" | del(.vlanID)')
+if out=$(echo "$bad" | cni ifacer ADD /var/run/netns/none eth0); then fail "the node's own NIC $mgmt was enslaved"; fi
+echo "$out" | jq -e '.code == 7 and (.msg | contains("carries the node'"'"'s address"))' > /dev/null || fail "error JSON: $out"
+[ ! -e /sys/class/net/sp_bond2 ] || fail "a refused ADD left a bond behind"
+ip -j route show default | jq -e --arg m "$mgmt" '.[0].dev == $m' > /dev/null || fail "the default route moved"
+echo "ok: the node's own NIC ($mgmt) is refused with code 7 and stays as it was"
 echo "ifacer VM tier passed"

@@ -12,7 +12,7 @@ use crate::{Config, DevicePlugin};
 pub struct Args {
     #[command(flatten)]
     ipam: super::ipam_service::Args,
-    #[arg(long, default_value = "0.0.0.0:5710")]
+    #[arg(long, default_value = "127.0.0.1:5710")]
     health_addr: String,
     #[arg(long, default_value = DEFAULT_SYSFS_ROOT)]
     sysfs_root: PathBuf,

@@ -33,7 +33,7 @@ use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
 use spiderpool_cni::{CniError, CniResult};
 use spiderpool_ipam::cluster::decide::{Decision, Op};
 use spiderpool_ipam::cluster::registry::is_registered;
-use spiderpool_ipam::cluster::reserved_keys;
+use spiderpool_ipam::cluster::reserved_set;
 use tokio::sync::{mpsc, oneshot};
 
 use pool_writer::{Answer, Claimed, PoolOp};
@@ -174,7 +174,7 @@ impl IpamService {
         let registry = self.registry.clone();
         let sources = pool_writer::Sources {
             api: Api::all(self.client.clone()),
-            reserved: Arc::new(move || reserved_keys(store.state().iter().map(|r| &**r))),
+            reserved: Arc::new(move || reserved_set(store.state().iter().map(|r| &**r))),
             latest: Arc::new(move || pools.get(&key)),
             registry: Api::all(self.client.clone()),
             registered: Arc::new(move |uid, generation| {

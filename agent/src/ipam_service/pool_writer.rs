@@ -9,7 +9,7 @@
 //! copy has (`ipam::cluster::registry` says why that keeps two overlapping pools from both
 //! handing out); a writer that finds its pool missing there registers it first.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +22,13 @@ use spiderpool_ipam::cluster::pool_of;
 use spiderpool_ipam::cluster::register::{self, Outcome};
 use spiderpool_ipam::cluster::registry;
 use spiderpool_ipam::pool::Pool;
+use spiderpool_ipam::range::IpSet;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ServiceError;
 
-/// Reserved addresses (all SpiderReservedIP objects), as range keys.
-pub type ReservedFn = Arc<dyn Fn() -> HashSet<u128> + Send + Sync>;
+/// Reserved addresses (all SpiderReservedIP objects).
+pub type ReservedFn = Arc<dyn Fn() -> IpSet + Send + Sync>;
 
 /// The newest copy of the pool the agent's watch has delivered, if any.
 pub type LatestFn = Arc<dyn Fn() -> Option<Arc<SpiderIPPool>> + Send + Sync>;

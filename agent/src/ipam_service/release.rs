@@ -24,10 +24,28 @@ impl IpamService {
             return Ok(());
         };
         let status = ep.status.clone().unwrap_or_default();
-        if !pod_ref.uid.is_empty() && status.current.uid != pod_ref.uid {
-            // The endpoint belongs to a newer pod of the same name; this pod's own addresses,
-            // if any are left, are found by UID.
-            self.release_everywhere(&pod_ref.uid, &req.ifname).await?;
+        let other_pod = !pod_ref.uid.is_empty() && status.current.uid != pod_ref.uid;
+        if other_pod || status.current.node != self.node {
+            // The endpoint belongs to a newer pod of the same name (here or on another node);
+            // this pod's own addresses, if any are left, are found by UID. Without a UID there is
+            // nothing that is surely this pod's.
+            if !pod_ref.uid.is_empty() {
+                self.release_everywhere(&pod_ref.uid, &req.ifname).await?;
+            }
+            return Ok(());
+        }
+        if let Some(current) = status.current.container_id.as_deref()
+            && !req.container_id.is_empty()
+            && current != req.container_id
+        {
+            // A late DEL of an earlier sandbox of this pod: the addresses now serve the current
+            // sandbox, which a repeated ADD gave them to.
+            tracing::info!(
+                pod = %format!("{}/{}", pod_ref.namespace, pod_ref.name),
+                stale = %req.container_id,
+                current,
+                "DEL of an earlier sandbox releases nothing"
+            );
             return Ok(());
         }
         if status.owner_controller_type.as_deref() == Some("StatefulSet") {

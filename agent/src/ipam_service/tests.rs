@@ -2,7 +2,7 @@
 //! requests of a batched pool write, of a lost round (409), of a SpiderEndpoint's creation and of
 //! a GC release. The decisions themselves are tested in `spiderpool_ipam::cluster`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -73,7 +73,7 @@ fn writer(api: &MockApi) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
 fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
     let sources = Sources {
         api: Api::all(api.client()),
-        reserved: Arc::new(HashSet::new),
+        reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
         latest: Arc::new(|| None),
         registry: Api::all(api.client()),
         registered: Arc::new(move |_, _| registered),
@@ -484,4 +484,71 @@ async fn a_pool_whose_addresses_another_pool_registered_first_hands_out_nothing_
         "the registry write is guarded by its read"
     );
     assert_eq!(api.unused(), 0);
+}
+
+/// A DEL that is not the current holder's releases nothing: a late DEL of an earlier sandbox of
+/// the pod (its container ID differs from the endpoint's), or a DEL for a pod of the same name
+/// whose endpoint is another node's. Only the endpoint read happens.
+#[tokio::test]
+async fn a_del_of_an_earlier_sandbox_or_another_node_s_pod_releases_nothing() {
+    for (endpoint_node, endpoint_container, del_container) in [("n1", "c-new", "c-old"), ("n2", "c1", "c1")] {
+        let api = MockApi::new();
+        api.reply(
+            "GET",
+            &format!("{ENDPOINTS}/a"),
+            200,
+            endpoint("a", endpoint_node, endpoint_container, "10.0.0.10", "3"),
+        );
+        let svc = service(&api);
+        svc.handle(request(IpamVerb::Del, "a", del_container))
+            .await
+            .expect("DEL succeeds");
+        assert_eq!(
+            api.calls(),
+            [format!("GET {ENDPOINTS}/a")],
+            "endpoint on {endpoint_node} of {endpoint_container}, DEL of {del_container}"
+        );
+    }
+}
+
+/// The sandbox that holds the addresses releases them: pool write, then the endpoint goes.
+#[tokio::test]
+async fn a_del_of_the_current_sandbox_releases_its_address() {
+    let api = MockApi::new();
+    api.reply(
+        "GET",
+        &format!("{ENDPOINTS}/a"),
+        200,
+        endpoint("a", "n1", "c1", "10.0.0.10", "3"),
+    )
+    .reply(
+        "GET",
+        &format!("{POOLS}/p/status"),
+        200,
+        pool("5", &[("10.0.0.10", "a")]),
+    )
+    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]))
+    .reply(
+        "DELETE",
+        &format!("{ENDPOINTS}/a"),
+        200,
+        endpoint("a", "n1", "c1", "10.0.0.10", "4"),
+    );
+    let svc = service(&api);
+    svc.handle(request(IpamVerb::Del, "a", "c1"))
+        .await
+        .expect("DEL succeeds");
+    assert_eq!(
+        api.calls(),
+        [
+            format!("GET {ENDPOINTS}/a"),
+            format!("GET {POOLS}/p/status"),
+            format!("PATCH {POOLS}/p/status"),
+            format!("DELETE {ENDPOINTS}/a"),
+        ]
+    );
+    assert_eq!(
+        api.seen()[2].body.as_ref().unwrap()["status"]["allocatedIPCount"],
+        0
+    );
 }

@@ -41,6 +41,23 @@ fn del_removes_the_node_side_and_a_second_del_finds_nothing() {
     assert_eq!(w.node.calls().len(), node_after, "nothing left to delete");
 }
 
+/// Another pod's ADD landing in the middle of this DEL's look for orphan rules (after its first
+/// list, whichever it is) keeps its rule: the node can still reach that pod.
+#[test]
+fn a_concurrent_add_keeps_its_rule_through_a_del() {
+    let mut w = World::underlay();
+    w.add(&conf()).unwrap();
+    let other = w.node.state().add_link("vethother");
+    let rule = Rule::to_destination(ip("10.6.0.11"), 500, HOST_RULE_PRIORITY);
+    w.node.state().concurrent_add = Some((Route::host(ip("10.6.0.11"), other, 500), rule.clone()));
+    w.del(&conf()).unwrap();
+    assert!(
+        w.node.state().concurrent_add.is_none(),
+        "the ADD landed during the DEL"
+    );
+    assert_eq!(w.node.state().rules, [rule], "only this pod's rules went");
+}
+
 #[test]
 fn del_cleans_the_table_the_netconf_names() {
     let mut w = World::underlay();

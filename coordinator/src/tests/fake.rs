@@ -65,6 +65,9 @@ pub struct State {
     pub calls: Vec<Call>,
     /// Requests of this kind (the `Call` variant's name) fail with this errno.
     pub refuse: Option<(&'static str, i32)>,
+    /// Another pod's ADD that lands right after the next list of routes or rules (the route
+    /// first, then the rule, as ADD writes them): to test DEL against it.
+    pub concurrent_add: Option<(Route, Rule)>,
 }
 
 impl State {
@@ -147,6 +150,14 @@ pub struct FakeKernel(pub Rc<RefCell<State>>);
 impl FakeKernel {
     pub fn state(&self) -> std::cell::RefMut<'_, State> {
         self.0.borrow_mut()
+    }
+
+    fn land_concurrent_add(&self) {
+        let mut s = self.state();
+        if let Some((route, rule)) = s.concurrent_add.take() {
+            s.routes.push(route);
+            s.rules.push(rule);
+        }
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -274,7 +285,7 @@ impl Kernel for FakeKernel {
     }
 
     fn routes(&mut self, ipv6: bool) -> Result<Vec<RouteEntry>, NetlinkError> {
-        Ok(self
+        let listed = self
             .0
             .borrow()
             .routes
@@ -282,7 +293,9 @@ impl Kernel for FakeKernel {
             .filter(|r| r.destination.addr().is_ipv6() == ipv6)
             .cloned()
             .map(RouteEntry::from)
-            .collect())
+            .collect();
+        self.land_concurrent_add();
+        Ok(listed)
     }
 
     fn add_route(&mut self, route: &Route, if_exists: IfExists) -> Result<(), NetlinkError> {
@@ -316,7 +329,7 @@ impl Kernel for FakeKernel {
     }
 
     fn rules(&mut self, ipv6: bool) -> Result<Vec<RuleEntry>, NetlinkError> {
-        Ok(self
+        let listed = self
             .0
             .borrow()
             .rules
@@ -324,7 +337,9 @@ impl Kernel for FakeKernel {
             .filter(|r| r.source.or(r.destination).is_some_and(|ip| ip.is_ipv6() == ipv6))
             .cloned()
             .map(RuleEntry::from)
-            .collect())
+            .collect();
+        self.land_concurrent_add();
+        Ok(listed)
     }
 
     fn add_rule(&mut self, rule: &Rule, if_exists: IfExists) -> Result<(), NetlinkError> {

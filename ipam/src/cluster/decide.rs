@@ -18,7 +18,7 @@ use spiderpool_api::crd::PoolIPAllocation;
 
 use crate::allocator::Cursor;
 use crate::pool::Pool;
-use crate::range::{ip_to_key, key_to_ip};
+use crate::range::{IpSet, ip_to_key, key_to_ip};
 
 /// One queued request against a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +46,8 @@ pub enum Decision {
 /// What [`decide`] reads besides the batch.
 pub struct Context<'a> {
     pub pool: &'a Pool,
-    /// SpiderReservedIP addresses, as range keys.
-    pub reserved: &'a HashSet<u128>,
+    /// SpiderReservedIP addresses.
+    pub reserved: &'a IpSet,
     /// `false` for a terminating pool: it hands out nothing new, but releases and addresses
     /// already held still go through.
     pub accept_new: bool,
@@ -68,6 +68,8 @@ pub fn decide<'a>(
         .map(ip_to_key)
         .collect();
     let fingerprint = cx.pool.set.fingerprint();
+    // What the walk may hand out, reserved ranges skipped whole.
+    let usable = cx.pool.set.subtract(cx.reserved);
     let mut last = cursor
         .filter(|c| c.fingerprint == fingerprint)
         .and_then(|c| c.last);
@@ -85,7 +87,7 @@ pub fn decide<'a>(
                 });
                 let ip = match held {
                     Some(ip) => ip.parse::<IpAddr>().ok(),
-                    None if cx.accept_new => next_free(cx.pool, &taken, cx.reserved, &mut last),
+                    None if cx.accept_new => next_free(&usable, &taken, &mut last),
                     None => None,
                 };
                 if let Some(addr) = ip {
@@ -123,19 +125,14 @@ pub fn decide<'a>(
     (decisions, changed)
 }
 
-/// The first free address after `last`, wrapping around to the pool's start once; moves `last`
-/// to it.
-fn next_free(
-    pool: &Pool,
-    taken: &HashSet<u128>,
-    reserved: &HashSet<u128>,
-    last: &mut Option<u128>,
-) -> Option<IpAddr> {
-    let free = |key: &u128| !taken.contains(key) && !reserved.contains(key);
+/// The first free address of `usable` after `last`, wrapping around to its start once; moves
+/// `last` to it.
+fn next_free(usable: &IpSet, taken: &HashSet<u128>, last: &mut Option<u128>) -> Option<IpAddr> {
+    let free = |key: &u128| !taken.contains(key);
     let start = *last;
     let mut walk = start;
     // Ahead of the cursor, then from the start up to and including it.
-    while let Some(key) = pool.set.next_after(walk) {
+    while let Some(key) = usable.next_after(walk) {
         if free(&key) {
             *last = Some(key);
             return Some(key_to_ip(key));
@@ -143,7 +140,7 @@ fn next_free(
         walk = Some(key);
     }
     let mut walk = None;
-    while let Some(key) = pool.set.next_after(walk) {
+    while let Some(key) = usable.next_after(walk) {
         if start.is_some_and(|s| key > s) {
             break;
         }
@@ -200,7 +197,7 @@ mod tests {
 
     struct Run {
         pool: Pool,
-        reserved: HashSet<u128>,
+        reserved: IpSet,
         allocated: BTreeMap<String, PoolIPAllocation>,
         cursor: Option<Cursor>,
         accept_new: bool,
@@ -210,7 +207,7 @@ mod tests {
         fn new(pool: Pool) -> Run {
             Run {
                 pool,
-                reserved: HashSet::new(),
+                reserved: IpSet::default(),
                 allocated: BTreeMap::new(),
                 cursor: None,
                 accept_new: true,
@@ -288,7 +285,7 @@ mod tests {
     #[test]
     fn reserved_and_foreign_holders_are_skipped() {
         let mut run = Run::new(pool(&["10.0.0.10-10.0.0.13"]));
-        run.reserved.insert(ip_to_key(ip("10.0.0.10")));
+        run.reserved = crate::range::set_of_entries(["10.0.0.10"]);
         run.allocated.insert("10.0.0.11".into(), entry("other", "eth0"));
         let (d, _) = run.batch(&[claim("a")]);
         assert_eq!(d, [Decision::Claim(Some(ip("10.0.0.12")))]);

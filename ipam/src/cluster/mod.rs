@@ -8,12 +8,10 @@ pub mod register;
 pub mod registry;
 pub mod select;
 
-use std::collections::HashSet;
-
 use spiderpool_api::crd::{SpiderIPPool, SpiderReservedIP};
 
 use crate::pool::{Pool, PoolError};
-use crate::range::{RESERVED_CAP, expand_entries};
+use crate::range::{IpSet, set_of_entries};
 
 /// The validated pool of a SpiderIPPool object, or why it cannot be used.
 pub fn pool_of(obj: &SpiderIPPool) -> Result<Pool, PoolError> {
@@ -25,11 +23,10 @@ pub fn pool_of(obj: &SpiderIPPool) -> Result<Pool, PoolError> {
     Pool::from_spec_json(spec, &name)
 }
 
-/// The addresses of every SpiderReservedIP, as range keys: no pool hands them out.
-pub fn reserved_keys<'a>(objs: impl IntoIterator<Item = &'a SpiderReservedIP>) -> HashSet<u128> {
-    expand_entries(
+/// The addresses of every SpiderReservedIP: no pool hands them out.
+pub fn reserved_set<'a>(objs: impl IntoIterator<Item = &'a SpiderReservedIP>) -> IpSet {
+    set_of_entries(
         objs.into_iter()
             .flat_map(|r| r.spec.ips.iter().map(String::as_str)),
-        RESERVED_CAP,
     )
 }

@@ -43,6 +43,12 @@ pub enum StoreError {
     Db { path: PathBuf, why: String },
     #[error("store record {what} is corrupt: {why}")]
     Corrupt { what: String, why: String },
+    /// The database file cannot be opened at all. Recovery: move the file aside; the next ADD
+    /// starts an empty store (README, "A corrupted store").
+    #[error(
+        "store {path} is unreadable ({why}); move it aside (mv {path} {path}.corrupt) to start an empty store, and restart the containers of this network so none keeps an address the new store does not know"
+    )]
+    Unreadable { path: PathBuf, why: String },
 }
 
 /// An attachment's allocation as recorded: enough to answer a repeated ADD identically.
@@ -128,7 +134,7 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(4 << 20)
             .create_with_backend(UnsyncedFile(file))
-            .map_err(|e| StoreError::Db {
+            .map_err(|e| StoreError::Unreadable {
                 path: path.clone(),
                 why: e.to_string(),
             })?;

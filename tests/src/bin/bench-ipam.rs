@@ -35,9 +35,11 @@ fn netconf(label: &str, data_dir: &Path) -> Value {
 
 fn call(plugin: &Plugin, verb: &str, id: &str) -> Result<Duration> {
     let body = plugin.netconf.to_string();
-    let inv = Invocation::new(verb, id, "/var/run/netns/bench", "eth0").with_path(vec![
-        plugin.binary.parent().map(Path::to_path_buf).unwrap_or_default(),
-    ]);
+    let inv = Invocation::new(verb, id, "/var/run/netns/bench", "eth0")
+        .with_path(vec![
+            plugin.binary.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ])
+        .with_trusted_dirs(vec![std::env::temp_dir()]);
     let start = Instant::now();
     let out = inv.run(&plugin.binary, body.as_bytes())?;
     let took = start.elapsed();

@@ -2,6 +2,38 @@
 
 use super::*;
 
+/// `spiderpool-agent run` for `node` (no device plugin), its inventory from `sysfs`, its stderr in
+/// `log`.
+fn spawn_run(
+    cluster: &Cluster,
+    node: &str,
+    health: &str,
+    socket: &std::path::Path,
+    sysfs: &std::path::Path,
+    ready: &std::path::Path,
+    log: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"))
+        .args([
+            "run",
+            "--node-name",
+            node,
+            "--health-addr",
+            health,
+            "--device-plugin=false",
+        ])
+        .args(["--inventory-interval", "5", "--socket"])
+        .arg(socket)
+        .arg("--sysfs-root")
+        .arg(sysfs)
+        .arg("--ready-file")
+        .arg(ready)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spiderpool-agent runs")
+}
+
 /// `spiderpool-agent run`: ready once the IPAM service listens, reports the node's inventory
 /// (here a fixture sysfs tree) as its SpiderNodeInventory, and answers the plugin.
 #[tokio::test(flavor = "multi_thread")]
@@ -13,27 +45,16 @@ async fn cluster_agent_run_reports_inventory_and_serves_ipam() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
     let fixture = spiderpool_testing::fixtures::fixture_root("cx6dx");
-    // `spiderpool-agent run` for this node; `ready` and `log` are file names in `dir`.
     let run_agent = |ready: &str, log: &str| {
-        std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"))
-            .args([
-                "run",
-                "--node-name",
-                &node,
-                "--health-addr",
-                "127.0.0.1:15751",
-                "--device-plugin=false",
-            ])
-            .args(["--inventory-interval", "5", "--socket"])
-            .arg(&socket)
-            .arg("--sysfs-root")
-            .arg(&fixture)
-            .arg("--ready-file")
-            .arg(dir.path().join(ready))
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
-            .spawn()
-            .unwrap()
+        spawn_run(
+            &cluster,
+            &node,
+            "127.0.0.1:15751",
+            &socket,
+            &fixture,
+            &dir.path().join(ready),
+            &dir.path().join(log),
+        )
     };
     let mut child = run_agent("ready-1", "run.log");
     let ready = eventually(Duration::from_secs(30), || async {
@@ -153,4 +174,79 @@ async fn cluster_agent_run_reports_inventory_and_serves_ipam() {
     );
     let _ = successor.kill();
     let _ = successor.wait();
+}
+
+/// 2,000 idle connections to the agent's health port (any pod on the host network could open
+/// them) while 100 ADDs run: every ADD is answered, the agent stays up, and once the idle clients'
+/// time is up the port answers probes again.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
+async fn cluster_agent_health_port_flood_leaves_ipam_answering() {
+    const PODS: usize = 100;
+    spiderpool_daemon::raise_fd_limit();
+    let cluster = Cluster::connect().await.unwrap();
+    let u = unique();
+    let node = format!("node-flood-{u}");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let fixture = spiderpool_testing::fixtures::fixture_root("cx6dx");
+    let health = "127.0.0.1:15753";
+    let mut agent = spawn_run(
+        &cluster,
+        &node,
+        health,
+        &socket,
+        &fixture,
+        &dir.path().join("ready"),
+        &dir.path().join("run.log"),
+    );
+    let log = || std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    let ready = eventually(Duration::from_secs(30), || async {
+        http_get(health, "/readyz")
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "never ready: {}", log());
+    let pool = format!("flood-{u}");
+    create_pool(
+        &cluster,
+        &pool,
+        json!({"subnet": "10.208.0.0/24", "ips": ["10.208.0.1-10.208.0.100"]}),
+    )
+    .await
+    .unwrap();
+    let ns = cluster.namespace("flood", json!({})).await.unwrap();
+    let uids = cluster
+        .pods(&ns, "p", PODS, |_| node.clone(), json!({}))
+        .await
+        .unwrap();
+
+    let idle: Vec<std::net::TcpStream> = (0..2000)
+        .filter_map(|_| std::net::TcpStream::connect(health).ok())
+        .collect();
+    assert!(idle.len() >= 1900, "only {} idle connections opened", idle.len());
+    let conf = netconf(&socket, &[&pool], &[]);
+    let results = run_parallel(50, PODS, |i| {
+        cni("ADD", &conf, &ns, &format!("p-{i}"), &uids[i], "net1")
+    });
+    let ips: HashSet<String> = results.iter().filter_map(first_ip).collect();
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|o| !o.success)
+        .map(|o| o.stdout.as_str())
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", log());
+    assert_eq!(ips.len(), PODS);
+    assert!(agent.try_wait().unwrap().is_none(), "agent died: {}", log());
+    drop(idle);
+    let healthy = eventually(Duration::from_secs(10), || async {
+        http_get(health, "/healthz")
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    })
+    .await;
+    assert!(healthy.is_some(), "health never answered again: {}", log());
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

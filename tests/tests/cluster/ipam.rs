@@ -377,6 +377,7 @@ fn gc_all_of(conf: &Value, network: &str) -> spiderpool_cni::exec::Output {
     let bin = spiderpool_e2e::bin_dir();
     spiderpool_cni::exec::Invocation::new("GC", "", "", "")
         .with_path(vec![bin.clone()])
+        .with_trusted_dirs(vec![std::env::temp_dir()])
         .run(&bin.join("spiderpool"), conf.to_string().as_bytes())
         .expect("spiderpool runs")
 }

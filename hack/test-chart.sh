@@ -100,6 +100,8 @@ run "controller may patch spiderippools (the finalizer)" can yes "$controller" p
 run "controller may update spiderippoolregistries" can yes "$controller" update spiderippoolregistries.spiderpool.spidernet.io
 run "controller may delete spiderendpoints" can yes "$controller" delete spiderendpoints.spiderpool.spidernet.io -n default
 run "controller may list statefulsets" can yes "$controller" list statefulsets.apps --all-namespaces
+run "controller may list nodes" can yes "$controller" list nodes
+run "controller may not change nodes" can no "$controller" patch nodes
 run "controller may update its lease" can yes "$controller" update leases.coordination.k8s.io -n "$ns"
 run "controller may patch CRDs (applies its own at start)" can yes "$controller" patch customresourcedefinitions.apiextensions.k8s.io
 run "controller may patch spidercoordinators/status" can yes "$controller" patch spidercoordinators.spiderpool.spidernet.io --subresource=status

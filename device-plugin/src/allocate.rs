@@ -165,17 +165,36 @@ fn write_device_info(dir: &Path, resource: &Resource, c: &Candidate) -> Result<(
     std::fs::rename(&tmp, &path).map_err(err)
 }
 
-/// Removes the device-info files of `resource` (when the plugin stops).
+/// Removes the device-info files of `resource` (when the plugin stops): exactly
+/// `<prefix>-<name>-<bdf>-device.json`, so resource `rdma`'s do not take `rdma-x`'s along.
 pub fn remove_device_infos(dir: &Path, resource: &Resource) {
     let prefix = format!("{}-{}-", resource.name.prefix, resource.name.name);
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) && name.ends_with("-device.json") {
+            let ours = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix("-device.json"))
+                .is_some_and(is_pci_address);
+            if ours {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
+}
+
+/// `dddd:bb:dd.f` in hex, as sysfs names PCI functions.
+fn is_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && hex(0..4)
+        && hex(5..7)
+        && hex(8..10)
+        && hex(11..12)
 }
 
 #[cfg(test)]
@@ -265,8 +284,12 @@ mod tests {
             json!({"type": "pci", "version": "1.1.0",
                    "pci": {"pci-address": "0000:3b:00.2", "rdma-device": "mlx5_2", "pf-pci-address": "0000:3b:00.0"}})
         );
+        // Another resource whose name extends this one's keeps its files.
+        let neighbour = dir.path().join("spidernet.io-cx6_vfs-x-0000:3b:00.3-device.json");
+        std::fs::write(&neighbour, "{}").unwrap();
         remove_device_infos(dir.path(), &res[0]);
         assert!(!file.exists());
+        assert!(neighbour.exists(), "cx6_vfs-x's file is not cx6_vfs's");
         assert!(ctx.allocate(&res[0], &["0000:99:00.0".into()]).is_err());
     }
 

@@ -76,7 +76,13 @@ pub enum ConfigError {
     BadName(String),
     #[error("config: selector {0:?} is invalid: {1}")]
     BadSelector(String, String),
+    #[error("config: resource {0:?}: rdmaHcaMax must be 1 to {MAX_RDMA_HCA_MAX}, not {1}")]
+    BadHcaMax(String, u32),
 }
+
+/// The most slots a shared RDMA resource may advertise: each is a device kubelet tracks and
+/// every ListAndWatch carries (the RDMA shared device plugin's examples use up to 1000).
+pub const MAX_RDMA_HCA_MAX: u32 = 1000;
 
 impl Default for Config {
     /// `spidernet.io/rdma` over every RDMA device found.
@@ -216,6 +222,11 @@ impl Config {
             for s in r.selectors.pf_names.iter().chain(&r.selectors.root_devices) {
                 parse_with_ranges(s)?;
             }
+            if let Some(n) = r.rdma_hca_max
+                && !(1..=MAX_RDMA_HCA_MAX).contains(&n)
+            {
+                return Err(ConfigError::BadHcaMax(r.resource_name.clone(), n));
+            }
         }
         Ok(())
     }
@@ -333,5 +344,19 @@ mod tests {
             Config::default().resources[0].name().unwrap().full(),
             "spidernet.io/rdma"
         );
+    }
+
+    #[test]
+    fn rdma_hca_max_is_bounded() {
+        for (n, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_RDMA_HCA_MAX, true),
+            (MAX_RDMA_HCA_MAX + 1, false),
+            (u32::MAX, false),
+        ] {
+            let text = format!("resources:\n- resourceName: rdma\n  kind: rdma\n  rdmaHcaMax: {n}\n");
+            assert_eq!(Config::parse(&text).is_ok(), ok, "rdmaHcaMax {n}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Prints the CRD manifests generated from the `spiderpool-api` types, or writes one file per CRD
 //! with `--out-dir DIR` (what `charts/spiderpool/crds/` holds; CI compares the two), and with
-//! `--policy FILE` the ValidatingAdmissionPolicy for IPv6 ranges (the chart's templates hold it).
+//! `--policy FILE` the ValidatingAdmissionPolicy for IPv6 ranges and with `--agent-policy FILE` the one
+//! that keeps each agent to its own node's objects (the chart's templates hold both).
 
 use std::{fs, path::PathBuf, process::ExitCode};
 
@@ -8,21 +9,30 @@ use spiderpool_api::crd;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (out_dir, policy) = match args.as_slice() {
-        [] => (None, None),
-        [flag, dir] if flag == "--out-dir" => (Some(PathBuf::from(dir)), None),
-        [flag, dir, pflag, file] if flag == "--out-dir" && pflag == "--policy" => {
-            (Some(PathBuf::from(dir)), Some(PathBuf::from(file)))
+    let (mut out_dir, mut policy, mut agent_policy) = (None, None, None);
+    for pair in args.chunks(2) {
+        match pair {
+            [flag, value] if flag == "--out-dir" => out_dir = Some(PathBuf::from(value)),
+            [flag, value] if flag == "--policy" => policy = Some(PathBuf::from(value)),
+            [flag, value] if flag == "--agent-policy" => agent_policy = Some(PathBuf::from(value)),
+            _ => {
+                eprintln!("usage: crdgen [--out-dir DIR] [--policy FILE] [--agent-policy FILE]");
+                return ExitCode::from(2);
+            }
         }
-        _ => {
-            eprintln!("usage: crdgen [--out-dir DIR [--policy FILE]]");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(file) = &policy {
-        let written = crd::admission::to_yaml()
+    }
+    let policies = [
+        (
+            policy,
+            crd::admission::to_yaml as fn() -> Result<String, serde_yaml_ng::Error>,
+        ),
+        (agent_policy, crd::node_scope::chart_template),
+    ];
+    for (file, render) in policies {
+        let Some(file) = file else { continue };
+        let written = render()
             .map_err(|e| e.to_string())
-            .and_then(|yaml| fs::write(file, yaml).map_err(|e| format!("{}: {e}", file.display())));
+            .and_then(|yaml| fs::write(&file, yaml).map_err(|e| format!("{}: {e}", file.display())));
         if let Err(err) = written {
             eprintln!("crdgen: {err}");
             return ExitCode::FAILURE;

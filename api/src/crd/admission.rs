@@ -33,17 +33,12 @@ pub fn ipv6_ranges_policy() -> ValidatingAdmissionPolicy {
         },
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".into()),
-            match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![NamedRuleWithOperations {
-                    api_groups: Some(vec![super::GROUP.into()]),
-                    api_versions: Some(vec![super::VERSION.into()]),
-                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-                    // Not the status subresource: allocations never change the ranges.
-                    resources: Some(vec!["spiderippools".into(), "spidersubnets".into()]),
-                    ..NamedRuleWithOperations::default()
-                }]),
-                ..MatchResources::default()
-            }),
+            // Not the status subresource: allocations never change the ranges.
+            match_constraints: Some(our_resources(
+                super::VERSION,
+                &["CREATE", "UPDATE"],
+                &["spiderippools", "spidersubnets"],
+            )),
             variables: Some(vec![
                 Variable {
                     name: "ipv6".into(),
@@ -76,16 +71,36 @@ pub fn ipv6_ranges_policy() -> ValidatingAdmissionPolicy {
 }
 
 pub fn ipv6_ranges_binding() -> ValidatingAdmissionPolicyBinding {
+    deny_binding(POLICY_NAME)
+}
+
+/// The binding that makes policy `name` deny what it does not admit, everywhere.
+pub fn deny_binding(name: &str) -> ValidatingAdmissionPolicyBinding {
     ValidatingAdmissionPolicyBinding {
         metadata: ObjectMeta {
-            name: Some(POLICY_NAME.into()),
+            name: Some(name.into()),
             ..ObjectMeta::default()
         },
         spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(POLICY_NAME.into()),
+            policy_name: Some(name.into()),
             validation_actions: Some(vec!["Deny".into()]),
             ..ValidatingAdmissionPolicyBindingSpec::default()
         }),
+    }
+}
+
+/// `operations` on `resources` of this project's group at `version` (`*` for all).
+pub fn our_resources(version: &str, operations: &[&str], resources: &[&str]) -> MatchResources {
+    let strings = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+    MatchResources {
+        resource_rules: Some(vec![NamedRuleWithOperations {
+            api_groups: Some(vec![super::GROUP.into()]),
+            api_versions: Some(vec![version.into()]),
+            operations: strings(operations),
+            resources: strings(resources),
+            ..NamedRuleWithOperations::default()
+        }]),
+        ..MatchResources::default()
     }
 }
 

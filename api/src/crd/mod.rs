@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod ipam;
+pub mod node_scope;
 pub mod registry;
 pub mod validation;
 

@@ -444,3 +444,85 @@ async fn cluster_coordinator_cidrs_follow_pod_cidr_type_into_the_plugin() {
     config_maps.delete("cilium-config", &dp).await.unwrap();
     crds.delete("ippools.crd.projectcalico.org", &dp).await.unwrap();
 }
+
+/// A pod stuck terminating past its grace period on a node that does not report Ready keeps its
+/// address (it may still run there, cut off); once the node is Ready again the address goes back.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
+async fn cluster_a_pod_on_a_partitioned_node_keeps_its_address() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    let cluster = Cluster::connect().await.unwrap();
+    let u = unique();
+    let node = format!("node-part-{u}");
+    let pool = format!("part-{u}");
+    create_pool(
+        &cluster,
+        &pool,
+        json!({"subnet": "10.209.0.0/24", "ips": ["10.209.0.10-10.209.0.20"]}),
+    )
+    .await
+    .unwrap();
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": node}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let set_ready = |status: &'static str| {
+        let nodes = nodes.clone();
+        let node = node.clone();
+        async move {
+            let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status,
+                "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+            nodes
+                .patch_status(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    set_ready("Unknown").await;
+    let ns = cluster.namespace("part", json!({})).await.unwrap();
+    // A finalizer keeps the pod object terminating, as a kubelet that never confirms would.
+    let uids = cluster
+        .pods(
+            &ns,
+            "p",
+            1,
+            |_| node.clone(),
+            json!({"finalizers": ["spiderpool.test/hold"]}),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&cluster.kubeconfig, &node, dir.path()).unwrap();
+    let conf = netconf(&agent.socket, &[&pool], &[]);
+    let out = cni("ADD", &conf, &ns, "p-0", &uids[0], "net1");
+    let ip = first_ip(&out).unwrap_or_else(|| panic!("{}", out.stdout));
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    pods.delete("p-0", &kube::api::DeleteParams::default().grace_period(1))
+        .await
+        .unwrap();
+    // Past grace (1 s) and the controller's margin.
+    tokio::time::sleep(Duration::from_secs(
+        (spiderpool_controller::gc::TERMINATING_MARGIN_SECS + 3) as u64,
+    ))
+    .await;
+    controller_once(&cluster);
+    assert!(
+        allocations(&cluster, &pool).await.contains_key(&ip),
+        "released while its node is not Ready"
+    );
+    set_ready("True").await;
+    controller_once(&cluster);
+    assert!(
+        !allocations(&cluster, &pool).await.contains_key(&ip),
+        "kept after its node came back Ready"
+    );
+    let unhold = json!({"metadata": {"finalizers": null}});
+    pods.patch("p-0", &PatchParams::default(), &Patch::Merge(&unhold))
+        .await
+        .unwrap();
+    let _ = nodes.delete(&node, &Default::default()).await;
+}

@@ -1,0 +1,112 @@
+//! What RBAC cannot say: an agent may write its own node's objects only. RBAC grants a verb on a
+//! resource to every agent alike; this ValidatingAdmissionPolicy compares each write with the node
+//! the writer's token is bound to. Kubelet projects into every pod a service-account token bound
+//! to the pod and its node, and the API server hands the node's name to admission as the user's
+//! extra `authentication.kubernetes.io/node-name` (Kubernetes 1.32 and later; beta and on by
+//! default since 1.30). So a compromised agent, or a pod that stole its token, cannot rewrite another
+//! node's inventory or take the SpiderEndpoints of pods elsewhere.
+//!
+//! Not covered: a pool's `status.allocatedIPs` is one JSON string, which CEL cannot parse, so
+//! which node's entries a pool write changes cannot be checked here.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchCondition, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingAdmissionPolicySpec, Validation, Variable,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::admission::{deny_binding, our_resources};
+
+/// The user extra that carries the node a service-account token is bound to.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// The policy for the agents authenticating as `agent_user` (`system:serviceaccount:NS:NAME`),
+/// named `name`, and its binding.
+pub fn agent_node_policy(
+    name: &str,
+    agent_user: &str,
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let policy = ValidatingAdmissionPolicy {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(our_resources(
+                "*",
+                &["CREATE", "UPDATE", "DELETE"],
+                &["spidernodeinventories", "spidernodeinventories/status", "spiderendpoints"],
+            )),
+            match_conditions: Some(vec![MatchCondition {
+                name: "spiderpool-agent".into(),
+                expression: format!("request.userInfo.username == '{agent_user}'"),
+            }]),
+            variables: Some(vec![
+                Variable {
+                    name: "node".into(),
+                    expression: format!(
+                        "has(request.userInfo.extra) && '{NODE_NAME_EXTRA}' in request.userInfo.extra \
+                         && size(request.userInfo.extra['{NODE_NAME_EXTRA}']) > 0 \
+                         ? request.userInfo.extra['{NODE_NAME_EXTRA}'][0] : ''"
+                    ),
+                },
+                Variable {
+                    name: "target".into(),
+                    expression: "request.operation == 'DELETE' ? oldObject : object".into(),
+                },
+            ]),
+            validations: Some(vec![
+                Validation {
+                    expression: "variables.node != ''".into(),
+                    message: Some(
+                        "spiderpool-agent's token is bound to no node: use the token kubelet projects into the agent's pod"
+                            .into(),
+                    ),
+                    reason: Some("Forbidden".into()),
+                    ..Validation::default()
+                },
+                Validation {
+                    expression: "request.resource.resource != 'spidernodeinventories' || \
+                                 variables.target.metadata.name == variables.node"
+                        .into(),
+                    message_expression: Some(
+                        "'the agent of node ' + variables.node + ' may write only its own SpiderNodeInventory, not ' + variables.target.metadata.name"
+                            .into(),
+                    ),
+                    reason: Some("Forbidden".into()),
+                    ..Validation::default()
+                },
+                Validation {
+                    expression: "request.resource.resource != 'spiderendpoints' || \
+                                 (has(variables.target.status) && has(variables.target.status.current) && \
+                                  variables.target.status.current.node == variables.node)"
+                        .into(),
+                    message_expression: Some(
+                        "'the agent of node ' + variables.node + ' may write only SpiderEndpoints of pods on its node'".into(),
+                    ),
+                    reason: Some("Forbidden".into()),
+                    ..Validation::default()
+                },
+            ]),
+            ..ValidatingAdmissionPolicySpec::default()
+        }),
+        status: None,
+    };
+    (policy, deny_binding(name))
+}
+
+/// The chart's template: the policy for the release's agent service account, named after the
+/// release (Helm fills the placeholders).
+pub fn chart_template() -> Result<String, serde_yaml_ng::Error> {
+    let (policy, binding) = agent_node_policy(
+        "{{ .Release.Name }}-agent-own-node",
+        // `spiderpool.agentName`, spelled out: a quoted include would be escaped in the YAML.
+        "system:serviceaccount:{{ .Release.Namespace }}:{{ .Release.Name }}-agent",
+    );
+    Ok(format!(
+        "# Generated by `cargo run -p spiderpool-api --bin crdgen`; do not edit.\n{}---\n{}",
+        serde_yaml_ng::to_string(&policy)?,
+        serde_yaml_ng::to_string(&binding)?
+    ))
+}

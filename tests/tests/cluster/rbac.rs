@@ -1,0 +1,213 @@
+//! The agents' own-node admission policy against the real API server: two agents' tokens, each
+//! bound to a pod on its node as kubelet projects them, and each allowed only its own node's
+//! SpiderNodeInventory and SpiderEndpoints.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::DeleteParams;
+
+use super::*;
+
+/// A client that authenticates with `token` instead of the kubeconfig's credentials.
+async fn client_with_token(cluster: &Cluster, token: &str) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_string().into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config).expect("client")
+}
+
+fn inventory(name: &str) -> SpiderNodeInventory {
+    serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderNodeInventory",
+        "metadata": {"name": name}, "spec": {"nodeName": name}
+    }))
+    .expect("inventory object")
+}
+
+fn endpoint(ns: &str, name: &str, node: &str) -> SpiderEndpoint {
+    serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpoint",
+        "metadata": {"name": name, "namespace": ns}, "spec": {},
+        "status": {"current": {"uid": "u", "node": node, "ips": []}}
+    }))
+    .expect("endpoint object")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
+async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
+    let cluster = Cluster::connect().await.unwrap();
+    let u = unique();
+    let ns = cluster.namespace("rbac", json!({})).await.unwrap();
+    let sa = "agent";
+    let user = format!("system:serviceaccount:{ns}:{sa}");
+    let pp = PostParams::default();
+
+    // The agent's rights as the chart grants them (RBAC), and the policy on top.
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": format!("rbac-{u}")},
+        "rules": [{"apiGroups": ["spiderpool.spidernet.io"],
+                   "resources": ["spidernodeinventories", "spidernodeinventories/status", "spiderendpoints"],
+                   "verbs": ["get", "list", "create", "update", "patch", "delete"]}]
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(cluster.client.clone())
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("rbac-{u}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("rbac-{u}")},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(cluster.client.clone())
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+    let (policy, policy_binding) =
+        spiderpool_api::crd::node_scope::agent_node_policy(&format!("own-node-{u}"), &user);
+    Api::<ValidatingAdmissionPolicy>::all(cluster.client.clone())
+        .create(&pp, &policy)
+        .await
+        .unwrap();
+    Api::<ValidatingAdmissionPolicyBinding>::all(cluster.client.clone())
+        .create(&pp, &policy_binding)
+        .await
+        .unwrap();
+
+    // Two nodes, an agent pod on each, and the token kubelet would project into each.
+    let service_accounts: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &ns);
+    service_accounts
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    let mut tokens = Vec::new();
+    let node_names = [format!("rbac-a-{u}"), format!("rbac-b-{u}")];
+    for node in &node_names {
+        nodes
+            .create(
+                &pp,
+                &serde_json::from_value(json!({"metadata": {"name": node}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut pod =
+            spiderpool_e2e::cluster::pod_object(&format!("agent-{node}"), node, &json!({})).unwrap();
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.service_account_name = Some(sa.into());
+        }
+        let pod = pods.create(&pp, &pod).await.unwrap();
+        let request: TokenRequest = serde_json::from_value(json!({
+            "spec": {"audiences": [], "expirationSeconds": 3600,
+                     "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                        "name": pod.metadata.name, "uid": pod.metadata.uid}}
+        }))
+        .unwrap();
+        let issued = service_accounts
+            .create_token_request(sa, &pp, &request)
+            .await
+            .unwrap();
+        tokens.push(issued.status.expect("a token").token);
+    }
+    let agent_a = client_with_token(&cluster, &tokens[0]).await;
+    let (node_a, node_b) = (&node_names[0], &node_names[1]);
+
+    // The policy takes a moment to be in force: wait for the first refusal.
+    let inventories_a: Api<SpiderNodeInventory> = Api::all(agent_a.clone());
+    let admin_inventories: Api<SpiderNodeInventory> = Api::all(cluster.client.clone());
+    let refused = eventually(Duration::from_secs(30), || async {
+        match inventories_a.create(&pp, &inventory(node_b)).await {
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Some(s.message),
+            // Not yet in force: take it back and try again.
+            Ok(_) => {
+                let _ = admin_inventories.delete(node_b, &DeleteParams::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await
+    .expect("the agent of one node is refused another node's inventory");
+    assert!(
+        refused.contains("may write only its own SpiderNodeInventory"),
+        "{refused}"
+    );
+    inventories_a
+        .create(&pp, &inventory(node_a))
+        .await
+        .expect("its own node's inventory is allowed");
+
+    // SpiderEndpoints: only of pods on its node, created, replaced or deleted.
+    let endpoints_a: Api<SpiderEndpoint> = Api::namespaced(agent_a.clone(), &ns);
+    let err = endpoints_a
+        .create(&pp, &endpoint(&ns, "elsewhere", node_b))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("SpiderEndpoints of pods on its node"),
+        "{err}"
+    );
+    endpoints_a
+        .create(&pp, &endpoint(&ns, "here", node_a))
+        .await
+        .expect("an endpoint on its node is allowed");
+    let admin_endpoints: Api<SpiderEndpoint> = Api::namespaced(cluster.client.clone(), &ns);
+    admin_endpoints
+        .create(&pp, &endpoint(&ns, "theirs", node_b))
+        .await
+        .unwrap();
+    assert!(
+        endpoints_a
+            .delete("theirs", &DeleteParams::default())
+            .await
+            .is_err(),
+        "the agent of {node_a} deleted an endpoint of a pod on {node_b}"
+    );
+    endpoints_a
+        .delete("here", &DeleteParams::default())
+        .await
+        .expect("its own endpoint goes");
+
+    // The other agent is held to its node the same way.
+    let agent_b = client_with_token(&cluster, &tokens[1]).await;
+    let inventories_b: Api<SpiderNodeInventory> = Api::all(agent_b);
+    assert!(
+        inventories_b
+            .create(&pp, &inventory(&format!("{node_a}-x")))
+            .await
+            .is_err()
+    );
+    inventories_b
+        .create(&pp, &inventory(node_b))
+        .await
+        .expect("agent b writes its own inventory");
+
+    let dp = DeleteParams::default();
+    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(cluster.client.clone())
+        .delete(&format!("own-node-{u}"), &dp)
+        .await;
+    let _ = Api::<ValidatingAdmissionPolicy>::all(cluster.client.clone())
+        .delete(&format!("own-node-{u}"), &dp)
+        .await;
+    for node in &node_names {
+        let _ = nodes.delete(node, &dp).await;
+        let _ = Api::<SpiderNodeInventory>::all(cluster.client.clone())
+            .delete(node, &dp)
+            .await;
+    }
+}

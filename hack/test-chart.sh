@@ -103,7 +103,12 @@ run "controller may list statefulsets" can yes "$controller" list statefulsets.a
 run "controller may list nodes" can yes "$controller" list nodes
 run "controller may not change nodes" can no "$controller" patch nodes
 run "controller may update its lease" can yes "$controller" update leases.coordination.k8s.io -n "$ns"
-run "controller may patch CRDs (applies its own at start)" can yes "$controller" patch customresourcedefinitions.apiextensions.k8s.io
+for crd in charts/spiderpool/crds/*.yaml; do
+    crd=$(basename "$crd" .yaml)
+    run "controller may apply its CRD $crd" can yes "$controller" patch "customresourcedefinitions.apiextensions.k8s.io/$crd"
+done
+run "controller may not patch other CRDs" can no "$controller" patch customresourcedefinitions.apiextensions.k8s.io/ippools.crd.projectcalico.org
+run "controller may not create other CRDs" can no "$controller" create customresourcedefinitions.apiextensions.k8s.io/foos.example.com
 run "controller may patch spidercoordinators/status" can yes "$controller" patch spidercoordinators.spiderpool.spidernet.io --subresource=status
 run "controller may list servicecidrs" can yes "$controller" list servicecidrs.networking.k8s.io
 run "controller may list calico ippools" can yes "$controller" list ippools.crd.projectcalico.org

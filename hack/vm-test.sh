@@ -280,6 +280,7 @@ qemu=(qemu-system-x86_64 -machine "$machine" "${cpu[@]}" -m "${VM_MEM:-1G}" -smp
     -device igb,bus=rp2,netdev=n2,mac=52:54:00:00:00:02,romfile=
     -netdev user,id=n2)
 trap - ERR
+for attempt in 1 2; do
 boot_started=$(date +%s)
 set +e
 "${qemu[@]}" </dev/null >"$work/console.log" 2>&1 &
@@ -314,6 +315,14 @@ wait "$tail_pid" 2>/dev/null
 set -e
 ended=$(date +%s)
 
+# A guest that died before its script started (no marker from /init) ran nothing: boot once more.
+if [ "$attempt" = 1 ] && ! tr -d '\r' <"$work/console.log" | grep -q '^SPIDERPOOL_VM_SCRIPT_STARTED$' \
+    && ! tr -d '\r' <"$work/console.log" | grep -q '^SPIDERPOOL_VM_EXIT='; then
+    echo "vm-test: the guest died before its script started (QEMU exited $qemu_rc); booting again" >&2
+    continue
+fi
+break
+done
 status=$(tr -d '\r' <"$work/console.log" | sed -n 's/^SPIDERPOOL_VM_EXIT=\([0-9]\{1,3\}\)$/\1/p' | tail -n1)
 timing="boot+script $((ended - boot_started))s, setup $((boot_started - started))s"
 if [ -z "$status" ]; then

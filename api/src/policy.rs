@@ -184,3 +184,57 @@ impl VlanSpec {
             .unwrap_or_else(|| format!("{parent}.{}", self.id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A moderate alias bomb (9^6 leaves): refused as a policy, in bounded memory.
+    fn laughs() -> String {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, next) in [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f")] {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            text.push_str(&format!("{next}: &{next} [{refs}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn hostile_policy_files_are_refused_by_document_and_never_panic() {
+        let head = "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderNetworkNodePolicy\nmetadata: {name: p}\n";
+        let cases = [
+            ("another kind", "kind: Pod\nspec: {}\n".to_string()),
+            ("negative numVfs", format!("{head}spec: {{numVfs: -1}}\n")),
+            (
+                "numVfs past u32",
+                format!("{head}spec: {{numVfs: 99999999999}}\n"),
+            ),
+            ("numVfs a string", format!("{head}spec: {{numVfs: many}}\n")),
+            (
+                "nodeSelector a list",
+                format!("{head}spec: {{nodeSelector: [a]}}\n"),
+            ),
+            ("spec a scalar", format!("{head}spec: 5\n")),
+            ("alias bomb", laughs()),
+            ("deep nesting", format!("{head}spec: {}", "[".repeat(20_000))),
+            ("not YAML", "\u{0}: [".to_string()),
+            ("a tab indent", "kind: x\n\tspec: {}\n".to_string()),
+            (
+                "second document bad",
+                format!("{head}spec: {{}}\n---\n{head}spec: {{numVfs: -1}}\n"),
+            ),
+        ];
+        for (what, text) in cases {
+            match parse_documents(&text) {
+                Err(e) => assert!(e.document >= 1 && !e.reason.is_empty(), "{what}: {e}"),
+                Ok(p) => panic!("{what}: accepted {p:?}"),
+            }
+        }
+        let err = parse_documents(&cases_second()).unwrap_err();
+        assert_eq!(err.document, 2, "the error names the document");
+    }
+
+    fn cases_second() -> String {
+        "kind: SpiderNetworkNodePolicy\nmetadata: {name: a}\nspec: {}\n---\nkind: Pod\n".into()
+    }
+}

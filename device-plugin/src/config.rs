@@ -359,4 +359,54 @@ mod tests {
             assert_eq!(Config::parse(&text).is_ok(), ok, "rdmaHcaMax {n}");
         }
     }
+
+    #[test]
+    fn hostile_configs_are_refused_with_a_reason_and_never_panic() {
+        let long_name = format!("resources:\n- resourceName: {}\n", "a".repeat(300));
+        let deep = "[".repeat(20_000);
+        let cases = [
+            (
+                "unknown field",
+                "resources:\n- resourceName: a\n  resourceNmae: b\n",
+            ),
+            ("no resources", "{}\n"),
+            ("resources a map", "resources: {a: 1}\n"),
+            (
+                "name with a slash too many",
+                "resources:\n- resourceName: a/b/c\n",
+            ),
+            ("name with a space", "resources:\n- resourceName: 'a b'\n"),
+            ("name of 300 characters", long_name.as_str()),
+            ("duplicate", "resources:\n- resourceName: a\n- resourceName: a\n"),
+            (
+                "reversed VF range",
+                "resources:\n- resourceName: a\n  selectors: {pfNames: ['eth0#5-2']}\n",
+            ),
+            (
+                "VF range without a name",
+                "resources:\n- resourceName: a\n  selectors: {pfNames: ['#0-3']}\n",
+            ),
+            (
+                "VF range of letters",
+                "resources:\n- resourceName: a\n  selectors: {pfNames: ['eth0#a-b']}\n",
+            ),
+            (
+                "rdmaHcaMax of u32::MAX",
+                "resources:\n- resourceName: a\n  kind: rdma\n  rdmaHcaMax: 4294967295\n",
+            ),
+            (
+                "rdmaHcaMax negative",
+                "resources:\n- resourceName: a\n  kind: rdma\n  rdmaHcaMax: -1\n",
+            ),
+            ("unknown kind", "resources:\n- resourceName: a\n  kind: gpu\n"),
+            ("not YAML", "\u{0}: ["),
+            ("deep nesting", deep.as_str()),
+        ];
+        for (what, text) in cases {
+            match Config::parse(text) {
+                Err(e) => assert!(!e.to_string().is_empty(), "{what}"),
+                Ok(c) => panic!("{what}: accepted {c:?}"),
+            }
+        }
+    }
 }

@@ -379,3 +379,69 @@ fn beside_an_overlay_eth0_there_is_no_veth_and_replies_follow_the_nic() {
     );
     assert!(store_records(data.path()).is_empty());
 }
+
+/// One pod's DEL and another's ADD at the same moment, over and over: the DEL's sweep for rules
+/// whose route is gone never takes the rule the ADD has just written, so the node can always
+/// reach every pod that is there.
+#[test]
+#[ignore = "netns tier: needs root, iproute2, ping and Debian containernetworking-plugins"]
+fn a_del_beside_an_add_never_takes_the_new_pod_s_rule() {
+    const ROUNDS: usize = 25;
+    let topo = Topology::new("race", &["10.8.0.1/16"]).unwrap();
+    ip(&topo.node, &["addr", "add", "10.8.0.254/16", "dev", "up0"]).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let main = macvlan(
+        "net-r",
+        "up0",
+        data.path(),
+        json!([{"name": "r", "subnet": "10.8.0.0/16", "ips": ["10.8.0.10-10.8.0.200"], "gateway": "10.8.0.1"}]),
+    );
+    let pods: Vec<_> = (0..=ROUNDS)
+        .map(|i| topo.pod(&format!("r{i}")).unwrap())
+        .collect();
+    let inv = |i: usize, verb: &str| {
+        Invocation::new(
+            verb,
+            &format!("pod-r{i}"),
+            pods[i].path().to_str().unwrap(),
+            "net1",
+        )
+    };
+    let host_rule_of = |result: &Value| {
+        let addr = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        move |rules: &str| rules.contains(&format!("to {addr} lookup 500"))
+    };
+    let mut previous = chain_add(&topo, &inv(0, "ADD"), &main, "net-r").unwrap();
+    for i in 1..=ROUNDS {
+        let (added, ()) = std::thread::scope(|s| {
+            let add = s.spawn(|| chain_add(&topo, &inv(i, "ADD"), &main, "net-r"));
+            let del = s.spawn(|| {
+                let del = inv(i - 1, "DEL");
+                let out = topo
+                    .exec("coordinator", &del, &coordinator("net-r", &previous))
+                    .unwrap();
+                assert!(out.success, "coordinator DEL: {}", out.stdout);
+                assert!(topo.exec("macvlan", &del, &main).unwrap().success);
+            });
+            (add.join().unwrap(), del.join().unwrap())
+        });
+        let added = added.unwrap_or_else(|e| panic!("round {i}: ADD failed: {e}"));
+        let rules = ip(&topo.node, &["rule", "show"]).unwrap();
+        assert!(
+            host_rule_of(&added)(&rules),
+            "round {i}: the new pod's rule was lost:\n{rules}"
+        );
+        assert!(
+            !host_rule_of(&previous)(&rules),
+            "round {i}: the deleted pod's rule stayed:\n{rules}"
+        );
+        previous = added;
+    }
+    ping(&pods[ROUNDS], "10.8.0.254").unwrap();
+}

@@ -64,6 +64,14 @@ pub struct Inputs<'a> {
     pub pools: &'a [Arc<SpiderIPPool>],
 }
 
+/// An annotation that names no pool at all: a mistake, not a request for the defaults.
+fn names_no_pool(key: &str) -> BadAnnotation {
+    BadAnnotation {
+        key: key.to_string(),
+        reason: "names no pool (ipv4 and ipv6 are both empty)".into(),
+    }
+}
+
 pub fn candidates(input: &Inputs<'_>) -> Result<Candidates, BadAnnotation> {
     let bad = |key: &str, e: serde_json::Error| BadAnnotation {
         key: key.to_string(),
@@ -82,6 +90,9 @@ pub fn candidates(input: &Inputs<'_>) -> Result<Candidates, BadAnnotation> {
             None => None,
         };
         if let Some(e) = mine {
+            if e.ipv4.is_empty() && e.ipv6.is_empty() {
+                return Err(names_no_pool(ANNOTATION_IPPOOLS));
+            }
             return Ok(Candidates {
                 ipv4: e.ipv4.clone(),
                 ipv6: e.ipv6.clone(),
@@ -92,6 +103,9 @@ pub fn candidates(input: &Inputs<'_>) -> Result<Candidates, BadAnnotation> {
     }
     if let Some(text) = input.pod_annotations.get(ANNOTATION_IPPOOL) {
         let a: IppoolAnnotation = serde_json::from_str(text).map_err(|e| bad(ANNOTATION_IPPOOL, e))?;
+        if a.ipv4.is_empty() && a.ipv6.is_empty() {
+            return Err(names_no_pool(ANNOTATION_IPPOOL));
+        }
         return Ok(Candidates {
             ipv4: a.ipv4,
             ipv6: a.ipv6,
@@ -368,5 +382,39 @@ mod tests {
         assert!(usable(&p, &who).is_ok());
         p.spec.disable = Some(true);
         assert_eq!(usable(&p, &who).unwrap_err(), "disabled");
+    }
+
+    /// Pod and namespace annotations are written by whoever may create pods or namespaces: each
+    /// malformed one is an error naming the annotation, none panics, none is half-applied.
+    #[test]
+    fn hostile_annotations_are_refused_naming_the_annotation() {
+        let deep = "[".repeat(20_000);
+        let pod_cases = [
+            (ANNOTATION_IPPOOL, ""),
+            (ANNOTATION_IPPOOL, "null"),
+            (ANNOTATION_IPPOOL, "[]"),
+            (ANNOTATION_IPPOOL, r#"{"ipv4": [1]}"#),
+            (ANNOTATION_IPPOOL, r#"{"ipv4": {"a": 1}}"#),
+            (ANNOTATION_IPPOOL, "\u{0}"),
+            (ANNOTATION_IPPOOL, deep.as_str()),
+            (ANNOTATION_IPPOOLS, "{}"),
+            (ANNOTATION_IPPOOLS, r#"[{"interface": 5}]"#),
+            (
+                ANNOTATION_IPPOOLS,
+                r#"[{"interface": "net1", "ipv4": "a", "cleangateway": "yes"}]"#,
+            ),
+            (ANNOTATION_IPPOOLS, deep.as_str()),
+        ];
+        let empty = BTreeMap::new();
+        for (key, value) in pod_cases {
+            let pod = map(&[(key, value)]);
+            let err = candidates(&inputs(&pod, &empty, &[])).expect_err(value);
+            assert_eq!(err.key, key, "{value:.40}");
+        }
+        for value in ["not json", "{}", "[5]", deep.as_str()] {
+            let ns = map(&[(NS_DEFAULT_V4, value)]);
+            let err = candidates(&inputs(&empty, &ns, &[])).expect_err(value);
+            assert_eq!(err.key, NS_DEFAULT_V4, "{value:.40}");
+        }
     }
 }

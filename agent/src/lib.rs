@@ -21,14 +21,20 @@ use spiderpool_device_plugin::allocate::DEVINFO_DIR;
 use spiderpool_device_plugin::manager::{ManagerOptions, run as run_device_plugin};
 use spiderpool_linux::sysfs::Sysfs;
 
+use ipam_service::metrics::IpamMetrics;
+
 /// What `spiderpool-agent run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_name: String,
     /// The IPAM service's unix socket.
     pub socket: PathBuf,
-    /// `/healthz` and `/readyz`, bound with SO_REUSEPORT (an update's successor binds beside us).
+    /// `/healthz`, `/readyz` and `/metrics`, bound with SO_REUSEPORT (an update's successor binds
+    /// beside us). Loopback by default: the host network is every pod's.
     pub health_addr: String,
+    /// A second address for `/metrics` alone, for Prometheus to scrape (`None`: only on
+    /// `health_addr`).
+    pub metrics_addr: Option<String>,
     pub sysfs_root: PathBuf,
     pub inventory_interval: Duration,
     /// `None`: no device plugin.
@@ -53,12 +59,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(f) = &config.ready_file {
         let _ = std::fs::remove_file(f); // a previous run's
     }
+    let metrics: Arc<std::sync::OnceLock<Arc<IpamMetrics>>> = Arc::default();
     let health =
         http::bind_shared(&config.health_addr).with_context(|| format!("bind {}", config.health_addr))?;
-    tokio::spawn(http::serve(health, health_route(ready.clone())));
+    tokio::spawn(http::serve(health, health_route(ready.clone(), metrics.clone())));
+    if let Some(addr) = &config.metrics_addr {
+        let listener = http::bind_shared(addr).with_context(|| format!("bind {addr}"))?;
+        let metrics = metrics.clone();
+        tokio::spawn(http::serve(listener, move |path| match path {
+            "/metrics" => metrics_response(&metrics),
+            _ => Response::not_found(),
+        }));
+    }
     let client = kube::Client::try_default().await.context("Kubernetes client")?;
     let (service, listener) =
         ipam_service::IpamService::listen(client.clone(), &node, &config.socket).await?;
+    let _ = metrics.set(service.metrics());
     tokio::spawn(ipam_service::server::serve(listener, service));
     tracing::info!("agent of node {node}: health on {}", config.health_addr);
     tokio::spawn(inventory_report::every(
@@ -100,12 +116,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// `/healthz` answers while the process runs; `/readyz` once `ready` is set.
-fn health_route(ready: Arc<AtomicBool>) -> impl Fn(&str) -> Response + Send + Sync + 'static {
+/// `/healthz` answers while the process runs; `/readyz` once `ready` is set; `/metrics` once the
+/// IPAM service runs.
+fn health_route(
+    ready: Arc<AtomicBool>,
+    metrics: Arc<std::sync::OnceLock<Arc<IpamMetrics>>>,
+) -> impl Fn(&str) -> Response + Send + Sync + 'static {
     move |path| match path {
         "/healthz" => Response::text("200 OK", "ok\n"),
         "/readyz" if ready.load(Ordering::Relaxed) => Response::text("200 OK", "ready\n"),
         "/readyz" => Response::text("503 Service Unavailable", "starting\n"),
+        "/metrics" => metrics_response(&metrics),
         _ => Response::not_found(),
+    }
+}
+
+fn metrics_response(metrics: &std::sync::OnceLock<Arc<IpamMetrics>>) -> Response {
+    Response {
+        status: "200 OK",
+        content_type: "text/plain; version=0.0.4",
+        body: metrics.get().map(|m| m.render()).unwrap_or_default(),
     }
 }

@@ -87,11 +87,19 @@ impl IfacerConf {
                     let (k, v) = kv
                         .split_once('=')
                         .ok_or_else(|| bad(format!("ifacer: bond option {kv:?} is not key=value")))?;
-                    let k = k.trim();
-                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(bad(format!("ifacer: bond option name {k:?} is invalid")));
+                    let (k, v) = (k.trim(), v.trim());
+                    if !BOND_OPTIONS.contains(&k) {
+                        return Err(bad(format!(
+                            "ifacer: bond option {k:?} is not one of the bonding driver's ({})",
+                            BOND_OPTIONS.join(", ")
+                        )));
                     }
-                    options.push((k.to_string(), v.trim().to_string()));
+                    // Values go to a sysfs file as written: one short printable token (or the
+                    // space-separated list arp_ip_target takes), nothing that could add a line.
+                    if v.is_empty() || v.len() > 256 || !v.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+                        return Err(bad(format!("ifacer: bond option {k} has an invalid value")));
+                    }
+                    options.push((k.to_string(), v.to_string()));
                 }
                 let name = b
                     .name
@@ -126,6 +134,39 @@ impl IfacerConf {
         }
     }
 }
+
+/// The options the bonding driver has in `/sys/class/net/<bond>/bonding/` that a netconf may set
+/// (`mode` has its own field; `slaves` and `active_slave` are the plugin's business).
+const BOND_OPTIONS: &[&str] = &[
+    "ad_actor_sys_prio",
+    "ad_actor_system",
+    "ad_select",
+    "ad_user_port_key",
+    "all_slaves_active",
+    "arp_all_targets",
+    "arp_interval",
+    "arp_ip_target",
+    "arp_missed_max",
+    "arp_validate",
+    "downdelay",
+    "fail_over_mac",
+    "lacp_active",
+    "lacp_rate",
+    "lp_interval",
+    "miimon",
+    "min_links",
+    "num_grat_arp",
+    "num_unsol_na",
+    "packets_per_slave",
+    "peer_notif_delay",
+    "primary",
+    "primary_reselect",
+    "resend_igmp",
+    "tlb_dynamic_lb",
+    "updelay",
+    "use_carrier",
+    "xmit_hash_policy",
+];
 
 fn io(e: impl std::fmt::Display) -> CniError {
     CniError::new(ErrorCode::IoFailure, format!("ifacer: {e}"))
@@ -294,6 +335,22 @@ mod tests {
             ),
             (json!({"interfaces": ["a/b"], "vlanID": 1}), 7),
             (json!({"interfaces": "eth1", "vlanID": 1}), 6),
+            (
+                json!({"interfaces": ["eth1"], "bond": {"mode": 1, "options": "slaves=+eth0"}}),
+                7,
+            ),
+            (
+                json!({"interfaces": ["eth1"], "bond": {"mode": 1, "options": "uevent=x"}}),
+                7,
+            ),
+            (
+                json!({"interfaces": ["eth1"], "bond": {"mode": 1, "options": "miimon=100\nupdelay=1"}}),
+                7,
+            ),
+            (
+                json!({"interfaces": ["eth1"], "bond": {"mode": 1, "options": "miimon="}}),
+                7,
+            ),
         ];
         for (conf, code) in cases {
             assert_eq!(IfacerConf::parse(&conf).unwrap_err().code, code, "{conf}");

@@ -12,8 +12,12 @@ use crate::{Config, DevicePlugin};
 pub struct Args {
     #[command(flatten)]
     ipam: super::ipam_service::Args,
+    /// /healthz, /readyz and /metrics (loopback: the host network is every pod's).
     #[arg(long, default_value = "127.0.0.1:5710")]
     health_addr: String,
+    /// Also serve /metrics alone here, for Prometheus (e.g. 0.0.0.0:5711).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     #[arg(long, default_value = DEFAULT_SYSFS_ROOT)]
     sysfs_root: PathBuf,
     /// Seconds between inventory reports.
@@ -40,6 +44,7 @@ pub fn exec(args: Args) -> Result<()> {
         node_name: crate::node::node_name(args.ipam.node_name)?,
         socket: args.ipam.socket,
         health_addr: args.health_addr,
+        metrics_addr: args.metrics_addr,
         sysfs_root: args.sysfs_root,
         inventory_interval: std::time::Duration::from_secs(args.inventory_interval.max(5)),
         device_plugin: args.device_plugin.then_some(DevicePlugin {

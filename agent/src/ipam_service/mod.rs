@@ -6,6 +6,7 @@
 mod add;
 mod endpoint;
 mod error;
+pub mod metrics;
 #[cfg(test)]
 mod mock_api;
 pub mod pool_writer;
@@ -48,6 +49,7 @@ pub struct IpamService {
     namespaces: reflector::Store<Namespace>,
     coordinators: reflector::Store<SpiderCoordinator>,
     writers: Mutex<HashMap<String, mpsc::UnboundedSender<PoolOp>>>,
+    metrics: Arc<metrics::IpamMetrics>,
 }
 
 impl IpamService {
@@ -123,6 +125,7 @@ impl IpamService {
             namespaces,
             coordinators,
             writers: Mutex::new(HashMap::new()),
+            metrics: Arc::new(metrics::IpamMetrics::new()),
         }))
     }
 
@@ -141,12 +144,21 @@ impl IpamService {
     }
 
     pub async fn handle(self: &Arc<Self>, req: IpamRequest) -> Result<CniResult, CniError> {
-        match req.verb {
-            IpamVerb::Add => self.add(&req).await,
-            IpamVerb::Del => self.del(&req).await.map(|()| CniResult::default()),
-            IpamVerb::Check => self.check(&req).await.map(|()| CniResult::default()),
-            IpamVerb::Gc => self.gc(&req).await.map(|()| CniResult::default()),
-        }
+        let started = std::time::Instant::now();
+        let (verb, result) = match req.verb {
+            IpamVerb::Add => ("ADD", self.add(&req).await),
+            IpamVerb::Del => ("DEL", self.del(&req).await.map(|()| CniResult::default())),
+            IpamVerb::Check => ("CHECK", self.check(&req).await.map(|()| CniResult::default())),
+            IpamVerb::Gc => ("GC", self.gc(&req).await.map(|()| CniResult::default())),
+        };
+        let code = result.as_ref().map_or_else(|e| e.code, |_| 0);
+        self.metrics.observe(verb, code, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// The service's Prometheus metrics.
+    pub fn metrics(&self) -> Arc<metrics::IpamMetrics> {
+        self.metrics.clone()
     }
 
     /// The coordinator plugin's cluster settings: `{"spec", "status"}` of the SpiderCoordinator
@@ -183,6 +195,7 @@ impl IpamService {
                     .iter()
                     .any(|r| is_registered(&r.spec, uid, generation))
             }),
+            metrics: self.metrics.clone(),
         };
         let w = pool_writer::spawn(sources, pool.to_string());
         writers.insert(pool.to_string(), w.clone());

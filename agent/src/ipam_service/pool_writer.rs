@@ -48,6 +48,7 @@ pub struct Sources {
     pub latest: LatestFn,
     pub registry: Api<SpiderIPPoolRegistry>,
     pub registered: RegisteredFn,
+    pub metrics: Arc<super::metrics::IpamMetrics>,
 }
 
 /// What a claim got.
@@ -95,6 +96,7 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
         };
         let outcome = decide_and_write(&sources, &name, &mut state, &mut batch, &mut rx).await;
         tracing::debug!(pool = %name, ops = batch.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch written");
+        count(&sources.metrics, &name, batch.len(), &outcome);
         answer(batch, outcome);
     }
 }
@@ -269,6 +271,11 @@ async fn decide_and_write(
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 // Another agent wrote first: take its version and decide again.
                 conflicts += 1;
+                sources
+                    .metrics
+                    .conflicts
+                    .get_or_create(&super::metrics::IpamMetrics::pool(name))
+                    .inc();
                 tracing::debug!(pool = %name, conflicts, "resourceVersion conflict");
                 if let Some(newer) = newer_from_watch(&sources.latest, version_of(&current.pool)).await {
                     **copy = Some(decoded(name, newer)?);
@@ -276,6 +283,28 @@ async fn decide_and_write(
             }
             Err(e) => return Err(ServiceError::from_kube(e, name)),
         }
+    }
+}
+
+/// What one batch did, for the metrics.
+fn count(
+    metrics: &super::metrics::IpamMetrics,
+    name: &str,
+    ops: usize,
+    outcome: &Result<Outcomes, ServiceError>,
+) {
+    let pool = super::metrics::IpamMetrics::pool(name);
+    metrics.batch.get_or_create(&pool).observe(ops as f64);
+    let Ok((decisions, _, refused)) = outcome else {
+        return;
+    };
+    for d in decisions {
+        match d {
+            Decision::Claim(Some(_)) => metrics.allocated.get_or_create(&pool).inc(),
+            Decision::Claim(None) if refused.is_some() => metrics.refused.get_or_create(&pool).inc(),
+            Decision::Claim(None) => metrics.exhausted.get_or_create(&pool).inc(),
+            Decision::Release(ips) => metrics.released.get_or_create(&pool).inc_by(ips.len() as u64),
+        };
     }
 }
 

@@ -77,6 +77,7 @@ fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedS
         latest: Arc::new(|| None),
         registry: Api::all(api.client()),
         registered: Arc::new(move |_, _| registered),
+        metrics: Arc::new(super::metrics::IpamMetrics::new()),
     };
     pool_writer::spawn(sources, "p".into())
 }
@@ -186,6 +187,7 @@ fn service(api: &MockApi) -> Arc<IpamService> {
         namespaces: reflector::store().0,
         coordinators: reflector::store().0,
         writers: Mutex::new(HashMap::new()),
+        metrics: Arc::new(super::metrics::IpamMetrics::new()),
     })
 }
 

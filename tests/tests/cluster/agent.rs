@@ -240,6 +240,24 @@ async fn cluster_agent_health_port_flood_leaves_ipam_answering() {
     assert_eq!(ips.len(), PODS);
     assert!(agent.try_wait().unwrap().is_none(), "agent died: {}", log());
     drop(idle);
+    // The burst shows in the metrics: every ADD counted and timed, every address by its pool.
+    let metrics = eventually(Duration::from_secs(10), || async {
+        let m = http_get(health, "/metrics");
+        m.contains(r#"spiderpool_agent_ipam_requests_total{verb="ADD",code="0"} 100"#)
+            .then_some(m)
+    })
+    .await
+    .unwrap_or_else(|| format!("no ADD count in: {}", http_get(health, "/metrics")));
+    for line in [
+        format!(r#"spiderpool_agent_ipam_requests_total{{verb="ADD",code="0"}} {PODS}"#),
+        format!(r#"spiderpool_agent_ipam_request_duration_seconds_count{{verb="ADD"}} {PODS}"#),
+        format!(r#"spiderpool_agent_ipam_allocated_total{{pool="{pool}"}} {PODS}"#),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+    assert!(metrics.contains(&format!(
+        r#"spiderpool_agent_ipam_pool_write_batch_size_count{{pool="{pool}"}}"#
+    )));
     let healthy = eventually(Duration::from_secs(10), || async {
         http_get(health, "/healthz")
             .starts_with("HTTP/1.1 200")

@@ -40,7 +40,7 @@ pub fn check<K: Kernel>(
     for (addr, _) in addrs {
         let ipv6 = addr.addr().is_ipv6();
         let routes = pod.routes(ipv6).map_err(io_failure)?;
-        if !is_extra_nic(conf, ifname, index, &routes) {
+        if !conf.tune_pod_routes || !is_extra_nic(conf, ifname, index, &routes) {
             continue;
         }
         let table = TABLE_BASE + index;

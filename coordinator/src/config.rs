@@ -22,6 +22,11 @@ pub struct CoordinatorConf {
     pub detect_ip_conflict: bool,
     #[serde(default = "yes")]
     pub detect_gateway: bool,
+    /// Spiderpool's `tunePodRoutes`: a NIC without the default route gets its own table, so
+    /// replies leave by the NIC a request came in on; `false` leaves the routes as the main plugin
+    /// wrote them.
+    #[serde(default = "yes")]
+    pub tune_pod_routes: bool,
     /// CIDRs the pod reaches through the node (service and cluster CIDRs, and others), via veth0.
     #[serde(rename = "hijackCIDR", default)]
     pub hijack_cidr: Vec<ipnet::IpNet>,

@@ -68,7 +68,9 @@ pub fn set_up_nic(
     };
     tune_nic(pod, conf, &nic)?;
     probe_addresses(pod, conf, &nic)?;
-    policy_route(pod, conf, &nic)?;
+    if conf.tune_pod_routes {
+        policy_route(pod, conf, &nic)?;
+    }
     // Neighbours that cached another MAC for these addresses (a previous pod) learn this one now.
     for (addr, _) in addrs {
         pod.announce(ifname, addr.addr())

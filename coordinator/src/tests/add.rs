@@ -170,6 +170,28 @@ fn an_extra_nic_gets_its_own_table_and_overlay_keeps_the_hijacked_cidrs() {
     assert!(w.pod.state().index(POD_VETH).is_none());
 }
 
+/// `tunePodRoutes: false` (netconf or SpiderCoordinator): the extra NIC keeps the main plugin's
+/// routes, no table of its own and no rules; CHECK does not ask for them.
+#[test]
+fn tune_pod_routes_false_leaves_an_extra_nic_s_routes_alone() {
+    let mut w = World::overlay();
+    let conf = json!({"tunePodRoutes": false});
+    w.add(&conf).unwrap();
+    let net1 = w.pod.state().index("net1").unwrap();
+    let tabled: Vec<Call> = w
+        .pod
+        .changes()
+        .into_iter()
+        .filter(|c| match c {
+            Call::AddRoute(r) => r.table == TABLE_BASE + net1,
+            Call::AddRule(_) => true,
+            _ => false,
+        })
+        .collect();
+    assert!(tabled.is_empty(), "{tabled:?}");
+    w.check(&conf).unwrap();
+}
+
 #[test]
 fn pod_default_route_nic_moves_the_default_nic() {
     let mut w = World::underlay();

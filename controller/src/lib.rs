@@ -10,3 +10,19 @@ pub mod gc;
 pub mod leader;
 pub mod metrics;
 pub mod pools;
+
+/// A call to the API server that failed, and what it was about: the one error of the controller's
+/// passes (GC, pool registration).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct ApiError {
+    pub what: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// `map_err(api_err("list pods"))`.
+pub fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ApiError {
+    let what = what.into();
+    move |source| ApiError { what, source }
+}

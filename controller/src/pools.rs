@@ -23,23 +23,13 @@ use spiderpool_api::crd::{
 use spiderpool_ipam::cluster::register::{self, Outcome};
 use spiderpool_ipam::cluster::registry::{self, is_registered};
 
+use crate::api_err;
+
 /// Spiderpool's pool finalizer: removed once a deleted pool holds no address.
 pub const FINALIZER: &str = "spiderpool.spidernet.io";
 
-#[derive(Debug, thiserror::Error)]
-pub enum PoolsError {
-    #[error("{what}: {source}")]
-    Api {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> PoolsError {
-    let what = what.into();
-    move |source| PoolsError::Api { what, source }
-}
+/// The error of this module's calls.
+pub type PoolsError = crate::ApiError;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PoolsReport {
@@ -285,20 +275,26 @@ async fn pools_named_by_endpoints(client: &Client) -> Result<HashSet<String>, Po
         .collect())
 }
 
-/// Runs a pass whenever a pool changes (and every `every`) while `leading` says this replica
-/// leads.
+/// Runs a pass whenever a pool appears, goes, has its spec edited or is marked for deletion (and
+/// every `every`) while `leading` says this replica leads. Not on status writes: the agents write
+/// a pool's status with every batch of allocations, and none of those changes a registration (a
+/// deleted pool emptied by them loses its finalizer on the periodic pass).
 pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
     let api: Api<SpiderIPPool> = Api::all(client.clone());
     let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut seen: HashMap<String, (i64, bool)> = HashMap::new();
     loop {
-        tokio::select! {
-            _ = events.next() => {}
-            () = tokio::time::sleep(every) => {}
-        }
+        let wake = tokio::select! {
+            event = events.next() => matters(&mut seen, event),
+            () = tokio::time::sleep(every) => true,
+        };
         // A burst of pool events makes one pass.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        while let Some(Some(_)) = events.next().now_or_never() {}
-        if !leading.load(Ordering::Relaxed) {
+        let mut wake = wake;
+        while let Some(event) = events.next().now_or_never() {
+            wake |= matters(&mut seen, event);
+        }
+        if !wake || !leading.load(Ordering::Relaxed) {
             continue;
         }
         match run_once(&client).await {
@@ -309,5 +305,73 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
             }
             Err(e) => tracing::warn!("pool registration: {e}"),
         }
+    }
+}
+
+/// Whether a watch event changes what registration depends on: a pool's UID, generation or
+/// deletion mark (`seen` keeps them by UID).
+fn matters(
+    seen: &mut HashMap<String, (i64, bool)>,
+    event: Option<Result<watcher::Event<SpiderIPPool>, watcher::Error>>,
+) -> bool {
+    let key = |p: &SpiderIPPool| {
+        (
+            p.metadata.generation.unwrap_or(0),
+            p.metadata.deletion_timestamp.is_some(),
+        )
+    };
+    match event {
+        Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            seen.insert(uid, key(&p)) != Some(key(&p))
+        }
+        Some(Ok(watcher::Event::Delete(p))) => {
+            seen.remove(&p.metadata.uid.clone().unwrap_or_default());
+            true
+        }
+        Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => false,
+        // A failed watch is retried with backoff; what it missed comes with the relist.
+        Some(Err(_)) | None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(uid: &str, generation: i64, deleting: bool) -> SpiderIPPool {
+        let mut p: SpiderIPPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+            "metadata": {"name": "p", "uid": uid, "generation": generation},
+            "spec": {"subnet": "10.0.0.0/24"}
+        }))
+        .unwrap();
+        if deleting {
+            p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::now(),
+            ));
+        }
+        p
+    }
+
+    #[test]
+    fn status_writes_do_not_wake_a_pass_but_new_edited_deleted_pools_do() {
+        let mut seen = HashMap::new();
+        let apply = |p| Some(Ok(watcher::Event::Apply(p)));
+        assert!(matters(&mut seen, apply(pool("a", 1, false))), "a new pool");
+        assert!(
+            !matters(&mut seen, apply(pool("a", 1, false))),
+            "its status written"
+        );
+        assert!(matters(&mut seen, apply(pool("a", 2, false))), "its spec edited");
+        assert!(
+            matters(&mut seen, apply(pool("a", 2, true))),
+            "marked for deletion"
+        );
+        assert!(matters(
+            &mut seen,
+            Some(Ok(watcher::Event::Delete(pool("a", 2, true))))
+        ));
+        assert!(!matters(&mut seen, Some(Ok(watcher::Event::InitDone))));
     }
 }

@@ -53,62 +53,21 @@ pub struct IpamService {
 }
 
 impl IpamService {
-    /// Starts the pool and reserved-IP caches and waits until both have listed once.
+    /// Starts the caches and waits until each has listed once.
     pub async fn start(client: Client, node: String) -> anyhow::Result<Arc<IpamService>> {
-        let (pools, pools_writer) = reflector::store();
-        let pool_api: Api<SpiderIPPool> = Api::all(client.clone());
-        tokio::spawn(
-            watcher(pool_api, watcher::Config::default())
-                .default_backoff()
-                .reflect(pools_writer)
-                .for_each(|_| async {}),
-        );
-        let (reserved, reserved_writer) = reflector::store();
-        let reserved_api: Api<SpiderReservedIP> = Api::all(client.clone());
-        tokio::spawn(
-            watcher(reserved_api, watcher::Config::default())
-                .default_backoff()
-                .reflect(reserved_writer)
-                .for_each(|_| async {}),
-        );
-        let (registry, registry_writer) = reflector::store();
-        let registry_api: Api<SpiderIPPoolRegistry> = Api::all(client.clone());
-        tokio::spawn(
-            watcher(registry_api, watcher::Config::default())
-                .default_backoff()
-                .reflect(registry_writer)
-                .for_each(|_| async {}),
-        );
+        let all = watcher::Config::default();
+        let pools = cache::<SpiderIPPool>(Api::all(client.clone()), all.clone());
+        let reserved = cache::<SpiderReservedIP>(Api::all(client.clone()), all.clone());
+        let registry = cache::<SpiderIPPoolRegistry>(Api::all(client.clone()), all.clone());
         // This node's pods and every namespace: what pool choice reads per ADD, kept by watches
         // instead of two reads of the API server per pod. A pod the watch has not delivered yet
         // is read directly.
-        let (pods, pods_writer) = reflector::store();
-        let pod_api: Api<Pod> = Api::all(client.clone());
-        tokio::spawn(
-            watcher(
-                pod_api,
-                watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-            )
-            .default_backoff()
-            .reflect(pods_writer)
-            .for_each(|_| async {}),
+        let pods = cache::<Pod>(
+            Api::all(client.clone()),
+            all.clone().fields(&format!("spec.nodeName={node}")),
         );
-        let (namespaces, ns_writer) = reflector::store();
-        let ns_api: Api<Namespace> = Api::all(client.clone());
-        tokio::spawn(
-            watcher(ns_api, watcher::Config::default())
-                .default_backoff()
-                .reflect(ns_writer)
-                .for_each(|_| async {}),
-        );
-        let (coordinators, coordinators_writer) = reflector::store();
-        let coordinator_api: Api<SpiderCoordinator> = Api::all(client.clone());
-        tokio::spawn(
-            watcher(coordinator_api, watcher::Config::default())
-                .default_backoff()
-                .reflect(coordinators_writer)
-                .for_each(|_| async {}),
-        );
+        let namespaces = cache::<Namespace>(Api::all(client.clone()), all.clone());
+        let coordinators = cache::<SpiderCoordinator>(Api::all(client.clone()), all);
         pools.wait_until_ready().await?;
         coordinators.wait_until_ready().await?;
         reserved.wait_until_ready().await?;
@@ -270,6 +229,28 @@ impl IpamService {
             .map(Arc::new)
             .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {name}")))
     }
+}
+
+/// A cache of `api`'s objects, kept by a watch (retried with backoff) for the process's life.
+fn cache<K>(api: Api<K>, config: watcher::Config) -> reflector::Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    tokio::spawn(
+        watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| async {}),
+    );
+    store
 }
 
 /// The pod a request is for: every verb but GC names one.

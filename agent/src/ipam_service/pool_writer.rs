@@ -180,7 +180,13 @@ async fn admitted(
             Ok(Ok(()))
         }
         Ok(Outcome::Refused(why)) => Ok(Err(why)),
-        Err(e) => Err(ServiceError::Conflict(e.to_string())),
+        Err(register::RegisterError::Api { name, source }) => Err(ServiceError::from_kube(
+            source,
+            &format!("SpiderIPPoolRegistry {name}"),
+        )),
+        Err(register::RegisterError::Busy(name)) => {
+            Err(ServiceError::Conflict(format!("SpiderIPPoolRegistry {name}")))
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderEndpoint, Spider
 use spiderpool_ipam::cluster::{pool_of, reserved_set};
 use spiderpool_ipam::range::IpSet;
 
+use crate::api_err;
 use crate::metrics::Metrics;
 
 mod rules;
@@ -20,20 +21,8 @@ pub use rules::{World, list_all, release_reason, world_for_tests};
 /// Grace on top of a pod's own termination grace period before its address is taken back.
 pub const TERMINATING_MARGIN_SECS: i64 = 30;
 
-#[derive(Debug, thiserror::Error)]
-pub enum GcError {
-    #[error("{what}: {source}")]
-    Api {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> GcError {
-    let what = what.into();
-    move |source| GcError::Api { what, source }
-}
+/// The error of this module's calls.
+pub type GcError = crate::ApiError;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {

@@ -10,7 +10,8 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use spiderpool_api::crd::PoolIPAllocation;
 
-use super::{GcError, TERMINATING_MARGIN_SECS, api_err};
+use super::{GcError, TERMINATING_MARGIN_SECS};
+use crate::api_err;
 
 /// Objects per page of a list: a cluster of 100,000 pods is read in pieces the API server serves
 /// from its cache, not as one response.

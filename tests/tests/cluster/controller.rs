@@ -134,16 +134,16 @@ async fn cluster_controller_leader_election_fails_over() {
     let lease_name = format!("lease-{u}");
     let dir = tempfile::tempdir().unwrap();
     let mut a = Controller::start(&cluster.kubeconfig, "ctl-a", &lease_name, 15731, dir.path()).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let b = Controller::start(&cluster.kubeconfig, "ctl-b", &lease_name, 15732, dir.path()).unwrap();
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "default");
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
+    // b starts once a holds the lease (a fixed head start lost to a busy machine once).
     let first = eventually(Duration::from_secs(10), || async {
         leases.get_opt(&lease_name).await.unwrap().and_then(holder)
     })
     .await
     .expect("someone leads");
     assert_eq!(first, "ctl-a");
+    let b = Controller::start(&cluster.kubeconfig, "ctl-b", &lease_name, 15732, dir.path()).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         a.metrics().contains("spiderpool_controller_leader 1"),

@@ -157,7 +157,7 @@ async fn release_finalizer(pools: &Api<SpiderIPPool>, pool: &SpiderIPPool) -> Re
     let held = pool
         .status
         .as_ref()
-        .map(|s| s.allocations().map(|a| a.len()).unwrap_or(1))
+        .map(|s| s.allocations().map(|a| a.entries().count()).unwrap_or(1))
         .unwrap_or(0);
     if held > 0 {
         return Ok(false);

@@ -144,6 +144,7 @@ impl IpamService {
         let key = reflector::ObjectRef::new(pool);
         let registry = self.registry.clone();
         let sources = pool_writer::Sources {
+            node: self.node.clone(),
             api: Api::all(self.client.clone()),
             reserved: Arc::new(move || reserved_set(store.state().iter().map(|r| &**r))),
             latest: Arc::new(move || pools.get(&key)),

@@ -1,7 +1,7 @@
 //! One writer task per SpiderIPPool. Every claim and release for that pool in this agent queues
 //! here; the task takes everything queued, decides it against one copy of the pool and writes it
-//! as one merge patch of `status` (the whole `allocatedIPs` string and the counts) guarded by the
-//! copy's resourceVersion. Another agent's write in
+//! as one merge patch of `status` (this node's `allocatedIPsByNode` string and the counts) guarded
+//! by the copy's resourceVersion. Another agent's write in
 //! between makes the API server answer 409; the task then reads the pool again and decides again,
 //! so no address is ever given twice, and a burst costs one write per round instead of one per pod.
 //!
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use spiderpool_api::crd::{IPPoolStatus, PoolIPAllocation, SpiderIPPool, SpiderIPPoolRegistry};
+use spiderpool_api::crd::{Allocations, IPPoolStatus, PoolIPAllocation, SpiderIPPool, SpiderIPPoolRegistry};
 use spiderpool_ipam::allocator::Cursor;
 use spiderpool_ipam::cluster::decide::{self, Decision, Op};
 use spiderpool_ipam::cluster::pool_of;
@@ -43,6 +43,8 @@ const WATCH_WAIT: Duration = Duration::from_millis(250);
 /// What a writer needs besides its queue.
 #[derive(Clone)]
 pub struct Sources {
+    /// This agent's node: its entries are the only ones it writes.
+    pub node: String,
     pub api: Api<SpiderIPPool>,
     pub reserved: ReservedFn,
     pub latest: LatestFn,
@@ -117,17 +119,30 @@ struct Registered(Option<(String, i64)>);
 
 struct Copy {
     pool: SpiderIPPool,
+    /// The holders as stored, node by node.
+    stored: Allocations,
+    /// The holders as decided on, this node's first where an address is held twice.
     allocated: BTreeMap<String, PoolIPAllocation>,
 }
 
-fn decoded(name: &str, pool: SpiderIPPool) -> Result<Copy, ServiceError> {
-    let allocated = pool
+fn decoded(node: &str, name: &str, pool: SpiderIPPool) -> Result<Copy, ServiceError> {
+    let stored = pool
         .status
-        .clone()
-        .unwrap_or_default()
-        .allocations()
-        .map_err(|e| ServiceError::InvalidPool(format!("pool {name}: status.allocatedIPs: {e}")))?;
-    Ok(Copy { pool, allocated })
+        .as_ref()
+        .map(|s| s.allocations())
+        .transpose()
+        .map_err(|e| ServiceError::InvalidPool(format!("pool {name}: status.allocatedIPsByNode: {e}")))?
+        .unwrap_or_default();
+    Ok(copy_of(node, pool, stored))
+}
+
+fn copy_of(node: &str, pool: SpiderIPPool, stored: Allocations) -> Copy {
+    let allocated = stored.view(Some(node));
+    Copy {
+        pool,
+        stored,
+        allocated,
+    }
 }
 
 fn version_of(pool: &SpiderIPPool) -> Option<u64> {
@@ -219,7 +234,7 @@ async fn decide_and_write(
                     .get_status(name)
                     .await
                     .map_err(|e| ServiceError::from_kube(e, name))?;
-                decoded(name, pool)?
+                decoded(&sources.node, name, pool)?
             }
         };
         let pool = Arc::new(pool_of(&current.pool).map_err(|e| ServiceError::InvalidPool(e.to_string()))?);
@@ -257,9 +272,12 @@ async fn decide_and_write(
             **cursor = walk;
             return Ok((decisions, pool, refused));
         }
+        let mut stored = current.stored.clone();
+        stored.apply(&current.allocated, &allocated, Some(&sources.node));
         let patch = IPPoolStatus::guarded_patch(
             current.pool.metadata.resource_version.as_deref(),
-            &allocated,
+            &current.stored,
+            &stored,
             Some(i64::try_from(pool.available(&reserved)).unwrap_or(i64::MAX)),
         );
         match api
@@ -267,10 +285,7 @@ async fn decide_and_write(
             .await
         {
             Ok(written) => {
-                **copy = Some(Copy {
-                    pool: written,
-                    allocated,
-                });
+                **copy = Some(copy_of(&sources.node, written, stored));
                 **cursor = walk;
                 return Ok((decisions, pool, refused));
             }
@@ -284,7 +299,7 @@ async fn decide_and_write(
                     .inc();
                 tracing::debug!(pool = %name, conflicts, "resourceVersion conflict");
                 if let Some(newer) = newer_from_watch(&sources.latest, version_of(&current.pool)).await {
-                    **copy = Some(decoded(name, newer)?);
+                    **copy = Some(decoded(&sources.node, name, newer)?);
                 }
             }
             Err(e) => return Err(ServiceError::from_kube(e, name)),

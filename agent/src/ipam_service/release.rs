@@ -76,8 +76,8 @@ impl IpamService {
                 p.status.as_ref().is_some_and(|s| {
                     s.allocations()
                         .unwrap_or_default()
-                        .values()
-                        .any(|a| a.pod_uid == uid && a.interface.as_deref() == Some(ifname))
+                        .entries()
+                        .any(|(_, a)| a.pod_uid == uid && a.interface.as_deref() == Some(ifname))
                 })
             })
             .filter_map(|p| p.metadata.name.clone())
@@ -126,7 +126,7 @@ impl IpamService {
             let holder = obj
                 .status
                 .and_then(|s| s.allocations().ok())
-                .and_then(|m| m.get(ip).cloned());
+                .and_then(|a| a.view(Some(&self.node)).remove(ip));
             if holder.as_ref().map(|h| h.pod_uid.as_str()) != Some(status.current.uid.as_str()) {
                 return Err(ServiceError::Mismatch(format!(
                     "{ip} of {what} is not held for it in pool {pool} (holder: {})",

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::reflector;
 use serde_json::{Value, json};
-use spiderpool_api::crd::{IPAllocationDetail, IPPoolStatus, PoolIPAllocation};
+use spiderpool_api::crd::{Allocations, IPAllocationDetail, PoolIPAllocation};
 use spiderpool_cni::Attachment;
 use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
 use spiderpool_ipam::cluster::decide::{Decision, Op};
@@ -45,11 +45,11 @@ fn pool(version: &str, held: &[(&str, &str)]) -> Value {
         "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
         "metadata": {"name": "p", "resourceVersion": version},
         "spec": {"subnet": "10.0.0.0/24", "ips": ["10.0.0.10-10.0.0.20"], "gateway": "10.0.0.1"},
-        "status": {"allocatedIPs": IPPoolStatus::encode_allocations(&allocated), "allocatedIPCount": held.len()}
+        "status": {"allocatedIPsByNode": Allocations::from_view(&allocated).encoded(), "allocatedIPCount": held.len()}
     })
 }
 
-/// The merge patch a writer sends for `held` on top of `version`.
+/// The merge patch a writer of node n1 sends for `held` on top of `version`: n1's string only.
 fn expected_patch(version: &str, held: &[(&str, &str)]) -> Value {
     let allocated: BTreeMap<String, PoolIPAllocation> = held
         .iter()
@@ -58,7 +58,7 @@ fn expected_patch(version: &str, held: &[(&str, &str)]) -> Value {
     json!({
         "metadata": {"resourceVersion": version},
         "status": {
-            "allocatedIPs": IPPoolStatus::encode_allocations(&allocated),
+            "allocatedIPsByNode": Allocations::from_view(&allocated).encoded(),
             "allocatedIPCount": held.len(),
             "totalIPCount": 11,
         }
@@ -72,6 +72,7 @@ fn writer(api: &MockApi) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
 
 fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
     let sources = Sources {
+        node: "n1".into(),
         api: Api::all(api.client()),
         reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
         latest: Arc::new(|| None),

@@ -2,11 +2,12 @@
 //! field names so existing manifests apply unchanged. Manifests are generated from these types by
 //! `crdgen` into `charts/spiderpool/crds/`.
 //!
-//! One departure from upstream: `SpiderEndpoint` has no status subresource, so the agent writes
-//! the whole object in one call. `SpiderIPPool.status.allocatedIPs` keeps upstream's format, a
-//! JSON-encoded string (see [`IPPoolStatus`] for why).
+//! Two departures from upstream: `SpiderEndpoint` has no status subresource, so the agent writes
+//! the whole object in one call; and a SpiderIPPool's holders are upstream's `allocatedIPs` JSON
+//! string split by node, `status.allocatedIPsByNode` (see [`Allocations`] for why).
 
 pub mod admission;
+pub mod allocations;
 pub mod ipam;
 pub mod node_scope;
 pub mod registry;
@@ -15,6 +16,7 @@ pub mod validation;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::CustomResourceExt;
 
+pub use allocations::Allocations;
 pub use ipam::{
     EndpointStatus, IPAllocationDetail, IPPoolSpec, IPPoolStatus, PodIPAllocation, PoolCondition,
     PoolIPAllocation, ReservedIPSpec, Route, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,

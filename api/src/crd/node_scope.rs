@@ -4,10 +4,9 @@
 //! to the pod and its node, and the API server hands the node's name to admission as the user's
 //! extra `authentication.kubernetes.io/node-name` (Kubernetes 1.32 and later; beta and on by
 //! default since 1.30). So a compromised agent, or a pod that stole its token, cannot rewrite another
-//! node's inventory or take the SpiderEndpoints of pods elsewhere.
-//!
-//! Not covered: a pool's `status.allocatedIPs` is one JSON string, which CEL cannot parse, so
-//! which node's entries a pool write changes cannot be checked here.
+//! node's inventory, take the SpiderEndpoints of pods elsewhere, or release or rewrite the pool
+//! entries of pods on other nodes: a pool's holders are stored one string per node
+//! ([`super::Allocations`]) so that this policy can compare each node's string before and after.
 
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -36,7 +35,12 @@ pub fn agent_node_policy(
             match_constraints: Some(our_resources(
                 "*",
                 &["CREATE", "UPDATE", "DELETE"],
-                &["spidernodeinventories", "spidernodeinventories/status", "spiderendpoints"],
+                &[
+                    "spidernodeinventories",
+                    "spidernodeinventories/status",
+                    "spiderendpoints",
+                    "spiderippools/status",
+                ],
             )),
             match_conditions: Some(vec![MatchCondition {
                 name: "spiderpool-agent".into(),
@@ -50,6 +54,16 @@ pub fn agent_node_policy(
                          && size(request.userInfo.extra['{NODE_NAME_EXTRA}']) > 0 \
                          ? request.userInfo.extra['{NODE_NAME_EXTRA}'][0] : ''"
                     ),
+                },
+                // A pool's holders, node → string, before and after (lazily evaluated: only the
+                // pool rule reads them).
+                Variable {
+                    name: "oldHolders".into(),
+                    expression: "oldObject.?status.?allocatedIPsByNode.orValue({})".into(),
+                },
+                Variable {
+                    name: "newHolders".into(),
+                    expression: "object.?status.?allocatedIPsByNode.orValue({})".into(),
                 },
                 Variable {
                     name: "target".into(),
@@ -84,6 +98,19 @@ pub fn agent_node_policy(
                         .into(),
                     message_expression: Some(
                         "'the agent of node ' + variables.node + ' may write only SpiderEndpoints of pods on its node'".into(),
+                    ),
+                    reason: Some("Forbidden".into()),
+                    ..Validation::default()
+                },
+                Validation {
+                    expression: "request.resource.resource != 'spiderippools' || \
+                                 (variables.newHolders.all(n, n == variables.node || \
+                                    (n in variables.oldHolders && variables.oldHolders[n] == variables.newHolders[n])) && \
+                                  variables.oldHolders.all(n, n == variables.node || n in variables.newHolders) && \
+                                  object.?status.?conditions.orValue([]) == oldObject.?status.?conditions.orValue([]))"
+                        .into(),
+                    message_expression: Some(
+                        "'the agent of node ' + variables.node + ' may change only the entries of its own node in a SpiderIPPool (status.allocatedIPsByNode[' + variables.node + ']), not those of other nodes or its conditions'".into(),
                     ),
                     reason: Some("Forbidden".into()),
                     ..Validation::default()

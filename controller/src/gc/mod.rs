@@ -2,8 +2,11 @@
 //! gone, when a pod of the same name but another UID holds the name, when its pod finished
 //! (Succeeded/Failed), or when its pod has been terminating past its grace period. A StatefulSet
 //! pod's address is kept while the StatefulSet still wants that ordinal, so a recreated pod gets
-//! it back; it is released once the StatefulSet is gone or scaled below the ordinal.
+//! it back; it is released once the StatefulSet is gone or scaled below the ordinal. When such a
+//! pod comes back on another node, its new node's agent adds its own entry for the address and
+//! may not remove the old node's (see `Allocations`); the stale one goes here.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -83,30 +86,41 @@ async fn gc_pool(
     // Entries to release, decided once (snapshot, then a live read of each candidate's pod).
     // A rewrite after a conflict releases only these, and only if they are unchanged.
     let mut doomed: Vec<(String, PoolIPAllocation, &'static str)> = Vec::new();
-    if let Ok(allocated) = pool.status.clone().unwrap_or_default().allocations() {
-        for (ip, entry) in allocated {
-            if world.release_reason(&entry).is_some()
-                && let Some(reason) = world.confirm(client, &entry).await?
-            {
-                doomed.push((ip, entry, reason));
+    if let Ok(stored) = pool.status.clone().unwrap_or_default().allocations() {
+        let mut by_ip: BTreeMap<&String, Vec<&PoolIPAllocation>> = BTreeMap::new();
+        for (ip, entry) in stored.entries() {
+            by_ip.entry(ip).or_default().push(entry);
+        }
+        for (ip, holders) in &by_ip {
+            for entry in holders {
+                let reason = if world.release_reason(entry).is_some() {
+                    world.confirm(client, entry).await?
+                } else if holders.len() > 1 && world.stale_duplicate(entry, holders) {
+                    world.confirm_duplicate(client, entry, holders).await?
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    doomed.push(((*ip).clone(), (*entry).clone(), reason));
+                }
             }
         }
     }
     for _attempt in 0..20 {
         let status = pool.status.clone().unwrap_or_default();
-        let Ok(mut allocated) = status.allocations() else {
-            tracing::warn!(pool = %name, "status.allocatedIPs is not readable; left alone");
+        let Ok(stored) = status.allocations() else {
+            tracing::warn!(pool = %name, "status.allocatedIPsByNode is not readable; left alone");
             return Ok(None);
         };
+        let mut after = stored.clone();
         let mut released = Vec::new();
         for (ip, entry, reason) in &doomed {
-            if allocated.get(ip) == Some(entry) {
-                allocated.remove(ip);
+            if after.remove(entry.node.as_deref().unwrap_or_default(), ip, entry) {
                 released.push(format!("{name}/{ip} ({}: {reason})", entry.pod));
             }
         }
         let total = total_of(&pool, reserved);
-        let count = i64::try_from(allocated.len()).unwrap_or(i64::MAX);
+        let count = i64::try_from(after.count()).unwrap_or(i64::MAX);
         let recount =
             status.allocated_ip_count != Some(count) || (total.is_some() && status.total_ip_count != total);
         let counts = (count, total.or(status.total_ip_count).unwrap_or(0));
@@ -115,7 +129,8 @@ async fn gc_pool(
         }
         let patch = IPPoolStatus::guarded_patch(
             pool.metadata.resource_version.as_deref(),
-            &allocated,
+            &stored,
+            &after,
             total.or(status.total_ip_count),
         );
         match api

@@ -91,6 +91,29 @@ impl World {
         release_reason(entry, pod, set, node, self.now)
     }
 
+    /// Whether `entry`, one of several `holders` of one address, is the stale one: its pod now
+    /// runs under another UID that another holder of the address already names (a StatefulSet
+    /// pod that came back on another node and kept its address).
+    pub fn stale_duplicate(&self, entry: &PoolIPAllocation, holders: &[&PoolIPAllocation]) -> bool {
+        let live = self.pods.get(&entry.pod).and_then(|p| p.metadata.uid.as_deref());
+        stale_duplicate(entry, holders, live)
+    }
+
+    /// [`World::stale_duplicate`] on a fresh read of the pod.
+    pub async fn confirm_duplicate(
+        &self,
+        client: &Client,
+        entry: &PoolIPAllocation,
+        holders: &[&PoolIPAllocation],
+    ) -> Result<Option<&'static str>, GcError> {
+        let pod = live_pod(client, entry).await?;
+        let live = pod.as_ref().and_then(|p| p.metadata.uid.as_deref());
+        Ok(
+            stale_duplicate(entry, holders, live)
+                .then_some("its pod holds the address again on another node"),
+        )
+    }
+
     /// The same decision on fresh reads of the pod and its StatefulSet: a snapshot taken before
     /// an allocation cannot see that allocation's pod, so every release is confirmed live.
     pub async fn confirm(
@@ -98,12 +121,8 @@ impl World {
         client: &Client,
         entry: &PoolIPAllocation,
     ) -> Result<Option<&'static str>, GcError> {
-        let (ns, name) = entry.pod.split_once('/').unwrap_or(("", entry.pod.as_str()));
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let pod = pods
-            .get_opt(name)
-            .await
-            .map_err(api_err(format!("get pod {}", entry.pod)))?;
+        let ns = entry.pod.split_once('/').map_or("", |(ns, _)| ns);
+        let pod = live_pod(client, entry).await?;
         let set = match &entry.owner_stateful_set {
             Some(sts) => {
                 let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
@@ -132,6 +151,24 @@ impl World {
             Timestamp::now(),
         ))
     }
+}
+
+/// The pod `entry` names, read now.
+async fn live_pod(client: &Client, entry: &PoolIPAllocation) -> Result<Option<Pod>, GcError> {
+    let (ns, name) = entry.pod.split_once('/').unwrap_or(("", entry.pod.as_str()));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.get_opt(name)
+        .await
+        .map_err(api_err(format!("get pod {}", entry.pod)))
+}
+
+/// The rule of [`World::stale_duplicate`], `live`: the UID of the pod named by `entry` now.
+fn stale_duplicate(entry: &PoolIPAllocation, holders: &[&PoolIPAllocation], live: Option<&str>) -> bool {
+    let Some(live) = live else { return false };
+    entry.pod_uid != live
+        && holders
+            .iter()
+            .any(|h| h.pod == entry.pod && h.pod_uid == live && h.node != entry.node)
 }
 
 /// The release rules on one entry, its pod (if it exists), its StatefulSet (if any) and the pod's
@@ -356,5 +393,21 @@ mod tests {
             reason("negative"),
             Some("pod stuck terminating past its grace period")
         );
+    }
+
+    #[test]
+    fn a_stale_duplicate_is_the_entry_whose_pod_came_back_elsewhere() {
+        let mut old = entry("web-0", "u-old", Some("web"));
+        old.node = Some("n1".into());
+        let mut new = entry("web-0", "u-new", Some("web"));
+        new.node = Some("n2".into());
+        let holders = [&old, &new];
+        assert!(stale_duplicate(&old, &holders, Some("u-new")));
+        assert!(!stale_duplicate(&new, &holders, Some("u-new")));
+        // Before the pod is back (or when it is gone) neither goes by this rule.
+        assert!(!stale_duplicate(&old, &holders, None));
+        // Two different pods on one address (a forged entry): this rule keeps both.
+        let other = entry("db-0", "u-db", None);
+        assert!(!stale_duplicate(&other, &[&other, &new], Some("u-db")));
     }
 }

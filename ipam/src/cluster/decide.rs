@@ -1,4 +1,5 @@
-//! Which address a SpiderIPPool gives, decided against one copy of its `status.allocatedIPs`.
+//! Which address a SpiderIPPool gives, decided against one copy of its holders
+//! (`status.allocatedIPsByNode`, seen through `Allocations::view`).
 //! The agent's pool writer batches every claim and release queued for a pool, decides them here
 //! in order and writes the result as one status patch.
 //!

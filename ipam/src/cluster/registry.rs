@@ -41,9 +41,9 @@ pub fn candidate_of(obj: &SpiderIPPool) -> Result<Candidate, String> {
     let held = obj
         .status
         .as_ref()
-        .map(|s| s.allocations())
+        .map(|s| s.held())
         .transpose()
-        .map_err(|e| format!("pool {name}: status.allocatedIPs: {e}"))?
+        .map_err(|e| format!("pool {name}: status.allocatedIPsByNode: {e}"))?
         .unwrap_or_default();
     let mut ranges = pool.set.ranges().to_vec();
     for ip in held.keys().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
@@ -160,7 +160,7 @@ mod tests {
             "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
             "metadata": {"name": name, "uid": uid, "generation": generation},
             "spec": {"subnet": "10.0.0.0/24", "ips": ips},
-            "status": {"allocatedIPs": serde_json::to_string(&allocated).unwrap()},
+            "status": {"allocatedIPsByNode": {"n1": serde_json::to_string(&allocated).unwrap()}},
         }))
         .unwrap()
     }

@@ -89,21 +89,43 @@ async fn cluster_gc_releases_deleted_pods_and_statefulset_pods_keep_their_ip() {
         held.get(&web_ip).map(|a| a.pod.as_str()),
         Some(format!("{ns}/web-0").as_str())
     );
+    // It comes back on another node, whose agent may not touch node-a's entries: it adds its
+    // own for the address, and the GC drops node-a's stale one.
+    let dir_b = tempfile::tempdir().unwrap();
+    let agent_b = Agent::start(&cluster.kubeconfig, "node-b", dir_b.path()).unwrap();
+    let conf_b = netconf(&agent_b.socket, &[&pool], &[]);
     let second = cluster
-        .pods(&ns, "web", 1, |_| "node-a".into(), owner)
+        .pods(&ns, "web", 1, |_| "node-b".into(), owner)
         .await
         .unwrap();
     assert_ne!(first[0], second[0]);
-    let out = cni("ADD", &conf, &ns, "web-0", &second[0], "net1");
+    let out = cni("ADD", &conf_b, &ns, "web-0", &second[0], "net1");
     assert!(out.success, "{} {}", out.stdout, out.stderr);
     assert_eq!(
         first_ip(&out).unwrap(),
         web_ip,
-        "the recreated StatefulSet pod keeps its address"
+        "the recreated StatefulSet pod keeps its address on another node"
     );
-    let held = allocations(&cluster, &pool).await;
-    assert_eq!(held[&web_ip].pod_uid, second[0]);
-    assert_eq!(held.len(), 1);
+    let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
+    let holders = || async {
+        let status = pools.get_status(&pool).await.unwrap().status.unwrap_or_default();
+        let stored = status.allocations().expect("holders decode");
+        stored
+            .entries()
+            .map(|(ip, e)| (ip.clone(), e.pod_uid.clone(), e.node.clone().unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    let deduplicated = eventually(Duration::from_secs(30), || async {
+        let now = holders().await;
+        (now == [(web_ip.clone(), second[0].clone(), "node-b".to_string())]).then_some(())
+    })
+    .await;
+    assert!(
+        deduplicated.is_some(),
+        "node-a's stale entry stayed: {:?} {}",
+        holders().await,
+        _controller.log_text()
+    );
 
     // Scaled to zero and the pod gone: released.
     sets.patch(

@@ -60,7 +60,7 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
 
     let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
     let status = pools.get_status(&pool).await.unwrap().status.unwrap();
-    let allocated = status.allocations().unwrap();
+    let allocated = status.held().unwrap();
     assert_eq!(status.allocated_ip_count, Some(PODS as i64));
     assert_eq!(status.total_ip_count, Some(PODS as i64));
     assert_eq!(allocated.len(), PODS);
@@ -124,7 +124,7 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
     }
     let status = pools.get_status(&pool).await.unwrap().status.unwrap();
     assert_eq!(status.allocated_ip_count, Some(0));
-    assert!(status.allocations().unwrap().is_empty());
+    assert!(status.held().unwrap().is_empty());
     assert!(
         endpoints
             .list(&Default::default())

@@ -46,7 +46,7 @@ async fn allocations(cluster: &Cluster, pool: &str) -> BTreeMap<String, PoolIPAl
         .expect("pool reads")
         .status
         .unwrap_or_default();
-    let map = st.allocations().expect("allocatedIPs decodes");
+    let map = st.held().expect("allocatedIPsByNode decodes");
     assert_eq!(
         st.allocated_ip_count.unwrap_or(0),
         map.len() as i64,

@@ -29,6 +29,20 @@ pub async fn every(client: Client, node: String, sysfs_root: PathBuf, interval: 
 pub async fn report(client: &Client, node: &str, inventory: &Inventory) -> Result<(), kube::Error> {
     let api: Api<SpiderNodeInventory> = Api::all(client.clone());
     let pp = PatchParams::apply("spiderpool-agent").force();
+    ensure_object(client, node).await?;
+    let status = serde_json::json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1",
+        "kind": "SpiderNodeInventory",
+        "status": inventory,
+    });
+    api.patch_status(node, &pp, &Patch::Apply(&status)).await?;
+    Ok(())
+}
+
+/// Creates the SpiderNodeInventory named `node` if it is missing (server-side apply of the spec).
+pub async fn ensure_object(client: &Client, node: &str) -> Result<(), kube::Error> {
+    let api: Api<SpiderNodeInventory> = Api::all(client.clone());
+    let pp = PatchParams::apply("spiderpool-agent").force();
     let mut obj = SpiderNodeInventory::new(
         node,
         NodeInventorySpec {
@@ -37,11 +51,5 @@ pub async fn report(client: &Client, node: &str, inventory: &Inventory) -> Resul
     );
     obj.meta_mut().managed_fields = None;
     api.patch(node, &pp, &Patch::Apply(&obj)).await?;
-    let status = serde_json::json!({
-        "apiVersion": "spiderpool.spidernet.io/v2beta1",
-        "kind": "SpiderNodeInventory",
-        "status": inventory,
-    });
-    api.patch_status(node, &pp, &Patch::Apply(&status)).await?;
     Ok(())
 }

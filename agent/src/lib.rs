@@ -8,6 +8,7 @@ pub mod install;
 pub mod inventory_report;
 pub mod ipam_service;
 pub mod node;
+pub mod node_policy;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub struct Config {
     pub device_plugin: Option<DevicePlugin>,
     /// Written once the agent serves, removed on exit (`probe --ready-file`).
     pub ready_file: Option<PathBuf>,
+    /// SpiderNetworkNodePolicy objects: applied, reported only, or not watched.
+    pub node_policies: node_policy::Options,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +85,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         node.clone(),
         config.sysfs_root.clone(),
         config.inventory_interval,
+    ));
+    tokio::spawn(node_policy::run(
+        client.clone(),
+        node.clone(),
+        config.node_policies.clone(),
     ));
     if let Some(plugin) = &config.device_plugin {
         let first_pass = Arc::new(tokio::sync::Notify::new());

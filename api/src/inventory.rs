@@ -21,8 +21,10 @@ pub struct NodeInventorySpec {
     pub node_name: String,
 }
 
+// `default`: the status is written in two parts (the scan, the policies) that may come in
+// either order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Inventory {
     pub node: NodeInfo,
     pub nics: Vec<Nic>,
@@ -30,6 +32,10 @@ pub struct Inventory {
     pub bonds: Vec<Bond>,
     /// Files that existed but could not be read or understood; the scan went on without them.
     pub warnings: Vec<String>,
+    /// Policy name → how this node stands against it (written by the agent's policy loop, not
+    /// by the scan).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub policies: std::collections::BTreeMap<String, crate::policy_status::NodePolicyState>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -7,3 +7,4 @@ pub mod crd;
 pub mod inventory;
 pub mod multus;
 pub mod policy;
+pub mod policy_status;

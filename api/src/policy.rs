@@ -1,8 +1,9 @@
 //! SpiderNetworkNodePolicy: what a node's NICs should look like (VFs, MTU, VF settings, bonds,
 //! VLANs, RDMA netns mode) and which device-plugin resource the selected VFs feed. Policies are
-//! read from YAML files (`spiderpool-agent apply -f`, `device-plugin --policy`). The cluster-scoped
-//! CRD (`SpiderNetworkNodePolicyResource`, below) is generated and installed with the others, but
-//! no component reads policies from the API server.
+//! read from YAML files (`spiderpool-agent apply -f`, `device-plugin --policy`) or, in a cluster,
+//! from the cluster-scoped CRD (`SpiderNetworkNodePolicyResource`, below): every agent applies the
+//! policies that select its node and reports in its SpiderNodeInventory; the controller sums the
+//! reports into the policy's status (`crate::policy_status`).
 
 use std::collections::BTreeMap;
 
@@ -39,9 +40,14 @@ pub struct Metadata {
     kind = "SpiderNetworkNodePolicy",
     root = "SpiderNetworkNodePolicyResource",
     shortname = "snnp",
+    status = "crate::policy_status::PolicyStatus",
     printcolumn = r#"{"name": "RESOURCE", "type": "string", "jsonPath": ".spec.resourceName"}"#,
     printcolumn = r#"{"name": "VFS", "type": "integer", "jsonPath": ".spec.numVfs"}"#,
-    printcolumn = r#"{"name": "PRIORITY", "type": "integer", "jsonPath": ".spec.priority"}"#
+    printcolumn = r#"{"name": "PRIORITY", "type": "integer", "jsonPath": ".spec.priority"}"#,
+    printcolumn = r#"{"name": "MATCHED", "type": "integer", "jsonPath": ".status.matched"}"#,
+    printcolumn = r#"{"name": "APPLIED", "type": "integer", "jsonPath": ".status.applied"}"#,
+    printcolumn = r#"{"name": "PENDING", "type": "integer", "jsonPath": ".status.pending"}"#,
+    printcolumn = r#"{"name": "FAILED", "type": "integer", "jsonPath": ".status.failed"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
@@ -107,11 +113,16 @@ pub struct VfSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BondSpec {
     pub name: String,
-    /// e.g. `active-backup`, `802.3ad`.
+    /// A bonding mode by name (`balance-rr`, `active-backup`, `balance-xor`, `broadcast`,
+    /// `802.3ad`, `balance-tlb`, `balance-alb`) or number (0-6).
+    #[schemars(regex(
+        pattern = r"^(balance-rr|active-backup|balance-xor|broadcast|802\.3ad|balance-tlb|balance-alb|[0-6])$"
+    ))]
     pub mode: String,
     /// Bonding driver options, e.g. `miimon: "100"`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    #[schemars(length(min = 1, max = 16))]
     pub members: Vec<String>,
     #[serde(default)]
     pub mtu: Option<u32>,
@@ -125,6 +136,8 @@ pub struct VlanSpec {
     /// Omitted for the VLANs of a bond (the bond is the parent).
     #[serde(default)]
     pub parent: Option<String>,
+    /// 1-4094 (0 and 4095 are reserved by 802.1Q).
+    #[schemars(range(min = 1, max = 4094))]
     pub id: u16,
     /// Default `<parent>.<id>`.
     #[serde(default)]
@@ -135,6 +148,7 @@ pub struct VlanSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RdmaSpec {
     /// `shared` or `exclusive`.
+    #[schemars(regex(pattern = "^(shared|exclusive)$"))]
     pub netns_mode: String,
 }
 

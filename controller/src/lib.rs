@@ -9,6 +9,7 @@ pub mod crds;
 pub mod gc;
 pub mod leader;
 pub mod metrics;
+pub mod node_policies;
 pub mod pools;
 
 /// A call to the API server that failed, and what it was about: the one error of the controller's

@@ -141,6 +141,11 @@ async fn run(cli: Cli) -> Result<()> {
         leading_now.clone(),
         gc_every,
     ));
+    tokio::spawn(spiderpool_controller::node_policies::run(
+        client.clone(),
+        leading_now.clone(),
+        Duration::from_secs(30),
+    ));
     tracing::info!(identity = %me, lease = %format!("{namespace}/{}", cli.lease_name), "controller started");
     loop {
         let leading = match elector.try_acquire_or_renew().await {

@@ -1,7 +1,9 @@
 //! What the agent and the controller share as long-running processes: the tokio runtime, logging,
-//! the shutdown signal and the plain-HTTP endpoint kubelet probes and Prometheus scrapes.
+//! the shutdown signal, the plain-HTTP endpoint kubelet probes and Prometheus scrapes, and the
+//! watch caches their loops wake on.
 
 pub mod http;
+pub mod watch;
 
 /// Completes on SIGTERM (kubelet stopping the container; we may be PID 1, where the kernel
 /// ignores a signal without a handler) or SIGINT (Ctrl-C). Until it is first polled, the default

@@ -75,7 +75,7 @@ impl Report {
 }
 
 /// The link or PF a step changes, so a failure stops the later steps on the same thing only.
-fn target(action: &Action) -> &str {
+pub fn target(action: &Action) -> &str {
     match action {
         Action::SetNumVfs { pf, .. } | Action::SetVf { pf, .. } => pf,
         Action::SetMtu { link, .. }

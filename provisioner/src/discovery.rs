@@ -50,6 +50,7 @@ pub fn scan(sysfs: &Sysfs, links: &LinkTable, identity: &NodeIdentity) -> Invent
         rdma_devices,
         bonds,
         warnings,
+        policies: Default::default(),
     }
 }
 

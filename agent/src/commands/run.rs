@@ -6,6 +6,7 @@ use anyhow::Result;
 use spiderpool_device_plugin::kubelet::DEFAULT_KUBELET_DIR;
 use spiderpool_linux::sysfs::DEFAULT_SYSFS_ROOT;
 
+use crate::node_policy::{self, Mode};
 use crate::{Config, DevicePlugin};
 
 #[derive(clap::Args)]
@@ -37,6 +38,13 @@ pub struct Args {
     /// so an old and a new agent side by side during an update are told apart.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// SpiderNetworkNodePolicy objects that select this node: `apply` makes the node match them,
+    /// `report` only plans and reports what applying would do, `off` ignores them.
+    #[arg(long, value_enum, default_value = "apply")]
+    node_policies: Mode,
+    /// Seconds between the passes that correct drift (a policy or label change acts at once).
+    #[arg(long, default_value_t = 30)]
+    node_policy_resync: u64,
 }
 
 pub fn exec(args: Args) -> Result<()> {
@@ -45,8 +53,14 @@ pub fn exec(args: Args) -> Result<()> {
         socket: args.ipam.socket,
         health_addr: args.health_addr,
         metrics_addr: args.metrics_addr,
-        sysfs_root: args.sysfs_root,
+        sysfs_root: args.sysfs_root.clone(),
         inventory_interval: std::time::Duration::from_secs(args.inventory_interval.max(5)),
+        node_policies: node_policy::Options {
+            sysfs_root: args.sysfs_root.clone(),
+            kubelet_dir: args.kubelet_dir.clone(),
+            mode: args.node_policies,
+            resync: std::time::Duration::from_secs(args.node_policy_resync.max(1)),
+        },
         device_plugin: args.device_plugin.then_some(DevicePlugin {
             kubelet_dir: args.kubelet_dir,
             config_file: args.device_plugin_config,

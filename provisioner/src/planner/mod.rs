@@ -316,5 +316,32 @@ fn plan_rdma_netns(policies: &[&SpiderNetworkNodePolicy], observed: &Observed<'_
         .insert(RDMA_STATUS.into(), Status::Pending("1 action to apply".into()));
 }
 
+/// What `policy` is judged by on a node with `inventory`: `(kind, key of Plan::status)` for each
+/// PF it selects (`pf`), each of its bonds (`bond`) and VLANs (`vlan`), and the node's RDMA netns
+/// mode when it sets one (`rdma`). Empty when it selects nothing here.
+pub fn parts_of(policy: &SpiderNetworkNodePolicy, inventory: &Inventory) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = inventory
+        .nics
+        .iter()
+        .filter(|nic| selects(policy, nic))
+        .map(|nic| ("pf", nic.name.clone().unwrap_or_else(|| nic.pci_address.clone())))
+        .collect();
+    for bond in &policy.spec.bonds {
+        out.push(("bond", bond.name.clone()));
+        out.extend(bond.vlans.iter().map(|v| ("vlan", v.name_under(&bond.name))));
+    }
+    for vlan in &policy.spec.vlans {
+        let name = match &vlan.parent {
+            Some(parent) => vlan.name_under(parent),
+            None => vlan.name.clone().unwrap_or_else(|| format!("vlan{}", vlan.id)),
+        };
+        out.push(("vlan", name));
+    }
+    if policy.spec.rdma.is_some() {
+        out.push(("rdma", RDMA_STATUS.to_string()));
+    }
+    out
+}
+
 /// The status key of the node-wide RDMA netns mode.
 pub const RDMA_STATUS: &str = "rdma-netns-mode";

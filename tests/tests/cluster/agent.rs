@@ -3,8 +3,9 @@
 use super::*;
 
 /// `spiderpool-agent run` for `node` (no device plugin), its inventory from `sysfs`, its stderr in
-/// `log`.
-fn spawn_run(
+/// `log`. Node policies are planned and reported, never applied: `sysfs` is a fixture, and the
+/// links the applier would change are the host's.
+pub(super) fn spawn_run(
     cluster: &Cluster,
     node: &str,
     health: &str,
@@ -21,6 +22,8 @@ fn spawn_run(
             "--health-addr",
             health,
             "--device-plugin=false",
+            "--node-policies=report",
+            "--node-policy-resync=5",
         ])
         .args(["--inventory-interval", "5", "--socket"])
         .arg(socket)

@@ -24,6 +24,7 @@ mod controller;
 mod crds;
 mod ipam;
 mod overlap;
+mod policies;
 mod rbac;
 
 async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result<SpiderIPPool> {

@@ -1,0 +1,244 @@
+//! SpiderNetworkNodePolicy objects applied live: the agent watches the policies and its own Node,
+//! takes the policies whose `nodeSelector` matches the Node's labels, plans and applies them with
+//! the same planner and applier as `apply -f` (so several policies merge by priority exactly as in
+//! file mode, and a VF a pod holds waits as Pending), and reports each policy's state in its
+//! node's SpiderNodeInventory status (`policies`), with Events on the policy for every change it
+//! makes and every failure. A change wakes it at once; a slow periodic pass corrects drift.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use spiderpool_api::inventory::{Inventory, SpiderNodeInventory};
+use spiderpool_api::policy::SpiderNetworkNodePolicyResource;
+use spiderpool_api::policy_status::NodePolicyState;
+use spiderpool_daemon::watch::cache_waking;
+use spiderpool_device_plugin::kubelet::allocated_device_ids;
+use spiderpool_linux::sysfs::Sysfs;
+use spiderpool_provisioner::applier::{LiveKernel, Observation, apply, target};
+use spiderpool_provisioner::planner::Status;
+use tokio::sync::Notify;
+
+pub mod state;
+
+use state::{Executed, Selected};
+
+/// What the loop does with the policies that select the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Make the node match them.
+    Apply,
+    /// Plan and report only: the status says what applying would do; nothing is touched.
+    Report,
+    /// Do not watch policies.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub sysfs_root: PathBuf,
+    /// Where kubelet's device checkpoint says which VFs pods hold.
+    pub kubelet_dir: PathBuf,
+    pub mode: Mode,
+    /// The periodic pass that corrects drift.
+    pub resync: Duration,
+}
+
+/// Runs until the process ends; API failures are logged and retried on the next pass.
+pub async fn run(client: Client, node: String, options: Options) {
+    if options.mode == Mode::Off {
+        return;
+    }
+    let wake = Arc::new(Notify::new());
+    let policies = cache_waking(
+        Api::<SpiderNetworkNodePolicyResource>::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+    );
+    let nodes = cache_waking(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={node}")),
+        wake.clone(),
+    );
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "spiderpool-agent".into(),
+            instance: Some(node.clone()),
+        },
+    );
+    // What the inventory says now (`None` until written once: the first pass always writes).
+    let mut reported: Option<BTreeMap<String, NodePolicyState>> = None;
+    loop {
+        if policies.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
+            return;
+        }
+        let labels = nodes
+            .state()
+            .first()
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        let selected = state::selected(policies.state().iter().map(|p| &**p), &labels);
+        let outcome = if selected.is_empty() {
+            Outcome::default()
+        } else {
+            let (opts, sel) = (options.clone(), selected.clone());
+            match tokio::task::spawn_blocking(move || round(&sel, labels, &opts)).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!("node policy round: {e}");
+                    Outcome::default()
+                }
+            }
+        };
+        let caveat = (options.mode == Mode::Report)
+            .then_some("not applied (the agent runs with --node-policies=report)");
+        let states = state::states(&selected, &outcome.inventory, &outcome.status, caveat);
+        let before = reported.clone().unwrap_or_default();
+        for ev in state::events(&node, &before, &states, &outcome.executed) {
+            let target = policies
+                .state()
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() == Some(ev.policy.as_str()));
+            if let Some(policy) = target {
+                publish(&recorder, &policy.object_ref(&()), &ev).await;
+            }
+        }
+        if reported.as_ref() != Some(&states) {
+            match write(&client, &node, &states).await {
+                Ok(()) => reported = Some(states),
+                Err(e) => tracing::warn!("SpiderNodeInventory {node} policies: {e}"),
+            }
+        }
+        tokio::select! {
+            () = wake.notified() => {
+                // A burst of watch events (a kubectl apply of several policies) makes one pass.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            () = tokio::time::sleep(options.resync) => {}
+        }
+    }
+}
+
+/// One pass's result.
+#[derive(Default)]
+struct Outcome {
+    inventory: Inventory,
+    status: BTreeMap<String, Status>,
+    executed: Vec<Executed>,
+}
+
+/// Plans (and in apply mode applies) the selected policies; blocking (sysfs, netlink).
+fn round(selected: &[Selected], labels: BTreeMap<String, String>, options: &Options) -> Outcome {
+    let policies: Vec<_> = selected.iter().map(|s| s.policy.clone()).collect();
+    let mut observe = || {
+        let (inventory, links) = crate::node::scan_with_links(&options.sysfs_root);
+        Observation {
+            inventory,
+            links,
+            node_labels: labels.clone(),
+            allocated: allocated_device_ids(&options.kubelet_dir),
+        }
+    };
+    let first = observe();
+    let plan = first.plan(&policies);
+    if options.mode != Mode::Apply || plan.steps.is_empty() {
+        return Outcome {
+            inventory: first.inventory,
+            status: plan.status,
+            executed: Vec::new(),
+        };
+    }
+    let mut kernel = match LiveKernel::new(Sysfs::new(&options.sysfs_root)) {
+        Ok(k) => k,
+        Err(e) => {
+            let status = plan
+                .status
+                .into_keys()
+                .map(|k| (k, Status::Failed(format!("netlink: {e}"))))
+                .collect();
+            return Outcome {
+                inventory: first.inventory,
+                status,
+                executed: Vec::new(),
+            };
+        }
+    };
+    let report = apply(&policies, &mut observe, &mut kernel);
+    let executed = report
+        .executed
+        .iter()
+        .map(|(step, result)| Executed {
+            target: target(&step.action).to_string(),
+            action: step.action.to_string(),
+            error: result.as_ref().err().map(ToString::to_string),
+        })
+        .collect();
+    Outcome {
+        inventory: first.inventory,
+        status: report.status,
+        executed,
+    }
+}
+
+/// Writes `states` as the `policies` of the node's SpiderNodeInventory status: a merge patch
+/// that sets each state and removes the policies that no longer select the node (the scan's
+/// fields are written separately, by server-side apply, and are not touched).
+async fn write(
+    client: &Client,
+    node: &str,
+    states: &BTreeMap<String, NodePolicyState>,
+) -> Result<(), kube::Error> {
+    let api: Api<SpiderNodeInventory> = Api::all(client.clone());
+    let current = match api.get_status(node).await {
+        Ok(obj) => obj.status.map(|s| s.policies).unwrap_or_default(),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            // The scan has not created the object yet.
+            crate::inventory_report::ensure_object(client, node).await?;
+            BTreeMap::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let mut policies = serde_json::Map::new();
+    for gone in current.keys().filter(|k| !states.contains_key(*k)) {
+        policies.insert(gone.clone(), serde_json::Value::Null);
+    }
+    for (name, state) in states {
+        let mut value = serde_json::to_value(state).unwrap_or_default();
+        // A merge patch keeps what it does not name: an emptied reason or parts list is
+        // cleared by name.
+        if let Some(obj) = value.as_object_mut() {
+            for field in ["reason", "parts"] {
+                obj.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
+        policies.insert(name.clone(), value);
+    }
+    let patch = serde_json::json!({"status": {"policies": policies}});
+    api.patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn publish(recorder: &Recorder, reference: &ObjectReference, ev: &state::PolicyEvent) {
+    let event = Event {
+        type_: if ev.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: ev.reason.into(),
+        note: Some(ev.note.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, reference).await {
+        tracing::warn!("event on SpiderNetworkNodePolicy {}: {e}", ev.policy);
+    }
+}

@@ -86,21 +86,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.sysfs_root.clone(),
         config.inventory_interval,
     ));
-    tokio::spawn(node_policy::run(
-        client.clone(),
-        node.clone(),
-        config.node_policies.clone(),
-    ));
+    // The device plugin serves the resources of the policies that select this node: the policy
+    // loop hands them over and wakes it.
+    let plugin_policies = node_policy::PluginFeed::default();
+    let mut policy_options = config.node_policies.clone();
+    if config.device_plugin.is_some() {
+        policy_options.device_plugin = Some(plugin_policies.clone());
+    }
+    tokio::spawn(node_policy::run(client.clone(), node.clone(), policy_options));
     if let Some(plugin) = &config.device_plugin {
         let first_pass = Arc::new(tokio::sync::Notify::new());
         let options = ManagerOptions {
             kubelet_dir: plugin.kubelet_dir.clone(),
             config_file: plugin.config_file.clone(),
             policy_file: None,
+            cluster_policies: Some(plugin_policies.policies.clone()),
             sysfs: Sysfs::new(&config.sysfs_root),
             devinfo_dir: Some(PathBuf::from(DEVINFO_DIR)),
             resync: Duration::from_secs(1),
-            wake: None,
+            wake: Some(plugin_policies.wake.clone()),
             first_pass: Some(first_pass.clone()),
         };
         let root = config.sysfs_root.clone();

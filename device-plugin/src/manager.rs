@@ -9,11 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spiderpool_api::inventory::Inventory;
+use spiderpool_api::policy::SpiderNetworkNodePolicy;
 use spiderpool_linux::sysfs::Sysfs;
 
 use crate::config::Config;
 use crate::pool::{assign_candidates, candidates, with_vf_device_ids};
 use crate::server::{Served, Snapshot};
+
+/// Policies shared with the agent's policy loop.
+pub type ClusterPolicies = Arc<std::sync::RwLock<Vec<SpiderNetworkNodePolicy>>>;
 
 pub struct ManagerOptions {
     pub kubelet_dir: PathBuf,
@@ -21,6 +25,9 @@ pub struct ManagerOptions {
     pub config_file: Option<PathBuf>,
     /// SpiderNetworkNodePolicy documents whose `resourceName`s come first.
     pub policy_file: Option<PathBuf>,
+    /// The cluster's policies that select this node (the agent's policy loop keeps it current
+    /// and wakes `wake`); their `resourceName`s come first too.
+    pub cluster_policies: Option<ClusterPolicies>,
     pub sysfs: Sysfs,
     pub devinfo_dir: Option<PathBuf>,
     /// How often to rescan; the bound on how late a change is seen.
@@ -70,7 +77,11 @@ pub struct ConfigFileError {
     pub reason: String,
 }
 
-fn read_config(path: Option<&PathBuf>, policies: Option<&PathBuf>) -> Result<Config, ConfigFileError> {
+fn read_config(
+    path: Option<&PathBuf>,
+    policies: Option<&PathBuf>,
+    cluster: Option<&ClusterPolicies>,
+) -> Result<Config, ConfigFileError> {
     let bad = |p: &PathBuf, reason: String| ConfigFileError {
         file: p.clone(),
         reason,
@@ -82,13 +93,25 @@ fn read_config(path: Option<&PathBuf>, policies: Option<&PathBuf>) -> Result<Con
             Config::parse(&text).map_err(|e| bad(p, e.to_string()))?
         }
     };
+    let mut from_policies = Vec::new();
     if let Some(p) = policies {
         let text = std::fs::read_to_string(p).map_err(|e| bad(p, e.to_string()))?;
         let policies = spiderpool_api::policy::parse_documents(&text).map_err(|e| bad(p, e.to_string()))?;
-        let mut resources = Config::from_policies(&policies);
-        resources.append(&mut config.resources);
-        config = Config { resources };
-        config.validate().map_err(|e| bad(p, e.to_string()))?;
+        from_policies = Config::from_policies(&policies);
+    }
+    if let Some(cell) = cluster {
+        let policies = cell.read().map(|p| p.clone()).unwrap_or_default();
+        from_policies.append(&mut Config::from_policies(&policies));
+    }
+    if policies.is_some() || !from_policies.is_empty() {
+        from_policies.append(&mut config.resources);
+        config = Config {
+            resources: from_policies,
+        };
+        let origin = policies
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("SpiderNetworkNodePolicies"));
+        config.validate().map_err(|e| bad(&origin, e.to_string()))?;
     }
     Ok(config)
 }
@@ -133,7 +156,11 @@ where
             }
         }
         // A broken config edit keeps the last good one, and says so once.
-        match read_config(options.config_file.as_ref(), options.policy_file.as_ref()) {
+        match read_config(
+            options.config_file.as_ref(),
+            options.policy_file.as_ref(),
+            options.cluster_policies.as_ref(),
+        ) {
             Ok(c) => {
                 config = c;
                 config_error = None;
@@ -226,8 +253,8 @@ where
             .collect::<Vec<_>>()
         {
             if let Some(s) = served.remove(&key) {
-                tracing::info!(resource = %key, "no longer configured: stopped");
-                s.stop();
+                tracing::info!(resource = %key, "no longer configured: withdrawn");
+                s.withdraw();
             }
         }
         // Ready (once) when everything configured is served and registered: a refused

@@ -382,6 +382,16 @@ impl Served {
     /// Stops serving, removes the socket and the resource's device-info files. When the socket
     /// is already gone (kubelet wiped it on a restart, and we serve again at once) the
     /// device-info files stay: pods kubelet admitted before may still need them.
+    /// Takes the resource away: kubelet is told it has no devices (so its capacity and
+    /// allocatable go to 0 at once, instead of the devices staying allocatable on a stream that
+    /// no longer changes), then [`Served::stop`]. For a resource no longer configured; a plain
+    /// stop is for a socket kubelet removed or a process that ends, where kubelet must keep
+    /// counting the devices pods hold.
+    pub fn withdraw(self) {
+        self.service.devices.send_replace(Vec::new());
+        self.stop();
+    }
+
     pub fn stop(self) {
         self.service.stopping.store(true, Ordering::SeqCst);
         self.task.abort();

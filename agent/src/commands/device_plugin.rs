@@ -53,6 +53,7 @@ pub fn exec(args: Args) -> Result<()> {
             kubelet_dir: args.kubelet_dir,
             config_file: args.config,
             policy_file: args.policy,
+            cluster_policies: None,
             sysfs: Sysfs::new(&args.sysfs_root),
             devinfo_dir: Some(args.devinfo_dir),
             resync: Duration::from_millis(args.resync_ms.max(100)),

@@ -60,6 +60,7 @@ pub fn exec(args: Args) -> Result<()> {
             kubelet_dir: args.kubelet_dir.clone(),
             mode: args.node_policies,
             resync: std::time::Duration::from_secs(args.node_policy_resync.max(1)),
+            device_plugin: None,
         },
         device_plugin: args.device_plugin.then_some(DevicePlugin {
             kubelet_dir: args.kubelet_dir,

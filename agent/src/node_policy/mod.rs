@@ -48,6 +48,33 @@ pub struct Options {
     pub mode: Mode,
     /// The periodic pass that corrects drift.
     pub resync: Duration,
+    /// Where the device plugin takes the selected policies' resources from (`None`: no plugin).
+    pub device_plugin: Option<PluginFeed>,
+}
+
+/// The selected policies, for the device plugin, and the plugin's wake-up.
+#[derive(Debug, Clone, Default)]
+pub struct PluginFeed {
+    pub policies: spiderpool_device_plugin::manager::ClusterPolicies,
+    pub wake: Arc<Notify>,
+}
+
+impl PluginFeed {
+    /// Hands `selected` over when it differs from what the plugin has, and wakes it.
+    fn publish(&self, selected: &[Selected]) {
+        let want: Vec<_> = selected
+            .iter()
+            .filter(|s| s.policy.spec.resource_name.is_some())
+            .map(|s| s.policy.clone())
+            .collect();
+        let Ok(mut have) = self.policies.write() else {
+            return;
+        };
+        if *have != want {
+            *have = want;
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// Runs until the process ends; API failures are logged and retried on the next pass.
@@ -85,6 +112,9 @@ pub async fn run(client: Client, node: String, options: Options) {
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default();
         let selected = state::selected(policies.state().iter().map(|p| &**p), &labels);
+        if let Some(feed) = &options.device_plugin {
+            feed.publish(&selected);
+        }
         let outcome = if selected.is_empty() {
             Outcome::default()
         } else {

@@ -21,6 +21,7 @@ use spiderpool_e2e::cri::{BUSYBOX_IMAGE, CriNode};
 
 mod daemonset;
 mod device_plugin;
+mod policies;
 
 const NODE: &str = "spiderpool-kubelet";
 
@@ -142,7 +143,9 @@ fn device_plugin(dir: &Path, log: &str) -> Daemon {
 /// same fixture and config, as the chart runs it: ready once its ready file exists.
 fn agent(dir: &Path, kubeconfig: &Path, log: &str, ready: &Path) -> Daemon {
     let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
+    // Node policies planned and reported, never applied: the sysfs is a fixture.
     cmd.args(["run", "--node-name", NODE, "--health-addr", "127.0.0.1:15752"])
+        .arg("--node-policies=report")
         .arg("--socket")
         .arg(dir.join("agent.sock"))
         .arg("--sysfs-root")
@@ -160,13 +163,18 @@ fn agent(dir: &Path, kubeconfig: &Path, log: &str, ready: &Path) -> Daemon {
 
 /// The node's (capacity, allocatable) of the VF resource, as numbers (absent: 0).
 async fn vf_counts(nodes: &Api<Node>) -> (i64, i64) {
+    counts_of(nodes, RESOURCE).await
+}
+
+/// The node's (capacity, allocatable) of `resource` (absent: 0).
+async fn counts_of(nodes: &Api<Node>, resource: &str) -> (i64, i64) {
     let Ok(node) = nodes.get(NODE).await else {
         return (-1, -1);
     };
     let count = |m: Option<
         &std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     >| {
-        m.and_then(|m| m.get(RESOURCE))
+        m.and_then(|m| m.get(resource))
             .and_then(|q| q.0.parse().ok())
             .unwrap_or(0)
     };
@@ -179,15 +187,20 @@ async fn vf_counts(nodes: &Api<Node>) -> (i64, i64) {
 
 /// Waits until the node reports `want` (capacity, allocatable); how long that took.
 async fn wait_counts(nodes: &Api<Node>, want: (i64, i64), what: &str) -> Duration {
+    wait_counts_of(nodes, RESOURCE, want, what).await
+}
+
+/// [`wait_counts`] for `resource`.
+async fn wait_counts_of(nodes: &Api<Node>, resource: &str, want: (i64, i64), what: &str) -> Duration {
     let start = Instant::now();
     let seen = eventually(Duration::from_secs(30), || async {
-        (vf_counts(nodes).await == want).then_some(())
+        (counts_of(nodes, resource).await == want).then_some(())
     })
     .await;
     assert!(
         seen.is_some(),
-        "{what}: node never reported (capacity, allocatable) = {want:?}, last {:?}",
-        vf_counts(nodes).await
+        "{what}: node never reported {resource} (capacity, allocatable) = {want:?}, last {:?}",
+        counts_of(nodes, resource).await
     );
     start.elapsed()
 }

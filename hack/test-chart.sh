@@ -94,6 +94,12 @@ run "agent may not delete pools" can no "$agent" delete spiderippools.spiderpool
 run "agent may not write pods" can no "$agent" delete pods -n default
 run "agent may not touch leases" can no "$agent" update leases.coordination.k8s.io -n "$ns"
 run "agent may not change CRDs" can no "$agent" patch customresourcedefinitions.apiextensions.k8s.io
+run "agent may watch spidernetworknodepolicies" can yes "$agent" watch spidernetworknodepolicies.spiderpool.spidernet.io
+run "agent may watch nodes" can yes "$agent" watch nodes
+run "agent may create events" can yes "$agent" create events.events.k8s.io -n default
+run "agent may not change policies" can no "$agent" patch spidernetworknodepolicies.spiderpool.spidernet.io
+run "agent may not write policy status" can no "$agent" patch spidernetworknodepolicies.spiderpool.spidernet.io --subresource=status
+run "agent may not delete events" can no "$agent" delete events.events.k8s.io -n default
 
 run "controller may patch spiderippools/status" can yes "$controller" patch spiderippools.spiderpool.spidernet.io --subresource=status
 run "controller may patch spiderippools (the finalizer)" can yes "$controller" patch spiderippools.spiderpool.spidernet.io
@@ -122,6 +128,10 @@ run "controller may not write inventories" can no "$controller" patch spidernode
 run "controller may not change pool specs" can no "$controller" update spiderippools.spiderpool.spidernet.io
 run "controller may not take leases elsewhere" can no "$controller" update leases.coordination.k8s.io -n kube-system
 run "controller may not delete pods" can no "$controller" delete pods -n default
+run "controller may patch spidernetworknodepolicies/status" can yes "$controller" patch spidernetworknodepolicies.spiderpool.spidernet.io --subresource=status
+run "controller may watch spidernodeinventories" can yes "$controller" watch spidernodeinventories.spiderpool.spidernet.io
+run "controller may watch nodes" can yes "$controller" watch nodes
+run "controller may not change policy specs" can no "$controller" patch spidernetworknodepolicies.spiderpool.spidernet.io
 
 "$helm" uninstall "$release" -n "$ns" --kubeconfig "$kubeconfig" >/dev/null || true
 if [ "$failures" -gt 0 ]; then

@@ -21,7 +21,7 @@ use spiderpool_api::policy_status::NodePolicyState;
 use spiderpool_daemon::watch::cache_waking;
 use spiderpool_device_plugin::kubelet::allocated_device_ids;
 use spiderpool_linux::sysfs::Sysfs;
-use spiderpool_provisioner::applier::{LiveKernel, Observation, apply, target};
+use spiderpool_provisioner::applier::{Kernel, LiveKernel, Observation, apply, target};
 use spiderpool_provisioner::planner::Status;
 use tokio::sync::Notify;
 
@@ -119,7 +119,12 @@ pub async fn run(client: Client, node: String, options: Options) {
             Outcome::default()
         } else {
             let (opts, sel) = (options.clone(), selected.clone());
-            match tokio::task::spawn_blocking(move || round(&sel, labels, &opts)).await {
+            let live = move |root: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
+                LiveKernel::new(Sysfs::new(root))
+                    .map(|k| Box::new(k) as Box<dyn Kernel>)
+                    .map_err(|e| format!("netlink: {e}"))
+            };
+            match tokio::task::spawn_blocking(move || round(&sel, labels, &opts, &live)).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!("node policy round: {e}");
@@ -164,8 +169,17 @@ struct Outcome {
     executed: Vec<Executed>,
 }
 
+/// What carries out a round's actions on the node under a sysfs root (the live kernel; a
+/// recording one in tests).
+type KernelFor<'a> = dyn Fn(&std::path::Path) -> Result<Box<dyn Kernel>, String> + 'a;
+
 /// Plans (and in apply mode applies) the selected policies; blocking (sysfs, netlink).
-fn round(selected: &[Selected], labels: BTreeMap<String, String>, options: &Options) -> Outcome {
+fn round(
+    selected: &[Selected],
+    labels: BTreeMap<String, String>,
+    options: &Options,
+    kernel_for: &KernelFor<'_>,
+) -> Outcome {
     let policies: Vec<_> = selected.iter().map(|s| s.policy.clone()).collect();
     let mut observe = || {
         let (inventory, links) = crate::node::scan_with_links(&options.sysfs_root);
@@ -185,13 +199,13 @@ fn round(selected: &[Selected], labels: BTreeMap<String, String>, options: &Opti
             executed: Vec::new(),
         };
     }
-    let mut kernel = match LiveKernel::new(Sysfs::new(&options.sysfs_root)) {
+    let mut kernel = match kernel_for(&options.sysfs_root) {
         Ok(k) => k,
         Err(e) => {
             let status = plan
                 .status
                 .into_keys()
-                .map(|k| (k, Status::Failed(format!("netlink: {e}"))))
+                .map(|k| (k, Status::Failed(e.clone())))
                 .collect();
             return Outcome {
                 inventory: first.inventory,
@@ -200,7 +214,7 @@ fn round(selected: &[Selected], labels: BTreeMap<String, String>, options: &Opti
             };
         }
     };
-    let report = apply(&policies, &mut observe, &mut kernel);
+    let report = apply(&policies, &mut observe, kernel.as_mut());
     let executed = report
         .executed
         .iter()
@@ -270,5 +284,130 @@ async fn publish(recorder: &Recorder, reference: &ObjectReference, ev: &state::P
     };
     if let Err(e) = recorder.publish(&event, reference).await {
         tracing::warn!("event on SpiderNetworkNodePolicy {}: {e}", ev.policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use spiderpool_api::policy_status::{APPLIED, FAILED, PENDING};
+    use spiderpool_provisioner::applier::ApplyError;
+    use spiderpool_provisioner::planner::Action;
+
+    use super::*;
+
+    /// Records every action; refuses the ones on `refuse` (a PF name).
+    struct Recording {
+        log: Arc<Mutex<Vec<String>>>,
+        refuse: Option<String>,
+    }
+
+    impl Kernel for Recording {
+        fn apply(&mut self, action: &Action) -> Result<(), ApplyError> {
+            if let Ok(mut log) = self.log.lock() {
+                log.push(action.to_string());
+            }
+            match &self.refuse {
+                Some(pf) if target(action) == pf => Err(ApplyError::Refused("EIO".into())),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    fn selected(spec: serde_json::Value) -> Vec<Selected> {
+        let p: SpiderNetworkNodePolicyResource = serde_json::from_value(serde_json::json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderNetworkNodePolicy",
+            "metadata": {"name": "p", "generation": 1}, "spec": spec
+        }))
+        .expect("policy");
+        state::selected([&p], &BTreeMap::new())
+    }
+
+    fn options(mode: Mode) -> Options {
+        Options {
+            sysfs_root: spiderpool_testing::fixtures::fixture_root("cx6dx"),
+            kubelet_dir: PathBuf::from("/nonexistent"),
+            mode,
+            resync: Duration::from_secs(30),
+            device_plugin: None,
+        }
+    }
+
+    /// Apply mode on the cx6dx fixture: the actions reach the kernel, each is an Event, and a
+    /// node that does not change (the fixture stays as it is) is reported Pending, not Applied.
+    #[test]
+    fn apply_mode_carries_out_the_plan_and_reports_what_it_did() {
+        let sel = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 8}));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kernel = {
+            let log = log.clone();
+            move |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
+                Ok(Box::new(Recording {
+                    log: log.clone(),
+                    refuse: None,
+                }))
+            }
+        };
+        let out = round(&sel, BTreeMap::new(), &options(Mode::Apply), &kernel);
+        let done = log.lock().map(|l| l.clone()).unwrap_or_default();
+        assert!(!done.is_empty(), "nothing reached the kernel");
+        assert_eq!(out.executed.len(), done.len());
+        assert!(
+            out.executed
+                .iter()
+                .all(|e| e.target == "ens1f1np1" && e.error.is_none())
+        );
+        let states = state::states(&sel, &out.inventory, &out.status, None);
+        assert_eq!(states["p"].phase, PENDING, "{:?}", states["p"]);
+        let events = state::events("n1", &BTreeMap::new(), &states, &out.executed);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason == "Applied" && e.note.contains("ens1f1np1")),
+            "{events:?}"
+        );
+
+        // Report mode: the same plan, nothing carried out.
+        log.lock().map(|mut l| l.clear()).unwrap_or_default();
+        let out = round(&sel, BTreeMap::new(), &options(Mode::Report), &kernel);
+        assert!(log.lock().map(|l| l.is_empty()).unwrap_or(false));
+        assert!(out.executed.is_empty());
+
+        // Already as asked: zero actions, Applied, no kernel needed.
+        let same = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 4}));
+        let none = |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> { Err("not needed".into()) };
+        let out = round(&same, BTreeMap::new(), &options(Mode::Apply), &none);
+        assert_eq!(
+            state::states(&same, &out.inventory, &out.status, None)["p"].phase,
+            APPLIED
+        );
+    }
+
+    #[test]
+    fn a_refused_action_or_no_kernel_is_failed_with_the_reason() {
+        let sel = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 8}));
+        let refusing = |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
+            Ok(Box::new(Recording {
+                log: Arc::default(),
+                refuse: Some("ens1f1np1".into()),
+            }))
+        };
+        let out = round(&sel, BTreeMap::new(), &options(Mode::Apply), &refusing);
+        let states = state::states(&sel, &out.inventory, &out.status, None);
+        assert_eq!(states["p"].phase, FAILED);
+        assert!(states["p"].reason.contains("EIO"), "{:?}", states["p"]);
+        let events = state::events("n1", &BTreeMap::new(), &states, &out.executed);
+        assert!(
+            events.iter().any(|e| e.reason == "ApplyFailed" && e.warning),
+            "{events:?}"
+        );
+
+        let broken =
+            |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> { Err("netlink: EPERM".into()) };
+        let out = round(&sel, BTreeMap::new(), &options(Mode::Apply), &broken);
+        let states = state::states(&sel, &out.inventory, &out.status, None);
+        assert_eq!(states["p"].phase, FAILED);
+        assert!(states["p"].reason.contains("netlink: EPERM"), "{:?}", states["p"]);
     }
 }

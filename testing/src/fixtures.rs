@@ -6,10 +6,20 @@ use std::path::{Path, PathBuf};
 use spiderpool_api::inventory::Inventory;
 
 /// Where the fixture trees are: an absolute path without `..` (tests pass it on as a
-/// Kubernetes hostPath, which must not contain `..`).
+/// Kubernetes hostPath, which must not contain `..`). The checkout this crate was built from;
+/// when that one is gone (a shared target directory last built by another clone, which cargo
+/// does not rebuild for a path change), the checkout of the package under test, which cargo
+/// names at run time.
 pub fn fixtures_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).join("tests/fixtures/sysfs")
+    let of = |manifest: &Path| manifest.parent().unwrap_or(manifest).join("tests/fixtures/sysfs");
+    let built = of(Path::new(env!("CARGO_MANIFEST_DIR")));
+    if built.is_dir() {
+        return built;
+    }
+    match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(now) => of(Path::new(&now)),
+        None => built,
+    }
 }
 
 /// The sysfs root of fixture `name` (`cx6dx`, `e810`, `cx7-ib`, `bond`).

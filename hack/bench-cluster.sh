@@ -4,6 +4,8 @@
 # usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same build cache as .ci/run: a release build beside it would be a second multi-GB target.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
 cargo build --release --quiet --locked -p spiderpool-agent -p spiderpool-ipam -p spiderpool-e2e --bins
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 kubeconfig=$(hack/control-plane.sh up)

@@ -3,6 +3,8 @@
 # usage: hack/bench-ipam.sh [N]   (default 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same build cache as .ci/run: a release build beside it would be a second multi-GB target.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
 source hack/lib.sh
 apt_install containernetworking-plugins
 cargo build --release --quiet --locked -p spiderpool-ipam -p spiderpool-e2e --bins

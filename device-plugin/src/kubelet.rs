@@ -15,32 +15,39 @@ pub const API_VERSION: &str = "v1beta1";
 /// kubelet's record of which device IDs it gave to which pod (survives plugin restarts).
 pub const CHECKPOINT: &str = "kubelet_internal_checkpoint";
 
-/// Device IDs kubelet has allocated to pods, from its checkpoint in `dir`; empty when there is
+/// Device IDs kubelet has allocated to pods, each with who holds it (`pod UID, container NAME`;
+/// empty when the checkpoint does not say), from its checkpoint in `dir`; empty when there is
 /// none. `DeviceIDs` is a list in old kubelets and a map of NUMA node to list in newer ones.
-pub fn allocated_device_ids(dir: &Path) -> std::collections::HashSet<String> {
+pub fn allocated_device_ids(dir: &Path) -> std::collections::BTreeMap<String, String> {
     let Ok(text) = std::fs::read_to_string(dir.join(CHECKPOINT)) else {
         return Default::default();
     };
     parse_checkpoint(&text)
 }
 
-pub fn parse_checkpoint(text: &str) -> std::collections::HashSet<String> {
-    fn strings(v: &serde_json::Value, out: &mut std::collections::HashSet<String>) {
+pub fn parse_checkpoint(text: &str) -> std::collections::BTreeMap<String, String> {
+    type Ids = std::collections::BTreeMap<String, String>;
+    fn strings(v: &serde_json::Value, holder: &str, out: &mut Ids) {
         match v {
             serde_json::Value::String(s) => {
-                out.insert(s.clone());
+                out.insert(s.clone(), holder.to_string());
             }
-            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
-            serde_json::Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, holder, out)),
+            serde_json::Value::Object(m) => m.values().for_each(|x| strings(x, holder, out)),
             _ => {}
         }
     }
-    let mut out = std::collections::HashSet::new();
+    let mut out = Ids::new();
     let Ok(doc) = serde_json::from_str::<serde_json::Value>(text) else {
         return out;
     };
     for entry in doc["Data"]["PodDeviceEntries"].as_array().into_iter().flatten() {
-        strings(&entry["DeviceIDs"], &mut out);
+        let holder = match (entry["PodUID"].as_str(), entry["ContainerName"].as_str()) {
+            (Some(pod), Some(container)) => format!("pod {pod}, container {container}"),
+            (Some(pod), None) => format!("pod {pod}"),
+            _ => String::new(),
+        };
+        strings(&entry["DeviceIDs"], &holder, &mut out);
     }
     out
 }
@@ -66,11 +73,12 @@ mod tests {
         let ids = super::parse_checkpoint(new);
         assert_eq!(ids.len(), 2);
         assert!(
-            ids.contains("0000:af:00.3") && !ids.contains("0000:3b:00.4"),
+            ids.contains_key("0000:af:00.3") && !ids.contains_key("0000:3b:00.4"),
             "registered is not allocated"
         );
+        assert_eq!(ids["0000:3b:00.2"], "pod u1, container c");
         let old = r#"{"Data":{"PodDeviceEntries":[{"DeviceIDs":["0000:3b:00.5"]}]}}"#;
-        assert!(super::parse_checkpoint(old).contains("0000:3b:00.5"));
+        assert_eq!(super::parse_checkpoint(old)["0000:3b:00.5"], "");
         assert!(super::parse_checkpoint("garbage").is_empty());
     }
 }

@@ -41,7 +41,7 @@ fn noop_reconcile(c: &mut Criterion) {
     )
     .expect("policy");
     let labels = std::collections::BTreeMap::new();
-    let allocated = std::collections::HashSet::new();
+    let allocated = std::collections::BTreeMap::new();
     let round = || {
         let inventory = scan(&sysfs, &links, &identity);
         let observed = Observed {

@@ -17,7 +17,8 @@ pub struct Observation {
     pub inventory: Inventory,
     pub links: LinkTable,
     pub node_labels: BTreeMap<String, String>,
-    pub allocated: HashSet<String>,
+    /// VFs kubelet gave to pods → who holds each (empty when unknown).
+    pub allocated: BTreeMap<String, String>,
 }
 
 impl Observation {
@@ -338,7 +339,7 @@ mod tests {
             inventory: node.borrow().clone(),
             links: LinkTable::default(),
             node_labels: BTreeMap::new(),
-            allocated: HashSet::new(),
+            allocated: BTreeMap::new(),
         }
     }
 

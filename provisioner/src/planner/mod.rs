@@ -3,7 +3,7 @@
 //! rescans and plans again until nothing is left (VFs created in one round get their settings and
 //! drivers in the next).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use spiderpool_api::inventory::{Inventory, Nic};
 use spiderpool_api::policy::{BondSpec, SpiderNetworkNodePolicy, VlanSpec};
@@ -157,8 +157,9 @@ pub struct Observed<'a> {
     pub inventory: &'a Inventory,
     pub links: &'a LinkTable,
     pub node_labels: &'a BTreeMap<String, String>,
-    /// VF PCI addresses the device plugin has handed to pods.
-    pub allocated: &'a HashSet<String>,
+    /// VF PCI addresses the device plugin has handed to pods → who holds each (empty when
+    /// unknown).
+    pub allocated: &'a BTreeMap<String, String>,
 }
 
 fn selects(policy: &SpiderNetworkNodePolicy, nic: &Nic) -> bool {

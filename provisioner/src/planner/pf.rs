@@ -64,12 +64,15 @@ pub(super) fn plan_pf(
                 .vfs
                 .iter()
                 .filter(|vf| {
-                    observed.allocated.contains(&vf.pci_address)
+                    observed.allocated.contains_key(&vf.pci_address)
                         // A VF bound to a network driver whose netdev is not in this namespace has
                         // been moved into a pod.
                         || (vf.name.is_none() && vf.driver.as_deref().is_some_and(|d| d != "vfio-pci"))
                 })
-                .map(|vf| vf.pci_address.clone())
+                .map(|vf| match observed.allocated.get(&vf.pci_address) {
+                    Some(holder) if !holder.is_empty() => format!("{} ({holder})", vf.pci_address),
+                    _ => vf.pci_address.clone(),
+                })
                 .collect();
             if have > 0 && !busy.is_empty() && !force {
                 return Ok(Some(format!(

@@ -32,7 +32,7 @@ struct World {
     inv: Inventory,
     links: LinkTable,
     labels: BTreeMap<String, String>,
-    allocated: HashSet<String>,
+    allocated: BTreeMap<String, String>,
 }
 
 impl World {
@@ -41,7 +41,7 @@ impl World {
             inv: inventory(fixture),
             links: LinkTable::default(),
             labels: BTreeMap::new(),
-            allocated: HashSet::new(),
+            allocated: BTreeMap::new(),
         }
     }
     fn plan(&self, policies: &[SpiderNetworkNodePolicy]) -> Plan {
@@ -128,8 +128,14 @@ fn lowering_goes_through_zero_and_waits_for_vfs_in_use() {
     assert!(why.contains("0000:3b:00.3") && why.contains("force"), "{why}");
     // ... as does one the device plugin handed out; `force` overrides.
     w.inv.nics[0].sriov.as_mut().unwrap().vfs[1].name = Some("ens1f0v1".into());
-    w.allocated.insert("0000:3b:00.2".into());
-    assert!(w.plan(std::slice::from_ref(&p)).steps.is_empty());
+    w.allocated
+        .insert("0000:3b:00.2".into(), "pod 7c1e, container app".into());
+    let plan = w.plan(std::slice::from_ref(&p));
+    assert!(plan.steps.is_empty());
+    let Status::Pending(why) = &plan.status["ens1f0np0"] else {
+        panic!("{plan:?}")
+    };
+    assert!(why.contains("0000:3b:00.2 (pod 7c1e, container app)"), "{why}");
     let forced = policy(
         "p",
         pf0(PolicySpec {

@@ -1,12 +1,15 @@
 //! This node as the agent sees it: its name, and a scan of its hardware (sysfs, plus netlink and
 //! the host's identity when the scan is of the live system).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use spiderpool_api::inventory::Inventory;
+use spiderpool_device_plugin::kubelet::allocated_device_ids;
 use spiderpool_linux::links::LinkTable;
 use spiderpool_linux::sysfs::{DEFAULT_SYSFS_ROOT, Sysfs};
+use spiderpool_provisioner::applier::Observation;
 use spiderpool_provisioner::discovery::{NodeIdentity, scan};
 
 pub(crate) fn read_trimmed(path: &str) -> Option<String> {
@@ -72,6 +75,19 @@ pub fn scan_with_links(sysfs_root: &Path) -> (Inventory, LinkTable) {
     let mut inv = scan(&Sysfs::new(sysfs_root), &links, &identity);
     inv.warnings.extend(netlink_warning);
     (inv, links)
+}
+
+/// What a policy round plans against: the node under `sysfs_root` with its links, its `labels`,
+/// and the VFs kubelet gave to pods by its checkpoint in `kubelet_dir` (VFs moved into a netns
+/// count as in use too: the planner sees them).
+pub fn observe(sysfs_root: &Path, labels: &BTreeMap<String, String>, kubelet_dir: &Path) -> Observation {
+    let (inventory, links) = scan_with_links(sysfs_root);
+    Observation {
+        inventory,
+        links,
+        node_labels: labels.clone(),
+        allocated: allocated_device_ids(kubelet_dir),
+    }
 }
 
 pub fn scan_node(sysfs_root: &Path) -> Inventory {

@@ -189,6 +189,11 @@ impl PolicySpec {
     pub fn priority(&self) -> u32 {
         self.priority.unwrap_or(DEFAULT_PRIORITY)
     }
+
+    /// Whether a node with `labels` is one this policy is for: every `nodeSelector` label equal.
+    pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
 }
 
 impl VlanSpec {

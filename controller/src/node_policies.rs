@@ -32,15 +32,13 @@ pub fn status_of<'a>(
         observed_generation: Some(generation),
         ..PolicyStatus::default()
     };
+    let no_labels = BTreeMap::new();
     let mut matched: Vec<&Node> = nodes
         .into_iter()
         .filter(|n| {
-            let labels = n.metadata.labels.as_ref();
             policy
                 .spec
-                .node_selector
-                .iter()
-                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                .selects_node(n.metadata.labels.as_ref().unwrap_or(&no_labels))
         })
         .collect();
     matched.sort_by_key(|n| n.name_any());

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use spiderpool_api::policy::{self, SpiderNetworkNodePolicy};
-use spiderpool_device_plugin::kubelet::{DEFAULT_KUBELET_DIR, allocated_device_ids};
+use spiderpool_device_plugin::kubelet::DEFAULT_KUBELET_DIR;
 use spiderpool_linux::sysfs::{DEFAULT_SYSFS_ROOT, Sysfs};
-use spiderpool_provisioner::applier::{LiveKernel, Observation, apply};
+use spiderpool_provisioner::applier::{LiveKernel, apply};
 use spiderpool_provisioner::planner::Status;
 use spiderpool_provisioner::render::render_table;
 
-use crate::node::{hostname, scan_node, scan_with_links};
+use crate::node::{hostname, observe, scan_node};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -86,16 +86,7 @@ fn node_labels(given: &[String]) -> Result<BTreeMap<String, String>> {
 fn apply_once(args: &Args) -> Result<()> {
     let policies = read_policies(&args.file)?;
     let node_labels = node_labels(&args.node_labels)?;
-    let mut observe = || {
-        let (inventory, links) = scan_with_links(&args.sysfs_root);
-        Observation {
-            inventory,
-            links,
-            node_labels: node_labels.clone(),
-            // VFs kubelet gave to pods; VFs moved into a netns count as in use too (planner).
-            allocated: allocated_device_ids(&args.kubelet_dir),
-        }
-    };
+    let mut observe = || observe(&args.sysfs_root, &node_labels, &args.kubelet_dir);
     let plan = observe().plan(&policies);
     println!("plan ({} actions):", plan.steps.len());
     for step in &plan.steps {

@@ -19,9 +19,8 @@ use spiderpool_api::inventory::{Inventory, SpiderNodeInventory};
 use spiderpool_api::policy::SpiderNetworkNodePolicyResource;
 use spiderpool_api::policy_status::NodePolicyState;
 use spiderpool_daemon::watch::cache_waking;
-use spiderpool_device_plugin::kubelet::allocated_device_ids;
 use spiderpool_linux::sysfs::Sysfs;
-use spiderpool_provisioner::applier::{Kernel, LiveKernel, Observation, apply, target};
+use spiderpool_provisioner::applier::{Kernel, LiveKernel, apply, target};
 use spiderpool_provisioner::planner::Status;
 use tokio::sync::Notify;
 
@@ -111,7 +110,8 @@ pub async fn run(client: Client, node: String, options: Options) {
             .first()
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default();
-        let selected = state::selected(policies.state().iter().map(|p| &**p), &labels);
+        let all = policies.state();
+        let selected = state::selected(all.iter().map(|p| &**p), &labels);
         if let Some(feed) = &options.device_plugin {
             feed.publish(&selected);
         }
@@ -135,11 +135,15 @@ pub async fn run(client: Client, node: String, options: Options) {
         let caveat = (options.mode == Mode::Report)
             .then_some("not applied (the agent runs with --node-policies=report)");
         let states = state::states(&selected, &outcome.inventory, &outcome.status, caveat);
-        let before = reported.clone().unwrap_or_default();
-        for ev in state::events(&node, &before, &states, &outcome.executed) {
-            let target = policies
-                .state()
-                .into_iter()
+        let none = BTreeMap::new();
+        for ev in state::events(
+            &node,
+            reported.as_ref().unwrap_or(&none),
+            &states,
+            &outcome.executed,
+        ) {
+            let target = all
+                .iter()
                 .find(|p| p.metadata.name.as_deref() == Some(ev.policy.as_str()));
             if let Some(policy) = target {
                 publish(&recorder, &policy.object_ref(&()), &ev).await;
@@ -181,16 +185,7 @@ fn round(
     kernel_for: &KernelFor<'_>,
 ) -> Outcome {
     let policies: Vec<_> = selected.iter().map(|s| s.policy.clone()).collect();
-    let mut observe = || {
-        let (inventory, links) = crate::node::scan_with_links(&options.sysfs_root);
-        Observation {
-            inventory,
-            links,
-            node_labels: labels.clone(),
-            allocated: allocated_device_ids(&options.kubelet_dir),
-        }
-    };
-    let first = observe();
+    let first = crate::node::observe(&options.sysfs_root, &labels, &options.kubelet_dir);
     let plan = first.plan(&policies);
     if options.mode != Mode::Apply || plan.steps.is_empty() {
         return Outcome {
@@ -199,6 +194,14 @@ fn round(
             executed: Vec::new(),
         };
     }
+    // The applier's first round looks at this same observation; later rounds scan again.
+    let inventory = first.inventory.clone();
+    let mut first = Some(first);
+    let mut observe = || {
+        first
+            .take()
+            .unwrap_or_else(|| crate::node::observe(&options.sysfs_root, &labels, &options.kubelet_dir))
+    };
     let mut kernel = match kernel_for(&options.sysfs_root) {
         Ok(k) => k,
         Err(e) => {
@@ -208,7 +211,7 @@ fn round(
                 .map(|k| (k, Status::Failed(e.clone())))
                 .collect();
             return Outcome {
-                inventory: first.inventory,
+                inventory,
                 status,
                 executed: Vec::new(),
             };
@@ -225,7 +228,7 @@ fn round(
         })
         .collect();
     Outcome {
-        inventory: first.inventory,
+        inventory,
         status: report.status,
         executed,
     }

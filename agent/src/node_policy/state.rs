@@ -24,7 +24,7 @@ pub fn selected<'a>(
     let mut out: Vec<Selected> = all
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        .filter(|p| p.spec.selects_node(labels))
         .map(|p| Selected {
             policy: SpiderNetworkNodePolicy {
                 api_version: None,

@@ -67,7 +67,11 @@ impl Allocations {
 
     /// The number of distinct addresses held.
     pub fn count(&self) -> usize {
-        self.view(None).len()
+        self.by_node
+            .values()
+            .flat_map(|held| held.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
     }
 
     /// Carries the change from the view `before` to the view `after` into the node strings: an

@@ -225,12 +225,7 @@ pub fn plan(policies: &[SpiderNetworkNodePolicy], observed: &Observed<'_>) -> Pl
     let mut out = Plan::default();
     let here: Vec<&SpiderNetworkNodePolicy> = policies
         .iter()
-        .filter(|p| {
-            p.spec
-                .node_selector
-                .iter()
-                .all(|(k, v)| observed.node_labels.get(k) == Some(v))
-        })
+        .filter(|p| p.spec.selects_node(observed.node_labels))
         .collect();
     for nic in &observed.inventory.nics {
         let mut mine: Vec<&SpiderNetworkNodePolicy> =

@@ -3,6 +3,7 @@
 //! ([`netlink::NetlinkSocket`]) with one error type; the route family is [`rtnl`], the RDMA one
 //! [`rdma`].
 
+pub mod link_users;
 pub mod links;
 pub mod netlink;
 pub mod netns;

@@ -34,6 +34,9 @@ pub struct LinkFacts {
     pub vlan_id: Option<u16>,
     /// `IFLA_LINK`: the parent's index (VLANs, macvlans).
     pub parent: Option<u32>,
+    /// The parent lives in another network namespace (`IFLA_LINK_NETNSID` present): a macvlan
+    /// or VLAN moved into a pod, seen from the pod.
+    pub parent_elsewhere: bool,
     pub up: bool,
     pub mtu: Option<u32>,
 }
@@ -58,7 +61,9 @@ impl LinkTable {
     }
 
     pub fn set_facts(&mut self, ifname: &str, facts: LinkFacts) {
-        self.facts.insert(ifname.to_string(), facts);
+        if self.facts.insert(ifname.to_string(), facts).is_none() {
+            self.names.push(ifname.to_string());
+        }
     }
 
     pub fn name_of(&self, index: u32) -> Option<&str> {
@@ -145,6 +150,7 @@ pub(crate) fn link_facts(link: &LinkMessage) -> Option<(String, LinkFacts)> {
         match attribute {
             LinkAttribute::IfAlias(a) => facts.alias = Some(a.clone()),
             LinkAttribute::Link(parent) => facts.parent = Some(*parent),
+            LinkAttribute::LinkNetNsId(_) => facts.parent_elsewhere = true,
             LinkAttribute::Mtu(mtu) => facts.mtu = Some(*mtu),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {

@@ -83,7 +83,8 @@ pub fn target(action: &Action) -> &str {
         | Action::Enslave { link, .. }
         | Action::Release { link }
         | Action::SetAlias { link, .. }
-        | Action::LinkUp { link } => link,
+        | Action::LinkUp { link }
+        | Action::DeleteLink { link } => link,
         Action::BindDriver { pci, .. } => pci,
         Action::CreateBond { name, .. } | Action::CreateVlan { name, .. } => name,
         Action::SetBondOption { bond, .. } => bond,
@@ -232,6 +233,13 @@ impl Kernel for LiveKernel {
             Action::LinkUp { link } => {
                 let i = self.index(link)?;
                 self.rtnl.set_up(i, true).map_err(failed)
+            }
+            Action::DeleteLink { link } => {
+                // Gone already is as good (the kernel deletes a bond's VLANs with it).
+                match self.rtnl.link_index(link)? {
+                    Some(i) => self.rtnl.delete_link(i).map(|_| ()).map_err(failed),
+                    None => Ok(()),
+                }
             }
             Action::SetRdmaNetnsMode { shared } => {
                 spiderpool_linux::rdma::set_netns_mode_shared(*shared).map_err(failed)

@@ -5,14 +5,19 @@
 
 use std::collections::BTreeMap;
 
-use spiderpool_api::inventory::{Inventory, Nic};
+use spiderpool_api::inventory::{Inventory, Nic, Sriov};
 use spiderpool_api::policy::{BondSpec, SpiderNetworkNodePolicy, VlanSpec};
 use spiderpool_linux::links::LinkTable;
 
 mod links;
 mod pf;
+mod removal;
+#[cfg(test)]
+mod removal_tests;
 #[cfg(test)]
 mod tests;
+
+pub use removal::{Leftover, Removal, marked_links, plan_removal};
 
 use links::{plan_bond, plan_vlan};
 use pf::plan_pf;
@@ -71,6 +76,10 @@ pub enum Action {
     LinkUp {
         link: String,
     },
+    /// Deletes a bond or VLAN this project created (removal of a policy).
+    DeleteLink {
+        link: String,
+    },
     /// The RDMA subsystem's netns mode (`rdma system set netns`).
     SetRdmaNetnsMode {
         shared: bool,
@@ -111,6 +120,7 @@ impl std::fmt::Display for Action {
             Action::CreateVlan { name, parent, id } => write!(f, "create vlan {name} on {parent} id {id}"),
             Action::SetAlias { link, alias } => write!(f, "set {link} alias {alias}"),
             Action::LinkUp { link } => write!(f, "set {link} up"),
+            Action::DeleteLink { link } => write!(f, "delete {link}"),
             Action::SetRdmaNetnsMode { shared } => {
                 write!(
                     f,

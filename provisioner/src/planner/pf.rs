@@ -2,6 +2,24 @@
 
 use super::*;
 
+/// The VFs of `sriov` in use, each with its holder when kubelet's checkpoint names one.
+pub(super) fn busy_vfs(sriov: &Sriov, observed: &Observed<'_>) -> Vec<String> {
+    sriov
+        .vfs
+        .iter()
+        .filter(|vf| {
+            observed.allocated.contains_key(&vf.pci_address)
+                // A VF bound to a network driver whose netdev is not in this namespace has
+                // been moved into a pod.
+                || (vf.name.is_none() && vf.driver.as_deref().is_some_and(|d| d != "vfio-pci"))
+        })
+        .map(|vf| match observed.allocated.get(&vf.pci_address) {
+            Some(holder) if !holder.is_empty() => format!("{} ({holder})", vf.pci_address),
+            _ => vf.pci_address.clone(),
+        })
+        .collect()
+}
+
 /// Steps for one PF; `Ok(Some(reason))` when it must wait.
 pub(super) fn plan_pf(
     nic: &Nic,
@@ -60,20 +78,7 @@ pub(super) fn plan_pf(
         }
         let have = sriov.num_vfs.unwrap_or(0);
         if have != want {
-            let busy: Vec<String> = sriov
-                .vfs
-                .iter()
-                .filter(|vf| {
-                    observed.allocated.contains_key(&vf.pci_address)
-                        // A VF bound to a network driver whose netdev is not in this namespace has
-                        // been moved into a pod.
-                        || (vf.name.is_none() && vf.driver.as_deref().is_some_and(|d| d != "vfio-pci"))
-                })
-                .map(|vf| match observed.allocated.get(&vf.pci_address) {
-                    Some(holder) if !holder.is_empty() => format!("{} ({holder})", vf.pci_address),
-                    _ => vf.pci_address.clone(),
-                })
-                .collect();
+            let busy = busy_vfs(sriov, observed);
             if have > 0 && !busy.is_empty() && !force {
                 return Ok(Some(format!(
                     "numVfs {have} -> {want} needs all VFs removed, and {} in use: {} (set force to override)",

@@ -5,11 +5,11 @@ use spiderpool_api::inventory::Bond;
 use spiderpool_api::policy::{NicSelector, PolicySpec, VfSettings};
 use spiderpool_linux::links::LinkFacts;
 
-fn inventory(name: &str) -> Inventory {
+pub(super) fn inventory(name: &str) -> Inventory {
     spiderpool_testing::fixtures::fixture_inventory(name)
 }
 
-fn policy(name: &str, spec: PolicySpec) -> SpiderNetworkNodePolicy {
+pub(super) fn policy(name: &str, spec: PolicySpec) -> SpiderNetworkNodePolicy {
     SpiderNetworkNodePolicy {
         api_version: None,
         kind: None,
@@ -18,7 +18,7 @@ fn policy(name: &str, spec: PolicySpec) -> SpiderNetworkNodePolicy {
     }
 }
 
-fn pf0(spec: PolicySpec) -> PolicySpec {
+pub(super) fn pf0(spec: PolicySpec) -> PolicySpec {
     PolicySpec {
         nic_selector: NicSelector {
             pf_names: vec!["ens1f0np0".into()],
@@ -448,6 +448,7 @@ fn bonds_and_vlans_are_created_marked_and_foreign_ones_left_alone() {
             parent: Some(10),
             up: true,
             mtu: Some(9000),
+            ..LinkFacts::default()
         },
     );
     let plan = w.plan(&[policy("b", spec(vec!["enp94s0f0", "enp94s0f1"]))]);

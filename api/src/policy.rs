@@ -47,7 +47,8 @@ pub struct Metadata {
     printcolumn = r#"{"name": "MATCHED", "type": "integer", "jsonPath": ".status.matched"}"#,
     printcolumn = r#"{"name": "APPLIED", "type": "integer", "jsonPath": ".status.applied"}"#,
     printcolumn = r#"{"name": "PENDING", "type": "integer", "jsonPath": ".status.pending"}"#,
-    printcolumn = r#"{"name": "FAILED", "type": "integer", "jsonPath": ".status.failed"}"#
+    printcolumn = r#"{"name": "FAILED", "type": "integer", "jsonPath": ".status.failed"}"#,
+    printcolumn = r#"{"name": "REMOVING", "type": "integer", "priority": 1, "jsonPath": ".status.removing"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {

@@ -13,6 +13,9 @@ pub const APPLIED: &str = "Applied";
 pub const PENDING: &str = "Pending";
 /// Something could not be done (the reason says what).
 pub const FAILED: &str = "Failed";
+/// The policy no longer selects the node (deleted, or its nodeSelector no longer matches) and
+/// what it made here is being removed; the reason says what still waits.
+pub const REMOVING: &str = "Removing";
 
 /// One node against one policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -27,6 +30,11 @@ pub struct NodePolicyState {
     /// Per selected PF, bond, VLAN and the RDMA netns mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<PolicyPart>,
+    /// PFs whose VFs this policy created here (from none): they go back to 0 when the policy
+    /// no longer selects the node and none is in use. A PF has no mark of its own, so this
+    /// record is what keeps VFs someone else made from being removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_vfs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -59,9 +67,16 @@ pub struct PolicyStatus {
     /// Matched nodes that report a failure.
     #[serde(default)]
     pub failed: i64,
+    /// Nodes no longer matched that are still removing what the policy made there.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub removing: i64,
     /// Node → why, for the nodes not applied (the first few, by name).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub not_applied: BTreeMap<String, String>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// The worse of two phases: `Failed` over `Pending` over `Applied`.

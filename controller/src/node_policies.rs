@@ -42,6 +42,17 @@ pub fn status_of<'a>(
         })
         .collect();
     matched.sort_by_key(|n| n.name_any());
+    // Nodes it no longer matches that still report it are removing what it made there.
+    out.removing = inventories
+        .iter()
+        .filter(|(node, inv)| {
+            !matched.iter().any(|m| m.name_any() == **node)
+                && inv
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.policies.contains_key(&name))
+        })
+        .count() as i64;
     for node in matched {
         out.matched += 1;
         let node_name = node.name_any();
@@ -70,6 +81,28 @@ pub fn status_of<'a>(
         }
     }
     out
+}
+
+/// A merge patch from `old` to `new`: a merge patch keeps what it does not name, so the nodes
+/// no longer in `notApplied` are named with null.
+fn status_patch(old: Option<&PolicyStatus>, new: &PolicyStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(new).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        let mut not_applied: serde_json::Map<String, serde_json::Value> = old
+            .map(|o| {
+                o.not_applied
+                    .keys()
+                    .map(|k| (k.clone(), serde_json::Value::Null))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (k, v) in &new.not_applied {
+            not_applied.insert(k.clone(), serde_json::Value::String(v.clone()));
+        }
+        obj.insert("notApplied".into(), serde_json::Value::Object(not_applied));
+        obj.insert("removing".into(), serde_json::json!(new.removing));
+    }
+    value
 }
 
 /// Keeps every policy's status current while `leading`; returns when the process ends.
@@ -112,7 +145,7 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
             if policy.status.as_ref() == Some(&status) {
                 continue;
             }
-            let patch = serde_json::json!({"status": status});
+            let patch = serde_json::json!({"status": status_patch(policy.status.as_ref(), &status)});
             if let Err(e) = api
                 .patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -167,15 +200,30 @@ mod tests {
                 "d",
                 json!({"p": {"generation": 2, "phase": "Pending", "reason": "VF in use"}}),
             ),
-            inventory("x", json!({"p": {"generation": 2, "phase": "Applied"}})),
+            // x no longer matches and still removes what p made there.
+            inventory(
+                "x",
+                json!({"p": {"generation": 2, "phase": "Removing", "reason": "bond0 in use"}}),
+            ),
         ];
         let by_node = invs.iter().map(|i| (i.name_any(), i)).collect();
         let got = status_of(&policy, &nodes, &by_node);
         assert_eq!((got.matched, got.applied, got.pending, got.failed), (5, 1, 3, 1));
+        assert_eq!(got.removing, 1);
         assert_eq!(got.observed_generation, Some(2));
         assert_eq!(got.not_applied["b"], "pf x: EIO");
         assert_eq!(got.not_applied["c"], "the agent acted on generation 1, not 2 yet");
         assert_eq!(got.not_applied["e"], "no report from the node's agent yet");
         assert!(!got.not_applied.contains_key("x"));
+
+        // The next patch clears what is no longer so.
+        let now = PolicyStatus {
+            not_applied: BTreeMap::from([("e".to_string(), "no report".to_string())]),
+            ..PolicyStatus::default()
+        };
+        let patch = status_patch(Some(&got), &now);
+        assert_eq!(patch["notApplied"]["b"], serde_json::Value::Null);
+        assert_eq!(patch["notApplied"]["e"], "no report");
+        assert_eq!(patch["removing"], 0);
     }
 }

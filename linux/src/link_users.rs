@@ -93,21 +93,41 @@ mod tests {
 
     fn ip(args: &[&str]) {
         let out = std::process::Command::new("ip").args(args).output().unwrap();
-        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // Root-only; hack/test.sh runs it in the netns tier (`--ignored`).
     #[test]
     #[ignore = "netns tier: needs root"]
     fn a_macvlan_moved_into_another_namespace_is_a_user_of_its_parent() {
-        assert!(nix::unistd::Uid::effective().is_root(), "the netns tier runs as root");
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "the netns tier runs as root"
+        );
         // veth and macvlan: the kernels this tier runs on may lack dummy, bond and 8021q.
         let tag = std::process::id() % 100_000;
         let (parent, child, ns_name) = (format!("lu{tag}a"), format!("lu{tag}m"), format!("lu-{tag}"));
-        ip(&["link", "add", &parent, "type", "veth", "peer", "name", &format!("lu{tag}b")]);
+        ip(&[
+            "link",
+            "add",
+            &parent,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("lu{tag}b"),
+        ]);
         ip(&["link", "add", "link", &parent, "name", &child, "type", "macvlan"]);
         let ns = NetNs::create(&ns_name).unwrap();
-        let index = crate::rtnl::Rtnl::new().unwrap().link_index(&parent).unwrap().unwrap();
+        let index = crate::rtnl::Rtnl::new()
+            .unwrap()
+            .link_index(&parent)
+            .unwrap()
+            .unwrap();
         let asked = HashSet::from([index]);
         // Still in this namespace: not "elsewhere" (the host's own dump shows it).
         let before = users_in_other_namespaces(&asked).unwrap();
@@ -122,6 +142,9 @@ mod tests {
             Some([format!("macvlan {child} in /run/netns/{ns_name}")].as_slice()),
             "{after:?}"
         );
-        assert!(gone.is_empty(), "the namespace and its macvlan are gone: {gone:?}");
+        assert!(
+            gone.is_empty(),
+            "the namespace and its macvlan are gone: {gone:?}"
+        );
     }
 }

@@ -19,13 +19,16 @@ use spiderpool_api::inventory::{Inventory, SpiderNodeInventory};
 use spiderpool_api::policy::SpiderNetworkNodePolicyResource;
 use spiderpool_api::policy_status::NodePolicyState;
 use spiderpool_daemon::watch::cache_waking;
-use spiderpool_linux::sysfs::Sysfs;
+use spiderpool_linux::sysfs::{DEFAULT_SYSFS_ROOT, Sysfs};
 use spiderpool_provisioner::applier::{Kernel, LiveKernel, apply, target};
 use spiderpool_provisioner::planner::Status;
 use tokio::sync::Notify;
 
+pub mod removal;
 pub mod state;
 
+use removal::{Removed, UsersFor};
+use spiderpool_provisioner::planner::{Action, Leftover};
 use state::{Executed, Selected};
 
 /// What the loop does with the policies that select the node.
@@ -82,6 +85,17 @@ pub async fn run(client: Client, node: String, options: Options) {
         return;
     }
     let wake = Arc::new(Notify::new());
+    // Drift in links (a bond or VLAN deleted, an MTU changed) wakes a pass at once; the periodic
+    // pass covers what raises no link event (a sysfs VF count). Only the live node has events.
+    if options.mode == Mode::Apply && options.sysfs_root == std::path::Path::new(DEFAULT_SYSFS_ROOT) {
+        let wake = wake.clone();
+        if let Err(e) = spiderpool_linux::links::watch_link_events(move || {
+            wake.notify_one();
+            true
+        }) {
+            tracing::warn!("link events: {e}; drift is corrected by the periodic pass only");
+        }
+    }
     let policies = cache_waking(
         Api::<SpiderNetworkNodePolicyResource>::all(client.clone()),
         watcher::Config::default(),
@@ -99,12 +113,24 @@ pub async fn run(client: Client, node: String, options: Options) {
             instance: Some(node.clone()),
         },
     );
-    // What the inventory says now (`None` until written once: the first pass always writes).
+    // What the inventory says now: read once at the start (an agent restarted mid-removal
+    // carries on from it), then what this loop wrote.
     let mut reported: Option<BTreeMap<String, NodePolicyState>> = None;
     loop {
         if policies.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
             return;
         }
+        if reported.is_none() {
+            match read(&client, &node).await {
+                Ok(r) => reported = Some(r),
+                Err(e) => {
+                    tracing::warn!("SpiderNodeInventory {node} policies: {e}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+        }
+        let before = reported.clone().unwrap_or_default();
         let labels = nodes
             .state()
             .first()
@@ -115,16 +141,27 @@ pub async fn run(client: Client, node: String, options: Options) {
         if let Some(feed) = &options.device_plugin {
             feed.publish(&selected);
         }
-        let outcome = if selected.is_empty() {
+        let leftovers = removal::leftovers(&before, &selected);
+        let outcome = if selected.is_empty() && leftovers.is_empty() {
             Outcome::default()
         } else {
-            let (opts, sel) = (options.clone(), selected.clone());
+            let (opts, sel, left) = (options.clone(), selected.clone(), leftovers.clone());
             let live = move |root: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
                 LiveKernel::new(Sysfs::new(root))
                     .map(|k| Box::new(k) as Box<dyn Kernel>)
                     .map_err(|e| format!("netlink: {e}"))
             };
-            match tokio::task::spawn_blocking(move || round(&sel, labels, &opts, &live)).await {
+            let users = |of: &std::collections::HashSet<u32>| {
+                spiderpool_linux::link_users::users_in_other_namespaces(of).map_err(|e| e.to_string())
+            };
+            let pass = move || {
+                let access = NodeAccess {
+                    kernel_for: &live,
+                    users_for: &users,
+                };
+                round(&sel, &left, labels, &opts, &access)
+            };
+            match tokio::task::spawn_blocking(pass).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!("node policy round: {e}");
@@ -134,20 +171,35 @@ pub async fn run(client: Client, node: String, options: Options) {
         };
         let caveat = (options.mode == Mode::Report)
             .then_some("not applied (the agent runs with --node-policies=report)");
-        let states = state::states(&selected, &outcome.inventory, &outcome.status, caveat);
-        let none = BTreeMap::new();
-        for ev in state::events(
-            &node,
-            reported.as_ref().unwrap_or(&none),
-            &states,
-            &outcome.executed,
-        ) {
+        let mut states = state::states(&selected, &outcome.inventory, &outcome.status, caveat);
+        let handed_over: Vec<(String, String)> = outcome
+            .removed
+            .iter()
+            .flat_map(|r| r.handed_over.clone())
+            .collect();
+        state::keep_records(
+            &mut states,
+            &before,
+            &selected,
+            &outcome.created_vfs,
+            &handed_over,
+        );
+        let mut events = state::events(&node, &before, &states, &outcome.executed);
+        for removed in &outcome.removed {
+            let old = before.get(&removed.policy);
+            let after = old.and_then(|o| removal::state_after(o, removed, caveat));
+            events.extend(removal::events(&node, removed, old, after.as_ref()));
+            if let Some(a) = after {
+                states.insert(removed.policy.clone(), a);
+            }
+        }
+        for ev in events {
             let target = all
                 .iter()
                 .find(|p| p.metadata.name.as_deref() == Some(ev.policy.as_str()));
-            if let Some(policy) = target {
-                publish(&recorder, &policy.object_ref(&()), &ev).await;
-            }
+            // A deleted policy is named by kind and name (its Events outlive it).
+            let reference = target.map_or_else(|| deleted_ref(&ev.policy), |p| p.object_ref(&()));
+            publish(&recorder, &reference, &ev).await;
         }
         if reported.as_ref() != Some(&states) {
             match write(&client, &node, &states).await {
@@ -171,29 +223,75 @@ struct Outcome {
     inventory: Inventory,
     status: BTreeMap<String, Status>,
     executed: Vec<Executed>,
+    /// PFs whose VFs this pass created from none.
+    created_vfs: Vec<String>,
+    removed: Vec<Removed>,
 }
 
 /// What carries out a round's actions on the node under a sysfs root (the live kernel; a
 /// recording one in tests).
 type KernelFor<'a> = dyn Fn(&std::path::Path) -> Result<Box<dyn Kernel>, String> + 'a;
 
-/// Plans (and in apply mode applies) the selected policies; blocking (sysfs, netlink).
+/// How a round reaches the node beyond sysfs: the kernel that carries out its actions, and the
+/// walk of other namespaces that tells whether a link is in use.
+struct NodeAccess<'a> {
+    kernel_for: &'a KernelFor<'a>,
+    users_for: &'a UsersFor<'a>,
+}
+
+/// Removes what `leftovers` made, then plans (and in apply mode applies) the selected
+/// policies; blocking (sysfs, netlink).
 fn round(
     selected: &[Selected],
+    leftovers: &[Leftover],
     labels: BTreeMap<String, String>,
     options: &Options,
-    kernel_for: &KernelFor<'_>,
+    access: &NodeAccess<'_>,
 ) -> Outcome {
     let policies: Vec<_> = selected.iter().map(|s| s.policy.clone()).collect();
-    let first = crate::node::observe(&options.sysfs_root, &labels, &options.kubelet_dir);
+    let observe_now = || crate::node::observe(&options.sysfs_root, &labels, &options.kubelet_dir);
+    let mut first = observe_now();
+    let mut kernel: Option<Result<Box<dyn Kernel>, String>> = None;
+    let mut removed = Vec::new();
+    if !leftovers.is_empty() {
+        let apply_mode = options.mode == Mode::Apply;
+        if apply_mode {
+            kernel = Some((access.kernel_for)(&options.sysfs_root));
+        }
+        let k: Option<&mut dyn Kernel> = match kernel.as_mut() {
+            Some(Ok(k)) => Some(&mut **k),
+            _ => None,
+        };
+        removed = removal::remove(leftovers, &policies, &first, access.users_for, k);
+        if let Some(Err(e)) = &kernel {
+            // No kernel to act with: every leftover waits, saying why.
+            for r in &mut removed {
+                r.waiting
+                    .extend(r.planned.drain(..).map(|p| format!("{p} ({e})")));
+            }
+        }
+        if removed.iter().any(|r| !r.executed.is_empty()) {
+            first = observe_now();
+        }
+    }
     let plan = first.plan(&policies);
     if options.mode != Mode::Apply || plan.steps.is_empty() {
         return Outcome {
             inventory: first.inventory,
             status: plan.status,
-            executed: Vec::new(),
+            removed,
+            ..Outcome::default()
         };
     }
+    let had_vfs: BTreeMap<String, bool> = first
+        .inventory
+        .nics
+        .iter()
+        .filter_map(|n| {
+            let vfs = n.sriov.as_ref().and_then(|s| s.num_vfs).unwrap_or(0) > 0;
+            n.name.clone().map(|name| (name, vfs))
+        })
+        .collect();
     // The applier's first round looks at this same observation; later rounds scan again.
     let inventory = first.inventory.clone();
     let mut first = Some(first);
@@ -202,7 +300,7 @@ fn round(
             .take()
             .unwrap_or_else(|| crate::node::observe(&options.sysfs_root, &labels, &options.kubelet_dir))
     };
-    let mut kernel = match kernel_for(&options.sysfs_root) {
+    let mut kernel = match kernel.unwrap_or_else(|| (access.kernel_for)(&options.sysfs_root)) {
         Ok(k) => k,
         Err(e) => {
             let status = plan
@@ -213,7 +311,8 @@ fn round(
             return Outcome {
                 inventory,
                 status,
-                executed: Vec::new(),
+                removed,
+                ..Outcome::default()
             };
         }
     };
@@ -227,10 +326,45 @@ fn round(
             error: result.as_ref().err().map(ToString::to_string),
         })
         .collect();
+    let created_vfs = report
+        .executed
+        .iter()
+        .filter_map(|(step, result)| match (&step.action, result) {
+            (Action::SetNumVfs { pf, count, .. }, Ok(()))
+                if *count > 0 && had_vfs.get(pf) == Some(&false) =>
+            {
+                Some(pf.clone())
+            }
+            _ => None,
+        })
+        .collect();
     Outcome {
         inventory,
         status: report.status,
         executed,
+        created_vfs,
+        removed,
+    }
+}
+
+/// The node's policy states as its SpiderNodeInventory status says them (none when the object
+/// does not exist yet).
+async fn read(client: &Client, node: &str) -> Result<BTreeMap<String, NodePolicyState>, kube::Error> {
+    let api: Api<SpiderNodeInventory> = Api::all(client.clone());
+    match api.get_status(node).await {
+        Ok(obj) => Ok(obj.status.map(|s| s.policies).unwrap_or_default()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A reference to a policy that is gone, for its Events.
+fn deleted_ref(name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(SpiderNetworkNodePolicyResource::api_version(&()).into_owned()),
+        kind: Some(SpiderNetworkNodePolicyResource::kind(&()).into_owned()),
+        name: Some(name.to_string()),
+        ..ObjectReference::default()
     }
 }
 
@@ -261,7 +395,7 @@ async fn write(
         // A merge patch keeps what it does not name: an emptied reason or parts list is
         // cleared by name.
         if let Some(obj) = value.as_object_mut() {
-            for field in ["reason", "parts"] {
+            for field in ["reason", "parts", "createdVfs"] {
                 obj.entry(field).or_insert(serde_json::Value::Null);
             }
         }
@@ -291,126 +425,4 @@ async fn publish(recorder: &Recorder, reference: &ObjectReference, ev: &state::P
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use spiderpool_api::policy_status::{APPLIED, FAILED, PENDING};
-    use spiderpool_provisioner::applier::ApplyError;
-    use spiderpool_provisioner::planner::Action;
-
-    use super::*;
-
-    /// Records every action; refuses the ones on `refuse` (a PF name).
-    struct Recording {
-        log: Arc<Mutex<Vec<String>>>,
-        refuse: Option<String>,
-    }
-
-    impl Kernel for Recording {
-        fn apply(&mut self, action: &Action) -> Result<(), ApplyError> {
-            if let Ok(mut log) = self.log.lock() {
-                log.push(action.to_string());
-            }
-            match &self.refuse {
-                Some(pf) if target(action) == pf => Err(ApplyError::Refused("EIO".into())),
-                _ => Ok(()),
-            }
-        }
-    }
-
-    fn selected(spec: serde_json::Value) -> Vec<Selected> {
-        let p: SpiderNetworkNodePolicyResource = serde_json::from_value(serde_json::json!({
-            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderNetworkNodePolicy",
-            "metadata": {"name": "p", "generation": 1}, "spec": spec
-        }))
-        .expect("policy");
-        state::selected([&p], &BTreeMap::new())
-    }
-
-    fn options(mode: Mode) -> Options {
-        Options {
-            sysfs_root: spiderpool_testing::fixtures::fixture_root("cx6dx"),
-            kubelet_dir: PathBuf::from("/nonexistent"),
-            mode,
-            resync: Duration::from_secs(30),
-            device_plugin: None,
-        }
-    }
-
-    /// Apply mode on the cx6dx fixture: the actions reach the kernel, each is an Event, and a
-    /// node that does not change (the fixture stays as it is) is reported Pending, not Applied.
-    #[test]
-    fn apply_mode_carries_out_the_plan_and_reports_what_it_did() {
-        let sel = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 8}));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let kernel = {
-            let log = log.clone();
-            move |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
-                Ok(Box::new(Recording {
-                    log: log.clone(),
-                    refuse: None,
-                }))
-            }
-        };
-        let out = round(&sel, BTreeMap::new(), &options(Mode::Apply), &kernel);
-        let done = log.lock().map(|l| l.clone()).unwrap_or_default();
-        assert!(!done.is_empty(), "nothing reached the kernel");
-        assert_eq!(out.executed.len(), done.len());
-        assert!(
-            out.executed
-                .iter()
-                .all(|e| e.target == "ens1f1np1" && e.error.is_none())
-        );
-        let states = state::states(&sel, &out.inventory, &out.status, None);
-        assert_eq!(states["p"].phase, PENDING, "{:?}", states["p"]);
-        let events = state::events("n1", &BTreeMap::new(), &states, &out.executed);
-        assert!(
-            events
-                .iter()
-                .any(|e| e.reason == "Applied" && e.note.contains("ens1f1np1")),
-            "{events:?}"
-        );
-
-        // Report mode: the same plan, nothing carried out.
-        log.lock().map(|mut l| l.clear()).unwrap_or_default();
-        let out = round(&sel, BTreeMap::new(), &options(Mode::Report), &kernel);
-        assert!(log.lock().map(|l| l.is_empty()).unwrap_or(false));
-        assert!(out.executed.is_empty());
-
-        // Already as asked: zero actions, Applied, no kernel needed.
-        let same = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 4}));
-        let none = |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> { Err("not needed".into()) };
-        let out = round(&same, BTreeMap::new(), &options(Mode::Apply), &none);
-        assert_eq!(
-            state::states(&same, &out.inventory, &out.status, None)["p"].phase,
-            APPLIED
-        );
-    }
-
-    #[test]
-    fn a_refused_action_or_no_kernel_is_failed_with_the_reason() {
-        let sel = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 8}));
-        let refusing = |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
-            Ok(Box::new(Recording {
-                log: Arc::default(),
-                refuse: Some("ens1f1np1".into()),
-            }))
-        };
-        let out = round(&sel, BTreeMap::new(), &options(Mode::Apply), &refusing);
-        let states = state::states(&sel, &out.inventory, &out.status, None);
-        assert_eq!(states["p"].phase, FAILED);
-        assert!(states["p"].reason.contains("EIO"), "{:?}", states["p"]);
-        let events = state::events("n1", &BTreeMap::new(), &states, &out.executed);
-        assert!(
-            events.iter().any(|e| e.reason == "ApplyFailed" && e.warning),
-            "{events:?}"
-        );
-
-        let broken =
-            |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> { Err("netlink: EPERM".into()) };
-        let out = round(&sel, BTreeMap::new(), &options(Mode::Apply), &broken);
-        let states = state::states(&sel, &out.inventory, &out.status, None);
-        assert_eq!(states["p"].phase, FAILED);
-        assert!(states["p"].reason.contains("netlink: EPERM"), "{:?}", states["p"]);
-    }
-}
+mod tests;

@@ -93,10 +93,50 @@ pub fn states(
                 phase: phase.into(),
                 reason,
                 parts,
+                created_vfs: Vec::new(),
             },
         );
     }
     out
+}
+
+/// Carries each selected policy's record of the VFs it created forward: what it had, the PFs
+/// among its parts whose VFs this round created from none (when it asks for VFs), and the PFs it
+/// took over from a policy that went.
+pub fn keep_records(
+    states: &mut BTreeMap<String, NodePolicyState>,
+    before: &BTreeMap<String, NodePolicyState>,
+    selected: &[Selected],
+    created: &[String],
+    handed_over: &[(String, String)],
+) {
+    for s in selected {
+        let name = &s.policy.metadata.name;
+        let Some(state) = states.get_mut(name) else {
+            continue;
+        };
+        let mut record: Vec<String> = before
+            .get(name)
+            .map(|b| b.created_vfs.clone())
+            .unwrap_or_default();
+        if s.policy.spec.num_vfs.is_some() {
+            record.extend(
+                created
+                    .iter()
+                    .filter(|pf| state.parts.iter().any(|p| p.kind == "pf" && &p.name == *pf))
+                    .cloned(),
+            );
+        }
+        record.extend(
+            handed_over
+                .iter()
+                .filter(|(_, to)| to == name)
+                .map(|(pf, _)| pf.clone()),
+        );
+        record.sort();
+        record.dedup();
+        state.created_vfs = record;
+    }
 }
 
 /// One action a round carried out: the thing it changed (a PF, link or the RDMA mode), what it
@@ -180,7 +220,7 @@ pub fn events(
 }
 
 /// An Event's note is at most 1 kB.
-fn bounded(mut s: String) -> String {
+pub(super) fn bounded(mut s: String) -> String {
     if s.len() > 1000 {
         let mut cut = 997;
         while !s.is_char_boundary(cut) {
@@ -273,6 +313,46 @@ mod tests {
     }
 
     #[test]
+    fn the_record_of_created_vfs_names_the_policies_that_asked_for_them() {
+        let inv = spiderpool_testing::fixtures::fixture_inventory("cx6dx");
+        let all = [
+            policy(
+                "p",
+                json!({"nicSelector": {"pfNames": ["ens1f0np0"]}, "numVfs": 4}),
+                1,
+            ),
+            policy(
+                "q",
+                json!({"nicSelector": {"pfNames": ["ens1f0np0"]}, "mtu": 9000}),
+                1,
+            ),
+            policy(
+                "r",
+                json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 2}),
+                1,
+            ),
+        ];
+        let sel = selected(&all, &BTreeMap::new());
+        let mut states = states(&sel, &inv, &BTreeMap::new(), None);
+        let before = BTreeMap::from([(
+            "r".to_string(),
+            NodePolicyState {
+                created_vfs: vec!["ens1f1np1".into()],
+                ..NodePolicyState::default()
+            },
+        )]);
+        let handed = [("ens9".to_string(), "q".to_string())];
+        keep_records(&mut states, &before, &sel, &["ens1f0np0".into()], &handed);
+        assert_eq!(states["p"].created_vfs, ["ens1f0np0"]);
+        assert_eq!(
+            states["q"].created_vfs,
+            ["ens9"],
+            "q asks for no VFs: only what it took over"
+        );
+        assert_eq!(states["r"].created_vfs, ["ens1f1np1"], "carried forward");
+    }
+
+    #[test]
     fn events_say_what_changed_and_nothing_when_nothing_did() {
         let state = |phase: &str, reason: &str| NodePolicyState {
             generation: 1,
@@ -284,6 +364,7 @@ mod tests {
                 phase: phase.into(),
                 reason: reason.into(),
             }],
+            created_vfs: Vec::new(),
         };
         let applied = BTreeMap::from([("p".to_string(), state(APPLIED, ""))]);
         assert!(events("n1", &applied, &applied, &[]).is_empty());

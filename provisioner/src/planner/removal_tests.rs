@@ -174,5 +174,15 @@ fn created_vfs_go_to_zero_only_when_unused_and_unwanted() {
         s.num_vfs = Some(0);
         s.vfs.clear();
     }
-    assert!(removal(&leftover(&["ens1f0np0", "ens9"]), &[], &zero, &empty, &none, &nobody).is_done());
+    assert!(
+        removal(
+            &leftover(&["ens1f0np0", "ens9"]),
+            &[],
+            &zero,
+            &empty,
+            &none,
+            &nobody
+        )
+        .is_done()
+    );
 }

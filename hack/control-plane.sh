@@ -160,7 +160,8 @@ certs() {
         -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
         -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/san.ext"
+    # 10.0.2.2: the host's loopback as QEMU's user network shows it to a guest (hack/vm-cluster-test.sh).
+    printf 'subjectAltName=IP:127.0.0.1,IP:10.0.2.2,DNS:localhost\n' >"$d/san.ext"
     openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
         -days 2 -extfile "$d/san.ext" -out "$d/server.crt" 2>/dev/null
     openssl genrsa -out "$d/sa.key" 2048 2>/dev/null

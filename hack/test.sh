@@ -63,7 +63,9 @@ kubelet_ready() {
     is_root || { echo "needs root (kubelet, containerd, /var/lib/kubelet/device-plugins)"; return 1; }
     apt_install containerd runc busybox-static >&2 || { echo "cannot install containerd runc busybox-static"; return 1; }
 }
+control_plane=false
 if reason=$(control_plane_ready); then
+    control_plane=true
     kubeconfig=$(hack/control-plane.sh up)
     trap 'hack/control-plane.sh down' EXIT
     SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --features control-plane --test cluster -- --ignored
@@ -123,6 +125,21 @@ if is_root; then
         echo "--- $script"
         SPIDERPOOL_BIN_DIR="$vm_bin" hack/vm-test.sh "$script"
     done
+    echo "--- tests/vm/cluster/node-policies.sh: the guest against kube-apiserver on the host's loopback"
+    if $control_plane; then
+        vm_cluster_bin="$target_dir/vm-cluster-bin"
+        rm -rf "$vm_cluster_bin" && mkdir -p "$vm_cluster_bin"
+        for bin in spiderpool-agent spiderpool-controller; do
+            strip -o "$vm_cluster_bin/$bin" "$target_dir/debug/$bin"
+        done
+        kubeconfig=$(hack/control-plane.sh up)
+        trap 'hack/control-plane.sh down' EXIT
+        SPIDERPOOL_BIN_DIR="$vm_cluster_bin" hack/vm-cluster-test.sh tests/vm/cluster/node-policies.sh "$kubeconfig"
+        hack/control-plane.sh down
+        trap - EXIT
+    else
+        skip vm-cluster "no control plane (see the control-plane step above)"
+    fi
 else
     skip vm "needs root (installs QEMU and the guest kernel, builds the initramfs)"
 fi

@@ -11,6 +11,9 @@
 #   VM_TIMEOUT          seconds before QEMU is killed (default 600)
 #   VM_ACCEL            tcg (default) or kvm; the nested KVM on the CI machines cannot boot this kernel
 #   VM_MEM, VM_SMP      guest memory and CPUs (default 1G, 2)
+#   VM_MGMT_NIC         1: a third NIC (virtio, MAC 52:54:00:00:00:03) on its own user network, for
+#                       guests that talk to the host (hack/vm-cluster-test.sh) while the igb PFs
+#                       are bonded or reconfigured
 #   VM_MODULES          extra kernel modules (space separated) to pack with their dependencies
 #   VM_APPEND           extra kernel command line (e.g. loglevel=7 to see boot messages)
 #   VM_KERNEL_PKG       a linux-image-*-unsigned package to use instead of the cached or newest 6.12
@@ -47,7 +50,7 @@ fi
 # Modules the tests use (dependencies are added by modprobe --show-depends).
 modules=(igb igbvf bonding 8021q macvlan macvtap ipvlan ipvtap veth dummy vrf bridge vxlan tun
     rdma_rxe ib_core ib_uverbs rdma_ucm ib_umad crc32_generic crc32_pclmul
-    vfio vfio-pci vfio_iommu_type1)
+    vfio vfio-pci vfio_iommu_type1 virtio_pci virtio_net)
 read -ra extra_modules <<<"${VM_MODULES:-}"
 modules+=("${extra_modules[@]}")
 # Guest tools, copied from the host with their shared libraries.
@@ -279,6 +282,9 @@ qemu=(qemu-system-x86_64 -machine "$machine" "${cpu[@]}" -m "${VM_MEM:-1G}" -smp
     -device pcie-root-port,id=rp2,chassis=2
     -device igb,bus=rp2,netdev=n2,mac=52:54:00:00:00:02,romfile=
     -netdev user,id=n2)
+if [ "${VM_MGMT_NIC:-0}" = 1 ]; then
+    qemu+=(-device virtio-net-pci,netdev=mgmt,mac=52:54:00:00:00:03,romfile= -netdev user,id=mgmt)
+fi
 trap - ERR
 for attempt in 1 2; do
 boot_started=$(date +%s)

@@ -174,9 +174,10 @@ async fn cluster_node_policies_select_report_and_count() {
             "2".into(),
             "0".into(),
             "2".into(),
+            "0".into(),
             "0".into()
         ],
-        "NAME RESOURCE VFS PRIORITY MATCHED APPLIED PENDING FAILED"
+        "NAME RESOURCE VFS PRIORITY MATCHED APPLIED PENDING FAILED REMOVING (-o wide)"
     );
 
     // Events on the pending policy name the nodes.

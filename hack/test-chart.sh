@@ -132,6 +132,12 @@ run "controller may patch spidernetworknodepolicies/status" can yes "$controller
 run "controller may watch spidernodeinventories" can yes "$controller" watch spidernodeinventories.spiderpool.spidernet.io
 run "controller may watch nodes" can yes "$controller" watch nodes
 run "controller may not change policy specs" can no "$controller" patch spidernetworknodepolicies.spiderpool.spidernet.io
+run "controller may watch spidermultusconfigs" can yes "$controller" watch spidermultusconfigs.spiderpool.spidernet.io --all-namespaces
+run "controller may not change spidermultusconfigs" can no "$controller" patch spidermultusconfigs.spiderpool.spidernet.io -n default
+run "controller may apply NADs" can yes "$controller" patch network-attachment-definitions.k8s.cni.cncf.io -n default
+run "controller may delete NADs" can yes "$controller" delete network-attachment-definitions.k8s.cni.cncf.io -n default
+run "controller may create events" can yes "$controller" create events.events.k8s.io -n default
+run "agent may not write NADs" can no "$agent" patch network-attachment-definitions.k8s.cni.cncf.io -n default
 
 "$helm" uninstall "$release" -n "$ns" --kubeconfig "$kubeconfig" >/dev/null || true
 if [ "$failures" -gt 0 ]; then

@@ -9,6 +9,7 @@ pub mod crds;
 pub mod gc;
 pub mod leader;
 pub mod metrics;
+pub mod multus;
 pub mod node_policies;
 pub mod pools;
 

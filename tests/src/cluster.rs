@@ -35,6 +35,15 @@ pub fn kubeconfig_path() -> PathBuf {
     PathBuf::from(path)
 }
 
+/// The project's CRDs, and Multus's NetworkAttachmentDefinition (what the chart's Multus
+/// installs; the controller writes them).
+fn crds() -> Vec<CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    let mut all = spiderpool_api::crd::all();
+    all.push(spiderpool_api::multus::NetworkAttachmentDefinition::crd());
+    all
+}
+
 impl Cluster {
     /// Connects and makes sure the project's CRDs are installed and established.
     pub async fn connect() -> Result<Cluster> {
@@ -52,7 +61,7 @@ impl Cluster {
     pub async fn install_crds(&self) -> Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let pp = PatchParams::apply("spiderpool-e2e").force();
-        for crd in spiderpool_api::crd::all() {
+        for crd in crds() {
             let name = crd.metadata.name.clone().unwrap_or_default();
             api.patch(&name, &pp, &Patch::Apply(&crd))
                 .await
@@ -72,7 +81,7 @@ impl Cluster {
             .patch(&name, &pp, &Patch::Apply(&binding))
             .await
             .context("apply binding")?;
-        for crd in spiderpool_api::crd::all() {
+        for crd in crds() {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {

@@ -23,6 +23,7 @@ mod agent;
 mod controller;
 mod crds;
 mod ipam;
+mod multus;
 mod overlap;
 mod policies;
 mod rbac;

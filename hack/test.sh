@@ -132,11 +132,9 @@ if is_root; then
         for bin in spiderpool-agent spiderpool-controller; do
             strip -o "$vm_cluster_bin/$bin" "$target_dir/debug/$bin"
         done
-        kubeconfig=$(hack/control-plane.sh up)
-        trap 'hack/control-plane.sh down' EXIT
-        SPIDERPOOL_BIN_DIR="$vm_cluster_bin" hack/vm-cluster-test.sh tests/vm/cluster/node-policies.sh "$kubeconfig"
-        hack/control-plane.sh down
-        trap - EXIT
+        # The harness brings the control plane up and down itself.
+        env -u KUBECONFIG SPIDERPOOL_BIN_DIR="$vm_cluster_bin" \
+            hack/vm-test.sh --cluster tests/vm/cluster/node-policies.sh tests/vm/cluster/node-policies.host.sh
     else
         skip vm-cluster "no control plane (see the control-plane step above)"
     fi

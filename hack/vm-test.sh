@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Usage: hack/vm-test.sh GUEST_SCRIPT [ARGS...]
+#        hack/vm-test.sh --cluster GUEST_SCRIPT HOST_SCRIPT   (hack/vm-cluster-test.sh: the guest
+#                       against kube-apiserver on the host, HOST_SCRIPT on the host at the same time)
 # Boots Debian's 6.12 kernel under QEMU (q35, two SR-IOV-capable igb PFs on PCIe root ports, intel-iommu)
 # and runs GUEST_SCRIPT as root in the guest with bash, iproute2, kmod, jq, ethtool, lspci, ibverbs-utils
 # and the project's binaries on PATH (/opt/spiderpool/bin). Exits with the guest script's status;
@@ -17,7 +19,12 @@
 #   VM_MODULES          extra kernel modules (space separated) to pack with their dependencies
 #   VM_APPEND           extra kernel command line (e.g. loglevel=7 to see boot messages)
 #   VM_KERNEL_PKG       a linux-image-*-unsigned package to use instead of the cached or newest 6.12
+#   VM_FILES            space-separated SRC:DEST pairs: host files copied to DEST in the guest (mode 600)
 set -Eeuo pipefail
+if [ "${1:-}" = --cluster ]; then
+    shift
+    exec "$(dirname "${BASH_SOURCE[0]}")/vm-cluster-test.sh" "$@"
+fi
 
 started=$(date +%s)
 die() {
@@ -248,6 +255,12 @@ mkdir -p "$o/guest" "$o/opt/spiderpool/bin"
 cp "$guest_script" "$o/guest/script"
 # NUL-separated, so arguments reach the guest byte for byte.
 if [ $# -gt 0 ]; then printf '%s\0' "$@" >"$o/guest/args"; else : >"$o/guest/args"; fi
+read -ra guest_files <<<"${VM_FILES:-}"
+for pair in "${guest_files[@]}"; do
+    src=${pair%%:*} dest=${pair#*:}
+    [ -f "$src" ] && [ "${dest#/}" != "$dest" ] || die "VM_FILES entry '$pair' is not SRC:/ABSOLUTE/DEST of a file"
+    install -D -m 0600 "$src" "$o$dest"
+done
 bins=()
 if [ -n "$bin_dir" ]; then
     for f in "$bin_dir"/*; do

@@ -316,13 +316,23 @@ fn round(
             };
         }
     };
-    let report = apply(&policies, &mut observe, kernel.as_mut());
+    let mut timed = Timed {
+        inner: kernel.as_mut(),
+        took: Vec::new(),
+    };
+    let report = apply(&policies, &mut observe, &mut timed);
+    // One kernel call per executed step, in order: each change says how long the kernel took,
+    // so the Events separate the driver's time (VF creation, NIC resets) from ours.
     let executed = report
         .executed
         .iter()
-        .map(|(step, result)| Executed {
+        .zip(timed.took.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|((step, result), took)| Executed {
             target: target(&step.action).to_string(),
-            action: step.action.to_string(),
+            action: match took {
+                Some(t) => format!("{} ({} ms)", step.action, t.as_millis()),
+                None => step.action.to_string(),
+            },
             error: result.as_ref().err().map(ToString::to_string),
         })
         .collect();
@@ -344,6 +354,21 @@ fn round(
         executed,
         created_vfs,
         removed,
+    }
+}
+
+/// A kernel that times each action it carries out.
+struct Timed<'a> {
+    inner: &'a mut dyn Kernel,
+    took: Vec<Duration>,
+}
+
+impl Kernel for Timed<'_> {
+    fn apply(&mut self, action: &Action) -> Result<(), spiderpool_provisioner::applier::ApplyError> {
+        let start = std::time::Instant::now();
+        let result = self.inner.apply(action);
+        self.took.push(start.elapsed());
+        result
     }
 }
 

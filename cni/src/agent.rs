@@ -103,6 +103,12 @@ pub struct CoordinatorRequest {
     pub verb: CoordinatorVerb,
     /// The CNI network name, for the agent's log.
     pub network: String,
+    /// The pod being set up (from CNI_ARGS): its `ipam.spidernet.io/default-route-nic`
+    /// annotation overrides the SpiderCoordinator's `podDefaultRouteNIC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,11 +140,14 @@ pub fn call(socket: &Path, request: IpamRequest, timeout: Duration) -> Result<Cn
 pub fn coordinator_settings(
     socket: &Path,
     network: &str,
+    pod: Option<(&str, &str)>,
     timeout: Duration,
 ) -> Result<serde_json::Value, CniError> {
     let request = AgentRequest::Coordinator(CoordinatorRequest {
         verb: CoordinatorVerb::Coordinator,
         network: network.to_string(),
+        pod_namespace: pod.map(|(ns, _)| ns.to_string()),
+        pod_name: pod.map(|(_, name)| name.to_string()),
     });
     match exchange(socket, &request, timeout)? {
         AgentResponse::Coordinator(settings) => Ok(settings),
@@ -222,7 +231,9 @@ mod tests {
             req,
             AgentRequest::Coordinator(CoordinatorRequest {
                 verb: CoordinatorVerb::Coordinator,
-                network: "macvlan".into()
+                network: "macvlan".into(),
+                pod_namespace: None,
+                pod_name: None,
             })
         );
         let written: serde_json::Value = serde_json::to_value(&req).unwrap();

@@ -115,8 +115,13 @@ pub fn with_cluster_settings(
         for (key, value) in spec {
             if key == "hijackCIDR" {
                 hijack.extend(value.as_array().into_iter().flatten().cloned());
-            } else if !out.contains_key(key) {
-                out.insert(key.clone(), value.clone());
+            } else {
+                // A netconf may spell the NIC key as Spiderpool's NADs do: it wins all the same.
+                let set_by_netconf = out.contains_key(key)
+                    || (key == "podDefaultRouteNIC" && out.contains_key("podDefaultRouteNic"));
+                if !set_by_netconf {
+                    out.insert(key.clone(), value.clone());
+                }
             }
         }
     }
@@ -159,7 +164,11 @@ impl CoordinatorConf {
             return CoordinatorConf::parse(raw);
         }
         let network = raw["name"].as_str().unwrap_or_default();
-        match spiderpool_cni::agent::coordinator_settings(&socket, network, AGENT_TIMEOUT) {
+        let pod = match (&req.args.k8s_pod_namespace, &req.args.k8s_pod_name) {
+            (Some(ns), Some(name)) => Some((ns.as_str(), name.as_str())),
+            _ => None,
+        };
+        match spiderpool_cni::agent::coordinator_settings(&socket, network, pod, AGENT_TIMEOUT) {
             Ok(settings) => CoordinatorConf::parse(&with_cluster_settings(raw, &settings, strict)?),
             Err(e) if strict => Err(e),
             Err(_) => CoordinatorConf::parse(raw),
@@ -352,6 +361,24 @@ mod tests {
             with_cluster_settings(&raw, &serde_json::Value::Null, true).unwrap(),
             raw
         );
+        // The default-route NIC: the netconf (in either spelling) over the cluster's (which is
+        // the pod's annotation when it has one).
+        let nic =
+            json!({"name": "default", "spec": {"podDefaultRouteNIC": "net1"}, "status": {"phase": "Synced"}});
+        for (raw, want) in [
+            (json!({"type": "coordinator"}), "net1"),
+            (
+                json!({"type": "coordinator", "podDefaultRouteNic": "net2"}),
+                "net2",
+            ),
+            (
+                json!({"type": "coordinator", "podDefaultRouteNIC": "net3"}),
+                "net3",
+            ),
+        ] {
+            let c = CoordinatorConf::parse(&with_cluster_settings(&raw, &nic, true).unwrap()).unwrap();
+            assert_eq!(c.pod_default_route_nic.as_deref(), Some(want), "{raw}");
+        }
     }
 
     #[test]

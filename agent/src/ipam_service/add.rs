@@ -10,7 +10,7 @@ use kube::runtime::reflector;
 use spiderpool_api::crd::{IPAllocationDetail, PoolIPAllocation};
 use spiderpool_cni::agent::IpamRequest;
 use spiderpool_cni::{CniError, CniResult, IpConfig};
-use spiderpool_ipam::cluster::select;
+use spiderpool_ipam::cluster::{pod_network, select};
 use spiderpool_ipam::range::Family;
 
 use super::pool_writer::Claimed;
@@ -66,11 +66,15 @@ impl IpamService {
             }
         };
         let empty = BTreeMap::new();
+        let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+        // Read before anything is claimed: a bad value fails the ADD with nothing to undo.
+        let pod_routes = pod_network::routes(pod_annotations).map_err(ServiceError::from)?;
+        let pod_dns = pod_network::dns(pod_annotations).map_err(ServiceError::from)?;
         // Arcs of the cached objects: a pool's status carries every allocation, not worth a copy.
         let all_pools = self.pools.state();
         let chosen = select::candidates(&select::Inputs {
             ifname: &req.ifname,
-            pod_annotations: pod.metadata.annotations.as_ref().unwrap_or(&empty),
+            pod_annotations,
             namespace_annotations: namespace.metadata.annotations.as_ref().unwrap_or(&empty),
             netconf_v4: &req.default_ipv4_pools,
             netconf_v6: &req.default_ipv6_pools,
@@ -127,7 +131,16 @@ impl IpamService {
             }
             return Err(e.into());
         }
-        Ok(result_of(&got, chosen.clean_gateway))
+        let mut result = result_of(&got, chosen.clean_gateway);
+        // The pod's own routes after the pools', on the interface whose subnet holds their gateway.
+        let subnets: Vec<_> = got.iter().map(|(_, c)| c.pool.subnet).collect();
+        result
+            .routes
+            .extend(pod_network::routes_via(&pod_routes, &subnets));
+        if let Some(dns) = pod_dns {
+            result.dns = dns;
+        }
+        Ok(result)
     }
 
     async fn node_labels_if_needed(

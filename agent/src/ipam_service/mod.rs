@@ -4,6 +4,8 @@
 //! restarted at any point.
 
 mod add;
+#[cfg(test)]
+mod coordinator_tests;
 mod endpoint;
 mod error;
 pub mod metrics;
@@ -30,7 +32,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use spiderpool_api::coordinator::SpiderCoordinator;
 use spiderpool_api::crd::{PoolIPAllocation, SpiderIPPool, SpiderIPPoolRegistry, SpiderReservedIP};
-use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
+use spiderpool_cni::agent::{CoordinatorRequest, IpamRequest, IpamVerb, PodRef};
 use spiderpool_cni::{CniError, CniResult};
 use spiderpool_ipam::cluster::decide::{Decision, Op};
 use spiderpool_ipam::cluster::registry::is_registered;
@@ -122,16 +124,30 @@ impl IpamService {
 
     /// The coordinator plugin's cluster settings: `{"spec", "status"}` of the SpiderCoordinator
     /// named `default` (or of the only one), null when there is none.
-    pub fn coordinator_settings(&self) -> serde_json::Value {
+    /// The SpiderCoordinator the coordinator plugin takes its defaults from, with the pod's
+    /// `ipam.spidernet.io/default-route-nic` annotation (when the pod is known and has it) in
+    /// place of `podDefaultRouteNIC`: a netconf that sets the NIC still wins, as in Spiderpool.
+    pub fn coordinator_settings(&self, req: &CoordinatorRequest) -> serde_json::Value {
         let all = self.coordinators.state();
         let chosen = all
             .iter()
             .find(|c| c.name_any() == "default")
             .or_else(|| (all.len() == 1).then(|| &all[0]));
-        match chosen {
-            Some(c) => serde_json::json!({"name": c.name_any(), "spec": c.spec, "status": c.status}),
-            None => serde_json::Value::Null,
+        let Some(c) = chosen else {
+            return serde_json::Value::Null;
+        };
+        let mut spec = c.spec.clone();
+        if let (Some(ns), Some(name)) = (&req.pod_namespace, &req.pod_name)
+            && let Some(pod) = self.pods.get(&reflector::ObjectRef::new(name).within(ns))
+            && let Some(nic) = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(spiderpool_ipam::cluster::pod_network::ANNOTATION_DEFAULT_ROUTE_NIC))
+        {
+            spec.pod_default_route_nic = Some(nic.clone());
         }
+        serde_json::json!({"name": c.name_any(), "spec": spec, "status": c.status})
     }
 
     fn writer(&self, pool: &str) -> mpsc::UnboundedSender<PoolOp> {

@@ -59,7 +59,7 @@ async fn answer(stream: UnixStream, service: &Arc<IpamService>) -> std::io::Resu
         return Ok(()); // a connect-only probe (the plugin's STATUS, a readiness check)
     }
     let response = match serde_json::from_str::<AgentRequest>(&line) {
-        Ok(AgentRequest::Coordinator(_)) => AgentResponse::Coordinator(service.coordinator_settings()),
+        Ok(AgentRequest::Coordinator(r)) => AgentResponse::Coordinator(service.coordinator_settings(&r)),
         Ok(AgentRequest::Ipam(req)) => {
             let summary = format!(
                 "{:?} {} {}",

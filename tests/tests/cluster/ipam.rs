@@ -283,13 +283,32 @@ async fn cluster_pool_choice_multi_nic_reserved_and_namespace_defaults() {
         {"interface": "net1", "ipv4": [a4], "ipv6": [a6]},
         {"interface": "net2", "ipv4": [b4, c4], "cleangateway": true},
     ]);
+    // The pod's own routes go to the NIC whose subnet holds their gateway; its DNS to every NIC.
+    let routes = json!([
+        {"dst": "10.99.0.0/16", "gw": "10.203.0.1"},
+        {"dst": "fd99::/64", "gw": "fd03::1"},
+        {"dst": "10.98.7.0/24", "gw": "10.205.0.1"},
+    ]);
+    let dns = json!({"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"], "options": ["ndots:5"]});
     let multi = cluster
         .pods(
             &ns,
             "multi",
             1,
             |_| "node-a".into(),
-            json!({"annotations": {"ipam.spidernet.io/ippools": ippools.to_string()}}),
+            json!({"annotations": {"ipam.spidernet.io/ippools": ippools.to_string(),
+                                   "ipam.spidernet.io/routes": routes.to_string(),
+                                   "ipam.spidernet.io/dns": dns.to_string()}}),
+        )
+        .await
+        .unwrap();
+    let bad_routes = cluster
+        .pods(
+            &ns,
+            "badroutes",
+            1,
+            |_| "node-a".into(),
+            json!({"annotations": {"ipam.spidernet.io/routes": "[{\"dst\": \"10.0.0.0/8\", \"gw\": \"fd00::1\"}]"}}),
         )
         .await
         .unwrap();
@@ -317,6 +336,12 @@ async fn cluster_pool_choice_multi_nic_reserved_and_namespace_defaults() {
         "reserved .10 and .11 skipped; dual stack"
     );
     assert_eq!(v["ips"][0]["gateway"], "10.203.0.1");
+    assert_eq!(
+        v["routes"],
+        json!([{"dst": "10.99.0.0/16", "gw": "10.203.0.1"}, {"dst": "fd99::/64", "gw": "fd03::1"}]),
+        "net1 gets the routes via its gateways"
+    );
+    assert_eq!(v["dns"], dns);
 
     let out = cni("ADD", &conf, &ns, "multi-0", &multi[0], "net2");
     assert!(out.success, "{} {}", out.stdout, out.stderr);
@@ -329,6 +354,22 @@ async fn cluster_pool_choice_multi_nic_reserved_and_namespace_defaults() {
         v["ips"][0].get("gateway").is_none(),
         "cleangateway drops the gateway: {v}"
     );
+    assert_eq!(
+        v["routes"],
+        json!([{"dst": "10.98.7.0/24", "gw": "10.205.0.1"}]),
+        "net2's route"
+    );
+
+    // An annotation that cannot be read fails the ADD with code 7, naming it, and takes nothing.
+    let before = allocations(&cluster, &c4).await.len();
+    let out = cni("ADD", &conf, &ns, "badroutes-0", &bad_routes[0], "eth0");
+    assert_eq!(out.error_code(), Some(7), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("ipam.spidernet.io/routes") && out.stdout.contains("not of one family"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(allocations(&cluster, &c4).await.len(), before);
 
     let endpoints: Api<SpiderEndpoint> = Api::namespaced(cluster.client.clone(), &ns);
     let ep = endpoints.get("multi-0").await.unwrap().status.unwrap();

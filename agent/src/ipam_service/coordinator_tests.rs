@@ -1,0 +1,75 @@
+//! What the agent tells the coordinator plugin: the SpiderCoordinator's spec, with the pod's
+//! `ipam.spidernet.io/default-route-nic` in place of `podDefaultRouteNIC`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{reflector, watcher};
+use serde_json::json;
+use spiderpool_api::coordinator::SpiderCoordinator;
+use spiderpool_cni::agent::{CoordinatorRequest, CoordinatorVerb};
+
+use super::IpamService;
+use super::mock_api::MockApi;
+
+fn store_of<K>(objects: Vec<K>) -> reflector::Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, mut writer) = reflector::store();
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::Apply(o));
+    }
+    store
+}
+
+fn request(pod: Option<&str>) -> CoordinatorRequest {
+    CoordinatorRequest {
+        verb: CoordinatorVerb::Coordinator,
+        network: "macvlan".into(),
+        pod_namespace: pod.map(|_| "ns".to_string()),
+        pod_name: pod.map(String::from),
+    }
+}
+
+#[tokio::test]
+async fn the_pod_s_default_route_nic_replaces_the_coordinator_s() {
+    let api = MockApi::new();
+    let coordinator: SpiderCoordinator = serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderCoordinator",
+        "metadata": {"name": "default"}, "spec": {"mode": "auto", "podDefaultRouteNIC": "eth0"}
+    }))
+    .unwrap();
+    let pod = |name: &str, annotations: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ns", "annotations": annotations}}))
+        .unwrap()
+    };
+    let svc = Arc::new(IpamService {
+        client: api.client(),
+        node: "n1".into(),
+        pools: reflector::store().0,
+        reserved: reflector::store().0,
+        registry: reflector::store().0,
+        pods: store_of(vec![
+            pod("multi", json!({"ipam.spidernet.io/default-route-nic": "net1"})),
+            pod("plain", json!({})),
+        ]),
+        namespaces: reflector::store().0,
+        coordinators: store_of(vec![coordinator]),
+        writers: Mutex::new(HashMap::new()),
+        metrics: Arc::new(super::metrics::IpamMetrics::new()),
+    });
+    let nic = |pod| svc.coordinator_settings(&request(pod))["spec"]["podDefaultRouteNIC"].clone();
+    assert_eq!(nic(Some("multi")), "net1", "the annotation wins over the spec");
+    assert_eq!(nic(Some("plain")), "eth0", "no annotation: the spec");
+    assert_eq!(
+        nic(Some("unknown")),
+        "eth0",
+        "a pod the agent does not know: the spec"
+    );
+    assert_eq!(nic(None), "eth0", "an older plugin that names no pod: the spec");
+    assert_eq!(svc.coordinator_settings(&request(None))["spec"]["mode"], "auto");
+}

@@ -26,6 +26,7 @@ mod ipam;
 mod multus;
 mod overlap;
 mod policies;
+mod power_loss;
 mod rbac;
 
 async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result<SpiderIPPool> {

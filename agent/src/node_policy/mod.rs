@@ -329,6 +329,10 @@ fn round(
         .zip(timed.took.iter().map(Some).chain(std::iter::repeat(None)))
         .map(|((step, result), took)| Executed {
             target: target(&step.action).to_string(),
+            bond: match &step.action {
+                Action::Enslave { bond, .. } => Some(bond.clone()),
+                _ => None,
+            },
             action: match took {
                 Some(t) => format!("{} ({} ms)", step.action, t.as_millis()),
                 None => step.action.to_string(),

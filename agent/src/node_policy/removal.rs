@@ -90,6 +90,7 @@ pub fn remove(
                     }
                     removed.executed.push(Executed {
                         target: target(&step.action).to_string(),
+                        bond: None,
                         action: step.action.to_string(),
                         error: result.err().map(|e| format!("{}: {e}", step.reason)),
                     });

@@ -144,6 +144,8 @@ pub fn keep_records(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Executed {
     pub target: String,
+    /// The bond a NIC joined: the change belongs to the bond's policy too.
+    pub bond: Option<String>,
     pub action: String,
     pub error: Option<String>,
 }
@@ -170,7 +172,12 @@ pub fn events(
     for (name, state) in after {
         let mine: Vec<&Executed> = executed
             .iter()
-            .filter(|e| state.parts.iter().any(|p| p.name == e.target))
+            .filter(|e| {
+                state
+                    .parts
+                    .iter()
+                    .any(|p| p.name == e.target || e.bond.as_ref() == Some(&p.name))
+            })
             .collect();
         let failed: Vec<String> = mine
             .iter()
@@ -353,6 +360,31 @@ mod tests {
     }
 
     #[test]
+    fn a_nic_joining_a_bond_is_the_bond_policy_s_change() {
+        let bonded = NodePolicyState {
+            generation: 1,
+            phase: APPLIED.into(),
+            parts: vec![PolicyPart {
+                kind: "bond".into(),
+                name: "bond0".into(),
+                phase: APPLIED.into(),
+                reason: String::new(),
+            }],
+            ..NodePolicyState::default()
+        };
+        let after = BTreeMap::from([("b".to_string(), bonded)]);
+        let executed = [Executed {
+            target: "eth1".into(),
+            bond: Some("bond0".into()),
+            action: "enslave eth1 to bond0 (12 ms)".into(),
+            error: None,
+        }];
+        let got = events("n1", &BTreeMap::new(), &after, &executed);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].note, "node n1: 1 changes: enslave eth1 to bond0 (12 ms)");
+    }
+
+    #[test]
     fn events_say_what_changed_and_nothing_when_nothing_did() {
         let state = |phase: &str, reason: &str| NodePolicyState {
             generation: 1,
@@ -371,11 +403,13 @@ mod tests {
         let executed = [
             Executed {
                 target: "ens1f0np0".into(),
+                bond: None,
                 action: "ens1f0np0: numVfs 0 -> 4".into(),
                 error: None,
             },
             Executed {
                 target: "bond9".into(),
+                bond: None,
                 action: "not this policy's".into(),
                 error: None,
             },
@@ -390,6 +424,7 @@ mod tests {
         assert!(events("n1", &pending, &pending, &[]).is_empty(), "no repeat");
         let broken = [Executed {
             target: "ens1f0np0".into(),
+            bond: None,
             action: "ens1f0np0: numVfs 0 -> 4".into(),
             error: Some("EIO".into()),
         }];

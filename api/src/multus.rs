@@ -10,11 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::coordinator::CoordinatorSpec;
 
-/// The CNI types, as `spec.cniType` spells them.
-pub const CNI_TYPES: [&str; 8] = [
-    "macvlan", "ipvlan", "vlan", "sriov", "ib-sriov", "ipoib", "ovs", "custom",
-];
-
 /// `cniType` → its block's field (`custom` has none).
 const BLOCKS: [(&str, &str); 7] = [
     ("macvlan", "macvlan"),

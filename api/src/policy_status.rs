@@ -68,15 +68,11 @@ pub struct PolicyStatus {
     #[serde(default)]
     pub failed: i64,
     /// Nodes no longer matched that are still removing what the policy made there.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     pub removing: i64,
     /// Node → why, for the nodes not applied (the first few, by name).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub not_applied: BTreeMap<String, String>,
-}
-
-fn is_zero(n: &i64) -> bool {
-    *n == 0
 }
 
 /// The worse of two phases: `Failed` over `Pending` over `Applied`.

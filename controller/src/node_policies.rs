@@ -100,7 +100,6 @@ fn status_patch(old: Option<&PolicyStatus>, new: &PolicyStatus) -> serde_json::V
             not_applied.insert(k.clone(), serde_json::Value::String(v.clone()));
         }
         obj.insert("notApplied".into(), serde_json::Value::Object(not_applied));
-        obj.insert("removing".into(), serde_json::json!(new.removing));
     }
     value
 }

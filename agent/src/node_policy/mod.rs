@@ -122,7 +122,7 @@ pub async fn run(client: Client, node: String, options: Options) {
         }
         if reported.is_none() {
             match read(&client, &node).await {
-                Ok(r) => reported = Some(r),
+                Ok(r) => reported = Some(r.unwrap_or_default()),
                 Err(e) => {
                     tracing::warn!("SpiderNodeInventory {node} policies: {e}");
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -376,13 +376,13 @@ impl Kernel for Timed<'_> {
     }
 }
 
-/// The node's policy states as its SpiderNodeInventory status says them (none when the object
+/// The node's policy states as its SpiderNodeInventory status says them (`None`: the object
 /// does not exist yet).
-async fn read(client: &Client, node: &str) -> Result<BTreeMap<String, NodePolicyState>, kube::Error> {
+async fn read(client: &Client, node: &str) -> Result<Option<BTreeMap<String, NodePolicyState>>, kube::Error> {
     let api: Api<SpiderNodeInventory> = Api::all(client.clone());
     match api.get_status(node).await {
-        Ok(obj) => Ok(obj.status.map(|s| s.policies).unwrap_or_default()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(BTreeMap::new()),
+        Ok(obj) => Ok(Some(obj.status.map(|s| s.policies).unwrap_or_default())),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -405,15 +405,13 @@ async fn write(
     node: &str,
     states: &BTreeMap<String, NodePolicyState>,
 ) -> Result<(), kube::Error> {
-    let api: Api<SpiderNodeInventory> = Api::all(client.clone());
-    let current = match api.get_status(node).await {
-        Ok(obj) => obj.status.map(|s| s.policies).unwrap_or_default(),
-        Err(kube::Error::Api(s)) if s.code == 404 => {
+    let current = match read(client, node).await? {
+        Some(current) => current,
+        None => {
             // The scan has not created the object yet.
             crate::inventory_report::ensure_object(client, node).await?;
             BTreeMap::new()
         }
-        Err(e) => return Err(e),
     };
     let mut policies = serde_json::Map::new();
     for gone in current.keys().filter(|k| !states.contains_key(*k)) {
@@ -431,6 +429,7 @@ async fn write(
         policies.insert(name.clone(), value);
     }
     let patch = serde_json::json!({"status": {"policies": policies}});
+    let api: Api<SpiderNodeInventory> = Api::all(client.clone());
     api.patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())

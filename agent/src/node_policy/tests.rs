@@ -35,6 +35,35 @@ fn selected(spec: serde_json::Value) -> Vec<Selected> {
     state::selected([&p], &BTreeMap::new())
 }
 
+/// A kernel source whose kernels record every action into `log` and refuse none.
+fn recording(
+    log: &Arc<Mutex<Vec<String>>>,
+) -> impl Fn(&std::path::Path) -> Result<Box<dyn Kernel>, String> + use<> {
+    let log = log.clone();
+    move |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
+        Ok(Box::new(Recording {
+            log: log.clone(),
+            refuse: None,
+        }))
+    }
+}
+
+/// One round of `selected` and `leftovers` on the fixture, in `mode`, through `kernel_for`.
+fn run_round(
+    selected: &[Selected],
+    leftovers: &[Leftover],
+    mode: Mode,
+    kernel_for: &KernelFor<'_>,
+) -> Outcome {
+    round(
+        selected,
+        leftovers,
+        BTreeMap::new(),
+        &options(mode),
+        &access(kernel_for),
+    )
+}
+
 /// No other namespace holds anything.
 fn nobody(_: &std::collections::HashSet<u32>) -> Result<BTreeMap<u32, Vec<String>>, String> {
     Ok(BTreeMap::new())
@@ -63,22 +92,8 @@ fn options(mode: Mode) -> Options {
 fn apply_mode_carries_out_the_plan_and_reports_what_it_did() {
     let sel = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 8}));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let kernel = {
-        let log = log.clone();
-        move |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
-            Ok(Box::new(Recording {
-                log: log.clone(),
-                refuse: None,
-            }))
-        }
-    };
-    let out = round(
-        &sel,
-        &[],
-        BTreeMap::new(),
-        &options(Mode::Apply),
-        &access(&kernel),
-    );
+    let kernel = recording(&log);
+    let out = run_round(&sel, &[], Mode::Apply, &kernel);
     let done = log.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(!done.is_empty(), "nothing reached the kernel");
     assert_eq!(out.executed.len(), done.len());
@@ -99,20 +114,14 @@ fn apply_mode_carries_out_the_plan_and_reports_what_it_did() {
 
     // Report mode: the same plan, nothing carried out.
     log.lock().map(|mut l| l.clear()).unwrap_or_default();
-    let out = round(
-        &sel,
-        &[],
-        BTreeMap::new(),
-        &options(Mode::Report),
-        &access(&kernel),
-    );
+    let out = run_round(&sel, &[], Mode::Report, &kernel);
     assert!(log.lock().map(|l| l.is_empty()).unwrap_or(false));
     assert!(out.executed.is_empty());
 
     // Already as asked: zero actions, Applied, no kernel needed.
     let same = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f1np1"]}, "numVfs": 4}));
     let none = |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> { Err("not needed".into()) };
-    let out = round(&same, &[], BTreeMap::new(), &options(Mode::Apply), &access(&none));
+    let out = run_round(&same, &[], Mode::Apply, &none);
     assert_eq!(
         state::states(&same, &out.inventory, &out.status, None)["p"].phase,
         APPLIED
@@ -125,15 +134,7 @@ fn apply_mode_carries_out_the_plan_and_reports_what_it_did() {
 #[test]
 fn a_policy_gone_from_the_node_has_what_it_created_removed() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let kernel = {
-        let log = log.clone();
-        move |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> {
-            Ok(Box::new(Recording {
-                log: log.clone(),
-                refuse: None,
-            }))
-        }
-    };
+    let kernel = recording(&log);
     let old = NodePolicyState {
         generation: 3,
         phase: APPLIED.into(),
@@ -142,13 +143,7 @@ fn a_policy_gone_from_the_node_has_what_it_created_removed() {
     };
     let before = BTreeMap::from([("old".to_string(), old.clone())]);
     let left = removal::leftovers(&before, &[]);
-    let out = round(
-        &[],
-        &left,
-        BTreeMap::new(),
-        &options(Mode::Apply),
-        &access(&kernel),
-    );
+    let out = run_round(&[], &left, Mode::Apply, &kernel);
     assert_eq!(
         log.lock().map(|l| l.clone()).unwrap_or_default(),
         ["set ens1f0np0 (0000:3b:00.0) sriov_numvfs = 0"]
@@ -161,13 +156,7 @@ fn a_policy_gone_from_the_node_has_what_it_created_removed() {
     assert!(events[0].note.contains("sriov_numvfs = 0"), "{events:?}");
 
     log.lock().map(|mut l| l.clear()).unwrap_or_default();
-    let out = round(
-        &[],
-        &left,
-        BTreeMap::new(),
-        &options(Mode::Report),
-        &access(&kernel),
-    );
+    let out = run_round(&[], &left, Mode::Report, &kernel);
     assert!(log.lock().map(|l| l.is_empty()).unwrap_or(false));
     let kept = removal::state_after(&old, &out.removed[0], Some("report only")).expect("kept");
     assert_eq!((kept.phase.as_str(), kept.generation), (REMOVING, 3));
@@ -180,13 +169,7 @@ fn a_policy_gone_from_the_node_has_what_it_created_removed() {
     let wants = selected(serde_json::json!({"nicSelector": {"pfNames": ["ens1f0np0"]}, "numVfs": 4}));
     let renamed = BTreeMap::from([("gone".to_string(), old.clone())]);
     let left = removal::leftovers(&renamed, &wants);
-    let out = round(
-        &wants,
-        &left,
-        BTreeMap::new(),
-        &options(Mode::Apply),
-        &access(&kernel),
-    );
+    let out = run_round(&wants, &left, Mode::Apply, &kernel);
     assert!(log.lock().map(|l| l.is_empty()).unwrap_or(false), "the VFs stay");
     assert_eq!(
         out.removed[0].handed_over,
@@ -207,13 +190,7 @@ fn a_refused_action_or_no_kernel_is_failed_with_the_reason() {
             refuse: Some("ens1f1np1".into()),
         }))
     };
-    let out = round(
-        &sel,
-        &[],
-        BTreeMap::new(),
-        &options(Mode::Apply),
-        &access(&refusing),
-    );
+    let out = run_round(&sel, &[], Mode::Apply, &refusing);
     let states = state::states(&sel, &out.inventory, &out.status, None);
     assert_eq!(states["p"].phase, FAILED);
     assert!(states["p"].reason.contains("EIO"), "{:?}", states["p"]);
@@ -224,13 +201,7 @@ fn a_refused_action_or_no_kernel_is_failed_with_the_reason() {
     );
 
     let broken = |_: &std::path::Path| -> Result<Box<dyn Kernel>, String> { Err("netlink: EPERM".into()) };
-    let out = round(
-        &sel,
-        &[],
-        BTreeMap::new(),
-        &options(Mode::Apply),
-        &access(&broken),
-    );
+    let out = run_round(&sel, &[], Mode::Apply, &broken);
     let states = state::states(&sel, &out.inventory, &out.status, None);
     assert_eq!(states["p"].phase, FAILED);
     assert!(states["p"].reason.contains("netlink: EPERM"), "{:?}", states["p"]);

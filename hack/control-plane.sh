@@ -10,6 +10,9 @@
 #   hack/control-plane.sh kubelet builds kubelet (k8s.io/kubernetes, same version) into the cache and
 #                                 prints its path
 #   hack/control-plane.sh scheduling  builds kube-scheduler and kube-controller-manager, prints their dir
+#   hack/control-plane.sh multus  builds Multus's thin plugin and its entrypoints (multus-cni v4) and
+#                                 prints the directory laid out as the upstream image is (the e2e
+#                                 tier makes its image from it)
 # Binaries are cached in $SPIDERPOOL_CACHE/control-plane/<versions>/ (outside the clone) so CI
 # builds them once. The Go sources are only build inputs for the test tier; the product is Rust.
 set -euo pipefail
@@ -18,6 +21,7 @@ cd "$(dirname "$0")/.."
 K8S_VERSION=${K8S_VERSION:-1.34.3}
 ETCD_VERSION=${ETCD_VERSION:-3.6.5}
 HELM_VERSION=${HELM_VERSION:-3.19.0}
+MULTUS_VERSION=${MULTUS_VERSION:-4.3.0}
 CACHE=${SPIDERPOOL_CACHE:-$HOME/.cache/spiderpool-rs}
 BIN_DIR="$CACHE/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-2"
 STATE=${CONTROL_PLANE_STATE:-/tmp/spiderpool-control-plane}
@@ -145,6 +149,34 @@ build_helm() {
     echo "$out"
 }
 
+# Multus's thin plugin as its release image holds it: /thin_entrypoint, /install_multus and
+# /usr/src/multus-cni/bin/{multus,passthru} (images/Dockerfile and hack/build-go.sh of
+# multus-cni), built from the Go module proxy. Prints the image root.
+build_multus() {
+    local out="$CACHE/control-plane/multus-$MULTUS_VERSION/rootfs"
+    if [ ! -x "$out/thin_entrypoint" ]; then
+        command -v go >/dev/null || { log "go is not installed"; return 1; }
+        local src="$CACHE/control-plane/src-multus-$MULTUS_VERSION" module=gopkg.in/k8snetworkplumbingwg/multus-cni.v4
+        rm -rf "$out.tmp" && mkdir -p "$src" "$out.tmp/usr/src/multus-cni/bin"
+        (
+            cd "$src"
+            export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+            [ -f go.mod ] || go mod init spiderpool-rs/multus >/dev/null 2>&1
+            log "building multus v$MULTUS_VERSION"
+            go get "$module@v$MULTUS_VERSION" >/dev/null 2>&1 || go get "$module@v$MULTUS_VERSION"
+            local ldflags="-s -X $module/pkg/multus.version=v$MULTUS_VERSION"
+            go build -trimpath -ldflags="$ldflags" -o "$out.tmp/usr/src/multus-cni/bin/multus" "$module/cmd/multus"
+            go build -trimpath -ldflags="$ldflags" -o "$out.tmp/usr/src/multus-cni/bin/passthru" "$module/cmd/passthru-cni"
+            for cmd in thin_entrypoint install_multus; do
+                go build -trimpath -ldflags="$ldflags" -o "$out.tmp/$cmd" "$module/cmd/$cmd"
+            done
+        ) || return 1
+        mkdir -p "$out.tmp/tmp" && chmod 1777 "$out.tmp/tmp"
+        rm -rf "$out" && mv "$out.tmp" "$out"
+    fi
+    echo "$out"
+}
+
 wait_for() { # wait_for SECONDS CMD...
     local deadline=$((SECONDS + $1)); shift
     until "$@" >/dev/null 2>&1; do
@@ -256,5 +288,6 @@ bin) echo "$BIN_DIR" ;;
 helm) build_helm ;;
 kubelet) build_kubelet ;;
 scheduling) build_scheduling ;;
-*) echo "usage: $0 build|up|down|bin|helm|kubelet|scheduling" >&2; exit 2 ;;
+multus) build_multus ;;
+*) echo "usage: $0 build|up|down|bin|helm|kubelet|scheduling|multus" >&2; exit 2 ;;
 esac

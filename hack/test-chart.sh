@@ -57,6 +57,8 @@ done
 echo "device plugin config (full values: a ConfigMap and the agent's flag; default: neither)"
 run "full values: ConfigMap and --device-plugin-config" bash -c "grep -q 'name: $release-agent-device-plugin' $work/rendered-full/spiderpool/templates/agent-config.yaml && grep -q -- '--device-plugin-config=' $work/rendered-full/spiderpool/templates/agent-daemonset.yaml"
 run "default values: built-in config" bash -c "[ ! -e $work/rendered-default/spiderpool/templates/agent-config.yaml ] && ! grep -q -- '--device-plugin-config' $work/rendered-default/spiderpool/templates/agent-daemonset.yaml"
+run "Multus by default: its DaemonSet wraps the default network, kubeconfig at the host's CNI config path" bash -c "grep -q -- '--multus-conf-file=auto' $work/rendered-default/spiderpool/templates/multus.yaml && grep -q -- '--multus-kubeconfig-file-host=/etc/cni/net.d/multus.d/multus.kubeconfig' $work/rendered-default/spiderpool/templates/multus.yaml"
+run "multus.enabled=false: no Multus" bash -c "! $helm template $release $chart -n $ns --kube-version $server_version --set multus.enabled=false | grep -q 'multus-cni'"
 run "agent updates surge (maxSurge 1, maxUnavailable 0) with a per-container readiness probe" bash -c "grep -A2 'rollingUpdate' $work/rendered-default/spiderpool/templates/agent-daemonset.yaml | grep -q 'maxSurge: 1' && grep -q 'probe, --ready-file' $work/rendered-default/spiderpool/templates/agent-daemonset.yaml"
 
 echo "install and upgrade"
@@ -138,6 +140,12 @@ run "controller may apply NADs" can yes "$controller" patch network-attachment-d
 run "controller may delete NADs" can yes "$controller" delete network-attachment-definitions.k8s.cni.cncf.io -n default
 run "controller may create events" can yes "$controller" create events.events.k8s.io -n default
 run "agent may not write NADs" can no "$agent" patch network-attachment-definitions.k8s.cni.cncf.io -n default
+multus=system:serviceaccount:$ns:$release-multus
+run "multus may read NADs" can yes "$multus" get network-attachment-definitions.k8s.cni.cncf.io -n default
+run "multus may update pods/status (network-status)" can yes "$multus" update pods --subresource=status -n default
+run "multus may not write NADs" can no "$multus" patch network-attachment-definitions.k8s.cni.cncf.io -n default
+run "multus may not change pod specs" can no "$multus" patch pods -n default
+run "multus may not read secrets" can no "$multus" get secrets -n default
 
 "$helm" uninstall "$release" -n "$ns" --kubeconfig "$kubeconfig" >/dev/null || true
 if [ "$failures" -gt 0 ]; then

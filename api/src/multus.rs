@@ -286,7 +286,7 @@ pub struct LogOptions {
 }
 
 /// Multus's NetworkAttachmentDefinition (`k8s.cni.cncf.io/v1`): the CNI config as a string.
-/// Multus installs its CRD; the project's tests apply this type's own.
+/// The chart installs its CRD ([`network_attachment_definition_crd`]) as Multus's manifest does.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[kube(
     group = "k8s.cni.cncf.io",
@@ -300,4 +300,31 @@ pub struct LogOptions {
 pub struct NetworkAttachmentDefinitionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+}
+
+/// The NetworkAttachmentDefinition CRD as Multus defines it: `spec` optional (Multus reads a NAD
+/// without one as "the config file of that name in its confDir"), `spec.config` a string.
+pub fn network_attachment_definition_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = NetworkAttachmentDefinition::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.required = None;
+            schema.description = Some(
+                "A network pods attach to through Multus (Network Plumbing Working Group): \
+                 spec.config is its CNI config or conflist as JSON."
+                    .into(),
+            );
+            if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+                spec.description =
+                    Some("The CNI config; without it Multus reads the file of the NAD's name.".into());
+            }
+        }
+    }
+    crd
 }

@@ -117,8 +117,8 @@ pub enum AgentResponse {
     /// ADD: the addresses and routes; other verbs: an empty result.
     Ok(CniResult),
     Error(CniError),
-    /// COORDINATOR: `{"spec": .., "status": ..}` of the SpiderCoordinator, or null when the
-    /// cluster has none.
+    /// COORDINATOR: `{"name", "spec", "status"}` of the SpiderCoordinator, and `podDns` (the pod's
+    /// `ipam.spidernet.io/dns`) when the pod has one; null when there is neither.
     Coordinator(serde_json::Value),
 }
 

@@ -15,6 +15,11 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CoordinatorConf {
+    /// The pod's `ipam.spidernet.io/dns`, from the agent (never from the netconf): main plugins
+    /// such as macvlan return their netconf's DNS in place of the IPAM's, so the coordinator,
+    /// last in the chain, puts the annotation's back when the result has none.
+    #[serde(skip)]
+    pub pod_dns: Option<spiderpool_cni::Dns>,
     /// `auto`, `underlay`, `overlay` or `disabled` (see [`crate::pod::underlay`]).
     #[serde(default)]
     pub mode: Option<String>,
@@ -85,7 +90,8 @@ pub fn with_cluster_settings(
     settings: &serde_json::Value,
     require_synced: bool,
 ) -> Result<serde_json::Value, CniError> {
-    if settings.is_null() {
+    // Without a SpiderCoordinator the agent still answers with what it knows of the pod.
+    if settings.is_null() || settings.get("spec").is_none() {
         return Ok(raw.clone());
     }
     let name = settings["name"].as_str().unwrap_or("default");
@@ -169,7 +175,11 @@ impl CoordinatorConf {
             _ => None,
         };
         match spiderpool_cni::agent::coordinator_settings(&socket, network, pod, AGENT_TIMEOUT) {
-            Ok(settings) => CoordinatorConf::parse(&with_cluster_settings(raw, &settings, strict)?),
+            Ok(settings) => {
+                let mut conf = CoordinatorConf::parse(&with_cluster_settings(raw, &settings, strict)?)?;
+                conf.pod_dns = serde_json::from_value(settings["podDns"].clone()).ok();
+                Ok(conf)
+            }
             Err(e) if strict => Err(e),
             Err(_) => CoordinatorConf::parse(raw),
         }
@@ -361,6 +371,9 @@ mod tests {
             with_cluster_settings(&raw, &serde_json::Value::Null, true).unwrap(),
             raw
         );
+        // No SpiderCoordinator, only the pod's DNS: the netconf as it is, not "not ready".
+        let only_dns = serde_json::json!({"podDns": {"nameservers": ["10.0.0.53"]}});
+        assert_eq!(with_cluster_settings(&raw, &only_dns, true).unwrap(), raw);
         // The default-route NIC: the netconf (in either spelling) over the cluster's (which is
         // the pod's annotation when it has one).
         let nic =

@@ -121,9 +121,14 @@ impl Plugin for Coordinator {
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let conf = CoordinatorConf::load(req, true)?;
-        let prev = req.conf.prev_result.clone().ok_or_else(|| {
+        let mut prev = req.conf.prev_result.clone().ok_or_else(|| {
             CniError::invalid_config("coordinator must follow a main plugin: no prevResult")
         })?;
+        if prev.dns.is_empty()
+            && let Some(dns) = &conf.pod_dns
+        {
+            prev.dns = dns.clone();
+        }
         if conf.mode.as_deref() == Some("disabled") {
             return Ok(prev);
         }

@@ -38,9 +38,8 @@ pub fn kubeconfig_path() -> PathBuf {
 /// The project's CRDs, and Multus's NetworkAttachmentDefinition (what the chart's Multus
 /// installs; the controller writes them).
 fn crds() -> Vec<CustomResourceDefinition> {
-    use kube::CustomResourceExt;
     let mut all = spiderpool_api::crd::all();
-    all.push(spiderpool_api::multus::NetworkAttachmentDefinition::crd());
+    all.push(spiderpool_api::multus::network_attachment_definition_crd());
     all
 }
 

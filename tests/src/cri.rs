@@ -31,7 +31,7 @@ pub const BUSYBOX_IMAGE: &str = "localhost/spiderpool-test/busybox:1";
 const K8S_NAMESPACE: &str = "k8s.io";
 /// The plugins containerd may call: ours, and Debian's.
 const OUR_PLUGINS: [&str; 2] = ["spiderpool", "coordinator"];
-const DEBIAN_PLUGINS: [&str; 3] = ["macvlan", "host-local", "loopback"];
+const DEBIAN_PLUGINS: [&str; 4] = ["macvlan", "host-local", "loopback", "bridge"];
 
 /// An OCI archive of busybox-static (sh, sleep, ping, ping6, ip), entrypoint `sleep` for ever;
 /// built once per test process with hack/build-image.sh.

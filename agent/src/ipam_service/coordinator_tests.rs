@@ -1,5 +1,6 @@
 //! What the agent tells the coordinator plugin: the SpiderCoordinator's spec, with the pod's
-//! `ipam.spidernet.io/default-route-nic` in place of `podDefaultRouteNIC`.
+//! `ipam.spidernet.io/default-route-nic` in place of `podDefaultRouteNIC`, and the pod's
+//! `ipam.spidernet.io/dns` as `podDns`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,34 +35,46 @@ fn request(pod: Option<&str>) -> CoordinatorRequest {
     }
 }
 
-#[tokio::test]
-async fn the_pod_s_default_route_nic_replaces_the_coordinator_s() {
-    let api = MockApi::new();
-    let coordinator: SpiderCoordinator = serde_json::from_value(json!({
-        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderCoordinator",
-        "metadata": {"name": "default"}, "spec": {"mode": "auto", "podDefaultRouteNIC": "eth0"}
-    }))
-    .unwrap();
-    let pod = |name: &str, annotations: serde_json::Value| -> Pod {
-        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "ns", "annotations": annotations}}))
-        .unwrap()
-    };
-    let svc = Arc::new(IpamService {
+fn pod(name: &str, annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ns", "annotations": annotations}}))
+    .unwrap()
+}
+
+fn service(api: &MockApi, pods: Vec<Pod>, coordinators: Vec<SpiderCoordinator>) -> Arc<IpamService> {
+    Arc::new(IpamService {
         client: api.client(),
         node: "n1".into(),
         pools: reflector::store().0,
         reserved: reflector::store().0,
         registry: reflector::store().0,
-        pods: store_of(vec![
-            pod("multi", json!({"ipam.spidernet.io/default-route-nic": "net1"})),
-            pod("plain", json!({})),
-        ]),
+        pods: store_of(pods),
         namespaces: reflector::store().0,
-        coordinators: store_of(vec![coordinator]),
+        coordinators: store_of(coordinators),
         writers: Mutex::new(HashMap::new()),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
-    });
+    })
+}
+
+fn default_coordinator() -> SpiderCoordinator {
+    serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderCoordinator",
+        "metadata": {"name": "default"}, "spec": {"mode": "auto", "podDefaultRouteNIC": "eth0"}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_pod_s_default_route_nic_replaces_the_coordinator_s() {
+    let api = MockApi::new();
+    let svc = service(
+        &api,
+        vec![
+            pod("multi", json!({"ipam.spidernet.io/default-route-nic": "net1"})),
+            pod("plain", json!({})),
+        ],
+        vec![default_coordinator()],
+    );
     let nic = |pod| svc.coordinator_settings(&request(pod))["spec"]["podDefaultRouteNIC"].clone();
     assert_eq!(nic(Some("multi")), "net1", "the annotation wins over the spec");
     assert_eq!(nic(Some("plain")), "eth0", "no annotation: the spec");
@@ -72,4 +85,40 @@ async fn the_pod_s_default_route_nic_replaces_the_coordinator_s() {
     );
     assert_eq!(nic(None), "eth0", "an older plugin that names no pod: the spec");
     assert_eq!(svc.coordinator_settings(&request(None))["spec"]["mode"], "auto");
+}
+
+/// Main plugins such as macvlan drop the IPAM's DNS from their result; the coordinator puts the
+/// pod's back from what the agent says, with or without a SpiderCoordinator.
+#[tokio::test]
+async fn the_pod_s_dns_annotation_goes_to_the_coordinator() {
+    let api = MockApi::new();
+    let dns = json!({"nameservers": ["10.0.0.53"], "search": ["example.test"]});
+    let pods = vec![
+        pod("dns", json!({"ipam.spidernet.io/dns": dns.to_string()})),
+        pod("bad", json!({"ipam.spidernet.io/dns": "[1]"})),
+        pod("plain", json!({})),
+    ];
+    let with = service(&api, pods.clone(), vec![default_coordinator()]);
+    assert_eq!(with.coordinator_settings(&request(Some("dns")))["podDns"], dns);
+    assert_eq!(
+        with.coordinator_settings(&request(Some("dns")))["spec"]["mode"],
+        "auto"
+    );
+    assert!(
+        with.coordinator_settings(&request(Some("plain")))
+            .get("podDns")
+            .is_none()
+    );
+    assert!(
+        with.coordinator_settings(&request(Some("bad")))
+            .get("podDns")
+            .is_none(),
+        "a malformed annotation (refused by IPAM's ADD) gives nothing"
+    );
+    let without = service(&api, pods, vec![]);
+    assert_eq!(
+        without.coordinator_settings(&request(Some("dns"))),
+        json!({"podDns": dns})
+    );
+    assert!(without.coordinator_settings(&request(Some("plain"))).is_null());
 }

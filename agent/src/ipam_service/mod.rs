@@ -122,32 +122,46 @@ impl IpamService {
         self.metrics.clone()
     }
 
-    /// The coordinator plugin's cluster settings: `{"spec", "status"}` of the SpiderCoordinator
-    /// named `default` (or of the only one), null when there is none.
-    /// The SpiderCoordinator the coordinator plugin takes its defaults from, with the pod's
+    /// The coordinator plugin's cluster settings: `{"name", "spec", "status"}` of the
+    /// SpiderCoordinator named `default` (or of the only one), with the pod's
     /// `ipam.spidernet.io/default-route-nic` annotation (when the pod is known and has it) in
-    /// place of `podDefaultRouteNIC`: a netconf that sets the NIC still wins, as in Spiderpool.
+    /// place of `podDefaultRouteNIC` (a netconf that sets the NIC still wins, as in Spiderpool),
+    /// and `podDns`, the pod's `ipam.spidernet.io/dns`. Null when there is neither.
     pub fn coordinator_settings(&self, req: &CoordinatorRequest) -> serde_json::Value {
+        let annotations = match (&req.pod_namespace, &req.pod_name) {
+            (Some(ns), Some(name)) => self
+                .pods
+                .get(&reflector::ObjectRef::new(name).within(ns))
+                .and_then(|pod| pod.metadata.annotations.clone())
+                .unwrap_or_default(),
+            _ => Default::default(),
+        };
+        // A bad annotation was refused by IPAM's ADD already, before any address was taken.
+        let pod_dns = spiderpool_ipam::cluster::pod_network::dns(&annotations)
+            .ok()
+            .flatten();
         let all = self.coordinators.state();
         let chosen = all
             .iter()
             .find(|c| c.name_any() == "default")
             .or_else(|| (all.len() == 1).then(|| &all[0]));
-        let Some(c) = chosen else {
-            return serde_json::Value::Null;
+        let mut settings = match chosen {
+            Some(c) => {
+                let mut spec = c.spec.clone();
+                if let Some(nic) =
+                    annotations.get(spiderpool_ipam::cluster::pod_network::ANNOTATION_DEFAULT_ROUTE_NIC)
+                {
+                    spec.pod_default_route_nic = Some(nic.clone());
+                }
+                serde_json::json!({"name": c.name_any(), "spec": spec, "status": c.status})
+            }
+            None if pod_dns.is_some() => serde_json::json!({}),
+            None => return serde_json::Value::Null,
         };
-        let mut spec = c.spec.clone();
-        if let (Some(ns), Some(name)) = (&req.pod_namespace, &req.pod_name)
-            && let Some(pod) = self.pods.get(&reflector::ObjectRef::new(name).within(ns))
-            && let Some(nic) = pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(spiderpool_ipam::cluster::pod_network::ANNOTATION_DEFAULT_ROUTE_NIC))
-        {
-            spec.pod_default_route_nic = Some(nic.clone());
+        if let Some(dns) = pod_dns {
+            settings["podDns"] = serde_json::json!(dns);
         }
-        serde_json::json!({"name": c.name_any(), "spec": spec, "status": c.status})
+        settings
     }
 
     fn writer(&self, pool: &str) -> mpsc::UnboundedSender<PoolOp> {

@@ -1,11 +1,13 @@
 //! Prints the CRD manifests generated from the `spiderpool-api` types, or writes one file per CRD
 //! with `--out-dir DIR` (what `charts/spiderpool/crds/` holds; CI compares the two), and with
 //! `--policy FILE` the ValidatingAdmissionPolicy for IPv6 ranges and with `--agent-policy FILE` the one
-//! that keeps each agent to its own node's objects (the chart's templates hold both).
+//! that keeps each agent to its own node's objects (the chart's templates hold both). The
+//! manifests include Multus's NetworkAttachmentDefinition CRD.
 
 use std::{fs, path::PathBuf, process::ExitCode};
 
 use spiderpool_api::crd;
+use spiderpool_api::multus::network_attachment_definition_crd;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,7 +40,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    for def in crd::all() {
+    // Multus's NetworkAttachmentDefinition CRD too: the chart installs Multus and the controller
+    // writes NADs (helm leaves a CRD that already exists alone, as with an existing Multus).
+    for def in crd::all()
+        .into_iter()
+        .chain([network_attachment_definition_crd()])
+    {
         let yaml = match crd::to_yaml(&def) {
             Ok(yaml) => yaml,
             Err(err) => {

@@ -16,14 +16,7 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
     let (cri, kubelet) = node_up(&cluster, &dir).await;
     let fixed = kubelet_minor(&kubelet) >= 37;
 
-    // The chart mounts the netns directory with HostToContainer propagation, which needs a
-    // shared mount there, as `ip netns add` makes one (a systemd host's / is shared anyway).
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    if !mounts.lines().any(|l| l.split(' ').nth(4) == Some("/run/netns")) {
-        std::fs::create_dir_all("/run/netns").unwrap();
-        spiderpool_e2e::run(Command::new("mount").args(["--bind", "/run/netns", "/run/netns"])).unwrap();
-    }
-    spiderpool_e2e::run(Command::new("mount").args(["--make-rshared", "/run/netns"])).unwrap();
+    support::shared_netns_mount();
 
     // The image, from this workspace's binaries.
     let tag = "localhost/spiderpool-rs:rollout";
@@ -40,27 +33,10 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
     cri.import(&archive).unwrap();
 
     // Scheduling: kube-scheduler and the DaemonSet controller, nothing else.
-    let scheduling = control_plane_tool("scheduling");
+    let scheduling = support::Scheduling::start(&cluster, &dir, "daemonset");
     let kubeconfig = cluster.kubeconfig.display().to_string();
-    let mut scheduler = Daemon::new(dir.join("scheduler.log"));
-    let mut cmd = Command::new(scheduling.join("kube-scheduler"));
-    cmd.args([
-        &format!("--kubeconfig={kubeconfig}"),
-        "--leader-elect=false",
-        "--secure-port=0",
-    ]);
-    scheduler.start(cmd).unwrap();
-    let mut controllers = Daemon::new(dir.join("kcm.log"));
-    let mut cmd = Command::new(scheduling.join("kube-controller-manager"));
-    cmd.args([
-        &format!("--kubeconfig={kubeconfig}"),
-        "--leader-elect=false",
-        "--secure-port=0",
-        "--controllers=daemonset",
-    ]);
-    controllers.start(cmd).unwrap();
 
-    // The chart: only the agent, from our image, on the fixture, reaching the API server with
+    // The chart: only the agent (no Multus: it does not wrap this node's network), from our image, on the fixture, reaching the API server with
     // the test's kubeconfig (no service-account tokens in this control plane).
     let release_ns = cluster.namespace("rollout", json!({})).await.unwrap();
     // Cluster-scoped objects carry the release name: one per run.
@@ -70,6 +46,7 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
     let values = json!({
         "image": {"repository": "localhost/spiderpool-rs", "tag": "rollout", "pullPolicy": "Never"},
         "controller": {"replicas": 0},
+        "multus": {"enabled": false},
         "coordinator": {"enabled": false},
         "agent": {
             "healthPort": 15760,
@@ -98,19 +75,7 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
             .arg(dir.join("values.json"));
         cmd
     };
-    // The cluster tier applies the chart's admission policy itself; the release must own it.
-    {
-        use k8s_openapi::api::admissionregistration::v1::{
-            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-        };
-        let dp = DeleteParams::default();
-        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(cluster.client.clone())
-            .delete("spiderpool-ipv6-ranges", &dp)
-            .await;
-        let _ = Api::<ValidatingAdmissionPolicy>::all(cluster.client.clone())
-            .delete("spiderpool-ipv6-ranges", &dp)
-            .await;
-    }
+    support::release_owns_admission_policy(&cluster).await;
     spiderpool_e2e::run(&mut helm_cmd("install")).unwrap();
 
     let all_pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &release_ns);
@@ -134,26 +99,13 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
     .await;
     assert!(
         first.is_some(),
-        "the agent pod never got ready: {:?}\nscheduler: {}\ncontrollers: {}\nkubelet: {}",
+        "the agent pod never got ready: {:?}\n{}\nkubelet: {}",
         agents()
             .await
             .iter()
             .map(|p| p.status.as_ref().and_then(|s| s.container_statuses.clone()))
             .collect::<Vec<_>>(),
-        scheduler
-            .log_text()
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        controllers
-            .log_text()
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .join("\n"),
+        scheduling.tails(),
         kubelet
             .daemon
             .log_text()
@@ -247,8 +199,7 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
         agents().await.is_empty().then_some(())
     })
     .await;
-    drop(scheduler);
-    drop(controllers);
+    drop(scheduling);
     drop(kubelet);
     let _ = nodes.delete(NODE, &DeleteParams::default()).await;
     drop(cri);

@@ -21,7 +21,9 @@ use spiderpool_e2e::cri::{BUSYBOX_IMAGE, CriNode};
 
 mod daemonset;
 mod device_plugin;
+mod e2e;
 mod policies;
+mod support;
 
 const NODE: &str = "spiderpool-kubelet";
 
@@ -268,6 +270,15 @@ fn delete_now() -> DeleteParams {
 /// This host as node `NODE`: what an earlier run left removed (its checkpoint, sockets, pods
 /// bound to the node, the node), then containerd and kubelet started and the node registered.
 async fn node_up(cluster: &Cluster, dir: &Path) -> (CriNode, Kubelet) {
+    node_up_with(cluster, dir, None).await
+}
+
+/// [`node_up`] with `network` as the node's pod network (containerd's only conflist).
+async fn node_up_with(
+    cluster: &Cluster,
+    dir: &Path,
+    network: Option<&serde_json::Value>,
+) -> (CriNode, Kubelet) {
     if std::os::unix::net::UnixStream::connect(Path::new(DEVICE_PLUGINS).join("kubelet.sock")).is_ok() {
         panic!(
             "a kubelet already serves {DEVICE_PLUGINS}: this test runs its own and cannot share the directory"
@@ -290,7 +301,7 @@ async fn node_up(cluster: &Cluster, dir: &Path) -> (CriNode, Kubelet) {
             .delete(&name, &delete_now())
             .await;
     }
-    let cri = CriNode::start_with(None, None).await.unwrap();
+    let cri = CriNode::start_with(None, network).await.unwrap();
     let kubelet = Kubelet::start(&cluster.kubeconfig, &cri.socket, dir);
     let registered = eventually(Duration::from_secs(60), || async { nodes.get(NODE).await.ok() }).await;
     assert!(

@@ -249,7 +249,15 @@ up() {
     echo $! >"$STATE/etcd.pid"
     wait_for 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health" || { log "etcd did not start:"; tail -20 "$STATE/etcd.log" >&2; return 1; }
     local d=$STATE/pki
-    "$BIN_DIR/kube-apiserver" \
+    # MutatingAdmissionPolicy (the chart's rdma-resource-inject): beta and off by default before
+    # 1.36, where it is GA (v1).
+    local admission=()
+    local minor=${K8S_VERSION#*.}
+    minor=${minor%%.*}
+    if [ "$minor" -lt 36 ]; then
+        admission=(--feature-gates=MutatingAdmissionPolicy=true --runtime-config=admissionregistration.k8s.io/v1beta1=true)
+    fi
+    "$BIN_DIR/kube-apiserver" "${admission[@]}" \
         --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
         --bind-address 127.0.0.1 --secure-port "$PORT" \
         --cert-dir "$d" --tls-cert-file "$d/server.crt" --tls-private-key-file "$d/server.key" \

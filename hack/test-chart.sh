@@ -3,6 +3,7 @@
 #   helm lint and helm template for the default values and every charts/spiderpool/ci/*-values.yaml;
 #   every rendered object applied with server-side dry-run;
 #   helm install, then helm upgrade with changed values;
+#   rdma-resource-inject: pods dry-run against the installed MutatingAdmissionPolicy;
 #   RBAC: what each ServiceAccount may and may not do (kubectl auth can-i --as, i.e. SubjectAccessReviews).
 # usage: hack/test-chart.sh KUBECONFIG   (hack/test.sh runs it after hack/control-plane.sh up)
 set -euo pipefail
@@ -68,6 +69,44 @@ run "helm upgrade (controller replicas 3, gcInterval 10)" "$helm" upgrade "$rele
 run "upgrade took effect" bash -c "[ \"\$($kubectl -n $ns get deploy $release-controller -o jsonpath='{.spec.replicas}')\" = 3 ]"
 run "SpiderCoordinator default created" $kubectl get spidercoordinator default
 
+echo "rdma-resource-inject: pods created with server-side dry-run come back mutated by the chart's MutatingAdmissionPolicy"
+# A namespace per run: nothing deletes namespaces in this control plane (no namespace controller).
+inject_ns=$ns-inject-$$
+$kubectl create namespace "$inject_ns" --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+$kubectl apply -n "$inject_ns" -f - >/dev/null <<'EOF'
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderMultusConfig
+metadata: {name: gpu1-net, labels: {cni.spidernet.io/rdma-resource-inject: gpu}}
+spec: {cniType: sriov, sriov: {resourceName: spidernet.io/gpu1nic, enableRdma: true}}
+---
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderMultusConfig
+metadata: {name: gpu2-net, labels: {cni.spidernet.io/rdma-resource-inject: gpu}}
+spec: {cniType: macvlan, macvlan: {master: [eth0], rdmaResourceName: spidernet.io/rdma}}
+---
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderMultusConfig
+metadata: {name: storage-net, labels: {cni.spidernet.io/rdma-resource-inject: storage}}
+spec: {cniType: sriov, sriov: {resourceName: spidernet.io/storage}}
+EOF
+injected() { # injected ANNOTATIONS_JSON LIMITS_JSON WANT_NETWORKS WANT_LIMITS: what a dry-run pod becomes
+    local pod got want
+    pod=$(printf '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":%s},"spec":{"containers":[{"name":"c","image":"x","resources":{"limits":%s}},{"name":"d","image":"x"}]}}' "$1" "$2")
+    got=$(echo "$pod" | $kubectl create -n "$inject_ns" --dry-run=server -o json -f - |
+        python3 -c 'import json,sys; p=json.load(sys.stdin); print(p["metadata"].get("annotations",{}).get("k8s.v1.cni.cncf.io/networks","")); print(json.dumps(p["spec"]["containers"][0]["resources"].get("limits",{}),sort_keys=True)); print(json.dumps(p["spec"]["containers"][1].get("resources",{})))')
+    want=$(printf '%s\n%s\n{}' "$3" "$4")
+    [ "$got" = "$want" ] || { printf 'got:\n%s\nwant:\n%s\n' "$got" "$want"; return 1; }
+}
+run "group gpu: both gpu networks and their resources, in the first container only" \
+    injected '{"cni.spidernet.io/rdma-resource-inject":"gpu"}' '{}' "$inject_ns/gpu1-net,$inject_ns/gpu2-net" '{"spidernet.io/gpu1nic": "1", "spidernet.io/rdma": "1"}'
+run "networks already named (short and long form) are not added twice; other limits kept" \
+    injected "{\"cni.spidernet.io/rdma-resource-inject\":\"gpu\",\"k8s.v1.cni.cncf.io/networks\":\"gpu1-net, $inject_ns/gpu2-net\"}" '{"cpu":"1"}' "gpu1-net, $inject_ns/gpu2-net" '{"cpu": "1", "spidernet.io/gpu1nic": "1", "spidernet.io/rdma": "1"}'
+run "group storage: its network after the pod's own" \
+    injected '{"cni.spidernet.io/rdma-resource-inject":"storage","k8s.v1.cni.cncf.io/networks":"mine"}' '{}' "mine,$inject_ns/storage-net" '{"spidernet.io/storage": "1"}'
+run "a group no SpiderMultusConfig has: nothing" injected '{"cni.spidernet.io/rdma-resource-inject":"none"}' '{}' "" '{}'
+run "no annotation: nothing" injected '{}' '{}' "" '{}'
+$kubectl delete -n "$inject_ns" spidermultusconfigs --all >/dev/null
+
 echo "RBAC (kubectl auth can-i --as: SubjectAccessReviews against the API server)"
 agent=system:serviceaccount:$ns:$release-agent
 controller=system:serviceaccount:$ns:$release-controller
@@ -111,10 +150,12 @@ run "controller may list statefulsets" can yes "$controller" list statefulsets.a
 run "controller may list nodes" can yes "$controller" list nodes
 run "controller may not change nodes" can no "$controller" patch nodes
 run "controller may update its lease" can yes "$controller" update leases.coordination.k8s.io -n "$ns"
-for crd in charts/spiderpool/crds/*.yaml; do
+for crd in charts/spiderpool/crds/*.spiderpool.spidernet.io.yaml; do
     crd=$(basename "$crd" .yaml)
     run "controller may apply its CRD $crd" can yes "$controller" patch "customresourcedefinitions.apiextensions.k8s.io/$crd"
 done
+# Multus's CRD comes with the chart (helm installs it once); the controller does not apply it.
+run "controller may not patch the NAD CRD" can no "$controller" patch customresourcedefinitions.apiextensions.k8s.io/network-attachment-definitions.k8s.cni.cncf.io
 run "controller may not patch other CRDs" can no "$controller" patch customresourcedefinitions.apiextensions.k8s.io/ippools.crd.projectcalico.org
 run "controller may not create other CRDs" can no "$controller" create customresourcedefinitions.apiextensions.k8s.io/foos.example.com
 run "controller may patch spidercoordinators/status" can yes "$controller" patch spidercoordinators.spiderpool.spidernet.io --subresource=status

@@ -47,7 +47,7 @@ fi
 # The API server's version, and the newest: v1.37 keeps a successor device plugin registered when
 # its predecessor goes (kubernetes#121994 fixed), v1.34 drops it (the plugin registers again).
 KUBELET_VERSIONS="1.34.3 1.37.2"
-step "control plane: kube-apiserver + etcd (+ helm, kubelet, kube-scheduler, kube-controller-manager) built from the Go module proxy; CRDs, agents' IPAM service, controller, a real kubelet with the device plugin, chart"
+step "control plane: kube-apiserver + etcd (+ helm, kubelet, kube-scheduler, kube-controller-manager, Multus) built from the Go module proxy; CRDs, agents' IPAM service, controller, a real kubelet with the device plugin and the chart end to end, chart"
 control_plane_ready() {
     command -v go >/dev/null || { echo "no Go toolchain to build kube-apiserver and etcd"; return 1; }
     command -v openssl >/dev/null || apt_install openssl >&2 || { echo "cannot install openssl"; return 1; }
@@ -58,6 +58,7 @@ control_plane_ready() {
         K8S_VERSION=$v hack/control-plane.sh kubelet >/dev/null || { echo "building kubelet $v failed (see above)"; return 1; }
     done
     hack/control-plane.sh scheduling >/dev/null || { echo "building kube-scheduler/kube-controller-manager failed (see above)"; return 1; }
+    hack/control-plane.sh multus >/dev/null || { echo "building Multus failed (see above)"; return 1; }
 }
 kubelet_ready() {
     is_root || { echo "needs root (kubelet, containerd, /var/lib/kubelet/device-plugins)"; return 1; }
@@ -71,7 +72,7 @@ if reason=$(control_plane_ready); then
     SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --features control-plane --test cluster -- --ignored
     if reason=$(kubelet_ready); then
         for v in $KUBELET_VERSIONS; do
-            echo "--- kubelet $v: VF pods from the device plugin; plugin and kubelet restarts; the chart's agent DaemonSet updated while VF pods arrive"
+            echo "--- kubelet $v: VF pods from the device plugin; plugin and kubelet restarts; the chart's agent DaemonSet updated while VF pods arrive; e2e: the chart with Multus, a pod with a macvlan NIC and spidernet.io/rdma, a Deployment 0 -> 10 -> 0"
             # One kubelet at a time: its device-plugin directory is fixed.
             SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$(K8S_VERSION=$v hack/control-plane.sh kubelet) \
                 cargo test --locked -p spiderpool-e2e --features control-plane --test kubelet -- --ignored --nocapture --test-threads=1

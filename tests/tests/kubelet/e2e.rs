@@ -15,6 +15,8 @@ use super::*;
 use crate::support::{Host, Images, Release, Scheduling};
 
 const RDMA: &str = "spidernet.io/rdma";
+/// Spiderpool's annotation (pod) and label (SpiderMultusConfig) of RDMA resource injection.
+const INJECT: &str = "cni.spidernet.io/rdma-resource-inject";
 /// The fixture's HCA the rdma resource shares (cx6dx: mlx5_0 on PF 0000:3b:00.0).
 pub const HCA_PCI: &str = "0000:3b:00.0";
 const HCA_NODES: [&str; 4] = [
@@ -165,10 +167,11 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     }
     let smcs: Api<SpiderMultusConfig> = Api::namespaced(cluster.client.clone(), &ns);
     let smc: SpiderMultusConfig = serde_json::from_value(json!({
-        "metadata": {"name": "macvlan-e2e"},
+        "metadata": {"name": "macvlan-e2e", "labels": {INJECT: "e2e-rdma"}},
         "spec": {
             "cniType": "macvlan",
-            "macvlan": {"master": [host.uplink], "ippools": {"ipv4": [v4], "ipv6": [v6]}},
+            "macvlan": {"master": [host.uplink], "ippools": {"ipv4": [v4], "ipv6": [v6]},
+                        "rdmaResourceName": RDMA},
             "enableCoordinator": true,
             "coordinator": {"mode": "underlay"}
         }
@@ -349,6 +352,43 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
         );
     }
 
+    // A pod that names neither network nor device, only the injection group: the chart's
+    // MutatingAdmissionPolicy adds both, and it runs like the first.
+    let inject_pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "inject-pod", "labels": {"app": "e2e"}, "annotations": {INJECT: "e2e-rdma"}},
+        "spec": {"terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "c", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                                 "command": ["/bin/sleep", "3600"]}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &inject_pod).await.unwrap();
+    let networks = created.annotations().get("k8s.v1.cni.cncf.io/networks").cloned();
+    assert_eq!(
+        networks.as_deref(),
+        Some(format!("{ns}/macvlan-e2e").as_str()),
+        "networks not injected"
+    );
+    let limits = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers[0].resources.clone())
+        .and_then(|r| r.limits);
+    assert_eq!(
+        limits.as_ref().and_then(|l| l.get(RDMA)).map(|q| q.0.as_str()),
+        Some("1"),
+        "{RDMA} not injected: {limits:?}"
+    );
+    let (phase, reason, message) = settle(&pods, "inject-pod").await;
+    assert_eq!(phase, "Running", "inject-pod: {reason} {message}");
+    let c = container_of(&pods, "inject-pod").await;
+    let inject_addrs = net1_addrs(&mut cri, &c).await;
+    assert_eq!(inject_addrs.len(), 2, "inject-pod's net1: {inject_addrs:?}");
+    let devices = sh(&mut cri, &c, "ls /dev/infiniband").await;
+    assert!(
+        devices.contains("uverbs0"),
+        "no RDMA device in inject-pod: {devices}"
+    );
+
     // A Deployment 0 → 10 → 0.
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns);
     let template = rdma_pod_template("macvlan-e2e", json!({}));
@@ -380,7 +420,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
             .unwrap()
             .items
             .into_iter()
-            .filter(|p| p.metadata.name.as_deref() != Some("rdma-pod"))
+            .filter(|p| !matches!(p.metadata.name.as_deref(), Some("rdma-pod" | "inject-pod")))
             .collect::<Vec<_>>()
     };
     let started = Instant::now();
@@ -443,12 +483,14 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
         kubelet.version,
         started.elapsed()
     );
-    pods.delete("rdma-pod", &DeleteParams::default()).await.unwrap();
-    let gone = eventually(Duration::from_secs(60), || async {
-        pods.get_opt("rdma-pod").await.ok()?.is_none().then_some(())
-    })
-    .await;
-    assert!(gone.is_some(), "rdma-pod was not gone 60 s after its deletion");
+    for name in ["rdma-pod", "inject-pod"] {
+        pods.delete(name, &DeleteParams::default()).await.unwrap();
+        let gone = eventually(Duration::from_secs(60), || async {
+            pods.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        assert!(gone.is_some(), "{name} was not gone 60 s after its deletion");
+    }
 
     // Every address back, no SpiderEndpoint, nothing of the pods on the node. A pod with a zero
     // grace period leaves the API at once; kubelet stops its sandbox (CNI DEL) right after.
@@ -471,6 +513,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     );
     let mut pod_addrs: Vec<String> = held.into_iter().collect();
     pod_addrs.extend([v4_addr, v6_addr]);
+    pod_addrs.extend(inject_addrs);
     // The last sandboxes' DELs may still be running: the node settles within seconds.
     let _ = eventually(Duration::from_secs(30), || async {
         host.snapshot()

@@ -75,7 +75,8 @@ if reason=$(control_plane_ready); then
             echo "--- kubelet $v: VF pods from the device plugin; plugin and kubelet restarts; the chart's agent DaemonSet updated while VF pods arrive; e2e: the chart with Multus, a pod with a macvlan NIC and spidernet.io/rdma, a Deployment 0 -> 10 -> 0"
             # One kubelet at a time: its device-plugin directory is fixed.
             SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$(K8S_VERSION=$v hack/control-plane.sh kubelet) \
-                cargo test --locked -p spiderpool-e2e --features control-plane --test kubelet -- --ignored --nocapture --test-threads=1
+                cargo test --locked -p spiderpool-e2e --features control-plane --test kubelet -- --ignored --nocapture --test-threads=1 \
+                --skip bench::
         done
     else
         skip kubelet "$reason"

@@ -9,17 +9,16 @@ use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::Value;
 use spiderpool_api::crd::ipam::{SpiderEndpoint, SpiderIPPool};
-use spiderpool_api::multus::{NetworkAttachmentDefinition, SpiderMultusConfig};
 
 use super::*;
-use crate::support::{Host, Images, Release, Scheduling};
+use crate::e2e_node::E2eNode;
 
-const RDMA: &str = "spidernet.io/rdma";
+pub const RDMA: &str = "spidernet.io/rdma";
 /// Spiderpool's annotation (pod) and label (SpiderMultusConfig) of RDMA resource injection.
-const INJECT: &str = "cni.spidernet.io/rdma-resource-inject";
+pub const INJECT: &str = "cni.spidernet.io/rdma-resource-inject";
 /// The fixture's HCA the rdma resource shares (cx6dx: mlx5_0 on PF 0000:3b:00.0).
 pub const HCA_PCI: &str = "0000:3b:00.0";
-const HCA_NODES: [&str; 4] = [
+pub const HCA_NODES: [&str; 4] = [
     "/dev/infiniband/uverbs0",
     "/dev/infiniband/issm0",
     "/dev/infiniband/umad0",
@@ -27,7 +26,7 @@ const HCA_NODES: [&str; 4] = [
 ];
 
 /// A pod on the macvlan network with one RDMA share; `extra` merged into its annotations.
-fn rdma_pod_template(network: &str, extra: Value) -> Value {
+pub fn rdma_pod_template(network: &str, extra: Value) -> Value {
     let mut annotations = json!({"k8s.v1.cni.cncf.io/networks": network});
     if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra.as_object()) {
         a.extend(e.clone());
@@ -61,7 +60,7 @@ async fn container_of(pods: &Api<Pod>, name: &str) -> String {
 }
 
 /// The addresses the pool's status holds for `NODE`, with the pod each is held for.
-async fn pool_holders(pools: &Api<SpiderIPPool>, pool: &str) -> Vec<(String, String)> {
+pub async fn pool_holders(pools: &Api<SpiderIPPool>, pool: &str) -> Vec<(String, String)> {
     let pool = serde_json::to_value(pools.get(pool).await.unwrap()).unwrap();
     let text = pool["status"]["allocatedIPsByNode"][NODE]
         .as_str()
@@ -93,101 +92,10 @@ async fn net1_addrs(cri: &mut CriNode, container: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "kubelet tier: needs root, hack/control-plane.sh up, kubelet, scheduling, helm and multus"]
 async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
-    let cluster = Cluster::connect().await.unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let dir: PathBuf = work.path().to_path_buf();
-    // Addresses per kubelet version: both runs share one API server, and the pools' subnets
-    // stay registered until the controller has removed the first run's pools.
-    let probe_version = Command::new(std::env::var(KUBELET_ENV).unwrap())
-        .arg("--version")
-        .output()
-        .unwrap();
-    let minor: u32 = String::from_utf8_lossy(&probe_version.stdout)
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    let host = Host::prepare(minor, &HCA_NODES).unwrap();
-    let (mut cri, kubelet) = node_up_with(&cluster, &dir, Some(&host.default_network())).await;
-    let nodes: Api<Node> = Api::all(cluster.client.clone());
-    // What the node lifecycle controller (not run here) does once the node is Ready: lift the
-    // not-ready taint kubelet registers with, so that pods without tolerations are scheduled.
-    let ready = eventually(Duration::from_secs(60), || async {
-        let node = nodes.get(NODE).await.ok()?;
-        let conditions = node.status?.conditions?;
-        conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-    assert!(
-        ready.is_some(),
-        "the node never became Ready:\n{}",
-        kubelet.daemon.log_text()
-    );
-    nodes
-        .patch(
-            NODE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"taints": null}})),
-        )
-        .await
-        .unwrap();
-    let images = Images::build_and_import(&cri, &dir);
-    let scheduling = Scheduling::start(&cluster, &dir, "daemonset,deployment,replicaset");
-
-    let release = Release::install(&cluster, &dir, &images, &cri).await;
-    release.wait_ready(&cluster, &kubelet, &scheduling).await;
-    wait_counts_of(&nodes, RDMA, (20, 20), "the agent's shared RDMA resource").await;
-    let multus_conf = cri.net_d.join("00-multus.conf");
-    let Ok(conf) = std::fs::read_to_string(&multus_conf) else {
-        panic!(
-            "Multus wrote no {}: {}",
-            multus_conf.display(),
-            release.logs(&cluster, "multus").await
-        )
-    };
-    let conf: Value = serde_json::from_str(&conf).unwrap();
-    assert_eq!(conf["delegates"][0]["name"], "e2e-default", "{conf}");
-
-    // Pools, the network and its NAD (written by the chart's controller).
-    let ns = cluster.namespace("e2e", json!({})).await.unwrap();
-    let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
-    let (v4, v6) = (format!("e2e-v4-{minor}"), format!("e2e-v6-{minor}"));
-    for (name, spec) in [(&v4, host.pool_spec(4)), (&v6, host.pool_spec(6))] {
-        let _ = pools.delete(name, &DeleteParams::default()).await;
-        let _ = eventually(Duration::from_secs(30), || async {
-            pools.get_opt(name).await.ok()?.is_none().then_some(())
-        })
-        .await;
-        let pool: SpiderIPPool =
-            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
-        pools.create(&PostParams::default(), &pool).await.unwrap();
-    }
-    let smcs: Api<SpiderMultusConfig> = Api::namespaced(cluster.client.clone(), &ns);
-    let smc: SpiderMultusConfig = serde_json::from_value(json!({
-        "metadata": {"name": "macvlan-e2e", "labels": {INJECT: "e2e-rdma"}},
-        "spec": {
-            "cniType": "macvlan",
-            "macvlan": {"master": [host.uplink], "ippools": {"ipv4": [v4], "ipv6": [v6]},
-                        "rdmaResourceName": RDMA},
-            "enableCoordinator": true,
-            "coordinator": {"mode": "underlay"}
-        }
-    }))
-    .unwrap();
-    smcs.create(&PostParams::default(), &smc).await.unwrap();
-    let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(cluster.client.clone(), &ns);
-    let nad = eventually(Duration::from_secs(30), || async {
-        nads.get_opt("macvlan-e2e").await.ok()?
-    })
-    .await;
-    assert!(
-        nad.is_some(),
-        "the chart's controller wrote no NAD: {}",
-        release.logs(&cluster, "controller").await
-    );
+    let mut e = E2eNode::up().await;
+    let (cluster, host, kubelet) = (&e.cluster, &e.host, &e.kubelet);
+    let (ns, pools, v4, v6) = (&e.ns, &e.pools, &e.v4, &e.v6);
+    let cri = &mut e.cri;
 
     let before = host.snapshot();
 
@@ -230,7 +138,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     let c = container_of(&pods, "rdma-pod").await;
 
     // net1: one address of each family from the pools.
-    let addrs = net1_addrs(&mut cri, &c).await;
+    let addrs = net1_addrs(cri, &c).await;
     let v4_addr = addrs
         .iter()
         .find(|a| !a.contains(':'))
@@ -251,12 +159,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     );
 
     // The annotation's route, and policy routing for net1's addresses.
-    let routes = sh(
-        &mut cri,
-        &c,
-        "ip route show table all; ip -6 route show table all",
-    )
-    .await;
+    let routes = sh(cri, &c, "ip route show table all; ip -6 route show table all").await;
     assert!(
         routes.lines().any(|l| l.starts_with(&extra_route)
             && l.contains(&format!("via {}", host.gateway(4)))
@@ -266,14 +169,14 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     // eth0 (the default network) has the default route: net1's IPv4 address gets a table of
     // its own with a rule. eth0 has no IPv6, so net1's IPv6 stays in the main table (its subnet;
     // as in Spiderpool, only the default-route NIC gets a default route from the IPAM).
-    let rules = sh(&mut cri, &c, "ip rule").await;
+    let rules = sh(cri, &c, "ip rule").await;
     assert!(
         rules
             .lines()
             .any(|l| l.contains(&format!("from {v4_addr} lookup"))),
         "no policy rule for net1's {v4_addr}:\n{rules}"
     );
-    let v6_routes = sh(&mut cri, &c, "ip -6 route show").await;
+    let v6_routes = sh(cri, &c, "ip -6 route show").await;
     let v6_subnet = host.pool_spec(6)["subnet"]
         .as_str()
         .unwrap_or_default()
@@ -286,27 +189,22 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     );
     // The node through veth0 (underlay coordinator), the gateway over net1.
     let node_ip = host.node_ip();
-    let via = sh(&mut cri, &c, &format!("ip route get {node_ip}")).await;
+    let via = sh(cri, &c, &format!("ip route get {node_ip}")).await;
     assert!(
         via.contains("dev veth0"),
         "the node {node_ip} is not reached through veth0: {via}"
     );
-    sh(&mut cri, &c, &format!("ping -c 1 -W 2 {node_ip}")).await;
-    sh(
-        &mut cri,
-        &c,
-        &format!("ping -c 1 -W 2 -I net1 {}", host.gateway(4)),
-    )
-    .await;
+    sh(cri, &c, &format!("ping -c 1 -W 2 {node_ip}")).await;
+    sh(cri, &c, &format!("ping -c 1 -W 2 -I net1 {}", host.gateway(4))).await;
     // IPv6 needs DAD on net1 first.
     let ping6 = format!(
         "for i in 1 2 3 4 5 6 7 8; do ping -6 -c 1 -W 1 -I net1 {} && exit 0; sleep 0.5; done; exit 1",
         host.gateway(6)
     );
-    sh(&mut cri, &c, &ping6).await;
+    sh(cri, &c, &ping6).await;
 
     // The device plugin's device nodes.
-    let devices = sh(&mut cri, &c, "ls /dev/infiniband").await;
+    let devices = sh(cri, &c, "ls /dev/infiniband").await;
     for node in HCA_NODES {
         let name = node.trim_start_matches("/dev/infiniband/");
         assert!(
@@ -381,9 +279,9 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     let (phase, reason, message) = settle(&pods, "inject-pod").await;
     assert_eq!(phase, "Running", "inject-pod: {reason} {message}");
     let c = container_of(&pods, "inject-pod").await;
-    let inject_addrs = net1_addrs(&mut cri, &c).await;
+    let inject_addrs = net1_addrs(cri, &c).await;
     assert_eq!(inject_addrs.len(), 2, "inject-pod's net1: {inject_addrs:?}");
-    let devices = sh(&mut cri, &c, "ls /dev/infiniband").await;
+    let devices = sh(cri, &c, "ls /dev/infiniband").await;
     assert!(
         devices.contains("uverbs0"),
         "no RDMA device in inject-pod: {devices}"
@@ -456,7 +354,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     let mut held = BTreeSet::new();
     for name in &running {
         let c = container_of(&pods, name).await;
-        for addr in net1_addrs(&mut cri, &c).await {
+        for addr in net1_addrs(cri, &c).await {
             assert!(held.insert(addr.clone()), "{addr} given twice (again to {name})");
         }
     }
@@ -528,17 +426,5 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
         .delete("scale", &DeleteParams::default())
         .await
         .unwrap();
-    smcs.delete("macvlan-e2e", &DeleteParams::default())
-        .await
-        .unwrap();
-    for pool in [&v4, &v6] {
-        let _ = pools.delete(pool, &DeleteParams::default()).await;
-    }
-    release.uninstall(&cluster).await;
-    drop(scheduling);
-    drop(kubelet);
-    let _ = nodes.delete(NODE, &DeleteParams::default()).await;
-    drop(cri);
-    drop(host);
-    let _ = std::fs::remove_dir_all(DEVICE_PLUGINS);
+    e.down().await;
 }

@@ -19,9 +19,11 @@ use serde_json::json;
 use spiderpool_e2e::cluster::{Cluster, Daemon, eventually};
 use spiderpool_e2e::cri::{BUSYBOX_IMAGE, CriNode};
 
+mod bench;
 mod daemonset;
 mod device_plugin;
 mod e2e;
+mod e2e_node;
 mod policies;
 mod support;
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Pod creation to Running on a real kubelet with the chart installed from the image (the e2e
+# node of the kubelet tier): pods with a macvlan NIC (spiderpool IPAM, coordinator) and an RDMA
+# share beside pods with only the default network, alternating, p50/p99 and their ratio
+# (tests/tests/kubelet/bench.rs). Root; builds what it needs as hack/test.sh does.
+# usage: hack/bench-pods.sh [PODS_EACH] [KUBELET_VERSION]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
+cargo build --quiet --locked --workspace --bins
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+for what in helm scheduling multus; do hack/control-plane.sh "$what" >/dev/null; done
+kubelet=$(K8S_VERSION=${2:-1.34.3} hack/control-plane.sh kubelet)
+kubeconfig=$(hack/control-plane.sh up)
+echo "$(nproc) CPUs; $("$kubelet" --version)"
+SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$kubelet SPIDERPOOL_BIN_DIR="$target_dir/debug" \
+    SPIDERPOOL_BENCH_PODS=${1:-20} \
+    cargo test --quiet --locked -p spiderpool-e2e --features control-plane --test kubelet -- \
+    --ignored --nocapture --exact bench::bench_pod_startup_macvlan_rdma_vs_default_network 2>&1 |
+    grep -v "File system loop"

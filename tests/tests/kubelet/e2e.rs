@@ -100,7 +100,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     let before = host.snapshot();
 
     // One pod with the annotations Spiderpool users write.
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
     let extra_route = host.extra_route();
     let mut pod = rdma_pod_template(
         "macvlan-e2e",
@@ -232,7 +232,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
         .unwrap_or_else(|| panic!("no net1 in network-status: {status_anno}"));
     assert_eq!(net1["dns"]["nameservers"], json!([host.gateway(4)]), "{net1}");
     assert_eq!(net1["dns"]["search"], json!(["e2e.example"]), "{net1}");
-    let endpoints: Api<SpiderEndpoint> = Api::namespaced(cluster.client.clone(), &ns);
+    let endpoints: Api<SpiderEndpoint> = Api::namespaced(cluster.client.clone(), ns);
     let ep = serde_json::to_value(endpoints.get("rdma-pod").await.unwrap())
         .unwrap()
         .to_string();
@@ -243,7 +243,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
         );
     }
     for (pool, addr) in [(&v4, &v4_addr), (&v6, &v6_addr)] {
-        let holders = pool_holders(&pools, pool).await;
+        let holders = pool_holders(pools, pool).await;
         assert!(
             holders.contains(&(addr.clone(), format!("{ns}/rdma-pod"))),
             "pool {pool} does not hold {addr} for rdma-pod: {holders:?}"
@@ -288,7 +288,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     );
 
     // A Deployment 0 → 10 → 0.
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
     let template = rdma_pod_template("macvlan-e2e", json!({}));
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "scale"},
@@ -359,7 +359,7 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
         }
     }
     assert_eq!(held.len(), 20, "10 pods, one v4 and one v6 each: {held:?}");
-    let holders = [pool_holders(&pools, &v4).await, pool_holders(&pools, &v6).await].concat();
+    let holders = [pool_holders(pools, v4).await, pool_holders(pools, v6).await].concat();
     for addr in &held {
         assert!(
             holders.iter().any(|(ip, _)| ip == addr),
@@ -394,12 +394,12 @@ async fn kubelet_pod_with_macvlan_nic_and_rdma_from_the_chart() {
     // grace period leaves the API at once; kubelet stops its sandbox (CNI DEL) right after.
     let started = Instant::now();
     let released = eventually(Duration::from_secs(60), || async {
-        let left = [pool_holders(&pools, &v4).await, pool_holders(&pools, &v6).await].concat();
+        let left = [pool_holders(pools, v4).await, pool_holders(pools, v6).await].concat();
         let eps = endpoints.list(&ListParams::default()).await.ok()?;
         (left.is_empty() && eps.items.is_empty()).then_some(())
     })
     .await;
-    let left = [pool_holders(&pools, &v4).await, pool_holders(&pools, &v6).await].concat();
+    let left = [pool_holders(pools, v4).await, pool_holders(pools, v6).await].concat();
     assert!(
         released.is_some(),
         "addresses still held 60 s after every pod went: {left:?}"

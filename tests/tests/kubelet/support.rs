@@ -367,6 +367,44 @@ impl Scheduling {
     }
 }
 
+/// The workloads of releases an earlier, failed run left (no namespace controller deletes them):
+/// their pods would come back on this node and hold the host ports the new release needs.
+async fn remove_leftover_releases(cluster: &Cluster) {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+    // ReplicaSets and pods too: no garbage collector runs here.
+    delete_labelled::<Deployment>(cluster, false).await;
+    delete_labelled::<DaemonSet>(cluster, false).await;
+    delete_labelled::<ReplicaSet>(cluster, false).await;
+    delete_labelled::<Pod>(cluster, true).await;
+}
+
+/// Deletes every `K` of the chart (label `app.kubernetes.io/name=spiderpool`), in any namespace.
+async fn delete_labelled<K>(cluster: &Cluster, now: bool)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + for<'de> k8s_openapi::serde::Deserialize<'de>
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let lp = ListParams::default().labels("app.kubernetes.io/name=spiderpool");
+    let dp = if now {
+        delete_now()
+    } else {
+        DeleteParams::default()
+    };
+    let found = Api::<K>::all(cluster.client.clone())
+        .list(&lp)
+        .await
+        .map(|l| l.items);
+    for object in found.unwrap_or_default() {
+        let ns = object.namespace().unwrap_or_default();
+        let _ = Api::<K>::namespaced(cluster.client.clone(), &ns)
+            .delete(&object.name_any(), &dp)
+            .await;
+    }
+}
+
 /// Deletes the admission policy `Cluster::connect` applies (as the cluster tier needs it) so that
 /// the chart's release can own it.
 pub async fn release_owns_admission_policy(cluster: &Cluster) {
@@ -395,6 +433,7 @@ pub struct Release {
 
 impl Release {
     pub async fn install(cluster: &Cluster, dir: &Path, images: &Images, cri: &CriNode) -> Release {
+        remove_leftover_releases(cluster).await;
         let namespace = cluster.namespace("e2e-release", json!({})).await.unwrap();
         let name = format!("e2e{}", std::process::id());
         // Readable by the controller's non-root user.

@@ -87,6 +87,24 @@ impl E2eNode {
                 release.logs(&cluster, "multus").await
             )
         };
+        // The reference plugins, from the plugin image over what the node had (Debian's, linked).
+        let installed =
+            std::fs::symlink_metadata(cri.dir.join("cni-bin/macvlan")).map(|m| m.file_type().is_file());
+        assert!(
+            matches!(installed, Ok(true)),
+            "the chart did not install macvlan: {installed:?}"
+        );
+        let agent_logs = release.logs(&cluster, "agent").await;
+        for line in [
+            "installed macvlan",
+            "installed tuning",
+            "skipped sriov: not in /usr/src/cni/bin",
+        ] {
+            assert!(
+                agent_logs.contains(line),
+                "no {line:?} from install-cni-plugins:\n{agent_logs}"
+            );
+        }
         let conf: Value = serde_json::from_str(&conf).unwrap();
         assert_eq!(conf["delegates"][0]["name"], "e2e-default", "{conf}");
 

@@ -40,7 +40,14 @@ pub struct Host {
     /// The pod namespaces there before: a failed run leaves its pods' (containerd is stopped
     /// without tearing them down), and with them links, routes and rules on the node.
     netns_before: BTreeSet<String>,
+    /// Whether the agent's default IPAM socket was there before: the chart's agent (killed with
+    /// containerd) leaves it behind, and a stale socket there makes every `coordinator` on this
+    /// host ask an agent that is gone.
+    socket_before: bool,
 }
+
+/// The chart's default `agent.ipamSocket` (the `spiderpool` plugin's default path).
+const AGENT_SOCKET: &str = "/var/run/spidernet/spiderpool.sock";
 
 fn netns_names() -> BTreeSet<String> {
     std::fs::read_dir("/run/netns")
@@ -136,6 +143,7 @@ impl Host {
             made_nodes,
             made_dir,
             netns_before: netns_names(),
+            socket_before: Path::new(AGENT_SOCKET).exists(),
         })
     }
 
@@ -251,6 +259,9 @@ impl Snapshot {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        if !self.socket_before {
+            let _ = std::fs::remove_file(AGENT_SOCKET);
+        }
         // After a failure: the pods' namespaces (their links go with them) and the coordinator's
         // rules to their addresses.
         for ns in netns_names().difference(&self.netns_before) {
@@ -291,7 +302,13 @@ impl Drop for Host {
 pub struct Images {
     pub ours: (String, String),
     pub multus: (String, String),
+    /// busybox with Debian's reference plugins in `/usr/src/cni/bin`, for `cniPlugins.install`.
+    pub plugins: (String, String),
 }
+
+/// The reference plugins the e2e release installs from the plugin image (Debian has no sriov:
+/// the installer skips it, saying so).
+pub const INSTALLED_PLUGINS: [&str; 5] = ["macvlan", "ipvlan", "vlan", "tuning", "sriov"];
 
 pub const MULTUS_REPOSITORY: &str = "ghcr.io/k8snetworkplumbingwg/multus-cni";
 pub const MULTUS_TAG: &str = "v4.3.0";
@@ -324,7 +341,42 @@ impl Images {
         )
         .unwrap();
         cri.import(&archive).unwrap();
-        Images { ours, multus }
+        let plugins = (
+            "localhost/spiderpool-test/cni-plugins".to_string(),
+            "e2e".to_string(),
+        );
+        let rootfs = dir.join("plugins-rootfs");
+        for sub in ["bin", "tmp", "usr/src/cni/bin"] {
+            std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "cp", "mv", "[", "test", "echo"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        for plugin in INSTALLED_PLUGINS.iter().filter(|p| **p != "sriov") {
+            std::fs::copy(
+                Path::new(spiderpool_e2e::DEBIAN_CNI_DIR).join(plugin),
+                rootfs.join("usr/src/cni/bin").join(plugin),
+            )
+            .unwrap();
+        }
+        let archive = dir.join("plugins.tar");
+        spiderpool_e2e::run(
+            Command::new(&script)
+                .env("IMAGE_GZIP_LEVEL", "1")
+                .arg("--rootfs")
+                .arg(&rootfs)
+                .args(["--entrypoint", r#"["/bin/sh"]"#])
+                .args(["--tag", &format!("{}:{}", plugins.0, plugins.1), "--out"])
+                .arg(&archive),
+        )
+        .unwrap();
+        cri.import(&archive).unwrap();
+        Images {
+            ours,
+            multus,
+            plugins,
+        }
     }
 }
 
@@ -463,6 +515,11 @@ impl Release {
         let values = json!({
             "image": {"repository": images.ours.0, "tag": images.ours.1, "pullPolicy": "Never"},
             "coordinator": {"enabled": false},
+            "cniPlugins": {
+                "install": true,
+                "image": {"repository": images.plugins.0, "tag": images.plugins.1, "pullPolicy": "Never"},
+                "plugins": INSTALLED_PLUGINS,
+            },
             "metrics": {"port": 15763, "agent": {"port": 0}},
             "controller": {
                 "replicas": 1, "gcInterval": 5,

@@ -62,14 +62,14 @@ impl Topology {
         let tag = format!("{tag}-{}", std::process::id());
         let node = NetNs::create(&format!("spn-{tag}"))?;
         let gateway = NetNs::create(&format!("spg-{tag}"))?;
-        add_uplink(&node, "up0", &gateway, gateway_addrs)?;
+        add_uplink(Some(&node), "up0", &gateway, gateway_addrs)?;
         Ok(Topology { tag, node, gateway })
     }
 
     /// Another uplink `link` of the node, to a new gateway namespace holding `gateway_addrs`.
     pub fn uplink(&self, link: &str, gateway_addrs: &[&str]) -> Result<NetNs> {
         let gateway = NetNs::create(&format!("spg-{link}-{}", self.tag))?;
-        add_uplink(&self.node, link, &gateway, gateway_addrs)?;
+        add_uplink(Some(&self.node), link, &gateway, gateway_addrs)?;
         Ok(gateway)
     }
 
@@ -102,24 +102,26 @@ impl Topology {
     }
 }
 
-/// A veth `link` in `node` whose peer `eth0` in `gateway` carries `gateway_addrs`; both up.
-fn add_uplink(node: &NetNs, link: &str, gateway: &NetNs, gateway_addrs: &[&str]) -> Result<()> {
-    ip(
-        node,
-        &[
-            "link",
-            "add",
-            link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            gateway.name(),
-        ],
-    )?;
-    ip(node, &["link", "set", link, "up"])?;
+/// A veth `link` in `node` (`None`: this process's namespace) whose peer `eth0` in `gateway`
+/// carries `gateway_addrs`; both up.
+pub fn add_uplink(node: Option<&NetNs>, link: &str, gateway: &NetNs, gateway_addrs: &[&str]) -> Result<()> {
+    let in_node = |args: &[&str]| match node {
+        Some(ns) => ip(ns, args),
+        None => run(Command::new("ip").args(args)),
+    };
+    in_node(&[
+        "link",
+        "add",
+        link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        gateway.name(),
+    ])?;
+    in_node(&["link", "set", link, "up"])?;
     for addr in gateway_addrs {
         let mut args = vec!["addr", "add", addr, "dev", "eth0"];
         if addr.contains(':') {

@@ -16,7 +16,7 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
     let (cri, kubelet) = node_up(&cluster, &dir).await;
     let fixed = kubelet_minor(&kubelet) >= 37;
 
-    support::shared_netns_mount();
+    e2e_host::shared_netns_mount();
 
     // The image, from this workspace's binaries.
     let tag = "localhost/spiderpool-rs:rollout";

@@ -23,6 +23,7 @@ mod bench;
 mod daemonset;
 mod device_plugin;
 mod e2e;
+mod e2e_host;
 mod e2e_node;
 mod policies;
 mod support;

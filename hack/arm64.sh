@@ -15,13 +15,13 @@ arm64_env() {
     export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 }
 
-# arm64_build_ready: the toolchain for cross builds; prints why not on failure.
+# arm64_build_ready: the toolchain for cross builds; prints why not on failure. Callers run it in
+# $(...) for that message, so they call arm64_env themselves.
 arm64_build_ready() {
     apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu >&2 ||
         { echo "cannot install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"; return 1; }
     rustup target list --installed 2>/dev/null | grep -qx "$ARM64_TARGET" ||
         rustup target add "$ARM64_TARGET" >&2 || { echo "rustup cannot add $ARM64_TARGET"; return 1; }
-    arm64_env
 }
 
 # arm64_run_ready: cross builds plus running aarch64 binaries (root: binfmt_misc is the kernel's).
@@ -45,4 +45,22 @@ arm64_run_ready() {
         cat /usr/lib/binfmt.d/qemu-aarch64.conf >"$binfmt/register" || { echo "cannot register qemu-aarch64 with binfmt_misc"; return 1; }
     fi
     grep -qx enabled "$binfmt/qemu-aarch64" || { echo "binfmt_misc entry qemu-aarch64 is disabled"; return 1; }
+}
+
+# arm64_shared_libs BIN...: the loader and libraries aarch64 binaries link, as host paths, one per
+# line. A foreign binary cannot be asked (ldd runs it): its ELF program interpreter and NEEDED
+# entries are read and found where Debian's arm64 libc6 puts them.
+arm64_shared_libs() {
+    local b lib d found
+    for b in "$@"; do
+        LC_ALL=C readelf -l "$b" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p'
+        for lib in $(LC_ALL=C readelf -d "$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+            found=""
+            for d in /lib/aarch64-linux-gnu /usr/lib/aarch64-linux-gnu; do
+                [ -e "$d/$lib" ] && { found=$d/$lib; break; }
+            done
+            [ -n "$found" ] || { echo "arm64 $lib (needed by $b) not found: install libc6:arm64" >&2; return 1; }
+            echo "$found"
+        done
+    done
 }

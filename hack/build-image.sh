@@ -68,19 +68,7 @@ shared_libs() {
         done
         return
     fi
-    # A foreign binary cannot be asked (ldd runs it): read its ELF program interpreter and NEEDED
-    # entries and find them where Debian's arm64 libc6 puts them.
-    for b in "$@"; do
-        LC_ALL=C readelf -l "$b" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p'
-        LC_ALL=C readelf -d "$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | while read -r lib; do
-            local found=""
-            for d in /lib/aarch64-linux-gnu /usr/lib/aarch64-linux-gnu; do
-                [ -e "$d/$lib" ] && { found=$d/$lib; break; }
-            done
-            [ -n "$found" ] || { echo "arm64 $lib (needed by $b) not found: install libc6:arm64" >&2; return 1; }
-            echo "$found"
-        done
-    done
+    arm64_shared_libs "$@"
 }
 
 # manifest ARCH BIN_DIR|'' : lays out one image (from BIN_DIR's binaries, or from --rootfs) and

@@ -31,7 +31,9 @@ cargo test --workspace --locked
 
 step "arm64: every binary cross-built for aarch64; the plugin's process tests and the inventory on the fixtures under qemu-user (binfmt)"
 source hack/arm64.sh
+arm64=false
 if reason=$(arm64_run_ready); then
+    arm64=true
     arm64_env
     cargo build --workspace --bins --locked --target "$ARM64_TARGET"
     arm64_bin="$target_dir/$ARM64_TARGET/debug"
@@ -121,6 +123,7 @@ step "image: hack/build-image.sh (OCI archive, no daemon) imported into a privat
 image_ready() {
     is_root || { echo "needs root (containerd, runc)"; return 1; }
     apt_install containerd runc >&2 || { echo "cannot install containerd runc"; return 1; }
+    $arm64 || { echo "no arm64 binaries (see the arm64 step above)"; return 1; }
 }
 if reason=$(image_ready); then
     hack/test-image.sh "$target_dir/debug" "$target_dir/$ARM64_TARGET/debug"
@@ -156,7 +159,11 @@ if is_root; then
         SPIDERPOOL_BIN_DIR="$vm_bin" hack/vm-test.sh "$script"
     done
     echo "--- hack/vm-arm64-test.sh: Debian's arm64 kernel under qemu-system-aarch64, igb VFs, the aarch64 agent's inventory"
-    hack/vm-arm64-test.sh "$target_dir/$ARM64_TARGET/debug"
+    if $arm64; then
+        hack/vm-arm64-test.sh "$target_dir/$ARM64_TARGET/debug"
+    else
+        skip vm-arm64 "no arm64 binaries (see the arm64 step above)"
+    fi
     echo "--- tests/vm/cluster/node-policies.sh: the guest against kube-apiserver on the host's loopback"
     if $control_plane; then
         vm_cluster_bin="$target_dir/vm-cluster-bin"

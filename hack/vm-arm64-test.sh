@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
+source hack/arm64.sh
 bin_dir=$(realpath "${1:?usage: hack/vm-arm64-test.sh ARM64_BIN_DIR}")
 agent=$bin_dir/spiderpool-agent
 [ -x "$agent" ] || { echo "no $agent" >&2; exit 1; }
@@ -59,7 +60,7 @@ kv=$(ls "$kroot/lib/modules")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 r=$work/root
-mkdir -p "$r/bin" "$r/lib/aarch64-linux-gnu" "$r/modules" "$r/proc" "$r/sys" "$r/dev"
+mkdir -p "$r/bin" "$r/modules" "$r/proc" "$r/sys" "$r/dev"
 dpkg-deb -x "$bbdeb" "$work/bb"
 cp "$work/bb/bin/busybox" "$r/bin/"
 for a in sh mount insmod cat echo ls sleep poweroff; do ln -s busybox "$r/bin/$a"; done
@@ -77,19 +78,20 @@ for m in igb igbvf; do
     done
 done
 aarch64-linux-gnu-strip -o "$r/bin/spiderpool-agent" "$agent"
-cp -L /lib/ld-linux-aarch64.so.1 "$r/lib/"
-for lib in $(LC_ALL=C readelf -d "$agent" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-    cp -L "/lib/aarch64-linux-gnu/$lib" "$r/lib/aarch64-linux-gnu/"
+libs=$(arm64_shared_libs "$agent")
+for lib in $libs; do
+    mkdir -p "$r$(dirname "$lib")"
+    cp -L "$lib" "$r$lib"
 done
 cat >"$r/init" <<INIT
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 for m in ${modules[*]}; do insmod /modules/\$m.ko || echo "insmod \$m failed"; done
-n=0; for p in /sys/bus/pci/drivers/igb/0000:*/net/*; do [ -e "\$p" ] && n=\$((n + 1)); done
-for i in \$(seq 100); do [ \$n -ge 2 ] && break; sleep 0.1; n=0; for p in /sys/bus/pci/drivers/igb/0000:*/net/*; do [ -e "\$p" ] && n=\$((n + 1)); done; done
+# Drivers probe asynchronously: wait (10 s at most) for N netdevs of a driver.
+netdevs() { for i in \$(seq 100); do [ \$(ls -d /sys/bus/pci/drivers/\$1/0000:*/net/* 2>/dev/null | wc -l) -ge \$2 ] && return; sleep 0.1; done; }
+netdevs igb 2
 for d in /sys/bus/pci/drivers/igb/0000:*; do echo 4 >"\$d/sriov_numvfs"; done
-# igbvf probes the VFs asynchronously: wait for their eight netdevs.
-for i in \$(seq 100); do [ \$(ls -d /sys/bus/pci/drivers/igbvf/0000:*/net/* 2>/dev/null | wc -l) -ge 8 ] && break; sleep 0.1; done
+netdevs igbvf 8
 echo SPIDERPOOL_INVENTORY_BEGIN
 /bin/spiderpool-agent inventory -o json; echo "SPIDERPOOL_INVENTORY_END \$?"
 /bin/spiderpool-agent inventory
@@ -108,7 +110,7 @@ timeout 900 qemu-system-aarch64 -M virt -cpu max -m 1G -smp 2 -nographic -no-reb
     </dev/null >"$work/console.log" 2>&1 || true
 end=$(date +%s.%N)
 tr -d '\r' <"$work/console.log" | sed -n '/^SPIDERPOOL_INVENTORY_END/,$p' | sed 1d | grep -v '^\[' || true
-echo "vm-arm64: boot to power-off in $(echo "$end - $start" | bc 2>/dev/null || python3 -c "print(round($end-$start,1))") s"
+echo "vm-arm64: boot to power-off in $(awk "BEGIN{printf \"%.1f\", $end - $start}") s"
 tr -d '\r' <"$work/console.log" | sed -n '/^SPIDERPOOL_INVENTORY_BEGIN/,/^SPIDERPOOL_INVENTORY_END/p' >"$work/inventory.txt"
 python3 - "$work/inventory.txt" "$work/console.log" <<'PY'
 import json, sys

@@ -32,8 +32,9 @@ run() { # run DESCRIPTION CMD...: runs CMD; a failure is counted and shown, the 
 
 $kubectl apply --server-side --force-conflicts -f "$chart/crds/" -f tests/fixtures/crds/servicemonitor-stub.yaml -f tests/fixtures/crds/calico-ippool-stub.yaml >/dev/null
 $kubectl wait --for condition=established --timeout=30s crd --all >/dev/null
-# The cluster tests apply the admission policy themselves; the chart must own it here.
-$kubectl delete validatingadmissionpolicybinding,validatingadmissionpolicy spiderpool-ipv6-ranges --ignore-not-found >/dev/null
+# The cluster tests apply the admission policies themselves; the chart must own them here.
+$kubectl delete validatingadmissionpolicybinding,validatingadmissionpolicy spiderpool-ipv6-ranges \
+    spiderpool-pool-inside-subnet spiderpool-subnet-covers-pools --ignore-not-found >/dev/null
 $kubectl create namespace "$ns" --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
 
 # helm template checks kubeVersion against this (it cannot ask a server).
@@ -160,6 +161,19 @@ run "controller may update spiderippoolregistries" can yes "$controller" update 
 run "controller may delete spiderendpoints" can yes "$controller" delete spiderendpoints.spiderpool.spidernet.io -n default
 run "controller may list statefulsets" can yes "$controller" list statefulsets.apps --all-namespaces
 run "controller may list nodes" can yes "$controller" list nodes
+# SpiderSubnet auto-pools: the applications watched, pools created, resized and deleted.
+for kind in deployments.apps replicasets.apps daemonsets.apps jobs.batch cronjobs.batch; do
+    run "controller may watch $kind" can yes "$controller" watch "$kind" --all-namespaces
+done
+run "controller may create spiderippools (auto-pools)" can yes "$controller" create spiderippools.spiderpool.spidernet.io
+run "controller may delete spiderippools (auto-pools)" can yes "$controller" delete spiderippools.spiderpool.spidernet.io
+run "controller may patch spidersubnets/status" can yes "$controller" patch spidersubnets.spiderpool.spidernet.io --subresource=status
+run "controller may not change subnet specs" can no "$controller" patch spidersubnets.spiderpool.spidernet.io
+run "controller may not change deployments" can no "$controller" patch deployments.apps -n default
+run "agent may get replicasets (a pod's Deployment)" can yes "$agent" get replicasets.apps -n default
+run "agent may get jobs (a pod's CronJob)" can yes "$agent" get jobs.batch -n default
+run "agent may not list deployments" can no "$agent" list deployments.apps --all-namespaces
+run "agent may not create pools" can no "$agent" create spiderippools.spiderpool.spidernet.io
 run "controller may not change nodes" can no "$controller" patch nodes
 run "controller may update its lease" can yes "$controller" update leases.coordination.k8s.io -n "$ns"
 for crd in charts/spiderpool/crds/*.spiderpool.spidernet.io.yaml; do

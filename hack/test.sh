@@ -14,9 +14,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 crd_tmp=$(mktemp -d)
 cargo run -q --locked -p spiderpool-api --bin crdgen -- --out-dir "$crd_tmp/crds" --policy "$crd_tmp/policy.yaml" --agent-policy "$crd_tmp/agent-policy.yaml"
-if ! diff -ru charts/spiderpool/crds "$crd_tmp/crds" || ! diff -u charts/spiderpool/templates/ipv6-ranges-policy.yaml "$crd_tmp/policy.yaml" \
+if ! diff -ru charts/spiderpool/crds "$crd_tmp/crds" || ! diff -u charts/spiderpool/templates/ip-ranges-policies.yaml "$crd_tmp/policy.yaml" \
     || ! diff -u charts/spiderpool/templates/agent-node-policy.yaml "$crd_tmp/agent-policy.yaml"; then
-    echo "FAILED: the chart's CRDs or admission policies differ from api/: run cargo run -p spiderpool-api --bin crdgen -- --out-dir charts/spiderpool/crds --policy charts/spiderpool/templates/ipv6-ranges-policy.yaml --agent-policy charts/spiderpool/templates/agent-node-policy.yaml" >&2
+    echo "FAILED: the chart's CRDs or admission policies differ from api/: run cargo run -p spiderpool-api --bin crdgen -- --out-dir charts/spiderpool/crds --policy charts/spiderpool/templates/ip-ranges-policies.yaml --agent-policy charts/spiderpool/templates/agent-node-policy.yaml" >&2
     exit 1
 fi
 rm -rf "$crd_tmp"

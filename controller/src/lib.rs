@@ -1,5 +1,6 @@
 //! The slim cluster controller: IP garbage collection and pool status counts ([`gc`]), pool
-//! registration, `Ready` conditions and finalizers ([`pools`]), the
+//! registration, `Ready` conditions and finalizers ([`pools`]), SpiderSubnet auto-pools
+//! ([`subnets`]), the
 //! SpiderCoordinator status with the cluster's pod and service CIDRs ([`coordinator`]), leader
 //! election on a Lease ([`leader`]) and Prometheus metrics ([`metrics`]). Allocation itself is
 //! the agents' work; the controller only repairs what they cannot see from one node.
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod multus;
 pub mod node_policies;
 pub mod pools;
+pub mod subnets;
 
 /// A call to the API server that failed, and what it was about: the one error of the controller's
 /// passes (GC, pool registration).

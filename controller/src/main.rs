@@ -146,6 +146,11 @@ async fn run(cli: Cli) -> Result<()> {
         leading_now.clone(),
         Duration::from_secs(30),
     ));
+    tokio::spawn(spiderpool_controller::subnets::run(
+        client.clone(),
+        leading_now.clone(),
+        Duration::from_secs(30),
+    ));
     tokio::spawn(spiderpool_controller::node_policies::run(
         client.clone(),
         leading_now.clone(),

@@ -10,13 +10,32 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 
+/// An object kube's reflector can cache (every k8s-openapi and `CustomResource` kind).
+pub trait Watched:
+    Resource<DynamicType: Default + Eq + std::hash::Hash + Clone>
+    + Clone
+    + std::fmt::Debug
+    + k8s_openapi::serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType: Default + Eq + std::hash::Hash + Clone>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A reflector over `api` (kept by a task of its own, with backoff on errors) that notifies
 /// `wake` on every change it delivers.
-pub fn cache_waking<K>(api: Api<K>, config: watcher::Config, wake: Arc<Notify>) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + k8s_openapi::serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
+pub fn cache_waking<K: Watched>(api: Api<K>, config: watcher::Config, wake: Arc<Notify>) -> Store<K> {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()

@@ -56,6 +56,15 @@ impl Range {
     pub fn size(&self) -> u128 {
         (self.end - self.start).saturating_add(1)
     }
+
+    /// `a` or `a-b`, as pools and registry entries write it.
+    pub fn text(&self) -> String {
+        if self.start == self.end {
+            key_to_ip(self.start).to_string()
+        } else {
+            format!("{}-{}", key_to_ip(self.start), key_to_ip(self.end))
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -178,6 +187,58 @@ impl IpSet {
             }
         }
         IpSet { ranges: out }
+    }
+
+    /// Every address of either set.
+    pub fn union(&self, other: &IpSet) -> IpSet {
+        IpSet::from_ranges(self.ranges.iter().chain(&other.ranges).copied().collect())
+    }
+
+    /// The addresses in both sets.
+    pub fn intersect(&self, other: &IpSet) -> IpSet {
+        self.subtract(&self.subtract(other))
+    }
+
+    /// The `n` lowest addresses (all of them when the set is smaller).
+    pub fn lowest(&self, n: u128) -> IpSet {
+        let mut left = n;
+        let mut out = Vec::new();
+        for r in &self.ranges {
+            if left == 0 {
+                break;
+            }
+            let take = r.size().min(left);
+            out.push(Range {
+                start: r.start,
+                end: r.start + (take - 1),
+            });
+            left -= take;
+        }
+        IpSet { ranges: out }
+    }
+
+    /// The `n` highest addresses (all of them when the set is smaller).
+    pub fn highest(&self, n: u128) -> IpSet {
+        let mut left = n;
+        let mut out = Vec::new();
+        for r in self.ranges.iter().rev() {
+            if left == 0 {
+                break;
+            }
+            let take = r.size().min(left);
+            out.push(Range {
+                start: r.end - (take - 1),
+                end: r.end,
+            });
+            left -= take;
+        }
+        out.reverse();
+        IpSet { ranges: out }
+    }
+
+    /// The set as entries `a` / `a-b`, lowest first.
+    pub fn texts(&self) -> Vec<String> {
+        self.ranges.iter().map(Range::text).collect()
     }
 
     /// A stable 64-bit digest (FNV-1a), persisted to notice that a pool's addresses changed.

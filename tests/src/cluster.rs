@@ -66,20 +66,20 @@ impl Cluster {
                 .await
                 .with_context(|| format!("apply CRD {name}"))?;
         }
-        // The admission policy the chart installs beside the CRDs.
+        // The admission policies the chart installs beside the CRDs.
         let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
-        let policy = spiderpool_api::crd::admission::ipv6_ranges_policy();
-        let name = policy.metadata.name.clone().unwrap_or_default();
-        policies
-            .patch(&name, &pp, &Patch::Apply(&policy))
-            .await
-            .context("apply policy")?;
         let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(self.client.clone());
-        let binding = spiderpool_api::crd::admission::ipv6_ranges_binding();
-        bindings
-            .patch(&name, &pp, &Patch::Apply(&binding))
-            .await
-            .context("apply binding")?;
+        for (policy, binding) in spiderpool_api::crd::admission::policies() {
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            policies
+                .patch(&name, &pp, &Patch::Apply(&policy))
+                .await
+                .with_context(|| format!("apply policy {name}"))?;
+            bindings
+                .patch(&name, &pp, &Patch::Apply(&binding))
+                .await
+                .with_context(|| format!("apply binding {name}"))?;
+        }
         for crd in crds() {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let deadline = Instant::now() + Duration::from_secs(30);

@@ -3,16 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::Api;
 use kube::runtime::reflector;
+use spiderpool_api::crd::auto_pool::is_auto_pool;
 use spiderpool_api::crd::{IPAllocationDetail, PoolIPAllocation};
 use spiderpool_cni::agent::IpamRequest;
 use spiderpool_cni::{CniError, CniResult, IpConfig};
-use spiderpool_ipam::cluster::{pod_network, select};
+use spiderpool_ipam::cluster::{auto_pool, pod_network, select};
 use spiderpool_ipam::range::Family;
 
+use super::app_pools;
 use super::pool_writer::Claimed;
 use super::{IpamService, ServiceError, pod_of};
 
@@ -71,17 +74,42 @@ impl IpamService {
         let pod_routes = pod_network::routes(pod_annotations).map_err(ServiceError::from)?;
         let pod_dns = pod_network::dns(pod_annotations).map_err(ServiceError::from)?;
         // Arcs of the cached objects: a pool's status carries every allocation, not worth a copy.
-        let all_pools = self.pools.state();
-        let chosen = select::candidates(&select::Inputs {
-            ifname: &req.ifname,
-            pod_annotations,
-            namespace_annotations: namespace.metadata.annotations.as_ref().unwrap_or(&empty),
-            netconf_v4: &req.default_ipv4_pools,
-            netconf_v6: &req.default_ipv6_pools,
-            netconf_clean_gateway: req.clean_gateway,
-            pools: &all_pools,
-        })
-        .map_err(ServiceError::from)?;
+        // SpiderSubnet annotations come first, as in Spiderpool; one that does not name this
+        // interface leaves it to the usual choice.
+        let subnet_choice = auto_pool::subnets_of(pod_annotations)
+            .map_err(ServiceError::from)?
+            .and_then(|all| all.into_iter().find(|c| c.interface == req.ifname));
+        let deadline = Instant::now() + app_pools::WAIT;
+        let (chosen, app) = match &subnet_choice {
+            Some(choice) => {
+                let app = self.top_controller(&pod).await?;
+                let chosen = self
+                    .auto_candidates(&app, choice, req.clean_gateway, deadline)
+                    .await?;
+                (chosen, Some(app))
+            }
+            None => {
+                let all_pools = self.pools.state();
+                let chosen = select::candidates(&select::Inputs {
+                    ifname: &req.ifname,
+                    pod_annotations,
+                    namespace_annotations: namespace.metadata.annotations.as_ref().unwrap_or(&empty),
+                    netconf_v4: &req.default_ipv4_pools,
+                    netconf_v6: &req.default_ipv6_pools,
+                    netconf_clean_gateway: req.clean_gateway,
+                    pools: &all_pools,
+                })
+                .map_err(ServiceError::from)?;
+                // A pod naming an auto-pool itself must belong to its application.
+                let app = if self.names_auto_pool(&chosen) {
+                    self.top_controller(&pod).await.ok()
+                } else {
+                    None
+                };
+                (chosen, app)
+            }
+        };
+        let app_affinity = app.as_ref().map(|a| a.affinity());
         if chosen.ipv4.is_empty() && chosen.ipv6.is_empty() {
             return Err(ServiceError::BadRequest(format!(
                 "no pool for {what} interface {}: no annotation, no namespace or netconf default pools, and no pool with default: true",
@@ -97,6 +125,7 @@ impl IpamService {
             namespace_labels: namespace.metadata.labels.as_ref().unwrap_or(&empty),
             pod_labels: pod.metadata.labels.as_ref().unwrap_or(&empty),
             network: &req.network,
+            app: app_affinity.as_ref(),
         };
         let entry = PoolIPAllocation {
             pod: format!("{}/{}", pod_ref.namespace, pod_ref.name),
@@ -110,10 +139,18 @@ impl IpamService {
             if names.is_empty() {
                 continue;
             }
-            match self
-                .claim_from(family, names, &subject, &entry, chosen.source)
-                .await
-            {
+            let claimed = loop {
+                match self
+                    .claim_from(family, names, &subject, &entry, chosen.source)
+                    .await
+                {
+                    // The controller grows an auto-pool as its application scales.
+                    Err(ServiceError::Exhausted(_))
+                        if subnet_choice.is_some() && app_pools::wait_for_growth(deadline).await => {}
+                    other => break other,
+                }
+            };
+            match claimed {
                 Ok(c) => got.push((family, c)),
                 Err(e) => {
                     // All or nothing: give back what the other family got.
@@ -141,6 +178,14 @@ impl IpamService {
             result.dns = dns;
         }
         Ok(result)
+    }
+
+    fn names_auto_pool(&self, chosen: &select::Candidates) -> bool {
+        chosen.ipv4.iter().chain(&chosen.ipv6).any(|name| {
+            self.pools
+                .get(&reflector::ObjectRef::new(name))
+                .is_some_and(|p| p.metadata.labels.as_ref().is_some_and(is_auto_pool))
+        })
     }
 
     async fn node_labels_if_needed(

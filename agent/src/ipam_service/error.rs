@@ -20,6 +20,9 @@ pub enum ServiceError {
     Conflict(String),
     #[error("{0}: not found")]
     NotFound(String),
+    /// Something the controller makes (an auto-pool, its growth) is not there yet.
+    #[error("{0}")]
+    NotYet(String),
     #[error("invalid pool: {0}")]
     InvalidPool(String),
     #[error(transparent)]
@@ -49,9 +52,10 @@ impl ServiceError {
 impl From<ServiceError> for CniError {
     fn from(e: ServiceError) -> CniError {
         let code = match &e {
-            ServiceError::Api { .. } | ServiceError::Conflict(_) | ServiceError::NotFound(_) => {
-                ErrorCode::TryAgainLater
-            }
+            ServiceError::Api { .. }
+            | ServiceError::Conflict(_)
+            | ServiceError::NotFound(_)
+            | ServiceError::NotYet(_) => ErrorCode::TryAgainLater,
             ServiceError::InvalidPool(_) | ServiceError::BadAnnotation(_) | ServiceError::BadRequest(_) => {
                 ErrorCode::InvalidNetworkConfig
             }

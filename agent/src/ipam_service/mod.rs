@@ -4,6 +4,7 @@
 //! restarted at any point.
 
 mod add;
+mod app_pools;
 #[cfg(test)]
 mod coordinator_tests;
 mod endpoint;
@@ -263,17 +264,7 @@ impl IpamService {
 }
 
 /// A cache of `api`'s objects, kept by a watch (retried with backoff) for the process's life.
-fn cache<K>(api: Api<K>, config: watcher::Config) -> reflector::Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + k8s_openapi::serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
+fn cache<K: spiderpool_daemon::watch::Watched>(api: Api<K>, config: watcher::Config) -> reflector::Store<K> {
     let (store, writer) = reflector::store();
     tokio::spawn(
         watcher(api, config)

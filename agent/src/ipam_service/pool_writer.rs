@@ -228,7 +228,16 @@ async fn decide_and_write(
         }
         let fresh = copy.is_none();
         let current = match copy.take() {
-            Some(c) => c,
+            // A copy the watch has overtaken (the spec edited, an auto-pool grown, another
+            // node's write) is replaced: deciding on it would refuse a claim for want of
+            // addresses the pool now has, and such a refusal writes nothing, so no conflict
+            // would ever bring the newer copy.
+            Some(c) => match (sources.latest)() {
+                Some(p) if version_of(&p) > version_of(&c.pool) => {
+                    decoded(&sources.node, name, (*p).clone())?
+                }
+                _ => c,
+            },
             None => {
                 let pool = api
                     .get_status(name)

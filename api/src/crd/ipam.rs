@@ -219,6 +219,15 @@ pub struct SubnetSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubnetStatus {
+    /// A JSON object, pool name → `{"ips": [...], "application": "..."}`: every pool of this
+    /// subnet's CIDR and its addresses inside the subnet (see [`super::auto_pool`]). Written by
+    /// the controller.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "controlledIPPools"
+    )]
+    pub controlled_ip_pools: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "allocatedIPCount")]
     pub allocated_ip_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "totalIPCount")]

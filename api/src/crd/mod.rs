@@ -8,9 +8,11 @@
 
 pub mod admission;
 pub mod allocations;
+pub mod auto_pool;
 pub mod ipam;
 pub mod node_scope;
 pub mod registry;
+pub mod subnet_policy;
 pub mod validation;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -8,7 +8,7 @@
 //! The agent and the controller refuse an overlapping pool too (`spiderpool_ipam::pool`).
 
 /// `s` is a CEL expression yielding a dotted IPv4 string; the result is its value as an int.
-fn v4_int(s: &str) -> String {
+pub(crate) fn v4_int(s: &str) -> String {
     format!(
         "(int({s}.split('.')[0]) * 16777216 + int({s}.split('.')[1]) * 65536 + \
          int({s}.split('.')[2]) * 256 + int({s}.split('.')[3]))"

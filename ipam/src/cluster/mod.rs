@@ -3,6 +3,7 @@
 //! object as a [`Pool`], and the SpiderReservedIP addresses as range keys. The agent's IPAM
 //! service and the controller do the I/O around them.
 
+pub mod auto_pool;
 pub mod decide;
 pub mod pod_network;
 pub mod register;

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use spiderpool_api::crd::{IPPoolRegistrySpec, RegisteredPool, SpiderIPPool};
 
 use super::pool_of;
-use crate::range::{Family, IpSet, Range, ip_to_key, key_to_ip, parse_range};
+use crate::range::{Family, IpSet, Range, ip_to_key, parse_range};
 
 /// A pool as the registry sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub fn admit(spec: &IPPoolRegistrySpec, cand: &Candidate) -> Admission {
             return Admission::Refused(format!(
                 "{} of its addresses ({}{}) belong to pool {}, which was in use first",
                 common.len(),
-                range_text(first),
+                first.text(),
                 if common.ranges().len() > 1 { ", …" } else { "" },
                 other.name
             ));
@@ -114,7 +114,7 @@ pub fn admit(spec: &IPPoolRegistrySpec, cand: &Candidate) -> Admission {
         name: cand.name.clone(),
         uid: cand.uid.clone(),
         generation: cand.generation,
-        ips: cand.footprint.ranges().iter().map(range_text).collect(),
+        ips: cand.footprint.ranges().iter().map(Range::text).collect(),
     });
     pools.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uid.cmp(&b.uid)));
     Admission::Write(IPPoolRegistrySpec { pools })
@@ -136,14 +136,6 @@ fn entry_set(entry: &RegisteredPool) -> Result<IpSet, String> {
         .map(|text| parse_range(text).map(|(_, r)| r).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(IpSet::from_ranges(ranges))
-}
-
-fn range_text(r: &Range) -> String {
-    if r.start == r.end {
-        key_to_ip(r.start).to_string()
-    } else {
-        format!("{}-{}", key_to_ip(r.start), key_to_ip(r.end))
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 use spiderpool_api::crd::SpiderIPPool;
+use spiderpool_api::crd::auto_pool::is_auto_pool;
 
 /// A pod's pool annotation that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,16 +34,17 @@ pub struct Candidates {
     pub source: &'static str,
 }
 
+/// One interface's entry of `ippools` (and of `subnets`, which has no `cleangateway`).
 #[derive(Debug, Deserialize)]
-struct IppoolsEntry {
+pub(crate) struct IppoolsEntry {
     #[serde(default)]
-    interface: Option<String>,
+    pub interface: Option<String>,
     #[serde(default)]
-    ipv4: Vec<String>,
+    pub ipv4: Vec<String>,
     #[serde(default)]
-    ipv6: Vec<String>,
+    pub ipv6: Vec<String>,
     #[serde(default, rename = "cleangateway")]
-    clean_gateway: Option<bool>,
+    pub clean_gateway: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +177,9 @@ pub struct Subject<'a> {
     pub pod_labels: &'a BTreeMap<String, String>,
     /// The CNI network name (Multus: the NetworkAttachmentDefinition).
     pub network: &'a str,
+    /// The pod's top controller as an auto-pool's `podAffinity` names it
+    /// ([`super::auto_pool::App::affinity`]); `None` when not looked up or there is none.
+    pub app: Option<&'a BTreeMap<String, String>>,
 }
 
 /// Why a pool may not serve a pod's interface.
@@ -217,10 +222,17 @@ pub fn usable(pool: &SpiderIPPool, who: &Subject<'_>) -> Result<(), Unusable> {
             who.namespace
         )));
     }
-    if let Some(sel) = &spec.pod_affinity
-        && !selector_matches(sel, who.pod_labels)
-    {
-        return Err(Unusable("podAffinity does not match the pod".into()));
+    if let Some(sel) = &spec.pod_affinity {
+        // An auto-pool's affinity names its application, which the pod does not carry as labels.
+        let auto = pool.metadata.labels.as_ref().is_some_and(is_auto_pool);
+        if auto && !who.app.is_some_and(|app| selector_matches(sel, app)) {
+            return Err(Unusable(
+                "an auto-pool of another application (its podAffinity names the pod's controller)".into(),
+            ));
+        }
+        if !auto && !selector_matches(sel, who.pod_labels) {
+            return Err(Unusable("podAffinity does not match the pod".into()));
+        }
     }
     if !spec.multus_name.is_empty() {
         let qualified = format!("{}/{}", who.namespace, who.network);
@@ -360,6 +372,7 @@ mod tests {
             namespace_labels: &empty,
             pod_labels: &labels,
             network: "macvlan",
+            app: None,
         };
         let mut p = pool("p", "10.0.0.0/24", false);
         assert!(usable(&p, &who).is_ok());

@@ -28,6 +28,7 @@ mod overlap;
 mod policies;
 mod power_loss;
 mod rbac;
+mod subnets;
 
 async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result<SpiderIPPool> {
     let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());

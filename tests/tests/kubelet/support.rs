@@ -168,19 +168,22 @@ where
     }
 }
 
-/// Deletes the admission policy `Cluster::connect` applies (as the cluster tier needs it) so that
+/// Deletes the admission policies `Cluster::connect` applies (as the cluster tier needs it) so that
 /// the chart's release can own it.
 pub async fn release_owns_admission_policy(cluster: &Cluster) {
     use k8s_openapi::api::admissionregistration::v1::{
         ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
     };
     let dp = DeleteParams::default();
-    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(cluster.client.clone())
-        .delete("spiderpool-ipv6-ranges", &dp)
-        .await;
-    let _ = Api::<ValidatingAdmissionPolicy>::all(cluster.client.clone())
-        .delete("spiderpool-ipv6-ranges", &dp)
-        .await;
+    for (policy, _) in spiderpool_api::crd::admission::policies() {
+        let name = policy.metadata.name.unwrap_or_default();
+        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(cluster.client.clone())
+            .delete(&name, &dp)
+            .await;
+        let _ = Api::<ValidatingAdmissionPolicy>::all(cluster.client.clone())
+            .delete(&name, &dp)
+            .await;
+    }
 }
 
 /// A release of the chart on this node: agent (over a fixture sysfs), controller and Multus from

@@ -34,7 +34,7 @@ $kubectl apply --server-side --force-conflicts -f "$chart/crds/" -f tests/fixtur
 $kubectl wait --for condition=established --timeout=30s crd --all >/dev/null
 # The cluster tests apply the admission policies themselves; the chart must own them here.
 $kubectl delete validatingadmissionpolicybinding,validatingadmissionpolicy spiderpool-ipv6-ranges \
-    spiderpool-pool-inside-subnet spiderpool-subnet-covers-pools --ignore-not-found >/dev/null
+    spiderpool-pool-inside-subnet spiderpool-subnet-covers-pools spiderpool-subnets-disjoint --ignore-not-found >/dev/null
 $kubectl create namespace "$ns" --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
 
 # helm template checks kubeVersion against this (it cannot ask a server).

@@ -83,6 +83,8 @@ impl IpamService {
         let (chosen, app) = match &subnet_choice {
             Some(choice) => {
                 let app = self.top_controller(&pod).await?;
+                let number = auto_pool::IpNumber::parse(pod_annotations).map_err(ServiceError::from)?;
+                app.check_number(number).map_err(ServiceError::BadRequest)?;
                 let chosen = self
                     .auto_candidates(&app, choice, req.clean_gateway, deadline)
                     .await?;

@@ -111,6 +111,10 @@ pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBi
         (ipv6_ranges_policy(), ipv6_ranges_binding()),
         (subnet::pool_policy(), subnet::binding(subnet::POOL_POLICY)),
         (subnet::subnet_policy(), subnet::binding(subnet::SUBNET_POLICY)),
+        (
+            subnet::disjoint_policy(),
+            subnet::binding(subnet::DISJOINT_POLICY),
+        ),
     ]
 }
 

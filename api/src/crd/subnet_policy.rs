@@ -89,7 +89,7 @@ fn policy(
     operations: &[&str],
     param: &str,
     vars: Vec<Variable>,
-    message: &str,
+    validations: Vec<Validation>,
 ) -> ValidatingAdmissionPolicy {
     ValidatingAdmissionPolicy {
         metadata: ObjectMeta {
@@ -104,8 +104,8 @@ fn policy(
             }),
             // Not the status subresource: allocations and subnet counts never move addresses.
             match_constraints: Some(our_resources(super::VERSION, operations, &[resource])),
-            variables: Some(vars),
-            validations: Some(validations(message)),
+            variables: (!vars.is_empty()).then_some(vars),
+            validations: Some(validations),
             ..ValidatingAdmissionPolicySpec::default()
         }),
         status: None,
@@ -119,8 +119,10 @@ pub fn pool_policy() -> ValidatingAdmissionPolicy {
         &["CREATE", "UPDATE"],
         "SpiderSubnet",
         variables("object.spec", "params.spec"),
-        "'spec.ips must lie inside the ips of SpiderSubnet ' + params.metadata.name + ' (' + \
+        validations(
+            "'spec.ips must lie inside the ips of SpiderSubnet ' + params.metadata.name + ' (' + \
          params.spec.subnet + '), each entry inside one of its entries, and outside its excludeIPs'",
+        ),
     )
 }
 
@@ -131,8 +133,38 @@ pub fn subnet_policy() -> ValidatingAdmissionPolicy {
         &["CREATE", "UPDATE"],
         "SpiderIPPool",
         variables("params.spec", "object.spec"),
-        "'SpiderIPPool ' + params.metadata.name + ' of this subnet lists addresses outside its ips ' + \
+        validations(
+            "'SpiderIPPool ' + params.metadata.name + ' of this subnet lists addresses outside its ips ' + \
          '(or inside its excludeIPs): a SpiderSubnet must cover every pool of its subnet'",
+        ),
+    )
+}
+
+pub const DISJOINT_POLICY: &str = "spiderpool-subnets-disjoint";
+
+/// No two SpiderSubnets share an address of their CIDRs (a pool belongs to one subnet at most).
+pub fn disjoint_policy() -> ValidatingAdmissionPolicy {
+    let overlap = "cidr(object.spec.subnet).containsIP(cidr(params.spec.subnet).masked().ip()) || \
+                   cidr(params.spec.subnet).containsIP(cidr(object.spec.subnet).masked().ip())";
+    policy(
+        DISJOINT_POLICY,
+        "spidersubnets",
+        &["CREATE", "UPDATE"],
+        "SpiderSubnet",
+        Vec::new(),
+        vec![Validation {
+            expression: format!(
+                "params.metadata.name == object.metadata.name || !isCIDR(object.spec.subnet) || \
+                 !isCIDR(params.spec.subnet) || !({overlap})"
+            ),
+            message_expression: Some(
+                "'subnet ' + object.spec.subnet + ' overlaps SpiderSubnet ' + params.metadata.name + \
+                 ' (' + params.spec.subnet + ')'"
+                    .into(),
+            ),
+            reason: Some("Invalid".into()),
+            ..Validation::default()
+        }],
     )
 }
 

@@ -22,17 +22,6 @@ pub struct Wanted {
     pub replicas: u64,
 }
 
-/// The `(owner-application-gv, kind)` pairs this controller watches: their pools are reclaimed
-/// when the application is gone.
-pub const WATCHED: [(&str, &str); 6] = [
-    ("apps_v1", "Deployment"),
-    ("apps_v1", "StatefulSet"),
-    ("apps_v1", "ReplicaSet"),
-    ("apps_v1", "DaemonSet"),
-    ("batch_v1", "Job"),
-    ("batch_v1", "CronJob"),
-];
-
 fn wanted(
     api_version: &str,
     kind: &str,

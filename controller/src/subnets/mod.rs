@@ -11,21 +11,26 @@
 //! refused by the SpiderIPPoolRegistry, so no address is ever handed out twice.
 
 pub mod apps;
+pub mod third_party;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use spiderpool_api::crd::auto_pool::{self as keys, ControlledIPPools};
-use spiderpool_api::crd::{SpiderIPPool, SpiderReservedIP, SpiderSubnet};
+use spiderpool_api::crd::{
+    SpiderIPPool, SpiderIPPoolRegistry, SpiderReservedIP, SpiderSubnet, registry_name,
+};
 use spiderpool_daemon::watch::{Watched, cache_waking};
 use spiderpool_ipam::cluster::auto_pool::{
     self, IpNumber, controlled, controlled_count, held_addresses, pool_addresses, subnet_pool,
@@ -75,11 +80,14 @@ fn existing<'a>(pools: &'a [SpiderIPPool], need: &Need<'_>) -> Option<&'a Spider
 }
 
 /// One pass: every wanted pool created or resized, the pools of applications that are gone
-/// deleted, every subnet's status written. `live`: the UIDs of every watched application.
+/// deleted, every subnet's status written. `live`: the UIDs of the applications whose pools stay
+/// (every watched one; the others seen with pods lately); `reclaim_others`: whether `live` tells
+/// about the others yet (see [`third_party::LastSeen`]).
 pub async fn reconcile(
     client: &Client,
     wanted: &[Wanted],
     live: &HashSet<String>,
+    reclaim_others: bool,
 ) -> Result<SubnetsReport, ApiError> {
     let pools_api: Api<SpiderIPPool> = Api::all(client.clone());
     let subnets_api: Api<SpiderSubnet> = Api::all(client.clone());
@@ -100,10 +108,22 @@ pub async fn reconcile(
         .map_err(api_err("list SpiderReservedIPs"))?
         .items;
     let reserved = reserved_set(&reserved_objs);
-    // Every address some pool lists or holds, growing as this pass gives addresses out.
+    // Every address some pool lists or holds, or the registry gives a pool (one deleted while
+    // its pods still hold addresses keeps its entry), growing as this pass gives addresses out.
     let mut taken = pools
         .iter()
         .fold(IpSet::default(), |acc, p| acc.union(&pool_addresses(p)));
+    let registries: Api<SpiderIPPoolRegistry> = Api::all(client.clone());
+    for family in [4u8, 6] {
+        let name = registry_name(family);
+        let entries = registries
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("SpiderIPPoolRegistry {name}")))?;
+        for entry in entries.iter().flat_map(|r| &r.spec.pools) {
+            taken = taken.union(&set_of_entries(entry.ips.iter().map(String::as_str)));
+        }
+    }
     for w in wanted {
         let needs = match needs_of(w, &subnets) {
             Ok(n) => n,
@@ -131,9 +151,9 @@ pub async fn reconcile(
     for pool in &pools {
         let labels = pool.labels();
         let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
-        let watched = apps::WATCHED.contains(&(get(keys::LABEL_APP_GV), get(keys::LABEL_APP_KIND)));
+        let watched = auto_pool::WATCHED.contains(&(get(keys::LABEL_APP_GV), get(keys::LABEL_APP_KIND)));
         if !keys::is_auto_pool(labels)
-            || !watched
+            || (!watched && !reclaim_others)
             || get(keys::LABEL_RECLAIM) != "true"
             || pool.metadata.deletion_timestamp.is_some()
             || live.contains(get(keys::LABEL_APP_UID))
@@ -173,6 +193,7 @@ fn needs_of<'a>(w: &'a Wanted, subnets: &'a [SpiderSubnet]) -> Result<Vec<Need<'
         .unwrap_or_default();
     let number = IpNumber::parse(&w.annotations).map_err(|e| e.to_string())?;
     let reclaim = auto_pool::reclaim_of(&w.annotations).map_err(|e| e.to_string())?;
+    w.app.check_number(number)?;
     let mut out = Vec::new();
     for choice in &choices {
         for family in [Family::V4, Family::V6] {
@@ -370,6 +391,8 @@ struct Workloads {
     daemon_sets: Store<DaemonSet>,
     jobs: Store<Job>,
     cron_jobs: Store<CronJob>,
+    /// Every pod's metadata: the applications of other controllers.
+    pods: Store<PartialObjectMeta<Pod>>,
 }
 
 impl Workloads {
@@ -391,6 +414,12 @@ impl Workloads {
             daemon_sets: cache(client, wake),
             jobs: cache(client, wake),
             cron_jobs: cache(client, wake),
+            // Metadata only: an `Api` of `PartialObjectMeta` asks for no specs.
+            pods: cache_waking(
+                Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+                watcher::Config::default(),
+                wake.clone(),
+            ),
         }
     }
 
@@ -401,10 +430,12 @@ impl Workloads {
             && self.daemon_sets.wait_until_ready().await.is_ok()
             && self.jobs.wait_until_ready().await.is_ok()
             && self.cron_jobs.wait_until_ready().await.is_ok()
+            && self.pods.wait_until_ready().await.is_ok()
     }
 
-    /// The applications that ask for auto-pools, and the UID of every application.
-    fn snapshot(&self) -> (Vec<Wanted>, HashSet<String>) {
+    /// The applications that ask for auto-pools, the UID of every watched application, and those
+    /// of the other controllers' applications that have pods.
+    fn snapshot(&self) -> (Vec<Wanted>, HashSet<String>, Vec<String>) {
         let mut wanted = Vec::new();
         let mut live = HashSet::new();
         macro_rules! take {
@@ -421,14 +452,18 @@ impl Workloads {
         take!(self.daemon_sets, apps::daemon_set);
         take!(self.jobs, apps::job);
         take!(self.cron_jobs, apps::cron_job);
-        // The oldest application first gets the lowest addresses, whatever the watch order.
+        let pods = self.pods.state();
+        let others = third_party::from_pods(pods.iter().map(|p| &**p));
+        let present = others.iter().map(|w| w.app.uid.clone()).collect();
+        wanted.extend(others);
+        // A stable order, whatever the watch order.
         wanted.sort_by(|a, b| a.app.uid.cmp(&b.app.uid));
-        (wanted, live)
+        (wanted, live, present)
     }
 }
 
 /// What a pass depends on: the applications that ask, every application's UID, each subnet's
-/// generation.
+/// and pool's generation (and a pool's deletion mark).
 type PassInputs = (Vec<Wanted>, HashSet<String>, HashMap<String, String>);
 
 /// Keeps the auto-pools and subnet statuses current while `leading`.
@@ -440,10 +475,17 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
         watcher::Config::default(),
         wake.clone(),
     );
+    // Metadata only: the agents' status writes carry every allocation, which a pass reads fresh.
+    let pools = cache_waking(
+        Api::<PartialObjectMeta<SpiderIPPool>>::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+    );
     // A pass only when what it depends on changed (applications' status writes wake the loop
     // too), or every `every` for what it waits on (addresses released before a shrink).
     let mut last: Option<PassInputs> = None;
     let mut retry_soon = false;
+    let mut others_seen = third_party::LastSeen::new(Instant::now());
     loop {
         let periodic = tokio::select! {
             () = wake.notified() => { tokio::time::sleep(Duration::from_millis(200)).await; false }
@@ -452,21 +494,41 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
         if !leading.load(Ordering::Relaxed)
             || !workloads.ready().await
             || subnets.wait_until_ready().await.is_err()
+            || pools.wait_until_ready().await.is_err()
         {
             last = None;
             continue;
         }
-        let (wanted, live) = workloads.snapshot();
-        let versions: HashMap<String, String> = subnets
+        let (wanted, mut live, present) = workloads.snapshot();
+        let recent = others_seen.update(present, Instant::now());
+        let reclaim_others = recent.is_some();
+        live.extend(recent.unwrap_or_default());
+        let mut versions: HashMap<String, String> = subnets
             .state()
             .iter()
-            .map(|s| (s.name_any(), s.metadata.generation.unwrap_or(0).to_string()))
+            .map(|s| {
+                (
+                    format!("subnet/{}", s.name_any()),
+                    s.metadata.generation.unwrap_or(0).to_string(),
+                )
+            })
             .collect();
+        versions.extend(pools.state().iter().map(|p| {
+            let mark = if p.metadata.deletion_timestamp.is_some() {
+                "-"
+            } else {
+                ""
+            };
+            (
+                format!("pool/{}", p.name_any()),
+                format!("{}{mark}", p.metadata.generation.unwrap_or(0)),
+            )
+        }));
         let key = (wanted, live, versions);
         if !periodic && !retry_soon && last.as_ref() == Some(&key) {
             continue;
         }
-        match reconcile(&client, &key.0, &key.1).await {
+        match reconcile(&client, &key.0, &key.1, reclaim_others).await {
             Ok(r) => {
                 for name in &r.created {
                     tracing::info!(pool = %name, "auto-pool created");

@@ -148,6 +148,18 @@ pub fn reclaim_of(annotations: &BTreeMap<String, String>) -> Result<bool, BadAnn
     }
 }
 
+/// The `(owner-application-gv, kind)` pairs spiderpool-controller watches: it sizes their pools
+/// from their replicas and reclaims them when the application is gone. Pods of any other
+/// controller stand for it, which then needs a fixed `ippool-ip-number`.
+pub const WATCHED: [(&str, &str); 6] = [
+    ("apps_v1", "Deployment"),
+    ("apps_v1", "StatefulSet"),
+    ("apps_v1", "ReplicaSet"),
+    ("apps_v1", "DaemonSet"),
+    ("batch_v1", "Job"),
+    ("batch_v1", "CronJob"),
+];
+
 /// The application a pool is for: a pod's top controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct App {
@@ -175,6 +187,26 @@ impl App {
             name: name.into(),
             uid: uid.into(),
         }
+    }
+
+    /// Whether spiderpool-controller watches this kind ([`WATCHED`]).
+    pub fn is_watched(&self) -> bool {
+        let gv = self.gv_label();
+        WATCHED.iter().any(|(g, k)| *g == gv && *k == self.kind)
+    }
+
+    /// Refuses a flexible size for an application whose replicas nobody can read.
+    pub fn check_number(&self, number: IpNumber) -> Result<(), String> {
+        if self.is_watched() || matches!(number, IpNumber::Fixed(_)) {
+            return Ok(());
+        }
+        Err(format!(
+            "{}/{}/{} only supports a fixed {} (N, not +N): its replicas cannot be read",
+            self.kind,
+            self.namespace,
+            self.name,
+            keys::ANNOTATION_IP_NUMBER
+        ))
     }
 
     /// `apps_v1`, or `v1` for the core group.

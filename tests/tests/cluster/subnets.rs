@@ -3,6 +3,7 @@
 //! addresses; pools that leave their subnet refused at `kubectl apply`.
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
 use spiderpool_api::crd::SpiderSubnet;
 use spiderpool_api::crd::auto_pool::{self as keys, ControlledIPPools};
@@ -71,6 +72,37 @@ impl Setup {
         let cluster = Cluster::connect().await.expect("cluster");
         let u = unique();
         let subnet = format!("sub-{u}");
+        // This test's CIDR is its own: a subnet an earlier, failed run left behind goes first.
+        let subnets: Api<SpiderSubnet> = Api::all(cluster.client.clone());
+        for old in subnets
+            .list(&ListParams::default())
+            .await
+            .expect("subnets list")
+            .items
+        {
+            if Some(old.spec.subnet.as_str()) == subnet_spec["subnet"].as_str() {
+                let _ = subnets.delete(&old.name_any(), &DeleteParams::default()).await;
+            }
+        }
+        let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
+        for old in pools
+            .list(&ListParams::default())
+            .await
+            .expect("pools list")
+            .items
+        {
+            if Some(old.spec.subnet.as_str()) == subnet_spec["subnet"].as_str() {
+                let unfinalized = json!({"metadata": {"finalizers": null}});
+                let _ = pools
+                    .patch(
+                        &old.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&unfinalized),
+                    )
+                    .await;
+                let _ = pools.delete(&old.name_any(), &DeleteParams::default()).await;
+            }
+        }
         create_subnet(&cluster, &subnet, subnet_spec)
             .await
             .expect("subnet");
@@ -319,10 +351,25 @@ async fn cluster_auto_pool_of_a_stateful_set_and_pools_stay_inside_their_subnet(
     .await
     .expect("a pool for the StatefulSet");
     // 2 replicas + 1 (the default), skipping the subnet's excluded address.
-    assert_eq!(
-        pool.spec.ips,
-        vec!["10.221.0.1".to_string(), "10.221.0.3-10.221.0.4".to_string()]
+    let got = spiderpool_ipam::range::set_of_entries(pool.spec.ips.iter().map(String::as_str));
+    assert_eq!(got.len(), 3, "{:?}", pool.spec.ips);
+    assert!(
+        !got.contains(ip_key("10.221.0.2")),
+        "the excluded address: {:?}",
+        pool.spec.ips
     );
+    assert!(
+        got.ranges()
+            .iter()
+            .all(|r| r.start >= ip_key("10.221.0.1") && r.end <= ip_key("10.221.0.20"))
+    );
+    if pool.spec.ips[0] == "10.221.0.1" {
+        // A fresh API server: the lowest three, around the excluded one.
+        assert_eq!(
+            pool.spec.ips,
+            vec!["10.221.0.1".to_string(), "10.221.0.3-10.221.0.4".to_string()]
+        );
+    }
 
     let meta = json!({"labels": {"app": "db"}, "annotations": annotations,
                       "ownerReferences": owner("apps/v1", "StatefulSet", "db", &sts.metadata.uid.unwrap())});
@@ -346,6 +393,49 @@ async fn cluster_auto_pool_of_a_stateful_set_and_pools_stay_inside_their_subnet(
         first_ip(&out).unwrap(),
         before,
         "the StatefulSet pod keeps its address"
+    );
+
+    // An operator's kind the controller does not watch: its pods stand for it, with a fixed size.
+    let op_meta = |number: &str, uid: &str| {
+        json!({"annotations": {(keys::ANNOTATION_SUBNET): format!(r#"{{"ipv4": ["{subnet}"]}}"#),
+                               (keys::ANNOTATION_IP_NUMBER): number},
+               "ownerReferences": owner("example.com/v1", "Database", "pg", uid)})
+    };
+    let op_uid = format!("0e0e0e0e-1111-2222-3333-op{}", u.replace('-', ""));
+    let op_uid = op_uid.as_str();
+    let ops = cluster
+        .pods(ns, "pg", 2, |_| "node-autosts".into(), op_meta("2", op_uid))
+        .await
+        .unwrap();
+    let mut op_ips = HashSet::new();
+    for (i, uid) in ops.iter().enumerate() {
+        let out = cni("ADD", &conf, ns, &format!("pg-{i}"), uid, "eth0");
+        assert!(out.success, "ADD pg-{i}: {} {}", out.stdout, out.stderr);
+        op_ips.insert(first_ip(&out).unwrap());
+    }
+    let op_pool = app_pools(cluster, ns, "pg").await;
+    assert_eq!(op_pool.len(), 1);
+    let suffix: String = op_uid.rsplit('-').next().unwrap().chars().take(5).collect();
+    assert_eq!(op_pool[0].metadata.name, Some(format!("auto4-pg-eth0-{suffix}")));
+    assert_eq!(size(&op_pool[0]), 2);
+    assert_eq!(op_pool[0].labels()[keys::LABEL_APP_GV], "example.com_v1");
+    assert_eq!(op_ips.len(), 2);
+    let flexible = cluster
+        .pods(
+            ns,
+            "flex",
+            1,
+            |_| "node-autosts".into(),
+            op_meta("+1", "another-uid"),
+        )
+        .await
+        .unwrap();
+    let out = cni("ADD", &conf, ns, "flex-0", &flexible[0], "eth0");
+    assert!(!out.success);
+    assert!(
+        out.stdout.contains("Database/") && out.stdout.contains("only supports a fixed"),
+        "{}",
+        out.stdout
     );
 
     // Pools of the subnet's CIDR stay inside it.
@@ -376,6 +466,15 @@ async fn cluster_auto_pool_of_a_stateful_set_and_pools_stay_inside_their_subnet(
     )
     .await
     .expect("a pool inside the subnet is accepted");
+    // Subnets do not overlap.
+    let err = create_subnet(
+        cluster,
+        &format!("wide-{u}"),
+        json!({"subnet": "10.220.0.0/15", "ips": ["10.220.0.1"]}),
+    )
+    .await
+    .expect_err("an overlapping subnet");
+    assert!(err.to_string().contains("overlaps SpiderSubnet"), "{err}");
     // Another CIDR is not this subnet's business.
     create_pool(
         cluster,
@@ -393,9 +492,10 @@ async fn cluster_auto_pool_of_a_stateful_set_and_pools_stay_inside_their_subnet(
         )
         .await
         .expect_err("a subnet may not leave a pool out");
+    // It names the first pool it finds left out (the manual one, or an auto-pool further up).
     assert!(
         err.to_string()
-            .contains(&format!("SpiderIPPool {inside} of this subnet")),
+            .contains("of this subnet lists addresses outside its ips"),
         "{err}"
     );
 
@@ -406,7 +506,10 @@ async fn cluster_auto_pool_of_a_stateful_set_and_pools_stay_inside_their_subnet(
     .await
     .expect("the subnet lists the manual pool too");
     assert_eq!(ctl[&inside].application, None);
-    assert_eq!(allocated, 5, "3 auto + 2 manual");
+    assert_eq!(
+        allocated, 7,
+        "3 for the StatefulSet, 2 for the operator's kind, 2 manual"
+    );
 
     let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
     for p in [inside, format!("other-{u}")] {
@@ -416,7 +519,12 @@ async fn cluster_auto_pool_of_a_stateful_set_and_pools_stay_inside_their_subnet(
         .delete("db", &DeleteParams::default())
         .await
         .unwrap();
-    for (name, uid) in [("db-0", &again[0]), ("db-1", &uids[1])] {
+    for (name, uid) in [
+        ("db-0", &again[0]),
+        ("db-1", &uids[1]),
+        ("pg-0", &ops[0]),
+        ("pg-1", &ops[1]),
+    ] {
         let _ = cni("DEL", &conf, ns, name, uid, "eth0");
     }
     let _ = subnets.delete(subnet, &DeleteParams::default()).await;

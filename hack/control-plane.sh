@@ -10,6 +10,8 @@
 #   hack/control-plane.sh kubelet builds kubelet (k8s.io/kubernetes, same version) into the cache and
 #                                 prints its path
 #   hack/control-plane.sh scheduling  builds kube-scheduler and kube-controller-manager, prints their dir
+#   hack/control-plane.sh whereabouts  builds Whereabouts' CNI plugin (the cluster benchmark's peer)
+#                                 and prints the directory holding it and its CRDs
 #   hack/control-plane.sh multus  builds Multus's thin plugin and its entrypoints (multus-cni v4) and
 #                                 prints the directory laid out as the upstream image is (the e2e
 #                                 tier makes its image from it)
@@ -22,6 +24,7 @@ K8S_VERSION=${K8S_VERSION:-1.34.3}
 ETCD_VERSION=${ETCD_VERSION:-3.6.5}
 HELM_VERSION=${HELM_VERSION:-3.19.0}
 MULTUS_VERSION=${MULTUS_VERSION:-4.3.0}
+WHEREABOUTS_VERSION=${WHEREABOUTS_VERSION:-0.9.2}
 CACHE=${SPIDERPOOL_CACHE:-$HOME/.cache/spiderpool-rs}
 BIN_DIR="$CACHE/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-2"
 STATE=${CONTROL_PLANE_STATE:-/tmp/spiderpool-control-plane}
@@ -177,6 +180,31 @@ build_multus() {
     echo "$out"
 }
 
+# Whereabouts (the benchmark's peer IPAM): its CNI plugin and its CRDs, from the Go module proxy.
+# Prints the directory holding `whereabouts` and `crds/`.
+build_whereabouts() {
+    local out="$CACHE/control-plane/whereabouts-$WHEREABOUTS_VERSION"
+    if [ ! -x "$out/whereabouts" ]; then
+        command -v go >/dev/null || { log "go is not installed"; return 1; }
+        local src="$CACHE/control-plane/src-whereabouts-$WHEREABOUTS_VERSION"
+        local module=github.com/k8snetworkplumbingwg/whereabouts
+        rm -rf "$out.tmp" && mkdir -p "$src" "$out.tmp/crds"
+        (
+            cd "$src"
+            export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+            [ -f go.mod ] || go mod init spiderpool-rs/whereabouts >/dev/null 2>&1
+            log "building whereabouts v$WHEREABOUTS_VERSION"
+            go get "$module@v$WHEREABOUTS_VERSION" >/dev/null 2>&1 || go get "$module@v$WHEREABOUTS_VERSION"
+            go build -trimpath -ldflags=-s -o "$out.tmp/whereabouts" "$module/cmd"
+            local dir
+            dir=$(go list -m -f '{{.Dir}}' "$module")
+            cp "$dir"/doc/crds/whereabouts.cni.cncf.io_*.yaml "$out.tmp/crds/"
+        ) || return 1
+        rm -rf "$out" && mv "$out.tmp" "$out"
+    fi
+    echo "$out"
+}
+
 wait_for() { # wait_for SECONDS CMD...
     local deadline=$((SECONDS + $1)); shift
     until "$@" >/dev/null 2>&1; do
@@ -297,5 +325,6 @@ helm) build_helm ;;
 kubelet) build_kubelet ;;
 scheduling) build_scheduling ;;
 multus) build_multus ;;
-*) echo "usage: $0 build|up|down|bin|helm|kubelet|scheduling|multus" >&2; exit 2 ;;
+whereabouts) build_whereabouts ;;
+*) echo "usage: $0 build|up|down|bin|helm|kubelet|scheduling|multus|whereabouts" >&2; exit 2 ;;
 esac

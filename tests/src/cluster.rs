@@ -393,6 +393,27 @@ pub fn netconf(socket: &Path, v4: &[&str], v6: &[&str]) -> Value {
 
 /// Runs the `spiderpool` plugin for `verb` on behalf of pod `ns/name` (UID `uid`).
 pub fn cni(verb: &str, netconf: &Value, ns: &str, name: &str, uid: &str, ifname: &str) -> Output {
+    cni_with(
+        &crate::bin_dir().join("spiderpool"),
+        verb,
+        netconf,
+        ns,
+        name,
+        uid,
+        ifname,
+    )
+}
+
+/// Runs the IPAM plugin `plugin` (ours or a peer's) for `verb` on behalf of pod `ns/name`.
+pub fn cni_with(
+    plugin: &Path,
+    verb: &str,
+    netconf: &Value,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    ifname: &str,
+) -> Output {
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}");
     let netns = if verb == "ADD" || verb == "CHECK" {
         "/var/run/netns/none"
@@ -404,12 +425,11 @@ pub fn cni(verb: &str, netconf: &Value, ns: &str, name: &str, uid: &str, ifname:
         .with_path(vec![crate::bin_dir()])
         .with_trusted_dirs(vec![std::env::temp_dir()]);
     let body = serde_json::to_vec(netconf).unwrap_or_default();
-    inv.run(&crate::bin_dir().join("spiderpool"), &body)
-        .unwrap_or_else(|e| Output {
-            success: false,
-            stdout: String::new(),
-            stderr: format!("spawn spiderpool: {e}"),
-        })
+    inv.run(plugin, &body).unwrap_or_else(|e| Output {
+        success: false,
+        stdout: String::new(),
+        stderr: format!("spawn {}: {e}", plugin.display()),
+    })
 }
 
 /// The first address of an ADD result, without its prefix length.

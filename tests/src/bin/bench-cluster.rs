@@ -1,90 +1,260 @@
-//! Cluster-mode allocation throughput against the real API server: N agents (processes, each its
-//! own node) and the `spiderpool` plugin exec'd once per pod, all pods at once, from one pool of
-//! exactly as many addresses. Reports the wall time, allocations per second and ADD latency
-//! percentiles, then releases everything the same way. Run by hack/bench-cluster.sh.
+//! Cluster-mode allocation throughput against the real API server, side by side with a peer: the
+//! same pods, the same plugin processes at a time, one range of exactly as many addresses.
+//! - `spiderpool`: N agents (processes, each its own node), the `spiderpool` plugin exec'd per pod;
+//! - `whereabouts`: Whereabouts' plugin exec'd per pod (it talks to the API server itself; it has
+//!   no agents), its CRDs applied first.
 //!
-//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY]
+//! For each, and each phase (allocate, release): wall time, allocations per second, latency
+//! percentiles, failures, the API server's CPU seconds and bytes sent (responses and watch events,
+//! from its own /metrics) per allocation, and what the store still holds after the release (exit
+//! codes are not enough: a DEL that reports success may leave its address behind).
+//!
+//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS]   (PEERS: spiderpool,whereabouts)
+//! Whereabouts' plugin and CRDs: the directory in WHEREABOUTS_DIR (`hack/control-plane.sh
+//! whereabouts`).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use anyhow::{Context, Result};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 use spiderpool_api::crd::SpiderIPPool;
-use spiderpool_e2e::cluster::{Agent, Cluster, cni, netconf, run_parallel, unique};
+use spiderpool_e2e::cluster::{Agent, Cluster, cni_with, netconf, run_parallel, unique};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let pods = args.first().copied().unwrap_or(1000);
-    let agents_n = args.get(1).copied().unwrap_or(10);
-    let concurrency = args.get(2).copied().unwrap_or(pods);
-    let cluster = Cluster::connect().await?;
-    let u = unique();
-    let pool = format!("bench-{u}");
-    let last = u32::try_from(pods).unwrap_or(u32::MAX);
-    let end = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + last);
+/// The API server's own counters: CPU seconds and bytes sent so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct ServerCost {
+    cpu_seconds: f64,
+    bytes_sent: f64,
+}
+
+async fn server_cost(cluster: &Cluster) -> Result<ServerCost> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = cluster.client.request_text(req).await.context("GET /metrics")?;
+    let mut cost = ServerCost::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        let metric = name.split('{').next().unwrap_or_default();
+        match metric {
+            "process_cpu_seconds_total" => cost.cpu_seconds += value,
+            // Every response body and every watch event the server sent.
+            "apiserver_response_sizes_sum" | "apiserver_watch_events_sizes_sum" => cost.bytes_sent += value,
+            _ => {}
+        }
+    }
+    Ok(cost)
+}
+
+/// One IPAM under test.
+struct Peer {
+    name: &'static str,
+    plugin: PathBuf,
+    /// The netconf the i-th pod's ADD and DEL use.
+    confs: Vec<Value>,
+    _agents: Vec<Agent>,
+}
+
+/// The first and last address of a range of `n` from `base`.
+fn range_of(base: std::net::Ipv4Addr, n: usize) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    (
+        std::net::Ipv4Addr::from(u32::from(base) + 1),
+        std::net::Ipv4Addr::from(u32::from(base) + n),
+    )
+}
+
+async fn spiderpool(
+    cluster: &Cluster,
+    pods: usize,
+    agents_n: usize,
+    dir: &std::path::Path,
+) -> Result<(Peer, String)> {
+    let pool = format!("bench-{}", unique());
+    let (first, last) = range_of(std::net::Ipv4Addr::new(10, 128, 0, 0), pods);
     let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
     let obj: SpiderIPPool = serde_json::from_value(json!({
         "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
         "metadata": {"name": pool},
-        "spec": {"subnet": "10.128.0.0/12", "ips": [format!("10.128.0.1-{end}")]}
+        "spec": {"subnet": "10.128.0.0/12", "ips": [format!("{first}-{last}")]}
     }))?;
     api.create(&PostParams::default(), &obj).await?;
-    let ns = cluster.namespace("bench", json!({})).await?;
-    let uids = cluster
-        .pods(&ns, "p", pods, |i| format!("node-{}", i % agents_n), json!({}))
-        .await?;
-    let dir = tempfile::tempdir()?;
     let agents: Vec<Agent> = (0..agents_n)
-        .map(|i| Agent::start(&cluster.kubeconfig, &format!("node-{i}"), dir.path()))
+        .map(|i| Agent::start(&cluster.kubeconfig, &format!("node-{i}"), dir))
         .collect::<Result<_>>()?;
-    let confs: Vec<_> = agents.iter().map(|a| netconf(&a.socket, &[&pool], &[])).collect();
-    println!(
-        "{pods} pods on {agents_n} nodes (one agent each), one pool of exactly {pods} addresses, {concurrency} plugin processes at a time"
-    );
+    let confs = (0..pods)
+        .map(|i| netconf(&agents[i % agents_n].socket, &[&pool], &[]))
+        .collect();
+    let peer = Peer {
+        name: "spiderpool",
+        plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
+        confs,
+        _agents: agents,
+    };
+    Ok((peer, pool))
+}
 
-    for (verb, label) in [("ADD", "allocate"), ("DEL", "release")] {
-        let started = Instant::now();
-        let results = run_parallel(concurrency, pods, |i| {
-            let t = Instant::now();
-            let out = cni(
-                verb,
-                &confs[i % agents_n],
-                &ns,
-                &format!("p-{i}"),
-                &uids[i],
-                "net1",
-            );
-            (out.success, t.elapsed(), out.stdout)
-        });
-        let wall = started.elapsed();
-        if let Some((_, _, why)) = results.iter().find(|r| !r.0) {
-            bail!("a {verb} failed: {why}");
+fn whereabouts_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "whereabouts.cni.cncf.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "whereabouts.cni.cncf.io/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+async fn whereabouts(cluster: &Cluster, pods: usize, dir: PathBuf) -> Result<Peer> {
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    for entry in std::fs::read_dir(dir.join("crds")).context("Whereabouts' CRDs")? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text)?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&crd))
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (first, last) = range_of(std::net::Ipv4Addr::new(10, 144, 0, 0), pods);
+    let conf = json!({
+        "cniVersion": "0.4.0",
+        "name": "whereabouts-bench",
+        "type": "macvlan",
+        "ipam": {
+            "type": "whereabouts",
+            "range": "10.144.0.0/12",
+            "range_start": first.to_string(),
+            "range_end": last.to_string(),
+            "kubernetes": {"kubeconfig": cluster.kubeconfig},
+            "log_level": "error",
         }
-        let mut lat: Vec<Duration> = results.iter().map(|r| r.1).collect();
-        lat.sort();
+    });
+    Ok(Peer {
+        name: "whereabouts",
+        plugin: dir.join("whereabouts"),
+        confs: vec![conf; pods],
+        _agents: Vec::new(),
+    })
+}
+
+/// Addresses the store still holds for `peer` after the release phase.
+async fn still_held(cluster: &Cluster, peer: &str, pool: &str) -> Result<usize> {
+    if peer == "spiderpool" {
+        let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
+        let st = api.get_status(pool).await?.status.unwrap_or_default();
+        return Ok(st.held().map(|h| h.len()).unwrap_or(usize::MAX));
+    }
+    let pools: Api<DynamicObject> =
+        Api::all_with(cluster.client.clone(), &whereabouts_resource("IPPool", "ippools"));
+    let held = pools
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|p| p.data["spec"]["allocations"].as_object().map(|a| a.len()))
+        .sum();
+    Ok(held)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let pods = num(0, 1000);
+    let agents_n = num(1, 10);
+    let concurrency = num(2, pods);
+    let peers: Vec<String> = args
+        .get(3)
+        .map_or("spiderpool", String::as_str)
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let cluster = Cluster::connect().await?;
+    let dir = tempfile::tempdir()?;
+    println!(
+        "{pods} pods on {agents_n} nodes, {concurrency} plugin processes at a time, a range of exactly {pods} addresses"
+    );
+    println!(
+        "{:<12} {:<9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>12}",
+        "ipam",
+        "phase",
+        "wall s",
+        "per s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "failed",
+        "cpu ms/op",
+        "KiB sent/op"
+    );
+    for peer_name in &peers {
+        let ns = cluster.namespace("bench", json!({})).await?;
+        let uids = cluster
+            .pods(&ns, "p", pods, |i| format!("node-{}", i % agents_n), json!({}))
+            .await?;
+        let (peer, pool) = match peer_name.as_str() {
+            "spiderpool" => spiderpool(&cluster, pods, agents_n, dir.path()).await?,
+            "whereabouts" => {
+                let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
+                (whereabouts(&cluster, pods, wb.into()).await?, String::new())
+            }
+            other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts)"),
+        };
+        // Agents list their caches at start: the phases count only what the pods cost.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (verb, label) in [("ADD", "allocate"), ("DEL", "release")] {
+            let before = server_cost(&cluster).await?;
+            let started = Instant::now();
+            let results = run_parallel(concurrency, pods, |i| {
+                let t = Instant::now();
+                let out = cni_with(
+                    &peer.plugin,
+                    verb,
+                    &peer.confs[i],
+                    &ns,
+                    &format!("p-{i}"),
+                    &uids[i],
+                    "net1",
+                );
+                (out.success, t.elapsed(), out.stdout, out.stderr)
+            });
+            let wall = started.elapsed();
+            let after = server_cost(&cluster).await?;
+            let failed = results.iter().filter(|r| !r.0).count();
+            if let Some((_, _, out, err)) = results.iter().find(|r| !r.0) {
+                eprintln!("{} {verb} failed, e.g.: {out} {err}", peer.name);
+            }
+            let mut lat: Vec<Duration> = results.iter().map(|r| r.1).collect();
+            lat.sort();
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "{:<12} {:<9} {:>6.2} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>7} {:>11.2} {:>12.1}",
+                peer.name,
+                label,
+                wall.as_secs_f64(),
+                pods as f64 / wall.as_secs_f64(),
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99)),
+                lat.last().map_or(0.0, |d| ms(*d)),
+                failed,
+                (after.cpu_seconds - before.cpu_seconds) * 1e3 / pods as f64,
+                (after.bytes_sent - before.bytes_sent) / 1024.0 / pods as f64,
+            );
+        }
         println!(
-            "{label}: {pods} in {:.2} s = {:.0}/s; {verb} latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            wall.as_secs_f64(),
-            pods as f64 / wall.as_secs_f64(),
-            percentile(&lat, 0.5).as_secs_f64() * 1e3,
-            percentile(&lat, 0.99).as_secs_f64() * 1e3,
-            lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            "{:<12} held after every DEL: {}",
+            peer.name,
+            still_held(&cluster, peer.name, &pool).await?
         );
+        drop(peer);
     }
-    let status = api.get_status(&pool).await?.status.unwrap_or_default();
-    if status.allocated_ip_count != Some(0) {
-        bail!(
-            "pool not empty after the release phase: {:?}",
-            status.allocated_ip_count
-        );
-    }
-    api.delete(&pool, &Default::default()).await?;
     Ok(())
 }

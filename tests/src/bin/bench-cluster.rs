@@ -113,9 +113,14 @@ fn whereabouts_resource(kind: &str, plural: &str) -> ApiResource {
     }
 }
 
-async fn whereabouts(cluster: &Cluster, pods: usize, dir: PathBuf) -> Result<Peer> {
+async fn whereabouts(
+    cluster: &Cluster,
+    pods: usize,
+    plugin_dir: PathBuf,
+    dir: &std::path::Path,
+) -> Result<Peer> {
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
-    for entry in std::fs::read_dir(dir.join("crds")).context("Whereabouts' CRDs")? {
+    for entry in std::fs::read_dir(plugin_dir.join("crds")).context("Whereabouts' CRDs")? {
         let text = std::fs::read_to_string(entry?.path())?;
         let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&text)?;
         let name = crd.metadata.name.clone().unwrap_or_default();
@@ -123,6 +128,10 @@ async fn whereabouts(cluster: &Cluster, pods: usize, dir: PathBuf) -> Result<Pee
             .await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Whereabouts refuses to run without its flat configuration file.
+    let flat = dir.join("whereabouts.conf");
+    let flat_conf = json!({"datastore": "kubernetes", "kubernetes": {"kubeconfig": cluster.kubeconfig}, "log_level": "error"});
+    std::fs::write(&flat, serde_json::to_vec(&flat_conf)?)?;
     let (first, last) = range_of(std::net::Ipv4Addr::new(10, 144, 0, 0), pods);
     let conf = json!({
         "cniVersion": "0.4.0",
@@ -133,13 +142,12 @@ async fn whereabouts(cluster: &Cluster, pods: usize, dir: PathBuf) -> Result<Pee
             "range": "10.144.0.0/12",
             "range_start": first.to_string(),
             "range_end": last.to_string(),
-            "kubernetes": {"kubeconfig": cluster.kubeconfig},
-            "log_level": "error",
+            "configuration_path": flat,
         }
     });
     Ok(Peer {
         name: "whereabouts",
-        plugin: dir.join("whereabouts"),
+        plugin: plugin_dir.join("whereabouts"),
         confs: vec![conf; pods],
         _agents: Vec::new(),
     })
@@ -204,7 +212,10 @@ async fn main() -> Result<()> {
             "spiderpool" => spiderpool(&cluster, pods, agents_n, dir.path()).await?,
             "whereabouts" => {
                 let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
-                (whereabouts(&cluster, pods, wb.into()).await?, String::new())
+                (
+                    whereabouts(&cluster, pods, wb.into(), dir.path()).await?,
+                    String::new(),
+                )
             }
             other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts)"),
         };

@@ -185,7 +185,7 @@ impl IpamService {
     fn names_auto_pool(&self, chosen: &select::Candidates) -> bool {
         chosen.ipv4.iter().chain(&chosen.ipv6).any(|name| {
             self.pools
-                .get(&reflector::ObjectRef::new(name))
+                .get(name)
                 .is_some_and(|p| p.metadata.labels.as_ref().is_some_and(is_auto_pool))
         })
     }

@@ -45,7 +45,7 @@ fn service(api: &MockApi, pods: Vec<Pod>, coordinators: Vec<SpiderCoordinator>) 
     Arc::new(IpamService {
         client: api.client(),
         node: "n1".into(),
-        pools: reflector::store().0,
+        pools: super::pool_cache::PoolCache::empty(),
         reserved: reflector::store().0,
         registry: reflector::store().0,
         pods: store_of(pods),

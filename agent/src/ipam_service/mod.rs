@@ -12,6 +12,7 @@ mod error;
 pub mod metrics;
 #[cfg(test)]
 mod mock_api;
+mod pool_cache;
 pub mod pool_writer;
 mod release;
 pub mod server;
@@ -45,7 +46,7 @@ use pool_writer::{Answer, Claimed, PoolOp};
 pub struct IpamService {
     client: Client,
     node: String,
-    pools: reflector::Store<SpiderIPPool>,
+    pools: pool_cache::PoolCache,
     reserved: reflector::Store<SpiderReservedIP>,
     registry: reflector::Store<SpiderIPPoolRegistry>,
     pods: reflector::Store<Pod>,
@@ -59,7 +60,6 @@ impl IpamService {
     /// Starts the caches and waits until each has listed once.
     pub async fn start(client: Client, node: String) -> anyhow::Result<Arc<IpamService>> {
         let all = watcher::Config::default();
-        let pools = cache::<SpiderIPPool>(Api::all(client.clone()), all.clone());
         let reserved = cache::<SpiderReservedIP>(Api::all(client.clone()), all.clone());
         let registry = cache::<SpiderIPPoolRegistry>(Api::all(client.clone()), all.clone());
         // This node's pods and every namespace: what pool choice reads per ADD, kept by watches
@@ -71,7 +71,7 @@ impl IpamService {
         );
         let namespaces = cache::<Namespace>(Api::all(client.clone()), all.clone());
         let coordinators = cache::<SpiderCoordinator>(Api::all(client.clone()), all);
-        pools.wait_until_ready().await?;
+        let pools = pool_cache::PoolCache::start(client.clone()).await?;
         coordinators.wait_until_ready().await?;
         reserved.wait_until_ready().await?;
         registry.wait_until_ready().await?;
@@ -172,13 +172,13 @@ impl IpamService {
         }
         let store = self.reserved.clone();
         let pools = self.pools.clone();
-        let key = reflector::ObjectRef::new(pool);
+        let name = pool.to_string();
         let registry = self.registry.clone();
         let sources = pool_writer::Sources {
             node: self.node.clone(),
             api: Api::all(self.client.clone()),
             reserved: Arc::new(move || reserved_set(store.state().iter().map(|r| &**r))),
-            latest: Arc::new(move || pools.get(&key)),
+            latest: Arc::new(move || pools.version(&name)),
             registry: Api::all(self.client.clone()),
             registered: Arc::new(move |uid, generation| {
                 registry
@@ -252,7 +252,7 @@ impl IpamService {
     /// The pool by name: from the cache, else from the API server (the cache may not have seen a
     /// pool created a moment ago).
     async fn pool(&self, name: &str) -> Result<Arc<SpiderIPPool>, ServiceError> {
-        if let Some(p) = self.pools.get(&reflector::ObjectRef::new(name)) {
+        if let Some(p) = self.pools.get(name) {
             return Ok(p);
         }
         let api: Api<SpiderIPPool> = Api::all(self.client.clone());

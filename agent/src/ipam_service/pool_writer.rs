@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use spiderpool_api::crd::{Allocations, IPPoolStatus, PoolIPAllocation, SpiderIPPool, SpiderIPPoolRegistry};
@@ -30,15 +29,11 @@ use super::ServiceError;
 /// Reserved addresses (all SpiderReservedIP objects).
 pub type ReservedFn = Arc<dyn Fn() -> IpSet + Send + Sync>;
 
-/// The newest copy of the pool the agent's watch has delivered, if any.
-pub type LatestFn = Arc<dyn Fn() -> Option<Arc<SpiderIPPool>> + Send + Sync>;
+/// The newest resourceVersion of the pool the agent's (metadata) watch has seen, if any.
+pub type LatestFn = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 /// Whether the registry the agent's watch has delivered lists the pool `uid` at `generation`.
 pub type RegisteredFn = Arc<dyn Fn(&str, i64) -> bool + Send + Sync>;
-
-/// How long a writer that lost a round waits for the watch to bring the winner's version before
-/// it reads the pool itself.
-const WATCH_WAIT: Duration = Duration::from_millis(250);
 
 /// What a writer needs besides its queue.
 #[derive(Clone)]
@@ -149,25 +144,6 @@ fn version_of(pool: &SpiderIPPool) -> Option<u64> {
     pool.metadata.resource_version.as_deref()?.parse().ok()
 }
 
-/// After losing a round at `tried`: the winner's version as the watch delivers it, or `None`
-/// when it does not come within [`WATCH_WAIT`] (the caller then reads the pool itself). Saves
-/// each losing agent a read of the whole pool per round.
-async fn newer_from_watch(latest: &LatestFn, tried: Option<u64>) -> Option<SpiderIPPool> {
-    let tried = tried?;
-    let deadline = tokio::time::Instant::now() + WATCH_WAIT;
-    loop {
-        if let Some(p) = latest()
-            && version_of(&p).is_some_and(|v| v > tried)
-        {
-            return Some((*p).clone());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
-}
-
 /// `Ok(())` when `pool` may hand out new addresses at its generation, else why not; registers it
 /// when neither this writer nor the watch has seen it registered.
 async fn admitted(
@@ -226,18 +202,18 @@ async fn decide_and_write(
         while let Ok(op) = rx.try_recv() {
             batch.push(op);
         }
+        // A copy the watch has overtaken (the spec edited, an auto-pool grown, another node's
+        // write) is read again: deciding on it would refuse a claim for want of addresses the
+        // pool now has, and such a refusal writes nothing, so no conflict would bring the news.
+        if copy
+            .as_ref()
+            .is_some_and(|c| (sources.latest)() > version_of(&c.pool))
+        {
+            **copy = None;
+        }
         let fresh = copy.is_none();
         let current = match copy.take() {
-            // A copy the watch has overtaken (the spec edited, an auto-pool grown, another
-            // node's write) is replaced: deciding on it would refuse a claim for want of
-            // addresses the pool now has, and such a refusal writes nothing, so no conflict
-            // would ever bring the newer copy.
-            Some(c) => match (sources.latest)() {
-                Some(p) if version_of(&p) > version_of(&c.pool) => {
-                    decoded(&sources.node, name, (*p).clone())?
-                }
-                _ => c,
-            },
+            Some(c) => c,
             None => {
                 let pool = api
                     .get_status(name)
@@ -299,17 +275,15 @@ async fn decide_and_write(
                 return Ok((decisions, pool, refused));
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                // Another agent wrote first: take its version and decide again.
                 conflicts += 1;
                 sources
                     .metrics
                     .conflicts
                     .get_or_create(&super::metrics::IpamMetrics::pool(name))
                     .inc();
+                // Another agent wrote first: the next round reads its version (`copy` stays
+                // empty) and decides again.
                 tracing::debug!(pool = %name, conflicts, "resourceVersion conflict");
-                if let Some(newer) = newer_from_watch(&sources.latest, version_of(&current.pool)).await {
-                    **copy = Some(decoded(&sources.node, name, newer)?);
-                }
             }
             Err(e) => return Err(ServiceError::from_kube(e, name)),
         }

@@ -68,19 +68,16 @@ impl IpamService {
     }
 
     async fn release_everywhere(&self, uid: &str, ifname: &str) -> Result<(), ServiceError> {
+        // No endpoint says where. The pools this agent writes are searched, each by its writer on
+        // its own copy (no read when it holds nothing of the pod): only this node's agent gives
+        // this node's pods addresses. One written before an agent restart and never recorded in
+        // an endpoint is left to the controller's GC (the pod is gone by then).
         let holding: Vec<String> = self
-            .pools
-            .state()
-            .iter()
-            .filter(|p| {
-                p.status.as_ref().is_some_and(|s| {
-                    s.allocations()
-                        .unwrap_or_default()
-                        .entries()
-                        .any(|(_, a)| a.pod_uid == uid && a.interface.as_deref() == Some(ifname))
-                })
-            })
-            .filter_map(|p| p.metadata.name.clone())
+            .writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
             .collect();
         for pool in holding {
             match self.release(&pool, uid, Some(ifname)).await {

@@ -159,17 +159,18 @@ async fn a_lost_round_reads_the_winner_s_version_and_decides_again() {
     assert_eq!(api.unused(), 0);
 }
 
-/// A pool whose spec grew (an auto-pool scaled up) while the writer kept its last copy: the
-/// writer decides on the watch's newer copy, not on its own, which would find no free address
-/// and, writing nothing, never learn better.
+/// A pool whose spec grew (an auto-pool scaled up) while the writer kept its last copy: once the
+/// (metadata) watch shows a newer version, the writer reads the pool before deciding, instead of
+/// finding no free address on its own copy and, writing nothing, never learning better.
 #[tokio::test]
-async fn a_copy_the_watch_has_overtaken_is_replaced_before_deciding() {
+async fn a_copy_the_watch_has_overtaken_is_read_again_before_deciding() {
     let api = MockApi::new();
     let one = |version: &str, held: &[(&str, &str)], ips: &str| {
         let mut p = pool(version, held);
         p["spec"]["ips"] = json!([ips]);
         p
     };
+    let grown = "10.0.0.10-10.0.0.11";
     api.reply(
         "GET",
         &format!("{POOLS}/p/status"),
@@ -183,37 +184,48 @@ async fn a_copy_the_watch_has_overtaken_is_replaced_before_deciding() {
         one("6", &[("10.0.0.10", "a")], "10.0.0.10"),
     )
     .reply(
+        "GET",
+        &format!("{POOLS}/p/status"),
+        200,
+        one("7", &[("10.0.0.10", "a")], grown),
+    )
+    .reply(
         "PATCH",
         &format!("{POOLS}/p/status"),
         200,
-        one(
-            "8",
-            &[("10.0.0.10", "a"), ("10.0.0.11", "b")],
-            "10.0.0.10-10.0.0.11",
-        ),
+        one("8", &[("10.0.0.10", "a"), ("10.0.0.11", "b")], grown),
     );
-    let latest: Arc<Mutex<Option<Arc<spiderpool_api::crd::SpiderIPPool>>>> = Arc::default();
+    let latest: Arc<Mutex<Option<u64>>> = Arc::default();
     let seen = latest.clone();
     let sources = Sources {
         node: "n1".into(),
         api: Api::all(api.client()),
         reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
-        latest: Arc::new(move || seen.lock().unwrap().clone()),
+        latest: Arc::new(move || *seen.lock().unwrap()),
         registry: Api::all(api.client()),
         registered: Arc::new(|_, _| true),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
     };
     let tx = pool_writer::spawn(sources, "p".into());
     assert_eq!(claimed(claim(&tx, "a").await.unwrap()).to_string(), "10.0.0.10");
-    // The controller grows the pool; the watch delivers it.
-    let grown = one("7", &[("10.0.0.10", "a")], "10.0.0.10-10.0.0.11");
-    *latest.lock().unwrap() = Some(Arc::new(serde_json::from_value(grown).unwrap()));
+    // Its own write: nothing newer, no read.
+    *latest.lock().unwrap() = Some(6);
+    // The controller grows the pool; the watch shows version 7.
+    *latest.lock().unwrap() = Some(7);
     assert_eq!(claimed(claim(&tx, "b").await.unwrap()).to_string(), "10.0.0.11");
-    assert_eq!(api.calls().len(), 3, "no read: the watch's copy was enough");
     assert_eq!(
-        api.seen()[2].body.as_ref().unwrap()["metadata"]["resourceVersion"],
+        api.calls(),
+        [
+            format!("GET {POOLS}/p/status"),
+            format!("PATCH {POOLS}/p/status"),
+            format!("GET {POOLS}/p/status"),
+            format!("PATCH {POOLS}/p/status"),
+        ]
+    );
+    assert_eq!(
+        api.seen()[3].body.as_ref().unwrap()["metadata"]["resourceVersion"],
         "7",
-        "guarded by the newer copy"
+        "guarded by the version read"
     );
 }
 
@@ -239,7 +251,7 @@ fn service(api: &MockApi) -> Arc<IpamService> {
     Arc::new(IpamService {
         client: api.client(),
         node: "n1".into(),
-        pools: reflector::store().0,
+        pools: super::pool_cache::PoolCache::empty(),
         reserved: reflector::store().0,
         registry: reflector::store().0,
         pods: reflector::store().0,

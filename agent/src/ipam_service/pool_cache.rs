@@ -1,0 +1,203 @@
+//! The pools as an agent needs them, without every pool's whole status on every allocation
+//! anywhere. A pool's status carries every holder of every node and changes with every batch any
+//! agent writes; a full watch sent all of it to every agent each time, so the API server's
+//! traffic grew with nodes × pool size. Here the agent watches pool metadata only (a few hundred
+//! bytes per write, whatever the pool holds) and reads a pool's spec when it appears or its
+//! generation changes. Its pool writers read the status themselves when they need it (a
+//! newer version than their copy, a lost round): only agents that allocate from a pool read it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use spiderpool_api::crd::SpiderIPPool;
+use spiderpool_daemon::watch::cache_waking;
+use tokio::sync::Notify;
+
+type Objects = Arc<RwLock<HashMap<String, Arc<SpiderIPPool>>>>;
+
+/// Every pool's spec, labels and deletion mark (no status), and its newest resourceVersion.
+#[derive(Clone)]
+pub struct PoolCache {
+    meta: Store<PartialObjectMeta<SpiderIPPool>>,
+    objects: Objects,
+}
+
+impl PoolCache {
+    /// Starts the metadata watch, fills the specs with one list, and keeps them current.
+    pub async fn start(client: Client) -> anyhow::Result<PoolCache> {
+        let wake = Arc::new(Notify::new());
+        let meta = cache_waking(
+            Api::<PartialObjectMeta<SpiderIPPool>>::all(client.clone()),
+            watcher::Config::default(),
+            wake.clone(),
+        );
+        meta.wait_until_ready().await?;
+        let api: Api<SpiderIPPool> = Api::all(client);
+        let objects: Objects = Arc::default();
+        {
+            let listed = api.list(&ListParams::default()).await?.items;
+            let mut objs = objects.write().unwrap_or_else(|e| e.into_inner());
+            for p in listed {
+                objs.insert(p.name_any(), Arc::new(without_status(p)));
+            }
+        }
+        let cache = PoolCache { meta, objects };
+        let keeper = cache.clone();
+        tokio::spawn(async move {
+            loop {
+                keeper.sync(&api).await;
+                wake.notified().await;
+            }
+        });
+        Ok(cache)
+    }
+
+    /// A cache that knows no pool (tests).
+    #[cfg(test)]
+    pub fn empty() -> PoolCache {
+        PoolCache {
+            meta: kube::runtime::reflector::store().0,
+            objects: Arc::default(),
+        }
+    }
+
+    /// Every pool whose spec is known, with its current metadata.
+    pub fn state(&self) -> Vec<Arc<SpiderIPPool>> {
+        self.objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<SpiderIPPool>> {
+        self.objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The newest resourceVersion the watch has seen of pool `name`.
+    pub fn version(&self, name: &str) -> Option<u64> {
+        self.meta
+            .get(&ObjectRef::new(name))?
+            .metadata
+            .resource_version
+            .as_deref()?
+            .parse()
+            .ok()
+    }
+
+    /// Brings the specs up to the metadata: a pool gone is dropped, one new or of a new
+    /// generation read, the others' metadata replaced.
+    async fn sync(&self, api: &Api<SpiderIPPool>) {
+        let metas = self.meta.state();
+        let mut stale = Vec::new();
+        {
+            let mut objs = self.objects.write().unwrap_or_else(|e| e.into_inner());
+            objs.retain(|name, _| metas.iter().any(|m| m.name_any() == *name));
+            for m in &metas {
+                match objs.get_mut(&m.name_any()) {
+                    Some(o)
+                        if o.metadata.uid == m.metadata.uid
+                            && o.metadata.generation == m.metadata.generation =>
+                    {
+                        if o.metadata.resource_version != m.metadata.resource_version {
+                            let mut fresh = (**o).clone();
+                            fresh.metadata = m.metadata.clone();
+                            *o = Arc::new(fresh);
+                        }
+                    }
+                    _ => stale.push(m.name_any()),
+                }
+            }
+        }
+        for name in stale {
+            match api.get_opt(&name).await {
+                Ok(Some(p)) => {
+                    let mut objs = self.objects.write().unwrap_or_else(|e| e.into_inner());
+                    objs.insert(name, Arc::new(without_status(p)));
+                }
+                Ok(None) => {}
+                // The next change, or the next pool read by a request, tries again.
+                Err(e) => tracing::debug!(pool = %name, "read pool spec: {e}"),
+            }
+        }
+    }
+}
+
+fn without_status(mut p: SpiderIPPool) -> SpiderIPPool {
+    p.status = None;
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    use super::*;
+    use crate::ipam_service::mock_api::MockApi;
+
+    const POOL: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools/p";
+
+    fn meta(generation: i64, version: &str) -> PartialObjectMeta<SpiderIPPool> {
+        serde_json::from_value(json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "p", "uid": "u", "generation": generation, "resourceVersion": version}
+        }))
+        .unwrap()
+    }
+
+    fn full(generation: i64, version: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+            "metadata": {"name": "p", "uid": "u", "generation": generation, "resourceVersion": version},
+            "spec": {"subnet": "10.0.0.0/24", "ips": [format!("10.0.0.{generation}")]},
+            "status": {"allocatedIPCount": 1}
+        })
+    }
+
+    /// A status write (a new resourceVersion, same generation) costs no read; a new generation
+    /// costs one; the cache keeps no status.
+    #[tokio::test]
+    async fn specs_are_read_only_when_a_pool_appears_or_its_generation_changes() {
+        let api = MockApi::new();
+        api.reply("GET", POOL, 200, full(1, "5"))
+            .reply("GET", POOL, 200, full(2, "9"));
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let cache = PoolCache {
+            meta: store,
+            objects: Arc::default(),
+        };
+        let pools: Api<SpiderIPPool> = Api::all(api.client());
+        writer.apply_watcher_event(&Event::Apply(meta(1, "5")));
+        cache.sync(&pools).await;
+        let p = cache.get("p").expect("read when it appeared");
+        assert!(p.status.is_none(), "no status kept");
+        for version in ["6", "7", "8"] {
+            writer.apply_watcher_event(&Event::Apply(meta(1, version)));
+            cache.sync(&pools).await;
+        }
+        assert_eq!(api.calls().len(), 1, "status writes cost no read");
+        assert_eq!(cache.version("p"), Some(8));
+        assert_eq!(
+            cache.get("p").unwrap().metadata.resource_version.as_deref(),
+            Some("8")
+        );
+        writer.apply_watcher_event(&Event::Apply(meta(2, "9")));
+        cache.sync(&pools).await;
+        assert_eq!(api.calls().len(), 2, "a new generation is read");
+        assert_eq!(cache.get("p").unwrap().spec.ips, vec!["10.0.0.2".to_string()]);
+        writer.apply_watcher_event(&Event::Delete(meta(2, "10")));
+        cache.sync(&pools).await;
+        assert!(cache.state().is_empty(), "a deleted pool is dropped");
+    }
+}

@@ -2,12 +2,15 @@
 # Cluster-mode allocation throughput against a real kube-apiserver + etcd (hack/control-plane.sh),
 # ours and Whereabouts' side by side in one run (tests/src/bin/bench-cluster.rs): PODS pods over
 # AGENTS agents, CONCURRENCY plugin processes at a time, one range of exactly PODS addresses.
-# usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY] [PEERS]   (PEERS default: spiderpool,whereabouts)
+# usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]
+#   PEERS default spiderpool,whereabouts; ACTIVE: the pods run on that many of the AGENTS' nodes
+#   (default all); the other agents only watch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same build cache as .ci/run: a release build beside it would be a second multi-GB target.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
 cargo build --release --quiet --locked -p spiderpool-agent -p spiderpool-ipam -p spiderpool-e2e --bins
+bin_dir=${SPIDERPOOL_BENCH_BIN_DIR:-}
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 peers=${4:-spiderpool,whereabouts}
 if [[ ,$peers, == *,whereabouts,* ]]; then
@@ -16,5 +19,5 @@ if [[ ,$peers, == *,whereabouts,* ]]; then
 fi
 kubeconfig=$(hack/control-plane.sh up)
 echo "$(nproc) CPUs; kube-apiserver $(basename "$(hack/control-plane.sh bin)") on loopback"
-SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="$target_dir/release" \
-    "$target_dir/release/bench-cluster" "${1:-1000}" "${2:-10}" "${3:-${1:-1000}}" "$peers"
+SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="${bin_dir:-$target_dir/release}" \
+    "$target_dir/release/bench-cluster" "${1:-1000}" "${2:-10}" "${3:-${1:-1000}}" "$peers" "${5:-${2:-10}}"

@@ -9,7 +9,9 @@
 //! from its own /metrics) per allocation, and what the store still holds after the release (exit
 //! codes are not enough: a DEL that reports success may leave its address behind).
 //!
-//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS]   (PEERS: spiderpool,whereabouts)
+//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts;
+//! ACTIVE: how many of the AGENTS' nodes the pods run on, default all: the others' agents only
+//! watch, which is what a pool's writes cost the nodes that do not use it)
 //! Whereabouts' plugin and CRDs: the directory in WHEREABOUTS_DIR (`hack/control-plane.sh
 //! whereabouts`).
 
@@ -76,7 +78,7 @@ fn range_of(base: std::net::Ipv4Addr, n: usize) -> (std::net::Ipv4Addr, std::net
 async fn spiderpool(
     cluster: &Cluster,
     pods: usize,
-    agents_n: usize,
+    (agents_n, active): (usize, usize),
     dir: &std::path::Path,
 ) -> Result<(Peer, String)> {
     let pool = format!("bench-{}", unique());
@@ -92,7 +94,7 @@ async fn spiderpool(
         .map(|i| Agent::start(&cluster.kubeconfig, &format!("node-{i}"), dir))
         .collect::<Result<_>>()?;
     let confs = (0..pods)
-        .map(|i| netconf(&agents[i % agents_n].socket, &[&pool], &[]))
+        .map(|i| netconf(&agents[i % active].socket, &[&pool], &[]))
         .collect();
     let peer = Peer {
         name: "spiderpool",
@@ -185,10 +187,11 @@ async fn main() -> Result<()> {
         .split(',')
         .map(str::to_string)
         .collect();
+    let active = num(4, agents_n).clamp(1, agents_n);
     let cluster = Cluster::connect().await?;
     let dir = tempfile::tempdir()?;
     println!(
-        "{pods} pods on {agents_n} nodes, {concurrency} plugin processes at a time, a range of exactly {pods} addresses"
+        "{pods} pods on {active} of {agents_n} nodes (an agent each), {concurrency} plugin processes at a time, a range of exactly {pods} addresses"
     );
     println!(
         "{:<12} {:<9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>12}",
@@ -206,10 +209,10 @@ async fn main() -> Result<()> {
     for peer_name in &peers {
         let ns = cluster.namespace("bench", json!({})).await?;
         let uids = cluster
-            .pods(&ns, "p", pods, |i| format!("node-{}", i % agents_n), json!({}))
+            .pods(&ns, "p", pods, |i| format!("node-{}", i % active), json!({}))
             .await?;
         let (peer, pool) = match peer_name.as_str() {
-            "spiderpool" => spiderpool(&cluster, pods, agents_n, dir.path()).await?,
+            "spiderpool" => spiderpool(&cluster, pods, (agents_n, active), dir.path()).await?,
             "whereabouts" => {
                 let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
                 (

@@ -97,6 +97,9 @@ kubelet_ready() {
 control_plane=false
 if reason=$(control_plane_ready); then
     control_plane=true
+    # An empty etcd every run: `up` would reuse a control plane left running (by a developer, a
+    # benchmark), whose pools and registry entries from earlier runs refuse this run's pools.
+    hack/control-plane.sh down >/dev/null 2>&1 || true
     kubeconfig=$(hack/control-plane.sh up)
     trap 'hack/control-plane.sh down' EXIT
     SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig cargo test --locked -p spiderpool-e2e --features control-plane --test cluster -- --ignored

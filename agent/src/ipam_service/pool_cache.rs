@@ -6,7 +6,7 @@
 //! generation changes. Its pool writers read the status themselves when they need it (a
 //! newer version than their copy, a lost round): only agents that allocate from a pool read it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use kube::api::{Api, ListParams};
@@ -102,7 +102,8 @@ impl PoolCache {
         let mut stale = Vec::new();
         {
             let mut objs = self.objects.write().unwrap_or_else(|e| e.into_inner());
-            objs.retain(|name, _| metas.iter().any(|m| m.name_any() == *name));
+            let live: HashSet<String> = metas.iter().map(|m| m.name_any()).collect();
+            objs.retain(|name, _| live.contains(name));
             for m in &metas {
                 match objs.get_mut(&m.name_any()) {
                     Some(o)

@@ -59,6 +59,8 @@ struct Need<'a> {
     interface: String,
     family: Family,
     subnet: &'a SpiderSubnet,
+    /// The subnet's addresses, as a pool of its spec would hand them out.
+    subnet_set: IpSet,
     size: u128,
     number: IpNumber,
     reclaim: bool,
@@ -214,6 +216,7 @@ fn needs_of<'a>(w: &'a Wanted, subnets: &'a [SpiderSubnet]) -> Result<Vec<Need<'
                 interface: choice.interface.clone(),
                 family,
                 subnet,
+                subnet_set: set.set,
                 size: u128::from(number.size(w.replicas)),
                 number,
                 reclaim,
@@ -243,7 +246,6 @@ async fn ensure(
 ) -> Result<Ensured, Problem> {
     let app = &need.wanted.app;
     let subnet_name = need.subnet.name_any();
-    let subnet_set = subnet_pool(need.subnet).map_err(Problem::Refused)?.set;
     let pool = existing(pools, need);
     if let Some(p) = pool
         && !auto_pool::same_cidr(&p.spec.subnet, &need.subnet.spec.subnet)
@@ -263,7 +265,7 @@ async fn ensure(
         Some(p) => set_of_entries(p.spec.ips.iter().map(String::as_str)),
         None => IpSet::default(),
     };
-    let free = subnet_set.subtract(taken).subtract(reserved);
+    let free = need.subnet_set.subtract(taken).subtract(reserved);
     let ips = auto_pool::resize(&current, &held, &free, need.size)
         .map_err(|e| Problem::Refused(format!("SpiderSubnet {subnet_name}: {e}")))?;
     *taken = taken.union(&ips);

@@ -160,6 +160,12 @@ pub const WATCHED: [(&str, &str); 6] = [
     ("batch_v1", "CronJob"),
 ];
 
+/// `group_version_Kind_namespace_name` (`gv` already `group_version`), as `controlledIPPools`
+/// names an auto-pool's application.
+fn application_text(gv: &str, kind: &str, namespace: &str, name: &str) -> String {
+    format!("{gv}_{kind}_{namespace}_{name}")
+}
+
 /// The application a pool is for: a pod's top controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct App {
@@ -220,13 +226,7 @@ impl App {
 
     /// `status.controlledIPPools`' `application`: `group_version_Kind_namespace_name`.
     pub fn application(&self) -> String {
-        format!(
-            "{}_{}_{}_{}",
-            self.gv_label(),
-            self.kind,
-            self.namespace,
-            self.name
-        )
+        application_text(&self.gv_label(), &self.kind, &self.namespace, &self.name)
     }
 
     /// What an auto-pool's `podAffinity.matchLabels` holds for this application.
@@ -369,14 +369,7 @@ pub fn same_cidr(a: &str, b: &str) -> bool {
 
 /// A pool's addresses: what its spec lists (its `ips`, as written) plus what it holds.
 pub fn pool_addresses(pool: &SpiderIPPool) -> IpSet {
-    let listed = set_of_entries(pool.spec.ips.iter().map(String::as_str));
-    let held = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.held().ok())
-        .unwrap_or_default();
-    let held = set_of_entries(held.keys().map(String::as_str));
-    listed.union(&held)
+    set_of_entries(pool.spec.ips.iter().map(String::as_str)).union(&held_addresses(pool))
 }
 
 /// The addresses `pool` holds (its status), as a set.
@@ -407,13 +400,12 @@ pub fn controlled<'a>(
         }
         let labels = pool.metadata.labels.clone().unwrap_or_default();
         let application = keys::is_auto_pool(&labels).then(|| {
-            let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
-            format!(
-                "{}_{}_{}_{}",
+            let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
+            application_text(
                 get(keys::LABEL_APP_GV),
                 get(keys::LABEL_APP_KIND),
                 get(keys::LABEL_APP_NAMESPACE),
-                get(keys::LABEL_APP_NAME)
+                get(keys::LABEL_APP_NAME),
             )
         });
         out.insert(

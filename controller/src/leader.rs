@@ -75,3 +75,79 @@ impl Elector {
         }
     }
 }
+
+/// Whether this replica leads, shared by the loops that act only while it does. A loop also waits
+/// on [`LeaderWatch::gained`], so it acts as soon as leadership comes, not at its next period
+/// (an object created just before then would otherwise wait a whole period).
+#[derive(Clone)]
+pub struct Leadership {
+    tx: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Leadership {
+            tx: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
+
+impl Leadership {
+    pub fn set(&self, leading: bool) {
+        self.tx
+            .send_if_modified(|now| std::mem::replace(now, leading) != leading);
+    }
+
+    pub fn leading(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    pub fn watch(&self) -> LeaderWatch {
+        LeaderWatch {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+pub struct LeaderWatch {
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl LeaderWatch {
+    /// Returns when this replica becomes the leader (at once if it did since the last call).
+    pub async fn gained(&mut self) {
+        loop {
+            if self.rx.changed().await.is_err() {
+                // The process is ending; nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+            if *self.rx.borrow_and_update() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watch_wakes_when_leadership_is_gained_not_when_lost() {
+        let leadership = Leadership::default();
+        let mut watch = leadership.watch();
+        leadership.set(true);
+        leadership.set(true);
+        tokio::time::timeout(std::time::Duration::from_secs(1), watch.gained())
+            .await
+            .expect("woken on gaining");
+        assert!(leadership.leading());
+        leadership.set(false);
+        let lost = tokio::time::timeout(std::time::Duration::from_millis(50), watch.gained()).await;
+        assert!(lost.is_err(), "losing leadership must not wake the loop");
+        leadership.set(true);
+        tokio::time::timeout(std::time::Duration::from_secs(1), watch.gained())
+            .await
+            .expect("woken on gaining again");
+    }
+}

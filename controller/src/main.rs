@@ -2,13 +2,12 @@
 //! SpiderCoordinator status (pod and service CIDRs) and metrics.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use spiderpool_controller::gc;
-use spiderpool_controller::leader::Elector;
+use spiderpool_controller::leader::{Elector, Leadership};
 use spiderpool_controller::metrics::Metrics;
 use spiderpool_daemon::http::{self, Response};
 
@@ -135,25 +134,25 @@ async fn run(cli: Cli) -> Result<()> {
     let renew_every = Duration::from_secs(u64::try_from(cli.lease_duration / 3).unwrap_or(1).max(1));
     let gc_every = Duration::from_secs(cli.gc_interval.max(1));
     let mut next_gc = tokio::time::Instant::now();
-    let leading_now = Arc::new(AtomicBool::new(false));
+    let leadership = Leadership::default();
     tokio::spawn(spiderpool_controller::pools::run(
         client.clone(),
-        leading_now.clone(),
+        leadership.clone(),
         gc_every,
     ));
     tokio::spawn(spiderpool_controller::multus::run(
         client.clone(),
-        leading_now.clone(),
+        leadership.clone(),
         Duration::from_secs(30),
     ));
     tokio::spawn(spiderpool_controller::subnets::run(
         client.clone(),
-        leading_now.clone(),
+        leadership.clone(),
         Duration::from_secs(30),
     ));
     tokio::spawn(spiderpool_controller::node_policies::run(
         client.clone(),
-        leading_now.clone(),
+        leadership.clone(),
         Duration::from_secs(30),
     ));
     tracing::info!(identity = %me, lease = %format!("{namespace}/{}", cli.lease_name), "controller started");
@@ -166,7 +165,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         };
         metrics.leader.set(i64::from(leading));
-        leading_now.store(leading, Ordering::Relaxed);
+        leadership.set(leading);
         if leading && tokio::time::Instant::now() >= next_gc {
             match gc::run_once(&client, &metrics).await {
                 Ok(r) if !r.released.is_empty() || r.endpoints_deleted > 0 => tracing::info!(

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -16,6 +15,8 @@ use spiderpool_api::policy::SpiderNetworkNodePolicyResource;
 use spiderpool_api::policy_status::{APPLIED, FAILED, PolicyStatus};
 use spiderpool_daemon::watch::cache_waking;
 use tokio::sync::Notify;
+
+use crate::leader::Leadership;
 
 /// Nodes named in `notApplied`, at most.
 const NOT_APPLIED_SHOWN: usize = 10;
@@ -105,7 +106,8 @@ fn status_patch(old: Option<&PolicyStatus>, new: &PolicyStatus) -> serde_json::V
 }
 
 /// Keeps every policy's status current while `leading`; returns when the process ends.
-pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
+pub async fn run(client: Client, leadership: Leadership, every: Duration) {
+    let mut gained = leadership.watch();
     let wake = Arc::new(Notify::new());
     let policies = cache_waking(
         Api::<SpiderNetworkNodePolicyResource>::all(client.clone()),
@@ -127,8 +129,9 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
         tokio::select! {
             () = wake.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
             () = tokio::time::sleep(every) => {}
+            () = gained.gained() => {}
         }
-        if !leading.load(Ordering::Relaxed)
+        if !leadership.leading()
             || policies.wait_until_ready().await.is_err()
             || nodes.wait_until_ready().await.is_err()
             || inventories.wait_until_ready().await.is_err()

@@ -6,8 +6,6 @@
 //! `spiderpool_ipam::cluster::registry`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -24,6 +22,7 @@ use spiderpool_ipam::cluster::register::{self, Outcome};
 use spiderpool_ipam::cluster::registry::{self, is_registered};
 
 use crate::api_err;
+use crate::leader::Leadership;
 
 /// Spiderpool's pool finalizer: removed once a deleted pool holds no address.
 pub const FINALIZER: &str = "spiderpool.spidernet.io";
@@ -279,7 +278,8 @@ async fn pools_named_by_endpoints(client: &Client) -> Result<HashSet<String>, Po
 /// every `every`) while `leading` says this replica leads. Not on status writes: the agents write
 /// a pool's status with every batch of allocations, and none of those changes a registration (a
 /// deleted pool emptied by them loses its finalizer on the periodic pass).
-pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
+pub async fn run(client: Client, leadership: Leadership, every: Duration) {
+    let mut gained = leadership.watch();
     let api: Api<SpiderIPPool> = Api::all(client.clone());
     let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
     let mut seen: HashMap<String, (i64, bool)> = HashMap::new();
@@ -287,6 +287,7 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
         let wake = tokio::select! {
             event = events.next() => matters(&mut seen, event),
             () = tokio::time::sleep(every) => true,
+            () = gained.gained() => true,
         };
         // A burst of pool events makes one pass.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -294,7 +295,7 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
         while let Some(event) = events.next().now_or_never() {
             wake |= matters(&mut seen, event);
         }
-        if !wake || !leading.load(Ordering::Relaxed) {
+        if !wake || !leadership.leading() {
             continue;
         }
         match run_once(&client).await {

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -19,6 +18,8 @@ use spiderpool_api::multus::{
     NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec, SpiderMultusConfig,
 };
 use spiderpool_daemon::watch::cache_waking;
+
+use crate::leader::Leadership;
 use tokio::sync::Notify;
 
 pub mod render;
@@ -168,7 +169,8 @@ pub fn plan(smcs: &[Arc<SpiderMultusConfig>], nads: &[Arc<NetworkAttachmentDefin
 }
 
 /// Keeps the NADs matching while `leading`; returns when the process ends.
-pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
+pub async fn run(client: Client, leadership: Leadership, every: Duration) {
+    let mut gained = leadership.watch();
     let wake = Arc::new(Notify::new());
     let smcs = cache_waking(
         Api::<SpiderMultusConfig>::all(client.clone()),
@@ -193,8 +195,9 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
         tokio::select! {
             () = wake.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
             () = tokio::time::sleep(every) => {}
+            () = gained.gained() => {}
         }
-        if !leading.load(Ordering::Relaxed)
+        if !leadership.leading()
             || smcs.wait_until_ready().await.is_err()
             || nads.wait_until_ready().await.is_err()
         {

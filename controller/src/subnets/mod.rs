@@ -15,7 +15,6 @@ pub mod third_party;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -39,6 +38,7 @@ use spiderpool_ipam::cluster::reserved_set;
 use spiderpool_ipam::range::{Family, IpSet, set_of_entries};
 use tokio::sync::Notify;
 
+use crate::leader::Leadership;
 use crate::pools::FINALIZER;
 use crate::{ApiError, api_err};
 use apps::Wanted;
@@ -469,7 +469,8 @@ impl Workloads {
 type PassInputs = (Vec<Wanted>, HashSet<String>, HashMap<String, String>);
 
 /// Keeps the auto-pools and subnet statuses current while `leading`.
-pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
+pub async fn run(client: Client, leadership: Leadership, every: Duration) {
+    let mut gained = leadership.watch();
     let wake = Arc::new(Notify::new());
     let workloads = Workloads::start(&client, &wake);
     let subnets = cache_waking(
@@ -492,8 +493,9 @@ pub async fn run(client: Client, leading: Arc<AtomicBool>, every: Duration) {
         let periodic = tokio::select! {
             () = wake.notified() => { tokio::time::sleep(Duration::from_millis(200)).await; false }
             () = tokio::time::sleep(if retry_soon { Duration::from_secs(1) } else { every }) => true,
+            () = gained.gained() => true,
         };
-        if !leading.load(Ordering::Relaxed)
+        if !leadership.leading()
             || !workloads.ready().await
             || subnets.wait_until_ready().await.is_err()
             || pools.wait_until_ready().await.is_err()

@@ -36,7 +36,7 @@ done
 [ -z "$bin_dir" ] || bin_dir=$(realpath "$bin_dir")
 [ -z "$arm64_bin_dir" ] || arm64_bin_dir=$(realpath "$arm64_bin_dir")
 cd "$repo"
-bins=(spiderpool-agent spiderpool-controller spiderpool coordinator ifacer)
+bins=(spiderpool-agent spiderpool-controller spiderpool coordinator ifacer rdma)
 if [ -z "$bin_dir" ] && [ -z "$rootfs" ]; then
     reason=$(arm64_build_ready) || { echo "cannot cross-build for arm64: $reason" >&2; exit 1; }
     arm64_env

@@ -37,7 +37,7 @@ if reason=$(arm64_run_ready); then
     arm64_env
     cargo build --workspace --bins --locked --target "$ARM64_TARGET"
     arm64_bin="$target_dir/$ARM64_TARGET/debug"
-    for bin in spiderpool-agent spiderpool-controller spiderpool coordinator ifacer; do
+    for bin in spiderpool-agent spiderpool-controller spiderpool coordinator ifacer rdma; do
         machine=$(LC_ALL=C readelf -h "$arm64_bin/$bin" | sed -n 's/^ *Machine: *//p')
         [ "$machine" = AArch64 ] || { echo "FAILED: $arm64_bin/$bin is for '$machine', not AArch64" >&2; exit 1; }
     done
@@ -146,20 +146,24 @@ else
     skip cri "$reason"
 fi
 
-step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE (tests/vm/*.sh); the arm64 kernel with the aarch64 inventory"
+step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE, VFs in pods, the rdma step (tests/vm/*.sh); Debian's 7.2 kernel: RDMA between pods (tests/vm/kernel-7.2/*.sh); the arm64 kernel with the aarch64 inventory"
 if is_root; then
     # Only the binaries the guest scripts run, stripped: they travel in the initramfs.
     vm_bin="$target_dir/vm-bin"
     rm -rf "$vm_bin" && mkdir -p "$vm_bin"
-    for bin in spiderpool-agent spiderpool ifacer coordinator fake-kubelet; do
+    for bin in spiderpool-agent spiderpool ifacer coordinator rdma fake-kubelet; do
         strip -o "$vm_bin/$bin" "$target_dir/debug/$bin"
     done
     # Debian's ipvlan runs on top of what ifacer makes (the host kernel here has no ipvlan).
     apt_install containernetworking-plugins
-    cp /usr/lib/cni/ipvlan "$vm_bin/"
+    cp /usr/lib/cni/ipvlan /usr/lib/cni/host-device /usr/lib/cni/macvlan "$vm_bin/"
     for script in hack/vm/selftest.sh tests/vm/*.sh; do
         echo "--- $script"
         SPIDERPOOL_BIN_DIR="$vm_bin" hack/vm-test.sh "$script"
+    done
+    for script in tests/vm/kernel-7.2/*.sh; do
+        echo "--- $script (VM_KERNEL=7.2)"
+        SPIDERPOOL_BIN_DIR="$vm_bin" VM_KERNEL=7.2 hack/vm-test.sh "$script"
     done
     echo "--- hack/vm-arm64-test.sh: Debian's arm64 kernel under qemu-system-aarch64, igb VFs, the aarch64 agent's inventory"
     if $arm64; then

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 /// The plugins a runtime execs, installed next to the other CNI plugins.
-pub const CNI_PLUGINS: [&str; 3] = ["spiderpool", "coordinator", "ifacer"];
+/// `rdma` takes rdma-cni's netconf, so the NADs SpiderMultusConfig renders (and Spiderpool's) run it.
+pub const CNI_PLUGINS: [&str; 4] = ["spiderpool", "coordinator", "ifacer", "rdma"];
 
 /// Copies each of `names` from `from` into `to`: written to a temporary name in `to`, made
 /// executable, then renamed over the final name, so a runtime exec'ing the plugin meanwhile
@@ -41,7 +42,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["coordinator", "ifacer", "spiderpool"]);
+        assert_eq!(names, ["coordinator", "ifacer", "rdma", "spiderpool"]);
         assert_eq!(
             std::fs::read_to_string(to.path().join("spiderpool")).unwrap(),
             "new spiderpool"

@@ -9,6 +9,7 @@ pub mod inventory_report;
 pub mod ipam_service;
 pub mod node;
 pub mod node_policy;
+pub mod rdma_counters;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -62,7 +63,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(f) = &config.ready_file {
         let _ = std::fs::remove_file(f); // a previous run's
     }
-    let metrics: Arc<std::sync::OnceLock<Arc<IpamMetrics>>> = Arc::default();
+    let metrics = Metrics::default();
+    spawn_rdma_counters(&metrics, &config.sysfs_root);
     let health =
         http::bind_shared(&config.health_addr).with_context(|| format!("bind {}", config.health_addr))?;
     tokio::spawn(http::serve(health, health_route(ready.clone(), metrics.clone())));
@@ -77,7 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let client = kube::Client::try_default().await.context("Kubernetes client")?;
     let (service, listener) =
         ipam_service::IpamService::listen(client.clone(), &node, &config.socket).await?;
-    let _ = metrics.set(service.metrics());
+    let _ = metrics.ipam.set(service.metrics());
     tokio::spawn(ipam_service::server::serve(listener, service));
     tracing::info!("agent of node {node}: health on {}", config.health_addr);
     tokio::spawn(inventory_report::every(
@@ -128,11 +130,39 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
+/// What /metrics serves: the IPAM service's (once it runs) and the RDMA port counters (read by a
+/// thread every `RDMA_COUNTERS_EVERY`, so a scrape never waits on sysfs or a namespace).
+#[derive(Clone, Default)]
+struct Metrics {
+    ipam: Arc<std::sync::OnceLock<Arc<IpamMetrics>>>,
+    rdma: Arc<std::sync::RwLock<String>>,
+}
+
+const RDMA_COUNTERS_EVERY: Duration = Duration::from_secs(10);
+
+fn spawn_rdma_counters(metrics: &Metrics, sysfs_root: &std::path::Path) {
+    let sources = rdma_counters::Sources {
+        sysfs: Sysfs::new(sysfs_root),
+        netns_dir: PathBuf::from("/var/run/netns"),
+        rdma_records: PathBuf::from(spiderpool_rdma::DEFAULT_STATE_DIR),
+    };
+    let rdma = metrics.rdma.clone();
+    std::thread::spawn(move || {
+        loop {
+            let text = rdma_counters::render(&rdma_counters::collect(&sources));
+            if let Ok(mut slot) = rdma.write() {
+                *slot = text;
+            }
+            std::thread::sleep(RDMA_COUNTERS_EVERY);
+        }
+    });
+}
+
 /// `/healthz` answers while the process runs; `/readyz` once `ready` is set; `/metrics` once the
 /// IPAM service runs.
 fn health_route(
     ready: Arc<AtomicBool>,
-    metrics: Arc<std::sync::OnceLock<Arc<IpamMetrics>>>,
+    metrics: Metrics,
 ) -> impl Fn(&str) -> Response + Send + Sync + 'static {
     move |path| match path {
         "/healthz" => Response::text("200 OK", "ok\n"),
@@ -143,10 +173,19 @@ fn health_route(
     }
 }
 
-fn metrics_response(metrics: &std::sync::OnceLock<Arc<IpamMetrics>>) -> Response {
+fn metrics_response(metrics: &Metrics) -> Response {
+    let mut body = metrics.ipam.get().map(|m| m.render()).unwrap_or_default();
+    // prometheus-client ends its exposition with `# EOF`; the RDMA families go before it.
+    if let Some(stripped) = body.strip_suffix("# EOF\n") {
+        body.truncate(stripped.len());
+    }
+    if let Ok(rdma) = metrics.rdma.read() {
+        body.push_str(&rdma);
+    }
+    body.push_str("# EOF\n");
     Response {
         status: "200 OK",
         content_type: "text/plain; version=0.0.4",
-        body: metrics.get().map(|m| m.render()).unwrap_or_default(),
+        body,
     }
 }

@@ -25,16 +25,22 @@ enum Command {
     /// Exit 0 when the agent of this container is ready (its --ready-file exists): the
     /// readiness probe.
     Probe(commands::probe::Args),
-    /// Install spiderpool, coordinator and ifacer into a CNI bin directory (atomically).
+    /// Install spiderpool, coordinator, ifacer and rdma into a CNI bin directory (atomically).
     InstallCni(commands::install_cni::Args),
     /// Answer the `spiderpool` plugin in cluster mode: pools and allocations in the Kubernetes
     /// API (kubeconfig from KUBECONFIG or the in-cluster service account).
     IpamService(commands::ipam_service::Args),
+    /// Print the RDMA port counters `run` serves on /metrics (standard and hardware, with the
+    /// namespace and pod holding each device).
+    RdmaCounters(commands::rdma_counters::Args),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Inventory(_) | Command::Apply(_)) {
+    if matches!(
+        cli.command,
+        Command::Inventory(_) | Command::Apply(_) | Command::RdmaCounters(_)
+    ) {
         // Output into a closed pipe (`| head`) ends these printing commands quietly, as for other
         // Unix tools. Never for the daemons: a client that hangs up before its answer must not
         // kill the agent (Rust's default, SIGPIPE ignored, turns that into an EPIPE error).
@@ -55,6 +61,7 @@ fn main() -> Result<()> {
         Command::Probe(args) => commands::probe::exec(args),
         Command::InstallCni(args) => commands::install_cni::exec(args),
         Command::IpamService(args) => commands::ipam_service::exec(args),
+        Command::RdmaCounters(args) => commands::rdma_counters::exec(args),
     }
 }
 

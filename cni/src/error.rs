@@ -24,6 +24,9 @@ pub enum ErrorCode {
     PoolExhausted = 100,
     /// CHECK: the recorded allocation differs from what prevResult says.
     AllocationMismatch = 101,
+    /// ADD: the device the attachment needs is missing, held by another pod, or cannot be given
+    /// to the pod on this node (the message says which).
+    DeviceUnavailable = 102,
     /// A bug: a panic caught at the top of the plugin.
     Internal = 999,
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use spiderpool_api::inventory::Inventory;
-use spiderpool_linux::sysfs::Sysfs;
+use spiderpool_linux::sysfs::{Sysfs, is_pci_address};
 
 use crate::api::{ContainerAllocateResponse, DeviceSpec};
 use crate::pool::{Candidate, Members, Resource};
@@ -181,20 +181,6 @@ pub fn remove_device_infos(dir: &Path, resource: &Resource) {
             }
         }
     }
-}
-
-/// `dddd:bb:dd.f` in hex, as sysfs names PCI functions.
-fn is_pci_address(s: &str) -> bool {
-    let b = s.as_bytes();
-    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
-    b.len() == 12
-        && b[4] == b':'
-        && b[7] == b':'
-        && b[10] == b'.'
-        && hex(0..4)
-        && hex(5..7)
-        && hex(8..10)
-        && hex(11..12)
 }
 
 #[cfg(test)]

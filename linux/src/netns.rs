@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -177,6 +177,13 @@ impl NetNs {
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("thread in netns panicked")))
         })
+    }
+}
+
+/// The namespace file, for calls that take one (`setns`, moving an RDMA device).
+impl AsFd for NetNs {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 

@@ -188,6 +188,21 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// `dddd:bb:dd.f` in hex with a function of 0-7, as sysfs names PCI functions; anything else
+/// (`rxe0`, `../x`) is not one, which also keeps such names out of the paths built from them.
+pub fn is_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && hex(0..4)
+        && hex(5..7)
+        && hex(8..10)
+        && (b'0'..=b'7').contains(&b[11])
+}
+
 /// Orders `virtfn2` before `virtfn10` and `eth2` before `eth10`.
 pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let split = |s: &str| {
@@ -237,5 +252,22 @@ mod tests {
         let mut v = vec!["virtfn10", "virtfn2", "virtfn1", "eth0", "virtfn"];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(v, ["eth0", "virtfn", "virtfn1", "virtfn2", "virtfn10"]);
+    }
+
+    #[test]
+    fn pci_addresses_are_recognised_by_shape() {
+        for good in ["0000:3b:00.1", "0000:af:1f.7", "abcd:ef:01.0"] {
+            assert!(is_pci_address(good), "{good}");
+        }
+        for bad in [
+            "rxe0",
+            "03:00.2",
+            "0000:3b:00:1",
+            "0000:03:00.8",
+            "0000:03:00.2 ",
+            "../../etc/x",
+        ] {
+            assert!(!is_pci_address(bad), "{bad}");
+        }
     }
 }

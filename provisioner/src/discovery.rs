@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use pci_ids::FromId;
 use spiderpool_linux::links::LinkTable;
-use spiderpool_linux::sysfs::{Problem, Sysfs};
+use spiderpool_linux::sysfs::{Problem, Sysfs, is_pci_address};
 
 use spiderpool_api::inventory::{Bond, Inventory, Nic, NodeInfo, RdmaDevice, RdmaPort, Sriov, Vf};
 
@@ -52,18 +52,6 @@ pub fn scan(sysfs: &Sysfs, links: &LinkTable, identity: &NodeIdentity) -> Invent
         warnings,
         policies: Default::default(),
     }
-}
-
-/// A PCI address like `0000:3b:00.0`.
-fn is_pci_address(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 12
-        && b[4] == b':'
-        && b[7] == b':'
-        && b[10] == b'.'
-        && s.chars()
-            .enumerate()
-            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
 }
 
 /// Switchdev representors (`pf0vf3`, `c1pf0vf3`, `pf0sf1`) sit under their PF's `net/` too; they

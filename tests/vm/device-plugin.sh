@@ -40,21 +40,14 @@ modprobe rdma_rxe
 modprobe rdma_ucm
 rdma link add rxe0 type rxe netdev "$vf0"
 
-cat > /tmp/dp.yaml <<YAML
-resources:
+. /guest/lib.sh
+start_device_plugin "resources:
 - resourceName: rdma
   kind: rdma
   rdmaHcaMax: 4
-  selectors: {pfNames: ["$pf#0"]}
+  selectors: {pfNames: [\"$pf#0\"]}
 - resourceName: igb_vfs
-  selectors: {drivers: [igbvf]}
-YAML
-dir=/var/lib/kubelet/device-plugins
-mkdir -p "$dir"
-fake-kubelet "$dir" > /tmp/kubelet.log 2>&1 &
-sleep 0.3
-spiderpool-agent device-plugin --config /tmp/dp.yaml 2> /tmp/agent.log &
-agent=$!
+  selectors: {drivers: [igbvf]}"
 
 wait_for "spidernet.io/rdma registered" 10 '.event == "register" and .resource == "spidernet.io/rdma" and .version == "v1beta1"'
 wait_for "4 healthy shared RDMA slots" 5 \

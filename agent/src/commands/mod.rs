@@ -6,4 +6,5 @@ pub mod install_cni;
 pub mod inventory;
 pub mod ipam_service;
 pub mod probe;
+pub mod rdma_counters;
 pub mod run;

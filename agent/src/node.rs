@@ -49,6 +49,7 @@ fn live_identity() -> NodeIdentity {
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         memory_bytes,
         rdma_netns_shared: spiderpool_linux::rdma::netns_mode_shared().ok(),
+        rdma_holdings: spiderpool_linux::rdma::holdings(Path::new("/var/run/netns")),
     }
 }
 

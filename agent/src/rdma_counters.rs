@@ -60,25 +60,6 @@ fn numbers(sysfs: &Sysfs, dir: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The devices each named namespace holds or whose port netdev it holds (name, index, ports).
-fn held_by_namespaces(netns_dir: &Path) -> BTreeMap<String, Vec<rdma::RdmaDevice>> {
-    let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(netns_dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Ok(ns) = NetNs::open(&entry.path()) else {
-            continue;
-        };
-        let Ok(Ok(devices)) = ns.run(rdma::devices) else {
-            continue;
-        };
-        out.insert(name, devices);
-    }
-    out
-}
-
 pub fn collect(sources: &Sources) -> Vec<Sample> {
     let sysfs = &sources.sysfs;
     let mut samples = Vec::new();
@@ -87,18 +68,14 @@ pub fn collect(sources: &Sources) -> Vec<Sample> {
     // the device's port netdev is there (a shared device made on a pod's NIC).
     let mut holders: BTreeMap<String, Holder> = BTreeMap::new();
     let mut moved: Vec<(String, rdma::RdmaDevice)> = Vec::new();
-    for (netns, devices) in held_by_namespaces(&sources.netns_dir) {
-        for device in devices {
-            let holder = Holder {
-                netns: netns.clone(),
-                ..Holder::default()
-            };
-            if !host.contains(&device.name) {
-                holders.insert(device.name.clone(), holder);
-                moved.push((netns.clone(), device));
-            } else if device.ports.iter().any(|p| p.netdev.is_some()) {
-                holders.insert(device.name.clone(), holder);
-            }
+    for held in rdma::holdings(&sources.netns_dir) {
+        let holder = Holder {
+            netns: held.netns.clone(),
+            ..Holder::default()
+        };
+        holders.insert(held.device.name.clone(), holder);
+        if held.moved && !host.contains(&held.device.name) {
+            moved.push((held.netns, held.device));
         }
     }
     for record in spiderpool_rdma::held_devices(&sources.rdma_records) {

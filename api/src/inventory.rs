@@ -108,6 +108,10 @@ pub struct RdmaDevice {
     pub ports: Vec<RdmaPort>,
     /// `/dev/infiniband/...` nodes of this device, plus the global `rdma_cm`.
     pub char_devices: Vec<String>,
+    /// The named network namespace (`/var/run/netns/*`: a pod's) that holds the device (moved
+    /// there in exclusive mode) or its port's netdev; `None`: the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

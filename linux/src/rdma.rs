@@ -4,10 +4,12 @@
 //! netdevs; and moving a device to another namespace (`rdma dev set DEV netns NS`).
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
 
 use netlink_packet_core::{DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable};
 
 use crate::netlink::{NetlinkError, NetlinkSocket};
+use crate::netns::NetNs;
 
 const RDMA_NL_NLDEV: u16 = 5;
 const RDMA_NLDEV_CMD_GET: u16 = 1;
@@ -190,6 +192,62 @@ pub fn devices() -> Result<Vec<RdmaDevice>, NetlinkError> {
         devices.push(RdmaDevice { index, name, ports });
     }
     Ok(devices)
+}
+
+/// An RDMA device a named network namespace holds: moved there (exclusive mode: the caller's
+/// namespace does not see it), or, in shared mode, made on a netdev that namespace holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// The namespace's file name under the directory scanned (`cni-…`, an `ip netns` name).
+    pub netns: String,
+    /// As that namespace sees it (ports' netdevs included).
+    pub device: RdmaDevice,
+    pub moved: bool,
+}
+
+/// The RDMA devices the named namespaces under `netns_dir` (`/var/run/netns`) hold, as opposed to
+/// the caller's. A namespace that cannot be entered is skipped: it may be going away.
+pub fn holdings(netns_dir: &Path) -> Vec<Holding> {
+    let own: Vec<String> = devices()
+        .map(|d| d.into_iter().map(|d| d.name).collect())
+        .unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(netns_dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(ns) = NetNs::open(&entry.path()) else {
+            continue;
+        };
+        let Ok(Ok(seen)) = ns.run(devices) else {
+            continue;
+        };
+        let netns = entry.file_name().to_string_lossy().into_owned();
+        for device in seen {
+            let moved = !own.contains(&device.name);
+            if moved || device.ports.iter().any(|p| p.netdev.is_some()) {
+                out.push(Holding {
+                    netns: netns.clone(),
+                    device,
+                    moved,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.device.name, &a.netns).cmp(&(&b.device.name, &b.netns)));
+    out
+}
+
+/// `IB_PORT_*` as sysfs and `rdma link` name it.
+pub fn port_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "DOWN",
+        2 => "INIT",
+        3 => "ARMED",
+        4 => "ACTIVE",
+        5 => "ACTIVE_DEFER",
+        _ => "NOP",
+    }
 }
 
 /// `rdma dev set NAME netns NS`: moves device `index` into the namespace `netns` refers to. Only

@@ -20,6 +20,9 @@ pub struct NodeIdentity {
     pub memory_bytes: Option<u64>,
     /// The RDMA netns mode from RDMA netlink (`true` shared); sysfs only has the boot value.
     pub rdma_netns_shared: Option<bool>,
+    /// RDMA devices the pods' network namespaces hold (`rdma::holdings`): those moved into one
+    /// are not in the host's sysfs at all.
+    pub rdma_holdings: Vec<spiderpool_linux::rdma::Holding>,
 }
 
 const PCI_CLASS_NETWORK: u32 = 0x02;
@@ -32,6 +35,39 @@ struct Scan<'a> {
     problems: Vec<Problem>,
 }
 
+/// `devices` (the host's sysfs view) with the namespace holding each, and the devices moved into
+/// a namespace, which the host's sysfs does not show, as that namespace's netlink reports them.
+fn with_holdings(
+    mut devices: Vec<RdmaDevice>,
+    holdings: &[spiderpool_linux::rdma::Holding],
+) -> Vec<RdmaDevice> {
+    for held in holdings {
+        match devices.iter_mut().find(|d| d.name == held.device.name) {
+            Some(d) => d.netns = Some(held.netns.clone()),
+            None if held.moved => devices.push(RdmaDevice {
+                name: held.device.name.clone(),
+                ports: held
+                    .device
+                    .ports
+                    .iter()
+                    .map(|p| RdmaPort {
+                        port: p.index,
+                        state: p
+                            .state
+                            .map(|s| spiderpool_linux::rdma::port_state_name(s).to_string()),
+                        netdev: p.netdev.as_ref().map(|(_, name)| name.clone()),
+                        ..RdmaPort::default()
+                    })
+                    .collect(),
+                netns: Some(held.netns.clone()),
+                ..RdmaDevice::default()
+            }),
+            None => {}
+        }
+    }
+    devices
+}
+
 /// Scans the node under `sysfs`.
 pub fn scan(sysfs: &Sysfs, links: &LinkTable, identity: &NodeIdentity) -> Inventory {
     let mut scan = Scan {
@@ -39,7 +75,7 @@ pub fn scan(sysfs: &Sysfs, links: &LinkTable, identity: &NodeIdentity) -> Invent
         links,
         problems: Vec::new(),
     };
-    let rdma_devices = scan.rdma_devices();
+    let rdma_devices = with_holdings(scan.rdma_devices(), &identity.rdma_holdings);
     let nics = scan.nics(&rdma_devices);
     let bonds = scan.bonds();
     let node = scan.node(identity);
@@ -160,6 +196,7 @@ impl Scan<'_> {
                 pci_address,
                 ports,
                 char_devices: chars,
+                netns: None,
             });
         }
         out
@@ -484,5 +521,38 @@ mod tests {
         for port in ["p0", "p1", "pf0"] {
             assert!(!is_representor(port), "{port}");
         }
+    }
+
+    #[test]
+    fn devices_held_by_namespaces_are_marked_and_moved_ones_added() {
+        use spiderpool_linux::rdma::{Holding, RdmaDevice as Nl, RdmaPort as NlPort};
+        let host = vec![RdmaDevice {
+            name: "rxp1".into(),
+            ..RdmaDevice::default()
+        }];
+        let holding = |name: &str, netns: &str, moved: bool| Holding {
+            netns: netns.into(),
+            device: Nl {
+                index: 3,
+                name: name.into(),
+                ports: vec![NlPort {
+                    index: 1,
+                    state: Some(4),
+                    netdev: Some((2, "net1".into())),
+                }],
+            },
+            moved,
+        };
+        let out = with_holdings(
+            host,
+            &[holding("rxp1", "cni-a", false), holding("mlx5_3", "cni-b", true)],
+        );
+        assert_eq!(out[0].netns.as_deref(), Some("cni-a"));
+        assert_eq!(
+            (out[1].name.as_str(), out[1].netns.as_deref()),
+            ("mlx5_3", Some("cni-b"))
+        );
+        assert_eq!(out[1].ports[0].state.as_deref(), Some("ACTIVE"));
+        assert_eq!(out[1].ports[0].netdev.as_deref(), Some("net1"));
     }
 }

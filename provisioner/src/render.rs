@@ -153,6 +153,7 @@ pub fn render_table(inv: &Inventory) -> String {
                     d.name.clone(),
                     or_dash(d.pci_address.as_deref()),
                     ports,
+                    d.netns.clone().unwrap_or_else(|| "host".into()),
                     d.char_devices.join(","),
                 ]
             })
@@ -163,6 +164,7 @@ pub fn render_table(inv: &Inventory) -> String {
                 "RDMA",
                 "PCI",
                 "PORTS (port:state/layer/rate/netdev)",
+                "NETNS",
                 "CHAR DEVICES",
             ],
             &rows,

@@ -19,6 +19,7 @@ fn identity() -> NodeIdentity {
         kernel: Some("6.12.0-test".into()),
         memory_bytes: None,
         rdma_netns_shared: None,
+        rdma_holdings: Vec::new(),
     }
 }
 

@@ -106,6 +106,12 @@ done
 echo "$metrics" | grep -F 'device="rxe0",port="1",counter="sent_pkts",netns=""' | grep -qv ' 0$' ||
     fail "rxe0's sent_pkts missing or attributed: $(echo "$metrics" | grep rxe0 | head -n 3)"
 echo "ok: rdma-counters: $(echo "$metrics" | grep -F 'device="rxpod1",port="1",counter="rcvd_pkts"')"
+for pod in pod1 pod2; do
+    held=$(spiderpool-agent inventory -o json | jq -r ".rdmaDevices[] | select(.name == \"rx$pod\") | .netns")
+    [ "$held" = "$pod" ] || fail "the inventory says rx$pod is held by '$held'"
+done
+spiderpool-agent inventory | grep -E '^(RDMA|rx)'
+echo "ok: the inventory names the namespace holding each pod's device"
 
 for pod in pod1 pod2; do
     rdma link del "rx$pod"

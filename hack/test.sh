@@ -146,7 +146,7 @@ else
     skip cri "$reason"
 fi
 
-step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE, VFs in pods, the rdma step (tests/vm/*.sh); Debian's 7.2 kernel: RDMA between pods (tests/vm/kernel-7.2/*.sh); the arm64 kernel with the aarch64 inventory"
+step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE, VFs in pods, the rdma step (tests/vm/*.sh); Debian's 7.2 kernel: RDMA between pods (tests/vm/kernel-7.2/*.sh); Debian's 7.3: RDMA devices moved into pods (tests/vm/kernel-7.3/*.sh); the arm64 kernel with the aarch64 inventory"
 if is_root; then
     # Only the binaries the guest scripts run, stripped: they travel in the initramfs.
     vm_bin="$target_dir/vm-bin"
@@ -161,9 +161,11 @@ if is_root; then
         echo "--- $script"
         SPIDERPOOL_BIN_DIR="$vm_bin" hack/vm-test.sh "$script"
     done
-    for script in tests/vm/kernel-7.2/*.sh; do
-        echo "--- $script (VM_KERNEL=7.2)"
-        SPIDERPOOL_BIN_DIR="$vm_bin" VM_KERNEL=7.2 hack/vm-test.sh "$script"
+    for series in 7.2 7.3; do
+        for script in tests/vm/kernel-$series/*.sh; do
+            echo "--- $script (VM_KERNEL=$series)"
+            SPIDERPOOL_BIN_DIR="$vm_bin" VM_KERNEL=$series hack/vm-test.sh "$script"
+        done
     done
     echo "--- hack/vm-arm64-test.sh: Debian's arm64 kernel under qemu-system-aarch64, igb VFs, the aarch64 agent's inventory"
     if $arm64; then

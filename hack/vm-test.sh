@@ -21,7 +21,9 @@
 #   VM_APPEND           extra kernel command line (e.g. loglevel=7 to see boot messages)
 #   VM_KERNEL           6.12 (default): Debian's newest 6.12 from bookworm-backports, through apt;
 #                       7.2: Debian's newest 7.2 from trixie-backports, read from deb.debian.org's index
-#                       (Soft-RoCE with a socket per network namespace, which 6.12 lacks)
+#                       (Soft-RoCE with a socket per network namespace, which 6.12 lacks);
+#                       7.3: Debian experimental's (or unstable's) 7.3, a release candidate when
+#                       written: Soft-RoCE that can move between namespaces (rxe_disassociate_ucontext)
 #   VM_KERNEL_PKG       a linux-image-*-unsigned package to use instead of the cached or newest 6.12
 #   VM_FILES            space-separated SRC:DEST pairs: host files copied to DEST in the guest (mode 600)
 set -Eeuo pipefail
@@ -120,22 +122,26 @@ fi
 # --- kernel ---------------------------------------------------------------------------------------
 mkdir -p "$cache/kernel" "$cache/debs" "$cache/initramfs"
 series=${VM_KERNEL:-6.12}
-case $series in 6.12 | 7.2) ;; *) die "VM_KERNEL must be 6.12 or 7.2, not '$series'" ;; esac
+case $series in 6.12 | 7.2 | 7.3) ;; *) die "VM_KERNEL must be 6.12, 7.2 or 7.3, not '$series'" ;; esac
 kernel_re='^linux-image-6\.12\.[0-9]+\+[a-z0-9.]+-amd64-unsigned$'
 kpkg=${VM_KERNEL_PKG:-}
 if [ -z "$kpkg" ]; then
     # Prefer what is cached: a warm run must not touch the network.
-    kpkg=$(find "$cache/kernel" -mindepth 1 -maxdepth 1 -type d -name "linux-image-$series.*" -printf '%f\n' | sort -V | tail -n1)
+    kpkg=$(find "$cache/kernel" -mindepth 1 -maxdepth 1 -type d \( -name "linux-image-$series.*" -o -name "linux-image-$series-*" \) -printf '%f\n' | sort -V | tail -n1)
 fi
 # Debian ships 7.x as linux-binary-VER (the kernel) and linux-modules-VER (/usr/lib/modules), for
-# trixie; the host's apt is bookworm's, so they come straight from the mirror, checked against the
-# index's SHA-256.
+# trixie and later; the host's apt is bookworm's, so they come straight from the mirror (the first
+# of SUITES that has the series), checked against the index's SHA-256.
 fetch_deb13_kernel() {
-    local mirror=http://deb.debian.org/debian index ver p file sum deb tmp kv
-    index=$(curl -fsS --retry 3 "$mirror/dists/trixie-backports/main/binary-amd64/Packages.xz" | xz -dc) ||
-        die "cannot read trixie-backports' package index from $mirror"
-    ver=$(printf '%s\n' "$index" | sed -n "s/^Package: linux-modules-\(${series//./\\.}\.[0-9]*+deb13-amd64\)$/\1/p" | sort -V | tail -n1)
-    [ -n "$ver" ] || die "trixie-backports has no linux-modules-$series.*+deb13-amd64"
+    local mirror=http://deb.debian.org/debian suite index ver="" p file sum deb tmp kv
+    for suite in "$@"; do
+        index=$(curl -fsS --retry 3 "$mirror/dists/$suite/main/binary-amd64/Packages.xz" | xz -dc) ||
+            die "cannot read $suite's package index from $mirror"
+        # 7.2.12+deb13-amd64 (backports), 7.3-amd64 (experimental, unstable)
+        ver=$(printf '%s\n' "$index" | sed -n "s/^Package: linux-modules-\(${series//./\\.}\(\.[0-9]*+deb[0-9]*\)\{0,1\}-amd64\)$/\1/p" | sort -V | tail -n1)
+        [ -z "$ver" ] || break
+    done
+    [ -n "$ver" ] || die "none of $* has linux-modules-$series*-amd64"
     kpkg=linux-image-$ver
     tmp=$cache/kernel/$kpkg.tmp
     rm -rf "$tmp" && mkdir -p "$tmp/x"
@@ -143,7 +149,7 @@ fetch_deb13_kernel() {
         read -r file sum < <(printf '%s\n' "$index" | awk -v p="$p" '
             $1 == "Package:" { m = ($2 == p) } m && $1 == "Filename:" { f = $2 } m && $1 == "SHA256:" { s = $2 }
             m && f && s && !done { print f, s; done = 1 }')
-        [ -n "$file" ] || die "no $p in trixie-backports' index"
+        [ -n "$file" ] || die "no $p in $suite's index"
         deb=$cache/debs/$(basename "$file")
         if [ ! -f "$deb" ]; then
             echo "vm-test: downloading $p"
@@ -164,7 +170,9 @@ fetch_deb13_kernel() {
     mv "$tmp" "$cache/kernel/$kpkg"
 }
 if [ -z "$kpkg" ] && [ "$series" = 7.2 ]; then
-    fetch_deb13_kernel
+    fetch_deb13_kernel trixie-backports
+elif [ -z "$kpkg" ] && [ "$series" = 7.3 ]; then
+    fetch_deb13_kernel experimental sid
 fi
 if [ -z "$kpkg" ]; then
     newest_kernel() { apt-cache search --names-only "$kernel_re" | awk '{print $1}' | sort -V | tail -n1; }

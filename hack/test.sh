@@ -42,8 +42,10 @@ if reason=$(arm64_run_ready); then
         [ "$machine" = AArch64 ] || { echo "FAILED: $arm64_bin/$bin is for '$machine', not AArch64" >&2; exit 1; }
     done
     # A tenth of the concurrency tests' calls: one emulated exec costs ~0.6 s (calls_per_lane).
+    # One test at a time: qemu-user can deadlock a child forked while another emulated thread holds
+    # its locks (seen once: hostile.rs's child stuck before exec, 0 CPU, for 20 minutes).
     SPIDERPOOL_TEST_EMULATED=1 SPIDERPOOL_BIN_DIR="$arm64_bin" cargo test --locked --target "$ARM64_TARGET" \
-        -p spiderpool-ipam --test process --test hostile -p spiderpool-provisioner --test inventory
+        -p spiderpool-ipam --test process --test hostile -p spiderpool-provisioner --test inventory -- --test-threads=1
     # The same inventory, byte for byte, from both architectures' binaries.
     for fixture in tests/fixtures/sysfs/*/; do
         amd64_json=$("$SPIDERPOOL_BIN_DIR/spiderpool-agent" inventory --sysfs-root "$fixture" -o json)

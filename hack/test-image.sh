@@ -41,7 +41,8 @@ for m in blob(top[0])["manifests"]:
     layer = blob(m)["layers"][0]["digest"].split(":")[1]
     with tarfile.open(f"{root}/blobs/sha256/{layer}") as t:
         bins = [e for e in t.getmembers() if e.name.startswith("./usr/local/bin/")]
-        assert len(bins) == 5, [e.name for e in bins]
+        names = sorted(e.name.removeprefix("./usr/local/bin/") for e in bins)
+        assert names == ["coordinator", "ifacer", "rdma", "spiderpool", "spiderpool-agent", "spiderpool-controller"], names
         for e in bins:
             machine = int.from_bytes(t.extractfile(e).read(20)[18:20], "little")
             assert machine == {"amd64": 0x3e, "arm64": 0xb7}[config["architecture"]], (e.name, hex(machine))

@@ -11,6 +11,9 @@ source hack/lib.sh
 
 step "static: cargo fmt --check, cargo clippy -D warnings, CRD manifests match the Rust types"
 cargo fmt --all --check
+# --all-features builds the `verbs` (rdma-sys: libibverbs, bindgen) and `udev` features, which link
+# system C libraries; the default build needs none of these.
+apt_install libibverbs-dev librdmacm-dev libclang-dev libudev-dev pkg-config
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 crd_tmp=$(mktemp -d)
 cargo run -q --locked -p spiderpool-api --bin crdgen -- --out-dir "$crd_tmp/crds" --policy "$crd_tmp/policy.yaml" --agent-policy "$crd_tmp/agent-policy.yaml"
@@ -28,6 +31,8 @@ export SPIDERPOOL_BIN_DIR="$target_dir/debug"
 
 step "unit: cargo test (allocator, parsing, versions, store; plugin processes: verbs, bad input, concurrency, kill -9)"
 cargo test --workspace --locked
+# The kernel-facing parts of the `verbs` and `udev` features are proven in the VM (verbs-udev.sh).
+cargo test --locked -p spiderpool-linux --features verbs,udev
 
 step "arm64: every binary cross-built for aarch64; the plugin's process tests and the inventory on the fixtures under qemu-user (binfmt)"
 source hack/arm64.sh
@@ -148,7 +153,7 @@ else
     skip cri "$reason"
 fi
 
-step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE, VFs in pods, the rdma step (tests/vm/*.sh); Debian's 7.2 kernel: RDMA between pods (tests/vm/kernel-7.2/*.sh); Debian's 7.3: RDMA devices moved into pods (tests/vm/kernel-7.3/*.sh); the arm64 kernel with the aarch64 inventory"
+step "vm: Debian's 6.12 kernel under QEMU with two igb PFs: real VFs, netlink VF settings, Soft-RoCE, VFs in pods, the rdma step, the agent's verbs and udev features (tests/vm/*.sh); Debian's 7.2 kernel: RDMA between pods (tests/vm/kernel-7.2/*.sh); Debian's 7.3: RDMA devices moved into pods (tests/vm/kernel-7.3/*.sh); the arm64 kernel with the aarch64 inventory"
 if is_root; then
     # Only the binaries the guest scripts run, stripped: they travel in the initramfs.
     vm_bin="$target_dir/vm-bin"
@@ -156,6 +161,11 @@ if is_root; then
     for bin in spiderpool-agent spiderpool ifacer coordinator rdma fake-kubelet; do
         strip -o "$vm_bin/$bin" "$target_dir/debug/$bin"
     done
+    # The agent with the `verbs` and `udev` features too (tests/vm/verbs-udev.sh runs both). The
+    # default build is put back at once: switching features only relinks, and later steps use it.
+    cargo build --locked -p spiderpool-agent --features verbs,udev
+    strip -o "$vm_bin/spiderpool-agent-verbs-udev" "$target_dir/debug/spiderpool-agent"
+    cargo build --locked -p spiderpool-agent
     # Debian's ipvlan runs on top of what ifacer makes (the host kernel here has no ipvlan).
     apt_install containernetworking-plugins
     cp /usr/lib/cni/ipvlan /usr/lib/cni/host-device /usr/lib/cni/macvlan "$vm_bin/"

@@ -8,6 +8,7 @@ pub mod install;
 pub mod inventory_report;
 pub mod ipam_service;
 pub mod node;
+pub mod node_events;
 pub mod node_policy;
 pub mod rdma_counters;
 
@@ -82,15 +83,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = metrics.ipam.set(service.metrics());
     tokio::spawn(ipam_service::server::serve(listener, service));
     tracing::info!("agent of node {node}: health on {}", config.health_addr);
+    // The device plugin and the inventory rescan at once when a link or device changes.
+    let inventory_wake = Arc::new(tokio::sync::Notify::new());
+    let plugin_policies = node_policy::PluginFeed::default();
+    if config.sysfs_root == std::path::Path::new(spiderpool_linux::sysfs::DEFAULT_SYSFS_ROOT) {
+        node_events::wake_on_changes(vec![inventory_wake.clone(), plugin_policies.wake.clone()]);
+    }
     tokio::spawn(inventory_report::every(
         client.clone(),
         node.clone(),
         config.sysfs_root.clone(),
         config.inventory_interval,
+        inventory_wake,
     ));
     // The device plugin serves the resources of the policies that select this node: the policy
     // loop hands them over and wakes it.
-    let plugin_policies = node_policy::PluginFeed::default();
     let mut policy_options = config.node_policies.clone();
     if config.device_plugin.is_some() {
         policy_options.device_plugin = Some(plugin_policies.clone());

@@ -50,7 +50,19 @@ fn live_identity() -> NodeIdentity {
         memory_bytes,
         rdma_netns_shared: spiderpool_linux::rdma::netns_mode_shared().ok(),
         rdma_holdings: spiderpool_linux::rdma::holdings(Path::new("/var/run/netns")),
+        verbs: verbs_probe(),
     }
+}
+
+/// What libibverbs makes of the devices, in agents built with the `verbs` feature.
+#[cfg(feature = "verbs")]
+fn verbs_probe() -> Option<Result<Vec<spiderpool_linux::verbs::VerbsDevice>, String>> {
+    Some(spiderpool_linux::verbs::probe())
+}
+
+#[cfg(not(feature = "verbs"))]
+fn verbs_probe() -> Option<Result<Vec<spiderpool_linux::verbs::VerbsDevice>, String>> {
+    None
 }
 
 /// Scans the node under `sysfs_root`, with the link table used. Netlink (VF settings, altnames)

@@ -112,6 +112,21 @@ pub struct RdmaDevice {
     /// there in exclusive mode) or its port's netdev; `None`: the host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// What a process that opens the device through libibverbs finds (agents built with the
+    /// `verbs` feature; `None`: not checked, or the device is in a pod's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verbs: Option<VerbsHealth>,
+}
+
+/// Usable through verbs: a context opens and a port is ACTIVE with a GID for its netdev (any GID
+/// on InfiniBand). sysfs can say ACTIVE for a device no process can use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerbsHealth {
+    pub usable: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

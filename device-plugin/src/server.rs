@@ -91,10 +91,11 @@ pub fn devices_of(snapshot: &Snapshot) -> Vec<Device> {
 }
 
 fn hca_active(inv: &Inventory, hca: &str) -> bool {
-    inv.rdma_devices
-        .iter()
-        .find(|d| d.name == hca)
-        .is_some_and(|d| d.ports.iter().any(|p| p.state.as_deref() == Some("ACTIVE")))
+    inv.rdma_devices.iter().find(|d| d.name == hca).is_some_and(|d| {
+        // An agent built with `verbs` also knows whether a process can use the device.
+        d.ports.iter().any(|p| p.state.as_deref() == Some("ACTIVE"))
+            && d.verbs.as_ref().is_none_or(|v| v.usable)
+    })
 }
 
 struct Service {
@@ -402,5 +403,64 @@ impl Served {
         if let (Some(dir), Ok(s)) = (&self.service.devinfo_dir, self.service.snapshot.read()) {
             remove_device_infos(dir, &s.resource);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spiderpool_api::inventory::{RdmaDevice, RdmaPort, VerbsHealth};
+
+    use super::*;
+    use crate::config::ResourceName;
+
+    fn shared_rdma(verbs: Option<VerbsHealth>) -> Vec<Device> {
+        let inventory = Inventory {
+            rdma_devices: vec![RdmaDevice {
+                name: "rxe0".into(),
+                ports: vec![RdmaPort {
+                    port: 1,
+                    state: Some("ACTIVE".into()),
+                    ..RdmaPort::default()
+                }],
+                verbs,
+                ..RdmaDevice::default()
+            }],
+            ..Inventory::default()
+        };
+        devices_of(&Snapshot {
+            resource: Resource {
+                name: ResourceName {
+                    prefix: "spidernet.io".into(),
+                    name: "rdma".into(),
+                },
+                members: Members::SharedRdma {
+                    hcas: vec!["rxe0".into()],
+                    slots: 2,
+                },
+            },
+            inventory,
+            links_down: BTreeSet::new(),
+        })
+    }
+
+    #[test]
+    fn an_active_hca_that_verbs_cannot_use_is_unhealthy() {
+        let health = |verbs| {
+            shared_rdma(verbs)
+                .iter()
+                .map(|d| d.health.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(health(None), [HEALTHY, HEALTHY], "not checked: sysfs decides");
+        let usable = VerbsHealth {
+            usable: true,
+            reason: None,
+        };
+        assert_eq!(health(Some(usable)), [HEALTHY, HEALTHY]);
+        let unusable = VerbsHealth {
+            usable: false,
+            reason: Some("ibv_open_device: No such file or directory (os error 2)".into()),
+        };
+        assert_eq!(health(Some(unusable)), [UNHEALTHY, UNHEALTHY]);
     }
 }

@@ -21,3 +21,17 @@ first_allocation() {
     done
     jq -c 'select(.event == "allocate")' /tmp/kubelet.log | head -n 1
 }
+
+# busybox date has no %N; bash's clock in microseconds does.
+now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+
+# kubelet_saw SECONDS JQ-FILTER: whether, within SECONDS, fake-kubelet's log (/tmp/kubelet.log)
+# holds a line the filter selects.
+kubelet_saw() {
+    local deadline=$(($(now_ms) + $1 * 1000))
+    while [ "$(now_ms)" -le "$deadline" ]; do
+        jq -c "select($2)" /tmp/kubelet.log 2>/dev/null | grep -q . && return 0
+        sleep 0.05
+    done
+    return 1
+}

@@ -12,3 +12,6 @@ pub mod rdma;
 pub mod rtnl;
 pub mod sysctl;
 pub mod sysfs;
+#[cfg(feature = "udev")]
+pub mod uevents;
+pub mod verbs;

@@ -23,6 +23,9 @@ pub struct NodeIdentity {
     /// RDMA devices the pods' network namespaces hold (`rdma::holdings`): those moved into one
     /// are not in the host's sysfs at all.
     pub rdma_holdings: Vec<spiderpool_linux::rdma::Holding>,
+    /// libibverbs' view of the devices (`spiderpool_linux::verbs::probe`, the `verbs` feature);
+    /// `None`: not checked.
+    pub verbs: Option<Result<Vec<spiderpool_linux::verbs::VerbsDevice>, String>>,
 }
 
 const PCI_CLASS_NETWORK: u32 = 0x02;
@@ -75,7 +78,10 @@ pub fn scan(sysfs: &Sysfs, links: &LinkTable, identity: &NodeIdentity) -> Invent
         links,
         problems: Vec::new(),
     };
-    let rdma_devices = with_holdings(scan.rdma_devices(), &identity.rdma_holdings);
+    let mut rdma_devices = with_holdings(scan.rdma_devices(), &identity.rdma_holdings);
+    if let Some(probe) = &identity.verbs {
+        crate::verbs_health::with_verbs(&mut rdma_devices, probe);
+    }
     let nics = scan.nics(&rdma_devices);
     let bonds = scan.bonds();
     let node = scan.node(identity);
@@ -197,6 +203,7 @@ impl Scan<'_> {
                 ports,
                 char_devices: chars,
                 netns: None,
+                verbs: None,
             });
         }
         out

@@ -7,3 +7,4 @@ pub mod applier;
 pub mod discovery;
 pub mod planner;
 pub mod render;
+pub mod verbs_health;

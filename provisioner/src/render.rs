@@ -155,6 +155,11 @@ pub fn render_table(inv: &Inventory) -> String {
                     ports,
                     d.netns.clone().unwrap_or_else(|| "host".into()),
                     d.char_devices.join(","),
+                    match &d.verbs {
+                        None => "-".to_string(),
+                        Some(v) if v.usable => "usable".to_string(),
+                        Some(v) => format!("UNUSABLE: {}", or_dash(v.reason.as_deref())),
+                    },
                 ]
             })
             .collect();
@@ -166,6 +171,7 @@ pub fn render_table(inv: &Inventory) -> String {
                 "PORTS (port:state/layer/rate/netdev)",
                 "NETNS",
                 "CHAR DEVICES",
+                "VERBS",
             ],
             &rows,
         );

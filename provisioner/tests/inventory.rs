@@ -20,6 +20,7 @@ fn identity() -> NodeIdentity {
         memory_bytes: None,
         rdma_netns_shared: None,
         rdma_holdings: Vec::new(),
+        verbs: None,
     }
 }
 

@@ -6,20 +6,9 @@ set -euo pipefail
 
 fail() { echo "FAIL: $*" >&2; tail -n 20 /tmp/kubelet.log /tmp/agent.log >&2 || true; exit 1; }
 inv() { spiderpool-agent inventory -o json; }
-# busybox date has no %N; bash's clock in microseconds does.
-now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+. /guest/lib.sh
 # wait_for DESCRIPTION SECONDS JQ-FILTER: until the kubelet log holds a line the filter selects.
-wait_for() {
-    local deadline=$(($(date +%s) + $2))
-    while [ "$(date +%s)" -le "$deadline" ]; do
-        if jq -c "select($3)" /tmp/kubelet.log 2>/dev/null | grep -q .; then
-            echo "ok: $1"
-            return 0
-        fi
-        sleep 0.1
-    done
-    fail "$1 (within $2 s)"
-}
+wait_for() { if kubelet_saw "$2" "$3"; then echo "ok: $1"; else fail "$1 (within $2 s)"; fi; }
 # The latest device list of a resource.
 latest() { jq -c "select(.event == \"devices\" and .resource == \"$1\")" /tmp/kubelet.log | tail -n 1; }
 
@@ -40,7 +29,6 @@ modprobe rdma_rxe
 modprobe rdma_ucm
 rdma link add rxe0 type rxe netdev "$vf0"
 
-. /guest/lib.sh
 start_device_plugin "resources:
 - resourceName: rdma
   kind: rdma

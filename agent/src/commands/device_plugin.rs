@@ -8,7 +8,6 @@ use anyhow::Result;
 use spiderpool_device_plugin::allocate::DEVINFO_DIR;
 use spiderpool_device_plugin::kubelet::DEFAULT_KUBELET_DIR;
 use spiderpool_device_plugin::manager::{ManagerOptions, run};
-use spiderpool_linux::links::watch_link_events;
 use spiderpool_linux::sysfs::{DEFAULT_SYSFS_ROOT, Sysfs};
 
 use crate::node::scan_node;
@@ -37,17 +36,12 @@ pub struct Args {
 
 pub fn exec(args: Args) -> Result<()> {
     spiderpool_daemon::runtime()?.block_on(async move {
-        // Link events wake the loop at once on the live system; the resync covers the rest.
+        // Link (and, with `udev`, device) events wake the loop at once on the live system; the
+        // resync covers the rest.
         let wake =
             (args.sysfs_root == Path::new(DEFAULT_SYSFS_ROOT)).then(|| Arc::new(tokio::sync::Notify::new()));
         if let Some(w) = &wake {
-            let w = w.clone();
-            if let Err(e) = watch_link_events(move || {
-                w.notify_one();
-                true
-            }) {
-                tracing::warn!("no netlink link events ({e}): changes show at the next resync");
-            }
+            crate::node_events::wake_on_changes(vec![w.clone()]);
         }
         let options = ManagerOptions {
             kubelet_dir: args.kubelet_dir,

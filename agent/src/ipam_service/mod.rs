@@ -11,7 +11,7 @@ mod endpoint;
 mod error;
 pub mod metrics;
 #[cfg(test)]
-mod mock_api;
+pub(crate) mod mock_api;
 mod pool_cache;
 pub mod pool_writer;
 mod release;

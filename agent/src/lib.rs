@@ -152,6 +152,7 @@ fn spawn_rdma_counters(metrics: &Metrics, sysfs_root: &std::path::Path) {
         sysfs: Sysfs::new(sysfs_root),
         netns_dir: PathBuf::from("/var/run/netns"),
         rdma_records: PathBuf::from(spiderpool_rdma::DEFAULT_STATE_DIR),
+        cni_results: PathBuf::from(spiderpool_cni::cache::DEFAULT_RESULTS_DIR),
     };
     let rdma = metrics.rdma.clone();
     std::thread::spawn(move || {

@@ -1,8 +1,9 @@
 //! RDMA port counters for Prometheus (names are stable; README lists them): every RDMA device
 //! the node has, each port's standard InfiniBand counters (sysfs `counters/`) and the driver's
 //! hardware counters (`hw_counters/`, or RDMA netlink where sysfs cannot see the device), with
-//! the network namespace that holds the device or its port's netdev and the pod the `rdma` CNI
-//! plugin recorded for it. A device the host's namespace holds and whose netdev is the host's
+//! the network namespace that holds the device or its port's netdev and the pod: the one the
+//! `rdma` CNI plugin recorded for it, else the one the runtime's CNI result cache names for that
+//! namespace. A device the host's namespace holds and whose netdev is the host's
 //! carries no holder: in shared mode many pods use it and its port counters cannot tell them
 //! apart.
 
@@ -22,6 +23,9 @@ pub struct Sources {
     pub netns_dir: PathBuf,
     /// The `rdma` CNI plugin's records (`spiderpool_rdma::DEFAULT_STATE_DIR`).
     pub rdma_records: PathBuf,
+    /// The runtime's CNI result cache (`spiderpool_cni::cache::DEFAULT_RESULTS_DIR`): the pod of a
+    /// namespace no record names (a VF with its RDMA device in a pod, shared mode).
+    pub cni_results: PathBuf,
 }
 
 /// Who holds a device: a named network namespace, and the pod when a record names it.
@@ -60,25 +64,27 @@ fn numbers(sysfs: &Sysfs, dir: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-pub fn collect(sources: &Sources) -> Vec<Sample> {
-    let sysfs = &sources.sysfs;
-    let mut samples = Vec::new();
-    let host: Vec<String> = sysfs.list("class/infiniband");
-    // A namespace holds a device when it is the only one that sees it (exclusive mode), or when
-    // the device's port netdev is there (a shared device made on a pod's NIC).
-    let mut holders: BTreeMap<String, Holder> = BTreeMap::new();
-    let mut moved: Vec<(String, rdma::RdmaDevice)> = Vec::new();
-    for held in rdma::holdings(&sources.netns_dir) {
-        let holder = Holder {
-            netns: held.netns.clone(),
-            ..Holder::default()
-        };
-        holders.insert(held.device.name.clone(), holder);
-        if held.moved && !host.contains(&held.device.name) {
-            moved.push((held.netns, held.device));
-        }
-    }
-    for record in spiderpool_rdma::held_devices(&sources.rdma_records) {
+/// The holder of each device: the namespace that holds it (`in_netns`: device, namespace name),
+/// with the pod the `rdma` plugin's record names, else the pod the CNI result cache names for
+/// that namespace. A record whose namespace disagrees with what the kernel shows is stale.
+fn attribute(
+    in_netns: Vec<(String, String)>,
+    records: Vec<spiderpool_rdma::Held>,
+    pods: &BTreeMap<String, spiderpool_cni::cache::PodName>,
+) -> BTreeMap<String, Holder> {
+    let mut holders: BTreeMap<String, Holder> = in_netns
+        .into_iter()
+        .map(|(device, netns)| {
+            (
+                device,
+                Holder {
+                    netns,
+                    ..Holder::default()
+                },
+            )
+        })
+        .collect();
+    for record in records {
         let netns = Path::new(&record.netns)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -90,6 +96,34 @@ pub fn collect(sources: &Sources) -> Vec<Sample> {
             holder.pod_name = record.pod_name.unwrap_or_default();
         }
     }
+    for holder in holders.values_mut().filter(|h| h.pod_name.is_empty()) {
+        if let Some(pod) = pods.get(&holder.netns) {
+            holder.pod_namespace = pod.namespace.clone();
+            holder.pod_name = pod.name.clone();
+        }
+    }
+    holders
+}
+
+pub fn collect(sources: &Sources) -> Vec<Sample> {
+    let sysfs = &sources.sysfs;
+    let mut samples = Vec::new();
+    let host: Vec<String> = sysfs.list("class/infiniband");
+    // A namespace holds a device when it is the only one that sees it (exclusive mode), or when
+    // the device's port netdev is there (a shared device made on a pod's NIC, a VF in a pod).
+    let mut in_netns = Vec::new();
+    let mut moved: Vec<(String, rdma::RdmaDevice)> = Vec::new();
+    for held in rdma::holdings(&sources.netns_dir) {
+        in_netns.push((held.device.name.clone(), held.netns.clone()));
+        if held.moved && !host.contains(&held.device.name) {
+            moved.push((held.netns, held.device));
+        }
+    }
+    let holders = attribute(
+        in_netns,
+        spiderpool_rdma::held_devices(&sources.rdma_records),
+        &spiderpool_cni::cache::pods_by_netns(&sources.cni_results),
+    );
     for device in &host {
         let holder = holders.get(device).cloned().unwrap_or_default();
         for port in sysfs.list(format!("class/infiniband/{device}/ports")) {
@@ -203,6 +237,7 @@ mod tests {
             sysfs: Sysfs::new(root.path()),
             netns_dir: root.path().join("no-netns"),
             rdma_records: records,
+            cni_results: root.path().join("no-cache"),
         });
         let text = render(&samples);
         assert!(
@@ -215,6 +250,45 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE spiderpool_agent_rdma_port_hw_counter_total counter"));
+    }
+
+    #[test]
+    fn a_pod_comes_from_the_rdma_record_else_from_the_cni_cache() {
+        let pod = |namespace: &str, name: &str| spiderpool_cni::cache::PodName {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let pods = BTreeMap::from([
+            ("cni-vf".to_string(), pod("storage", "osd-1")),
+            ("cni-moved".to_string(), pod("cache", "ignored")),
+        ]);
+        let records = vec![spiderpool_rdma::Held {
+            device: "mlx5_3".into(),
+            netns: "/var/run/netns/cni-moved".into(),
+            pod_namespace: Some("ai".into()),
+            pod_name: Some("trainer-0".into()),
+        }];
+        let in_netns = vec![
+            ("mlx5_3".to_string(), "cni-moved".to_string()),
+            ("mlx5_4".to_string(), "cni-vf".to_string()),
+            ("mlx5_5".to_string(), "cni-unknown".to_string()),
+        ];
+        let holders = attribute(in_netns, records, &pods);
+        let who = |d: &str| {
+            let h = &holders[d];
+            (h.netns.as_str(), h.pod_namespace.as_str(), h.pod_name.as_str())
+        };
+        assert_eq!(who("mlx5_3"), ("cni-moved", "ai", "trainer-0"), "the record wins");
+        assert_eq!(
+            who("mlx5_4"),
+            ("cni-vf", "storage", "osd-1"),
+            "a VF's namespace, from the cache"
+        );
+        assert_eq!(
+            who("mlx5_5"),
+            ("cni-unknown", "", ""),
+            "no pod known: the namespace alone"
+        );
     }
 
     #[test]

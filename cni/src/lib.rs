@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod args;
+pub mod cache;
 pub mod error;
 pub mod exec;
 pub mod netconf;

@@ -17,6 +17,9 @@ pub struct Args {
     /// The `rdma` CNI plugin's records of the devices it moved into pods.
     #[arg(long, default_value = spiderpool_rdma::DEFAULT_STATE_DIR)]
     rdma_records: PathBuf,
+    /// The runtime's CNI result cache, which names the pod of each network namespace.
+    #[arg(long, default_value = spiderpool_cni::cache::DEFAULT_RESULTS_DIR)]
+    cni_results: PathBuf,
 }
 
 impl Args {
@@ -25,6 +28,7 @@ impl Args {
             sysfs: Sysfs::new(&self.sysfs_root),
             netns_dir: self.netns_dir.clone(),
             rdma_records: self.rdma_records.clone(),
+            cni_results: self.cni_results.clone(),
         }
     }
 }

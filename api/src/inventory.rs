@@ -30,6 +30,9 @@ pub struct Inventory {
     pub nics: Vec<Nic>,
     pub rdma_devices: Vec<RdmaDevice>,
     pub bonds: Vec<Bond>,
+    /// PCI display and 3D controllers (GPUs), whatever their driver: what a NIC is paired with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<Gpu>,
     /// Files that existed but could not be read or understood; the scan went on without them.
     pub warnings: Vec<String>,
     /// Policy name → how this node stands against it (written by the agent's policy loop, not
@@ -73,6 +76,51 @@ pub struct Nic {
     pub bond_master: Option<String>,
     pub sriov: Option<Sriov>,
     pub rdma_devices: Vec<String>,
+    /// The PCIe root complex above the NIC, as DRA's `resource.kubernetes.io/pcieRoot` names it
+    /// (`pci<domain>:<bus>`, e.g. `pci0000:3a`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie_root: Option<String>,
+    /// The GPUs near this NIC, nearest first: under the same PCIe switch, the same root
+    /// complex, or only the same NUMA node. GPUs farther away are not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<NearGpu>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Gpu {
+    pub pci_address: String,
+    pub vendor_id: Option<String>,
+    pub device_id: Option<String>,
+    pub vendor_name: Option<String>,
+    pub device_name: Option<String>,
+    /// `None`: no driver bound (a GPU needs none to be listed).
+    pub driver: Option<String>,
+    pub numa_node: Option<u32>,
+    pub pcie_root: Option<String>,
+}
+
+/// A GPU and how close it is to a NIC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NearGpu {
+    pub pci_address: String,
+    pub via: GpuPath,
+}
+
+/// What a NIC and a GPU share, closest first (NVIDIA's `nvidia-smi topo` calls these PIX/PXB,
+/// PHB and NODE).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum GpuPath {
+    /// A PCIe switch (a bridge below the root port): peer-to-peer traffic stays in the switch.
+    PcieSwitch,
+    /// The root complex, not a switch.
+    PcieRoot,
+    /// Only the NUMA node.
+    NumaNode,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

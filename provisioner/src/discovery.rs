@@ -71,6 +71,19 @@ fn with_holdings(
     devices
 }
 
+/// The vendor's and the device's names in the pci-ids database.
+pub(crate) fn pci_names(vendor: Option<u16>, device: Option<u16>) -> (Option<String>, Option<String>) {
+    let pci_device = vendor
+        .zip(device)
+        .and_then(|(v, d)| pci_ids::Device::from_vid_pid(v, d));
+    let vendor_name = match (pci_device, vendor) {
+        (Some(d), _) => Some(d.vendor().name().to_string()),
+        (None, Some(v)) => pci_ids::Vendor::from_id(v).map(|v| v.name().to_string()),
+        _ => None,
+    };
+    (vendor_name, pci_device.map(|d| d.name().to_string()))
+}
+
 /// Scans the node under `sysfs`.
 pub fn scan(sysfs: &Sysfs, links: &LinkTable, identity: &NodeIdentity) -> Inventory {
     let mut scan = Scan {
@@ -82,7 +95,9 @@ pub fn scan(sysfs: &Sysfs, links: &LinkTable, identity: &NodeIdentity) -> Invent
     if let Some(probe) = &identity.verbs {
         crate::verbs_health::with_verbs(&mut rdma_devices, probe);
     }
-    let nics = scan.nics(&rdma_devices);
+    let mut nics = scan.nics(&rdma_devices);
+    let gpus = crate::topology::gpus(sysfs, &mut scan.problems);
+    crate::topology::place_nics(sysfs, &mut nics, &gpus);
     let bonds = scan.bonds();
     let node = scan.node(identity);
     let warnings = scan.problems.iter().map(ToString::to_string).collect();
@@ -91,6 +106,7 @@ pub fn scan(sysfs: &Sysfs, links: &LinkTable, identity: &NodeIdentity) -> Invent
         nics,
         rdma_devices,
         bonds,
+        gpus,
         warnings,
         policies: Default::default(),
     }
@@ -300,14 +316,7 @@ impl Scan<'_> {
                 .sysfs
                 .read_hex(dir.join("device"), &mut self.problems)
                 .and_then(|v| u16::try_from(v).ok());
-            let pci_device = vendor
-                .zip(device)
-                .and_then(|(v, d)| pci_ids::Device::from_vid_pid(v, d));
-            let vendor_name = match (pci_device, vendor) {
-                (Some(d), _) => Some(d.vendor().name().to_string()),
-                (None, Some(v)) => pci_ids::Vendor::from_id(v).map(|v| v.name().to_string()),
-                _ => None,
-            };
+            let (vendor_name, device_name) = pci_names(vendor, device);
             let numa_node = self
                 .sysfs
                 .read_i64(dir.join("numa_node"), &mut self.problems)
@@ -322,7 +331,7 @@ impl Scan<'_> {
                 vendor_id: vendor.map(|v| format!("{v:04x}")),
                 device_id: device.map(|d| format!("{d:04x}")),
                 vendor_name,
-                device_name: pci_device.map(|d| d.name().to_string()),
+                device_name,
                 driver,
                 numa_node,
                 rdma_devices: rdma_of(&bdf, name.as_deref()),

@@ -7,4 +7,5 @@ pub mod applier;
 pub mod discovery;
 pub mod planner;
 pub mod render;
+pub mod topology;
 pub mod verbs_health;

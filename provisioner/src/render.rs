@@ -83,6 +83,8 @@ pub fn render_table(inv: &Inventory) -> String {
                     nic.rdma_devices.join(",")
                 },
                 or_dash(nic.bond_master.as_deref()),
+                or_dash(nic.pcie_root.as_deref()),
+                near_gpus(&nic.gpus),
                 or_dash(nic.device_name.as_deref()),
             ]
         })
@@ -90,7 +92,20 @@ pub fn render_table(inv: &Inventory) -> String {
     table(
         &mut out,
         &[
-            "NIC", "PCI", "ID", "DRIVER", "NUMA", "LINK", "STATE", "MTU", "VFS", "RDMA", "BOND", "MODEL",
+            "NIC",
+            "PCI",
+            "ID",
+            "DRIVER",
+            "NUMA",
+            "LINK",
+            "STATE",
+            "MTU",
+            "VFS",
+            "RDMA",
+            "BOND",
+            "PCIE ROOT",
+            "GPUS (switch/root/numa)",
+            "MODEL",
         ],
         &rows,
     );
@@ -176,6 +191,31 @@ pub fn render_table(inv: &Inventory) -> String {
             &rows,
         );
     }
+    if !inv.gpus.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = inv
+            .gpus
+            .iter()
+            .map(|g| {
+                vec![
+                    g.pci_address.clone(),
+                    match (&g.vendor_id, &g.device_id) {
+                        (Some(v), Some(d)) => format!("{v}:{d}"),
+                        _ => "-".into(),
+                    },
+                    or_dash(g.driver.as_deref()),
+                    or_dash(g.numa_node),
+                    or_dash(g.pcie_root.as_deref()),
+                    or_dash(g.device_name.as_deref()),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["GPU", "ID", "DRIVER", "NUMA", "PCIE ROOT", "MODEL"],
+            &rows,
+        );
+    }
     if !inv.bonds.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = inv
@@ -199,4 +239,26 @@ pub fn render_table(inv: &Inventory) -> String {
         }
     }
     out
+}
+
+/// `1a:00.0/switch,3b:00.0/numa`: the GPUs near a NIC, nearest first (domain 0000 left out).
+fn near_gpus(gpus: &[spiderpool_api::inventory::NearGpu]) -> String {
+    use spiderpool_api::inventory::GpuPath;
+    if gpus.is_empty() {
+        return "-".into();
+    }
+    gpus.iter()
+        .map(|g| {
+            let via = match g.via {
+                GpuPath::PcieSwitch => "switch",
+                GpuPath::PcieRoot => "root",
+                GpuPath::NumaNode => "numa",
+            };
+            format!(
+                "{}/{via}",
+                g.pci_address.strip_prefix("0000:").unwrap_or(&g.pci_address)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -176,6 +176,61 @@ fn bond_members_and_vlans_and_no_virtual_devices() {
 }
 
 #[test]
+fn gpus_and_the_gpus_near_each_nic() {
+    use spiderpool_api::inventory::GpuPath::{NumaNode, PcieRoot, PcieSwitch};
+    let inv = scan_fixture("gpu-nic");
+    let gpus: Vec<(&str, Option<&str>, Option<u32>)> = inv
+        .gpus
+        .iter()
+        .map(|g| (g.pci_address.as_str(), g.pcie_root.as_deref(), g.numa_node))
+        .collect();
+    // The BMC's VGA console (ASPEED) is not listed; GPUs need no driver.
+    assert_eq!(
+        gpus,
+        [
+            ("0000:1a:00.0", Some("pci0000:17"), Some(0)),
+            ("0000:3b:00.0", Some("pci0000:38"), Some(0)),
+            ("0000:9c:00.0", Some("pci0000:9a"), Some(1)),
+            ("0000:ac:00.0", Some("pci0000:ab"), Some(1)),
+        ]
+    );
+    assert_eq!(inv.gpus[0].vendor_id.as_deref(), Some("10de"));
+    let near = |nic: &str| {
+        let nic = inv
+            .nics
+            .iter()
+            .find(|n| n.name.as_deref() == Some(nic))
+            .expect("nic");
+        let near: Vec<(String, _)> = nic.gpus.iter().map(|g| (g.pci_address.clone(), g.via)).collect();
+        (nic.pcie_root.clone(), near)
+    };
+    assert_eq!(
+        near("ens1np0"),
+        (
+            Some("pci0000:17".into()),
+            vec![
+                ("0000:1a:00.0".into(), PcieSwitch),
+                ("0000:3b:00.0".into(), NumaNode)
+            ]
+        ),
+        "the switch's GPU first, then the NUMA node's"
+    );
+    assert_eq!(
+        near("ens2np0"),
+        (
+            Some("pci0000:9a".into()),
+            vec![
+                ("0000:9c:00.0".into(), PcieRoot),
+                ("0000:ac:00.0".into(), NumaNode)
+            ]
+        )
+    );
+    let table = spiderpool_provisioner::render::render_table(&inv);
+    assert!(table.contains("1a:00.0/switch,3b:00.0/numa"), "{table}");
+    assert!(table.contains("GPU "), "{table}");
+}
+
+#[test]
 fn malformed_sysfs_is_tolerated_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     build_fixture("e810", dir.path()).unwrap();

@@ -135,13 +135,51 @@ impl SysfsBuilder {
         std::os::unix::fs::symlink(relative, path)
     }
 
-    fn device_dir(bdf: &str) -> String {
-        format!("{BRIDGE}/{bdf}")
+    /// Where a function added earlier lives (relative to the root).
+    fn device_dir(&self, bdf: &str) -> io::Result<String> {
+        self.real_path(&format!("bus/pci/devices/{bdf}"))
     }
 
-    /// Adds a PCI function with its netdev and RDMA device; returns its device directory.
+    /// Where the link `rel` leads, relative to the root.
+    fn real_path(&self, rel: &str) -> io::Result<String> {
+        let real = std::fs::canonicalize(self.root.join(rel))?;
+        let root = std::fs::canonicalize(&self.root)?;
+        Ok(real
+            .strip_prefix(root)
+            .map_err(io::Error::other)?
+            .to_string_lossy()
+            .into_owned())
+    }
+
+    /// Adds a PCI function with its netdev and RDMA device under the fixtures' usual bridge;
+    /// returns its device directory.
     pub fn pci_function(&mut self, f: &PciFunction) -> io::Result<String> {
-        let dev = Self::device_dir(&f.bdf);
+        self.pci_function_under(BRIDGE, f)
+    }
+
+    /// PCI bridges (class 0604) along `path`, e.g. `devices/pci0000:17/0000:17:01.0/0000:18:00.0`
+    /// (a root port and a switch's upstream port); returns `path`, for functions below it.
+    pub fn bridges(&mut self, path: &str) -> io::Result<String> {
+        let mut dir = String::new();
+        for (i, part) in path.split('/').enumerate() {
+            dir = if dir.is_empty() {
+                part.to_string()
+            } else {
+                format!("{dir}/{part}")
+            };
+            if i >= 2 {
+                self.write(&format!("{dir}/class"), "0x060400")?;
+                self.write(&format!("{dir}/vendor"), "0x8086")?;
+                self.write(&format!("{dir}/device"), "0x0000")?;
+                self.link(&format!("bus/pci/devices/{part}"), &dir)?;
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Like [`SysfsBuilder::pci_function`], under the bridge directory `parent`.
+    pub fn pci_function_under(&mut self, parent: &str, f: &PciFunction) -> io::Result<String> {
+        let dev = format!("{parent}/{}", f.bdf);
         self.write(&format!("{dev}/vendor"), &format!("0x{:04x}", f.vendor))?;
         self.write(&format!("{dev}/device"), &format!("0x{:04x}", f.device))?;
         self.write(&format!("{dev}/class"), &format!("0x{:06x}", f.class))?;
@@ -247,9 +285,12 @@ impl SysfsBuilder {
 
     /// Creates VFs of `pf_bdf` (sibling functions, `virtfnN` and `physfn` links, `sriov_numvfs`).
     pub fn vfs(&mut self, pf_bdf: &str, vfs: &[PciFunction]) -> io::Result<()> {
-        let pf = Self::device_dir(pf_bdf);
+        let pf = self.device_dir(pf_bdf)?;
+        let parent = pf
+            .rsplit_once('/')
+            .map_or(BRIDGE.to_string(), |(p, _)| p.to_string());
         for (i, vf) in vfs.iter().enumerate() {
-            let dev = self.pci_function(vf)?;
+            let dev = self.pci_function_under(&parent, vf)?;
             self.link(&format!("{pf}/virtfn{i}"), &dev)?;
             self.link(&format!("{dev}/physfn"), &pf)?;
         }
@@ -299,13 +340,7 @@ impl SysfsBuilder {
     }
 
     fn resolve_class_net(&self, name: &str) -> io::Result<String> {
-        let real = std::fs::canonicalize(self.root.join("class/net").join(name))?;
-        let root = std::fs::canonicalize(&self.root)?;
-        Ok(real
-            .strip_prefix(root)
-            .map_err(io::Error::other)?
-            .to_string_lossy()
-            .into_owned())
+        self.real_path(&format!("class/net/{name}"))
     }
 
     /// CPUs, NUMA nodes with their memory (KiB), and the RDMA netns mode module parameter.
@@ -341,7 +376,7 @@ impl SysfsBuilder {
 }
 
 /// The committed fixture trees, by name (see `tests/fixtures/sysfs/`).
-pub const FIXTURES: [&str; 4] = ["cx6dx", "e810", "cx7-ib", "bond"];
+pub const FIXTURES: [&str; 5] = ["cx6dx", "e810", "cx7-ib", "bond", "gpu-nic"];
 
 fn mac(prefix: &str, i: usize) -> String {
     format!("{prefix}:{:02x}", i)
@@ -490,6 +525,75 @@ fn bond(b: &mut SysfsBuilder) -> io::Result<()> {
     Ok(())
 }
 
+/// An AI training node's slice: GPUs and RoCE NICs on four PCIe root complexes over two NUMA
+/// nodes. NUMA 0: an H100 and a ConnectX-7 (2 VFs) under one PCIe switch (root pci0000:17), and a
+/// second H100 under its own switch (pci0000:38). NUMA 1: a ConnectX-7 under a root port of
+/// pci0000:9a with an H100 on another root port there, and an H100 on pci0000:ab. And the BMC's
+/// VGA console, which is not a GPU.
+fn gpu_nic(b: &mut SysfsBuilder) -> io::Result<()> {
+    b.node("0-63", &[263_921_612, 264_201_004], Some(true))?;
+    b.rdma_cm()?;
+    let h100 = |bdf: &str, numa: i32| PciFunction {
+        class: 0x030200,
+        driver: None,
+        ..PciFunction::nic(bdf, 0x10de, 0x2330, "", numa, None)
+    };
+    let cx7 = |bdf: &str, numa: i32, name: &str, mac_base: usize, rdma: u32| {
+        let mut f = PciFunction::nic(
+            bdf,
+            0x15b3,
+            0x1021,
+            "mlx5_core",
+            numa,
+            Some(Netdev::ether(name, &mac("94:6d:ae:3c:00", mac_base), 400_000)),
+        );
+        f.sriov_total = Some(16);
+        f.rdma = Some(roce(&format!("mlx5_{rdma}"), name, rdma));
+        f
+    };
+    let switch0 = b.bridges("devices/pci0000:17/0000:17:01.0/0000:18:00.0")?;
+    let port = b.bridges(&format!("{switch0}/0000:19:00.0"))?;
+    b.pci_function_under(&port, &h100("0000:1a:00.0", 0))?;
+    let port = b.bridges(&format!("{switch0}/0000:19:01.0"))?;
+    b.pci_function_under(&port, &cx7("0000:1b:00.0", 0, "ens1np0", 0x10, 0))?;
+    let vfs: Vec<PciFunction> = (0..2u32)
+        .map(|i| {
+            let vf_name = format!("ens1f0v{i}");
+            let mut vf = PciFunction::nic(
+                &format!("0000:1b:00.{}", i + 2),
+                0x15b3,
+                0x101e,
+                "mlx5_core",
+                0,
+                Some(Netdev::ether(
+                    &vf_name,
+                    &mac("02:6d:ae:3c:01", i as usize),
+                    400_000,
+                )),
+            );
+            vf.rdma = Some(roce(&format!("mlx5_{}", 2 + i), &vf_name, 2 + i));
+            vf
+        })
+        .collect();
+    b.vfs("0000:1b:00.0", &vfs)?;
+    let port = b.bridges("devices/pci0000:38/0000:38:01.0/0000:39:00.0/0000:3a:00.0")?;
+    b.pci_function_under(&port, &h100("0000:3b:00.0", 0))?;
+    let port = b.bridges("devices/pci0000:9a/0000:9a:01.0")?;
+    b.pci_function_under(&port, &cx7("0000:9b:00.0", 1, "ens2np0", 0x20, 1))?;
+    let port = b.bridges("devices/pci0000:9a/0000:9a:02.0")?;
+    b.pci_function_under(&port, &h100("0000:9c:00.0", 1))?;
+    let port = b.bridges("devices/pci0000:ab/0000:ab:01.0")?;
+    b.pci_function_under(&port, &h100("0000:ac:00.0", 1))?;
+    let bmc = PciFunction {
+        class: 0x030000,
+        driver: Some("ast".into()),
+        ..PciFunction::nic("0000:03:00.0", 0x1a03, 0x2000, "", -1, None)
+    };
+    let port = b.bridges("devices/pci0000:00/0000:00:1c.0/0000:02:00.0")?;
+    b.pci_function_under(&port, &bmc)?;
+    Ok(())
+}
+
 /// Writes fixture `name` under `root` (which must not exist yet).
 pub fn build_fixture(name: &str, root: &Path) -> io::Result<()> {
     let mut b = SysfsBuilder::new(root)?;
@@ -498,6 +602,7 @@ pub fn build_fixture(name: &str, root: &Path) -> io::Result<()> {
         "e810" => e810(&mut b),
         "cx7-ib" => cx7_ib(&mut b),
         "bond" => bond(&mut b),
+        "gpu-nic" => gpu_nic(&mut b),
         other => Err(io::Error::other(format!("no fixture {other}"))),
     }
 }

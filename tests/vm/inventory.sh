@@ -19,6 +19,11 @@ check "two igb PFs 8086:10c9, 7 VFs possible, none configured" \
 
 pf=$(inv | jq -r '.nics[0].name')
 pf_pci=$(inv | jq -r '.nics[0].pciAddress')
+# The root complex as DRA's deviceattribute library derives it: the first directory under
+# /sys/devices of the function's real path.
+root=$(readlink -f "/sys/bus/pci/devices/$pf_pci" | cut -d/ -f4)
+check "pcieRoot $root, from the real PCI tree" ".nics[0].pcieRoot == \"$root\" and (\"$root\" | test(\"^pci[0-9a-f]{4}:[0-9a-f]{2}$\"))"
+check "no GPUs on this machine, and none near a NIC" '(.gpus // []) == [] and all(.nics[]; (.gpus // []) == [])'
 ip link property add dev "$pf" altname sp-uplink0
 check "altnames from netlink" '.nics[0].altNames == ["sp-uplink0"]' 
 # igbvf finds the PF still in reset unless the PF is up first.

@@ -138,6 +138,8 @@ run "agent may create spiderippoolregistries" can yes "$agent" create spiderippo
 run "agent may not delete spiderippoolregistries" can no "$agent" delete spiderippoolregistries.spiderpool.spidernet.io
 run "agent may create spiderendpoints" can yes "$agent" create spiderendpoints.spiderpool.spidernet.io -n default
 run "agent may delete spiderendpoints" can yes "$agent" delete spiderendpoints.spiderpool.spidernet.io -n default
+run "agent may create resourceslices (its own node's: the admission policy)" can yes "$agent" create resourceslices.resource.k8s.io
+run "agent may not create resourceclaims" can no "$agent" create resourceclaims.resource.k8s.io -n default
 run "agent may create spidernodeinventories" can yes "$agent" create spidernodeinventories.spiderpool.spidernet.io
 run "agent may patch spidernodeinventories/status" can yes "$agent" patch spidernodeinventories.spiderpool.spidernet.io --subresource=status
 run "agent may watch pods" can yes "$agent" watch pods --all-namespaces

@@ -33,6 +33,9 @@ enum Command {
     /// Print the RDMA port counters `run` serves on /metrics (standard and hardware, with the
     /// namespace and pod holding each device).
     RdmaCounters(commands::rdma_counters::Args),
+    /// Publish this node's VFs and shared RDMA devices as ResourceSlices of DRA driver
+    /// `spidernet.io`, and keep them current.
+    Dra(commands::dra::Args),
 }
 
 fn main() -> Result<()> {
@@ -62,6 +65,7 @@ fn main() -> Result<()> {
         Command::InstallCni(args) => commands::install_cni::exec(args),
         Command::IpamService(args) => commands::ipam_service::exec(args),
         Command::RdmaCounters(args) => commands::rdma_counters::exec(args),
+        Command::Dra(args) => commands::dra::exec(args),
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod device_plugin;
+pub mod dra;
 pub mod install_cni;
 pub mod inventory;
 pub mod ipam_service;

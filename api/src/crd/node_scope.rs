@@ -9,12 +9,29 @@
 //! ([`super::Allocations`]) so that this policy can compare each node's string before and after.
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    ValidatingAdmissionPolicySpec, Validation, Variable,
+    MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicySpec, Validation, Variable,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::admission::{deny_binding, our_resources};
+
+/// The DRA driver whose ResourceSlices the agents publish (`spiderpool_dra::slices::DRIVER`).
+pub const DRA_DRIVER: &str = "spidernet.io";
+
+/// The rules of `ours`, and ResourceSlices (`resource.k8s.io`), which the agents write for DRA.
+fn with_resource_slices(mut ours: MatchResources) -> MatchResources {
+    ours.resource_rules
+        .get_or_insert_with(Vec::new)
+        .push(NamedRuleWithOperations {
+            api_groups: Some(vec!["resource.k8s.io".into()]),
+            api_versions: Some(vec!["*".into()]),
+            operations: Some(["CREATE", "UPDATE", "DELETE"].map(String::from).to_vec()),
+            resources: Some(vec!["resourceslices".into()]),
+            ..NamedRuleWithOperations::default()
+        });
+    ours
+}
 
 /// The user extra that carries the node a service-account token is bound to.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
@@ -32,7 +49,7 @@ pub fn agent_node_policy(
         },
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".into()),
-            match_constraints: Some(our_resources(
+            match_constraints: Some(with_resource_slices(our_resources(
                 "*",
                 &["CREATE", "UPDATE", "DELETE"],
                 &[
@@ -41,7 +58,7 @@ pub fn agent_node_policy(
                     "spiderendpoints",
                     "spiderippools/status",
                 ],
-            )),
+            ))),
             match_conditions: Some(vec![MatchCondition {
                 name: "spiderpool-agent".into(),
                 expression: format!("request.userInfo.username == '{agent_user}'"),
@@ -99,6 +116,18 @@ pub fn agent_node_policy(
                     message_expression: Some(
                         "'the agent of node ' + variables.node + ' may write only SpiderEndpoints of pods on its node'".into(),
                     ),
+                    reason: Some("Forbidden".into()),
+                    ..Validation::default()
+                },
+                Validation {
+                    expression: format!(
+                        "request.resource.resource != 'resourceslices' || \
+                         (variables.target.spec.driver == '{DRA_DRIVER}' && \
+                          variables.target.spec.?nodeName.orValue('') == variables.node)"
+                    ),
+                    message_expression: Some(format!(
+                        "'the agent of node ' + variables.node + ' may write only ResourceSlices of driver {DRA_DRIVER} for its own node'"
+                    )),
                     reason: Some("Forbidden".into()),
                     ..Validation::default()
                 },

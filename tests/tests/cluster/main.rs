@@ -22,6 +22,7 @@ use spiderpool_e2e::cluster::{
 mod agent;
 mod controller;
 mod crds;
+mod dra;
 mod ipam;
 mod multus;
 mod overlap;

@@ -8,6 +8,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::resource::v1::ResourceSlice;
 use kube::api::DeleteParams;
 
 use super::*;
@@ -31,6 +32,15 @@ fn inventory(name: &str) -> SpiderNodeInventory {
         "metadata": {"name": name}, "spec": {"nodeName": name}
     }))
     .expect("inventory object")
+}
+
+fn slice(name: &str, node: &str, driver: &str) -> ResourceSlice {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"driver": driver, "nodeName": node,
+                 "pool": {"name": node, "generation": 1, "resourceSliceCount": 1}, "devices": []}
+    }))
+    .expect("a ResourceSlice")
 }
 
 fn endpoint(ns: &str, name: &str, node: &str) -> SpiderEndpoint {
@@ -60,7 +70,10 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
                    "verbs": ["get", "list", "create", "update", "patch", "delete"]},
                   {"apiGroups": ["spiderpool.spidernet.io"],
                    "resources": ["spiderippools", "spiderippools/status"],
-                   "verbs": ["get", "patch", "update"]}]
+                   "verbs": ["get", "patch", "update"]},
+                  {"apiGroups": ["resource.k8s.io"],
+                   "resources": ["resourceslices"],
+                   "verbs": ["get", "list", "create", "update", "patch", "delete"]}]
     }))
     .unwrap();
     Api::<ClusterRole>::all(cluster.client.clone())
@@ -154,6 +167,34 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
         .create(&pp, &inventory(node_a))
         .await
         .expect("its own node's inventory is allowed");
+
+    // DRA ResourceSlices: only its own node's, and only of driver spidernet.io.
+    let slices_a: Api<ResourceSlice> = Api::all(agent_a.clone());
+    for (what, node, driver) in [
+        ("another node's", node_b.as_str(), "spidernet.io"),
+        ("another driver's", node_a.as_str(), "gpu.example.com"),
+    ] {
+        let err = slices_a
+            .create(
+                &pp,
+                &slice(&format!("refused-{driver}-{u}").replace('.', "-"), node, driver),
+            )
+            .await
+            .expect_err(&format!("the agent of {node_a} wrote {what} slice"));
+        assert!(
+            err.to_string()
+                .contains("may write only ResourceSlices of driver spidernet.io for its own node"),
+            "{what}: {err}"
+        );
+    }
+    slices_a
+        .create(&pp, &slice(&format!("own-{u}"), node_a, "spidernet.io"))
+        .await
+        .expect("its own node's slice is allowed");
+    slices_a
+        .delete(&format!("own-{u}"), &DeleteParams::default())
+        .await
+        .expect("and deleted");
 
     // SpiderEndpoints: only of pods on its node, created, replaced or deleted.
     let endpoints_a: Api<SpiderEndpoint> = Api::namespaced(agent_a.clone(), &ns);

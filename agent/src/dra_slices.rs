@@ -1,0 +1,130 @@
+//! The node's ResourceSlices for driver `spidernet.io` (`spiderpool_dra::slices`) kept in the API
+//! server: applied when the devices change (a new pool generation), owned by the Node so they go
+//! with it, and the slices of a larger earlier pool deleted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::{Device, ResourceSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use spiderpool_dra::slices::{DRIVER, Options, devices, slices};
+use tokio::sync::Notify;
+
+const MANAGER: &str = "spiderpool-agent-dra";
+
+/// What was last published: the devices and their pool generation.
+#[derive(Debug, Default)]
+pub struct Published {
+    devices: Option<Vec<Device>>,
+    generation: i64,
+}
+
+fn selector(node: &str) -> ListParams {
+    ListParams::default().fields(&format!("spec.nodeName={node},spec.driver={DRIVER}"))
+}
+
+/// Publishes `devices` for `node` unless they are what was last published. Returns whether it
+/// wrote. The first call continues from the generation the API server holds (an agent restart).
+pub async fn publish(
+    client: &Client,
+    node: &str,
+    devices: Vec<Device>,
+    last: &mut Published,
+) -> Result<bool> {
+    if last.devices.as_ref() == Some(&devices) {
+        return Ok(false);
+    }
+    let api: Api<ResourceSlice> = Api::all(client.clone());
+    let existing = api.list(&selector(node)).await.context("list ResourceSlices")?;
+    let held = existing
+        .items
+        .iter()
+        .map(|s| s.spec.pool.generation)
+        .max()
+        .unwrap_or(0);
+    let generation = last.generation.max(held) + 1;
+    let owner = Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .with_context(|| format!("node {node}: the slices are owned by it"))?;
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node.into(),
+        uid: owner.metadata.uid.unwrap_or_default(),
+        controller: Some(true),
+        ..OwnerReference::default()
+    };
+    let wanted = slices(node, devices.clone(), generation);
+    let pp = PatchParams::apply(MANAGER).force();
+    for (name, spec) in &wanted {
+        let slice = ResourceSlice {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                owner_references: Some(vec![owner.clone()]),
+                ..ObjectMeta::default()
+            },
+            spec: spec.clone(),
+        };
+        let mut body = serde_json::to_value(&slice)?;
+        body["apiVersion"] = "resource.k8s.io/v1".into();
+        body["kind"] = "ResourceSlice".into();
+        api.patch(name, &pp, &Patch::Apply(&body))
+            .await
+            .with_context(|| format!("apply ResourceSlice {name}"))?;
+    }
+    // Slices beyond the new count: the scheduler ignores an older generation, but they would
+    // linger.
+    for old in existing.items {
+        let Some(name) = old.metadata.name else { continue };
+        if !wanted.iter().any(|(n, _)| n == &name) {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e).with_context(|| format!("delete ResourceSlice {name}")),
+            }
+        }
+    }
+    tracing::info!(
+        "ResourceSlices of {node}: {} devices in {} slices, pool generation {generation}",
+        devices.len(),
+        wanted.len()
+    );
+    *last = Published {
+        devices: Some(devices),
+        generation,
+    };
+    Ok(true)
+}
+
+/// Keeps the node's slices current: a scan every `every` and at once on `wake` (link and device
+/// events); a failed write is tried again next round.
+pub async fn keep_current(
+    client: Client,
+    node: String,
+    scan: impl Fn() -> spiderpool_api::inventory::Inventory + Send + Sync + Clone + 'static,
+    options: Options,
+    every: Duration,
+    wake: Arc<Notify>,
+) {
+    let mut last = Published::default();
+    loop {
+        let scan = scan.clone();
+        match tokio::task::spawn_blocking(scan).await {
+            Ok(inventory) => {
+                if let Err(e) = publish(&client, &node, devices(&inventory, &options), &mut last).await {
+                    tracing::warn!("ResourceSlices of {node}: {e:#}");
+                }
+            }
+            Err(e) => tracing::warn!("inventory scan: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = wake.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

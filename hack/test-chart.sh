@@ -63,6 +63,10 @@ run "Multus by default: its DaemonSet wraps the default network, kubeconfig at t
 run "multus.enabled=false: no Multus" bash -c "! $helm template $release $chart -n $ns --kube-version $server_version --set multus.enabled=false | grep -q 'multus-cni'"
 run "agent updates surge (maxSurge 1, maxUnavailable 0) with a per-container readiness probe" bash -c "grep -A2 'rollingUpdate' $work/rendered-default/spiderpool/templates/agent-daemonset.yaml | grep -q 'maxSurge: 1' && grep -q 'probe, --ready-file' $work/rendered-default/spiderpool/templates/agent-daemonset.yaml"
 
+run "dra.deviceClasses=true: the two DeviceClasses, accepted by the API server (server-side dry-run)" bash -c \
+    "$helm template $release $chart -n $ns --kube-version $server_version --api-versions resource.k8s.io/v1/DeviceClass --set dra.deviceClasses=true --show-only templates/dra-device-classes.yaml > $work/dra.yaml && [ \$(grep -c '^kind: DeviceClass' $work/dra.yaml) = 2 ] && $kubectl apply --dry-run=server --server-side -f $work/dra.yaml"
+run "default values: no DeviceClass" bash -c "! grep -rq 'kind: DeviceClass' $work/rendered-default/"
+
 echo "install and upgrade"
 run "helm install" "$helm" install "$release" "$chart" -n "$ns" --kubeconfig "$kubeconfig" --wait=false
 run "helm upgrade (controller replicas 3, gcInterval 10)" "$helm" upgrade "$release" "$chart" -n "$ns" \

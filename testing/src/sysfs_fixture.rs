@@ -526,9 +526,10 @@ fn bond(b: &mut SysfsBuilder) -> io::Result<()> {
 }
 
 /// An AI training node's slice: GPUs and RoCE NICs on four PCIe root complexes over two NUMA
-/// nodes. NUMA 0: an H100 and a ConnectX-7 (2 VFs) under one PCIe switch (root pci0000:17), and a
-/// second H100 under its own switch (pci0000:38). NUMA 1: a ConnectX-7 under a root port of
-/// pci0000:9a with an H100 on another root port there, and an H100 on pci0000:ab. And the BMC's
+/// nodes. NUMA 0: an H100 and a ConnectX-7 (2 VFs with RoCE) under one PCIe switch (root
+/// pci0000:17), and a second H100 under its own switch (pci0000:38). NUMA 1: a ConnectX-7 (2 VFs
+/// with RoCE) under a root port of pci0000:9a with an H100 on another root port there, and an
+/// H100 on pci0000:ab. And the BMC's
 /// VGA console, which is not a GPU.
 fn gpu_nic(b: &mut SysfsBuilder) -> io::Result<()> {
     b.node("0-63", &[263_921_612, 264_201_004], Some(true))?;
@@ -556,30 +557,34 @@ fn gpu_nic(b: &mut SysfsBuilder) -> io::Result<()> {
     b.pci_function_under(&port, &h100("0000:1a:00.0", 0))?;
     let port = b.bridges(&format!("{switch0}/0000:19:01.0"))?;
     b.pci_function_under(&port, &cx7("0000:1b:00.0", 0, "ens1np0", 0x10, 0))?;
-    let vfs: Vec<PciFunction> = (0..2u32)
-        .map(|i| {
-            let vf_name = format!("ens1f0v{i}");
-            let mut vf = PciFunction::nic(
-                &format!("0000:1b:00.{}", i + 2),
-                0x15b3,
-                0x101e,
-                "mlx5_core",
-                0,
-                Some(Netdev::ether(
-                    &vf_name,
-                    &mac("02:6d:ae:3c:01", i as usize),
-                    400_000,
-                )),
-            );
-            vf.rdma = Some(roce(&format!("mlx5_{}", 2 + i), &vf_name, 2 + i));
-            vf
-        })
-        .collect();
-    b.vfs("0000:1b:00.0", &vfs)?;
+    // Two VFs with RoCE: PCI functions .2 and .3 of the PF's bus.
+    let vfs = |bus: &str, prefix: &str, numa: i32, rdma: u32| -> Vec<PciFunction> {
+        (0..2u32)
+            .map(|i| {
+                let vf_name = format!("{prefix}{i}");
+                let mut vf = PciFunction::nic(
+                    &format!("0000:{bus}:00.{}", i + 2),
+                    0x15b3,
+                    0x101e,
+                    "mlx5_core",
+                    numa,
+                    Some(Netdev::ether(
+                        &vf_name,
+                        &mac(&format!("02:6d:ae:{bus}:01"), i as usize),
+                        400_000,
+                    )),
+                );
+                vf.rdma = Some(roce(&format!("mlx5_{}", rdma + i), &vf_name, rdma + i));
+                vf
+            })
+            .collect()
+    };
+    b.vfs("0000:1b:00.0", &vfs("1b", "ens1f0v", 0, 2))?;
     let port = b.bridges("devices/pci0000:38/0000:38:01.0/0000:39:00.0/0000:3a:00.0")?;
     b.pci_function_under(&port, &h100("0000:3b:00.0", 0))?;
     let port = b.bridges("devices/pci0000:9a/0000:9a:01.0")?;
     b.pci_function_under(&port, &cx7("0000:9b:00.0", 1, "ens2np0", 0x20, 1))?;
+    b.vfs("0000:9b:00.0", &vfs("9b", "ens2f0v", 1, 4))?;
     let port = b.bridges("devices/pci0000:9a/0000:9a:02.0")?;
     b.pci_function_under(&port, &h100("0000:9c:00.0", 1))?;
     let port = b.bridges("devices/pci0000:ab/0000:ab:01.0")?;

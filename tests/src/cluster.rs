@@ -465,3 +465,49 @@ pub fn run_parallel<T: Send>(workers: usize, n: usize, f: impl Fn(usize) -> T + 
         .map(|r| r.expect("every index ran"))
         .collect()
 }
+
+/// A tool `hack/control-plane.sh WHAT` builds (once, cached) and whose path it prints.
+pub fn control_plane_tool(what: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/control-plane.sh");
+    let out = crate::run(Command::new(script).arg(what)).expect("hack/control-plane.sh builds the tool");
+    PathBuf::from(out.trim())
+}
+
+/// kube-scheduler and kube-controller-manager (only `controllers`), stopped when dropped.
+pub struct Scheduling {
+    pub scheduler: Daemon,
+    pub controllers: Daemon,
+}
+
+impl Scheduling {
+    pub fn start(cluster: &Cluster, dir: &Path, controllers: &str) -> Scheduling {
+        let bin = control_plane_tool("scheduling");
+        let kubeconfig = format!("--kubeconfig={}", cluster.kubeconfig.display());
+        let mut scheduler = Daemon::new(dir.join("scheduler.log"));
+        let mut cmd = Command::new(bin.join("kube-scheduler"));
+        cmd.args([&kubeconfig, "--leader-elect=false", "--secure-port=0"]);
+        scheduler.start(cmd).expect("kube-scheduler starts");
+        let mut kcm = Daemon::new(dir.join("kcm.log"));
+        let mut cmd = Command::new(bin.join("kube-controller-manager"));
+        cmd.args([
+            &kubeconfig,
+            "--leader-elect=false",
+            "--secure-port=0",
+            &format!("--controllers={controllers}"),
+        ]);
+        kcm.start(cmd).expect("kube-controller-manager starts");
+        Scheduling {
+            scheduler,
+            controllers: kcm,
+        }
+    }
+
+    pub fn tails(&self) -> String {
+        let tail = |d: &Daemon| d.log_text().lines().rev().take(5).collect::<Vec<_>>().join("\n");
+        format!(
+            "scheduler:\n{}\ncontrollers:\n{}",
+            tail(&self.scheduler),
+            tail(&self.controllers)
+        )
+    }
+}

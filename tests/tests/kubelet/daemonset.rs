@@ -33,7 +33,7 @@ async fn kubelet_agent_daemonset_update_refuses_no_vf_pod() {
     cri.import(&archive).unwrap();
 
     // Scheduling: kube-scheduler and the DaemonSet controller, nothing else.
-    let scheduling = support::Scheduling::start(&cluster, &dir, "daemonset");
+    let scheduling = Scheduling::start(&cluster, &dir, "daemonset");
     let kubeconfig = cluster.kubeconfig.display().to_string();
 
     // The chart: only the agent (no Multus: it does not wrap this node's network), from our image, on the fixture, reaching the API server with

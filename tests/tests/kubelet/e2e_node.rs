@@ -11,7 +11,8 @@ use tempfile::TempDir;
 use super::*;
 use crate::e2e::{HCA_NODES, INJECT, RDMA};
 use crate::e2e_host::Host;
-use crate::support::{Images, Release, Scheduling};
+use crate::support::{Images, Release};
+use spiderpool_e2e::cluster::Scheduling;
 
 /// Fields drop in this order after a failure: kubelet and the workload controllers first, then
 /// containerd, then the host's links and device nodes.

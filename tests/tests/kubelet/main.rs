@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use spiderpool_e2e::cluster::{Cluster, Daemon, eventually};
+use spiderpool_e2e::cluster::{Cluster, Daemon, Scheduling, control_plane_tool, eventually};
 use spiderpool_e2e::cri::{BUSYBOX_IMAGE, CriNode};
 
 mod bench;
@@ -313,11 +313,4 @@ async fn node_up_with(
         kubelet.daemon.log_text()
     );
     (cri, kubelet)
-}
-
-/// A `hack/control-plane.sh` build product (cached after the first build).
-fn control_plane_tool(what: &str) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/control-plane.sh");
-    let out = spiderpool_e2e::run(Command::new(script).arg(what)).unwrap();
-    PathBuf::from(out.trim())
 }

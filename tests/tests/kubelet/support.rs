@@ -91,45 +91,6 @@ impl Images {
     }
 }
 
-/// kube-scheduler and kube-controller-manager (only `controllers`), stopped when dropped.
-pub struct Scheduling {
-    pub scheduler: Daemon,
-    pub controllers: Daemon,
-}
-
-impl Scheduling {
-    pub fn start(cluster: &Cluster, dir: &Path, controllers: &str) -> Scheduling {
-        let bin = control_plane_tool("scheduling");
-        let kubeconfig = format!("--kubeconfig={}", cluster.kubeconfig.display());
-        let mut scheduler = Daemon::new(dir.join("scheduler.log"));
-        let mut cmd = Command::new(bin.join("kube-scheduler"));
-        cmd.args([&kubeconfig, "--leader-elect=false", "--secure-port=0"]);
-        scheduler.start(cmd).unwrap();
-        let mut kcm = Daemon::new(dir.join("kcm.log"));
-        let mut cmd = Command::new(bin.join("kube-controller-manager"));
-        cmd.args([
-            &kubeconfig,
-            "--leader-elect=false",
-            "--secure-port=0",
-            &format!("--controllers={controllers}"),
-        ]);
-        kcm.start(cmd).unwrap();
-        Scheduling {
-            scheduler,
-            controllers: kcm,
-        }
-    }
-
-    pub fn tails(&self) -> String {
-        let tail = |d: &Daemon| d.log_text().lines().rev().take(5).collect::<Vec<_>>().join("\n");
-        format!(
-            "scheduler:\n{}\ncontrollers:\n{}",
-            tail(&self.scheduler),
-            tail(&self.controllers)
-        )
-    }
-}
-
 /// The workloads of releases an earlier, failed run left (no namespace controller deletes them):
 /// their pods would come back on this node and hold the host ports the new release needs.
 async fn remove_leftover_releases(cluster: &Cluster) {

@@ -11,6 +11,15 @@ use spiderpool_e2e::cluster::Scheduling;
 use super::*;
 
 fn publish(cluster: &Cluster, node: &str, rdma_slots: u32) {
+    publish_from(
+        cluster,
+        node,
+        rdma_slots,
+        &spiderpool_testing::fixtures::fixture_root("gpu-nic"),
+    );
+}
+
+fn publish_from(cluster: &Cluster, node: &str, rdma_slots: u32, sysfs: &std::path::Path) {
     let out = std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"))
         .args([
             "dra",
@@ -21,7 +30,7 @@ fn publish(cluster: &Cluster, node: &str, rdma_slots: u32) {
             &rdma_slots.to_string(),
         ])
         .arg("--sysfs-root")
-        .arg(spiderpool_testing::fixtures::fixture_root("gpu-nic"))
+        .arg(sysfs)
         .env("KUBECONFIG", &cluster.kubeconfig)
         .output()
         .expect("spiderpool-agent dra runs");
@@ -413,6 +422,97 @@ async fn cluster_dra_scheduler_allocates_by_attribute_and_aligns_vfs_with_gpus()
         .await
         .unwrap_or_else(|| panic!("shared-2 was not refused\n{}", scheduling.tails()));
     eprintln!("the third pod for mlx5_0: {why}");
+    drop(scheduling);
+    Api::<Node>::all(cluster.client.clone())
+        .delete(&node, &Default::default())
+        .await
+        .unwrap();
+}
+
+/// A PF whose link goes down taints its VFs (`spidernet.io/unhealthy`, NoSchedule) and the
+/// scheduler stops choosing them; back up, the taint goes and a VF of that PF is allocated.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up and scheduling"]
+async fn cluster_dra_a_down_pf_taints_its_vfs_and_the_scheduler_avoids_them() {
+    let cluster = Cluster::connect().await.unwrap();
+    let u = unique();
+    let dir = tempfile::tempdir().unwrap();
+    let node = format!("dra-taint-{u}");
+    schedulable_node(&cluster, &node).await;
+    // The fixture, copied so its NUMA-1 PF can go down and up.
+    let sysfs = dir.path().join("sysfs");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(spiderpool_testing::fixtures::fixture_root("gpu-nic"))
+        .arg(&sysfs)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let operstate = sysfs.join("class/net/ens2np0/operstate");
+    std::fs::write(&operstate, "down\n").unwrap();
+    publish_from(&cluster, &node, 1, &sysfs);
+    let taints = |slices: &[ResourceSlice], device: &str| -> Vec<(String, String)> {
+        slices
+            .iter()
+            .flat_map(|s| s.spec.devices.iter().flatten())
+            .find(|d| d.name == device)
+            .and_then(|d| d.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| (t.key, t.effect))
+            .collect()
+    };
+    let slices = node_slices(&cluster, &node).await;
+    let unhealthy = vec![("spidernet.io/unhealthy".to_string(), "NoSchedule".to_string())];
+    assert_eq!(
+        taints(&slices, "vf-0000-9b-00-2"),
+        unhealthy,
+        "the API server keeps the taint"
+    );
+    assert!(
+        taints(&slices, "vf-0000-1b-00-2").is_empty(),
+        "the other PF's VFs are fine"
+    );
+
+    let vf_class = format!("vf-taint-{u}");
+    device_class(
+        &cluster,
+        &vf_class,
+        "device.driver == 'spidernet.io' && device.attributes['spidernet.io'].kind == 'vf'",
+    )
+    .await;
+    let ns = cluster.namespace("dra-taint", json!({})).await.unwrap();
+    let scheduling = Scheduling::start(&cluster, dir.path(), "resourceclaim-controller");
+    claim_and_pod(
+        &cluster,
+        &ns,
+        &node,
+        "numa1",
+        json!({"requests": [{"name": "vf", "exactly": {"deviceClassName": vf_class, "selectors": [{"cel": {"expression":
+            "device.attributes['resource.kubernetes.io'].numaNode == 1"}}]}}]}),
+    )
+    .await;
+    let why = pod_unschedulable(&cluster, &ns, "numa1")
+        .await
+        .unwrap_or_else(|| panic!("a tainted VF was allocated\n{}", scheduling.tails()));
+    assert!(
+        allocated(&cluster, &ns, "numa1", Duration::from_secs(2))
+            .await
+            .is_none(),
+        "{why}"
+    );
+
+    // The link comes back: untainted, and the waiting pod gets a VF of that PF.
+    std::fs::write(&operstate, "up\n").unwrap();
+    publish_from(&cluster, &node, 1, &sysfs);
+    assert!(taints(&node_slices(&cluster, &node).await, "vf-0000-9b-00-2").is_empty());
+    let got = allocated(&cluster, &ns, "numa1", Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("numa1 not allocated once the PF is up\n{}", scheduling.tails()));
+    assert!(
+        ["vf-0000-9b-00-2", "vf-0000-9b-00-3"].contains(&got["vf"].as_str()),
+        "{got:?}"
+    );
     drop(scheduling);
     Api::<Node>::all(cluster.client.clone())
         .delete(&node, &Default::default())

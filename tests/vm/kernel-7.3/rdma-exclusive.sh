@@ -7,6 +7,7 @@
 # between the pods; the host no longer sees the devices; a third pod asking for a held device is
 # refused and leaks nothing; the agent's counters name the pods; DEL gives the devices back.
 set -euo pipefail
+. /guest/lib.sh
 
 fail() { echo "FAIL: $*" >&2; tail -n 20 /tmp/srv.log >&2 || true; exit 1; }
 bin=/opt/spiderpool/bin
@@ -44,21 +45,7 @@ for pod in pod1 pod2; do
 done
 echo "ok: each pod holds only its own RDMA device (rxpod1, rxpod2); the host sees neither"
 
-# gid POD: the RoCE v2 GID index of the pod's address, from the pod's own view of its device.
-gid() {
-    local want i
-    want=$(printf '0000:0000:0000:0000:0000:ffff:%02x%02x:%02x%02x' ${ip[$1]//./ })
-    for i in $(seq 0 31); do
-        [ "$(ip netns exec "$1" cat "/sys/class/infiniband/rx$1/ports/1/gids/$i" 2>/dev/null)" = "$want" ] && { echo "$i"; return 0; }
-    done
-    return 1
-}
-g1=$(gid pod1) && g2=$(gid pod2) || fail "no GID for a pod's address"
-ip netns exec pod2 timeout 30 ibv_rc_pingpong -d rxpod2 -g "$g2" -n 200 > /tmp/srv.log 2>&1 &
-server=$!
-sleep 1
-out=$(ip netns exec pod1 timeout 30 ibv_rc_pingpong -d rxpod1 -g "$g1" -n 200 "${ip[pod2]}" 2>&1) || fail "RDMA between the pods: $out"
-wait "$server" || fail "the server side failed: $(cat /tmp/srv.log)"
+out=$(rc_pingpong pod1 "${ip[pod1]}" rxpod1 pod2 "${ip[pod2]}" rxpod2) || fail "RDMA between the pods: $out"
 echo "ok: 200 RDMA RC exchanges between the pods, each on the device it holds: $(echo "$out" | grep iters)"
 
 # A third pod that asks for pod1's device (its prevResult names pod1's NIC) is refused: the device

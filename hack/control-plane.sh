@@ -12,6 +12,10 @@
 #   hack/control-plane.sh scheduling  builds kube-scheduler and kube-controller-manager, prints their dir
 #   hack/control-plane.sh whereabouts  builds Whereabouts' CNI plugin (the cluster benchmark's peer)
 #                                 and prints the directory holding it and its CRDs
+#   hack/control-plane.sh containerd  fetches containerd 1.7 (Debian trixie's package, read from
+#                                 deb.debian.org's index and checked against its SHA-256: bookworm's
+#                                 1.6 has no CDI, which DRA needs) and prints the directory holding
+#                                 containerd and its runc shim
 #   hack/control-plane.sh multus  builds Multus's thin plugin and its entrypoints (multus-cni v4) and
 #                                 prints the directory laid out as the upstream image is (the e2e
 #                                 tier makes its image from it)
@@ -205,6 +209,32 @@ build_whereabouts() {
     echo "$out"
 }
 
+# containerd with CDI for the DRA tests. Go binaries linked against glibc ≥ 2.34 only, so
+# trixie's run on bookworm; runc stays bookworm's.
+CONTAINERD_SUITE=${CONTAINERD_SUITE:-trixie}
+fetch_containerd() {
+    local out="$CACHE/containerd-$CONTAINERD_SUITE"
+    if [ ! -x "$out/containerd" ]; then
+        local mirror=http://deb.debian.org/debian index file sum tmp="$out.tmp"
+        index=$(curl -fsS --retry 3 "$mirror/dists/$CONTAINERD_SUITE/main/binary-amd64/Packages.xz" | xz -dc) ||
+            { log "cannot read $CONTAINERD_SUITE's package index"; return 1; }
+        read -r file sum < <(printf '%s\n' "$index" | awk '
+            $1 == "Package:" { m = ($2 == "containerd") } m && $1 == "Filename:" { f = $2 } m && $1 == "SHA256:" { s = $2 }
+            m && f && s && !done { print f, s; done = 1 }')
+        [ -n "$file" ] || { log "no containerd in $CONTAINERD_SUITE's index"; return 1; }
+        rm -rf "$tmp" && mkdir -p "$tmp/x"
+        log "downloading $file"
+        curl -fsS --retry 3 -o "$tmp/c.deb" "$mirror/$file" || { log "cannot download $file"; return 1; }
+        echo "$sum  $tmp/c.deb" | sha256sum -c --quiet - || { log "$file does not match the index's SHA-256"; return 1; }
+        dpkg-deb -x "$tmp/c.deb" "$tmp/x"
+        mkdir -p "$tmp/bin"
+        mv "$tmp/x/usr/bin/containerd" "$tmp/x/usr/bin/containerd-shim-runc-v2" "$tmp/x/usr/bin/ctr" "$tmp/bin/"
+        "$tmp/bin/containerd" --version >&2
+        rm -rf "$out" && mv "$tmp/bin" "$out" && rm -rf "$tmp"
+    fi
+    echo "$out"
+}
+
 wait_for() { # wait_for SECONDS CMD...
     local deadline=$((SECONDS + $1)); shift
     until "$@" >/dev/null 2>&1; do
@@ -328,5 +358,6 @@ kubelet) build_kubelet ;;
 scheduling) build_scheduling ;;
 multus) build_multus ;;
 whereabouts) build_whereabouts ;;
-*) echo "usage: $0 build|up|down|bin|helm|kubelet|scheduling|multus|whereabouts" >&2; exit 2 ;;
+containerd) fetch_containerd ;;
+*) echo "usage: $0 build|up|down|bin|helm|kubelet|scheduling|multus|whereabouts|containerd" >&2; exit 2 ;;
 esac

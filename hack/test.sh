@@ -100,6 +100,8 @@ control_plane_ready() {
 kubelet_ready() {
     is_root || { echo "needs root (kubelet, containerd, /var/lib/kubelet/device-plugins)"; return 1; }
     apt_install containerd runc busybox-static >&2 || { echo "cannot install containerd runc busybox-static"; return 1; }
+    command -v xz >/dev/null || apt_install xz-utils >&2 || { echo "cannot install xz-utils"; return 1; }
+    hack/control-plane.sh containerd >/dev/null || { echo "cannot fetch containerd 1.7 (CDI, for the DRA test)"; return 1; }
 }
 control_plane=false
 if reason=$(control_plane_ready); then
@@ -115,6 +117,7 @@ if reason=$(control_plane_ready); then
             echo "--- kubelet $v: VF pods from the device plugin; plugin and kubelet restarts; the chart's agent DaemonSet updated while VF pods arrive; e2e: the chart with Multus, a pod with a macvlan NIC and spidernet.io/rdma, a Deployment 0 -> 10 -> 0"
             # One kubelet at a time: its device-plugin directory is fixed.
             SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$(K8S_VERSION=$v hack/control-plane.sh kubelet) \
+                SPIDERPOOL_TEST_CONTAINERD_CDI=$(hack/control-plane.sh containerd) \
                 cargo test --locked -p spiderpool-e2e --features control-plane --test kubelet -- --ignored --nocapture --test-threads=1 \
                 --skip bench::
         done

@@ -15,6 +15,8 @@ use spiderpool_dra::slices::{DRIVER, Options, devices, slices};
 use tokio::sync::Notify;
 
 const MANAGER: &str = "spiderpool-agent-dra";
+/// How often the published slices are looked for in the API server.
+const CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// What was last published: the devices and their pool generation.
 #[derive(Debug, Default)]
@@ -101,8 +103,25 @@ pub async fn publish(
     Ok(true)
 }
 
+/// Whether the API server still holds the slices last published (any error: assume so).
+async fn still_published(client: &Client, node: &str, last: &Published) -> bool {
+    let api: Api<ResourceSlice> = Api::all(client.clone());
+    match api.list(&selector(node)).await {
+        Ok(list) => {
+            !list.items.is_empty()
+                && list
+                    .items
+                    .iter()
+                    .all(|s| s.spec.pool.generation == last.generation)
+        }
+        Err(_) => true,
+    }
+}
+
 /// Keeps the node's slices current: a scan every `every` and at once on `wake` (link and device
-/// events); a failed write is tried again next round.
+/// events); a failed write is tried again next round. On `republish` (kubelet registered the
+/// plugin: a kubelet that starts deletes the node's slices) the slices are written again even
+/// if the devices did not change.
 pub async fn keep_current(
     client: Client,
     node: String,
@@ -110,9 +129,20 @@ pub async fn keep_current(
     options: Options,
     every: Duration,
     wake: Arc<Notify>,
+    republish: Arc<Notify>,
 ) {
     let mut last = Published::default();
+    let mut checked = tokio::time::Instant::now();
     loop {
+        // Someone else (kubelet at its start, an operator) may delete the slices: look now and
+        // then, and write them again when they are gone.
+        if last.devices.is_some() && checked.elapsed() >= CHECK_EVERY {
+            checked = tokio::time::Instant::now();
+            if !still_published(&client, &node, &last).await {
+                tracing::info!("ResourceSlices of {node}: gone from the API server, publishing again");
+                last.devices = None;
+            }
+        }
         let scan = scan.clone();
         match tokio::task::spawn_blocking(scan).await {
             Ok(inventory) => {
@@ -125,6 +155,7 @@ pub async fn keep_current(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = wake.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ = republish.notified() => last.devices = None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `spiderpool-agent` subcommand is in [`commands`]; `main` only dispatches.
 
 pub mod commands;
+pub mod dra_plugin;
 pub mod dra_slices;
 pub mod install;
 pub mod inventory_report;

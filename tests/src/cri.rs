@@ -103,6 +103,17 @@ impl CriNode {
     /// beside it on the host reaches the API server on loopback), without a conflist it has no
     /// network for pods (host-network pods need none).
     pub async fn start_with(node: Option<&NetNs>, conflist: Option<&Value>) -> Result<CriNode> {
+        CriNode::start_with_cdi(node, conflist, None).await
+    }
+
+    /// As [`CriNode::start_with`], with `cdi` the containerd to run instead of Debian's (a
+    /// directory with `containerd` and its shim, 1.7 or later) and the directory of CDI specs
+    /// it reads (DRA claims' devices).
+    pub async fn start_with_cdi(
+        node: Option<&NetNs>,
+        conflist: Option<&Value>,
+        cdi: Option<(&Path, &Path)>,
+    ) -> Result<CriNode> {
         let image = busybox_image()?;
         let dir = tempfile::Builder::new()
             .prefix("spiderpool-cri")
@@ -148,11 +159,17 @@ state = "{dir}/state"
   # This sandbox refuses negative oom_score_adj (shared/notes/test-tiers.md).
   restrict_oom_score_adj = true
   sandbox_image = "{BUSYBOX_IMAGE}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
+{cdi}  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{net_d}"
     max_conf_num = 1
 "#,
+            cdi = cdi
+                .map(|(_, specs)| format!(
+                    "  enable_cdi = true\n  cdi_spec_dirs = [\"{}\"]\n",
+                    specs.display()
+                ))
+                .unwrap_or_default(),
             dir = dir.display(),
             socket = socket.display(),
             cni_bin = cni_bin.display(),
@@ -160,7 +177,16 @@ state = "{dir}/state"
         );
         std::fs::write(dir.join("config.toml"), config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let mut cmd = Command::new("containerd");
+        let mut cmd = match cdi {
+            Some((bin, _)) => {
+                let mut cmd = Command::new(bin.join("containerd"));
+                // Its own shim, found on PATH.
+                let path = std::env::var("PATH").unwrap_or_default();
+                cmd.env("PATH", format!("{}:{path}", bin.display()));
+                cmd
+            }
+            None => Command::new("containerd"),
+        };
         // containerd passes its environment to CNI plugins: the tests' stores are in temporary
         // directories.
         cmd.env(spiderpool_cni::paths::TRUSTED_DIRS_ENV, std::env::temp_dir())

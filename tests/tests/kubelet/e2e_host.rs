@@ -32,8 +32,7 @@ pub struct Host {
     // Held for its lifetime: dropping it deletes the namespace.
     _gateway_ns: NetNs,
     state: tempfile::TempDir,
-    made_nodes: Vec<PathBuf>,
-    made_dir: bool,
+    _hca_nodes: HcaNodes,
     /// The pod namespaces there before: a failed run leaves its pods' (containerd is stopped
     /// without tearing them down), and with them links, routes and rules on the node.
     netns_before: BTreeSet<String>,
@@ -41,6 +40,54 @@ pub struct Host {
     /// containerd) leaves it behind, and a stale socket there makes every `coordinator` on this
     /// host ask an agent that is gone.
     socket_before: bool,
+}
+
+/// `/dev/infiniband` nodes a fixture's HCAs name, made where the host has none (the fixture's
+/// HCAs have no driver here; their nodes only need to exist for the runtime to hand them over),
+/// removed when dropped.
+pub struct HcaNodes {
+    made: Vec<PathBuf>,
+    made_dir: bool,
+}
+
+impl HcaNodes {
+    pub fn make(nodes: &[&str]) -> anyhow::Result<HcaNodes> {
+        let made_dir = !Path::new("/dev/infiniband").exists();
+        let mut made = Vec::new();
+        std::fs::create_dir_all("/dev/infiniband")?;
+        for node in nodes {
+            if Path::new(node).exists() {
+                continue;
+            }
+            // The kernel's numbers for these nodes (ib_uverbs 231:192+n, ib_umad 231:n and
+            // 231:64+n, rdma_cm a misc device).
+            let (major, minor) = match node.trim_start_matches("/dev/infiniband/") {
+                "rdma_cm" => (10, 58),
+                n if n.starts_with("uverbs") => (231, 192 + n[6..].parse::<u32>().unwrap_or(0)),
+                n if n.starts_with("issm") => (231, 64 + n[4..].parse::<u32>().unwrap_or(0)),
+                n => (231, n.trim_start_matches("umad").parse::<u32>().unwrap_or(0)),
+            };
+            spiderpool_e2e::run(Command::new("mknod").args([
+                node,
+                "c",
+                &major.to_string(),
+                &minor.to_string(),
+            ]))?;
+            made.push(PathBuf::from(node));
+        }
+        Ok(HcaNodes { made, made_dir })
+    }
+}
+
+impl Drop for HcaNodes {
+    fn drop(&mut self) {
+        for node in &self.made {
+            let _ = std::fs::remove_file(node);
+        }
+        if self.made_dir {
+            let _ = std::fs::remove_dir("/dev/infiniband");
+        }
+    }
 }
 
 /// The chart's default `agent.ipamSocket` (the `spiderpool` plugin's default path).
@@ -88,37 +135,14 @@ impl Host {
                 &format!("fd00:214:{minor}::1/64"),
             ],
         )?;
-        let made_dir = !Path::new("/dev/infiniband").exists();
-        let mut made_nodes = Vec::new();
-        std::fs::create_dir_all("/dev/infiniband")?;
-        for node in hca_nodes {
-            if Path::new(node).exists() {
-                continue;
-            }
-            // The kernel's numbers for these nodes (ib_uverbs 231:192+n, ib_umad 231:n and
-            // 231:64+n, rdma_cm a misc device).
-            let (major, minor) = match node.trim_start_matches("/dev/infiniband/") {
-                "rdma_cm" => (10, 58),
-                n if n.starts_with("uverbs") => (231, 192 + n[6..].parse::<u32>().unwrap_or(0)),
-                n if n.starts_with("issm") => (231, 64 + n[4..].parse::<u32>().unwrap_or(0)),
-                n => (231, n.trim_start_matches("umad").parse::<u32>().unwrap_or(0)),
-            };
-            spiderpool_e2e::run(Command::new("mknod").args([
-                node,
-                "c",
-                &major.to_string(),
-                &minor.to_string(),
-            ]))?;
-            made_nodes.push(PathBuf::from(node));
-        }
+        let hca_nodes = HcaNodes::make(hca_nodes)?;
         Ok(Host {
             minor,
             uplink,
             bridge,
             _gateway_ns: gateway_ns,
             state: tempfile::Builder::new().prefix("spiderpool-e2e-host").tempdir()?,
-            made_nodes,
-            made_dir,
+            _hca_nodes: hca_nodes,
             netns_before: netns_names(),
             socket_before: Path::new(AGENT_SOCKET).exists(),
         })
@@ -264,12 +288,6 @@ impl Drop for Host {
         }
         for link in [&self.uplink, &self.bridge] {
             let _ = Command::new("ip").args(["link", "del", link]).output();
-        }
-        for node in &self.made_nodes {
-            let _ = std::fs::remove_file(node);
-        }
-        if self.made_dir {
-            let _ = std::fs::remove_dir("/dev/infiniband");
         }
     }
 }

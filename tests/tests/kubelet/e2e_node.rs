@@ -2,7 +2,6 @@
 //! image (agent over the cx6dx fixture, controller, Multus), kube-scheduler and the workload
 //! controllers, a dual-stack pair of pools and a macvlan SpiderMultusConfig whose NAD exists.
 
-use kube::api::{Patch, PatchParams};
 use serde_json::Value;
 use spiderpool_api::crd::ipam::SpiderIPPool;
 use spiderpool_api::multus::{NetworkAttachmentDefinition, SpiderMultusConfig};
@@ -49,32 +48,9 @@ impl E2eNode {
             .and_then(|m| m.parse().ok())
             .unwrap_or(0);
         let host = Host::prepare(minor, &HCA_NODES).unwrap();
-        let (cri, kubelet) = node_up_with(&cluster, &dir, Some(&host.default_network())).await;
+        let (cri, kubelet) = node_up_with(&cluster, &dir, Some(&host.default_network()), None).await;
         let nodes: Api<Node> = Api::all(cluster.client.clone());
-        // What the node lifecycle controller (not run here) does once the node is Ready: lift the
-        // not-ready taint kubelet registers with, so that pods without tolerations are scheduled.
-        let ready = eventually(Duration::from_secs(60), || async {
-            let node = nodes.get(NODE).await.ok()?;
-            let conditions = node.status?.conditions?;
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        })
-        .await;
-        assert!(
-            ready.is_some(),
-            "the node never became Ready:\n{}",
-            kubelet.daemon.log_text()
-        );
-        nodes
-            .patch(
-                NODE,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"taints": null}})),
-            )
-            .await
-            .unwrap();
+        schedulable(&nodes, &kubelet).await;
         let images = Images::build_and_import(&cri, &dir);
         let scheduling = Scheduling::start(&cluster, &dir, "daemonset,deployment,replicaset");
 

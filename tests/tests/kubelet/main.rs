@@ -22,6 +22,7 @@ use spiderpool_e2e::cri::{BUSYBOX_IMAGE, CriNode};
 mod bench;
 mod daemonset;
 mod device_plugin;
+mod dra;
 mod e2e;
 mod e2e_host;
 mod e2e_node;
@@ -270,17 +271,46 @@ fn delete_now() -> DeleteParams {
     }
 }
 
+/// What the node lifecycle controller (not run here) does once the node is Ready: lift the
+/// not-ready taint kubelet registers with, so that pods without tolerations are scheduled.
+async fn schedulable(nodes: &Api<Node>, kubelet: &Kubelet) {
+    let ready = eventually(Duration::from_secs(60), || async {
+        let node = nodes.get(NODE).await.ok()?;
+        let conditions = node.status?.conditions?;
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "the node never became Ready:\n{}",
+        kubelet.daemon.log_text()
+    );
+    nodes
+        .patch(
+            NODE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"taints": null}})),
+        )
+        .await
+        .unwrap();
+}
+
 /// This host as node `NODE`: what an earlier run left removed (its checkpoint, sockets, pods
 /// bound to the node, the node), then containerd and kubelet started and the node registered.
 async fn node_up(cluster: &Cluster, dir: &Path) -> (CriNode, Kubelet) {
-    node_up_with(cluster, dir, None).await
+    node_up_with(cluster, dir, None, None).await
 }
 
-/// [`node_up`] with `network` as the node's pod network (containerd's only conflist).
+/// [`node_up`] with `network` as the node's pod network (containerd's only conflist), and with
+/// `cdi` the containerd to run (its binaries' directory) and its CDI spec directory.
 async fn node_up_with(
     cluster: &Cluster,
     dir: &Path,
     network: Option<&serde_json::Value>,
+    cdi: Option<(&Path, &Path)>,
 ) -> (CriNode, Kubelet) {
     if std::os::unix::net::UnixStream::connect(Path::new(DEVICE_PLUGINS).join("kubelet.sock")).is_ok() {
         panic!(
@@ -304,7 +334,7 @@ async fn node_up_with(
             .delete(&name, &delete_now())
             .await;
     }
-    let cri = CriNode::start_with(None, network).await.unwrap();
+    let cri = CriNode::start_with_cdi(None, network, cdi).await.unwrap();
     let kubelet = Kubelet::start(&cluster.kubeconfig, &cri.socket, dir);
     let registered = eventually(Duration::from_secs(60), || async { nodes.get(NODE).await.ok() }).await;
     assert!(

@@ -1,0 +1,412 @@
+//! DRA through a real kubelet: `spiderpool-agent dra` on the gpu-nic fixture registers its
+//! kubelet plugin through kubelet's plugin watcher, the real kube-scheduler allocates claims
+//! from its slices, kubelet prepares them through the plugin and containerd 1.7 injects the
+//! CDI devices (device nodes, environment) into the pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate};
+use kube::api::ListParams;
+
+use super::e2e_host::HcaNodes;
+use super::*;
+
+const CONTAINERD_ENV: &str = "SPIDERPOOL_TEST_CONTAINERD_CDI";
+const VF_CLASS: &str = "kubelet-vf.spidernet.io";
+const RDMA_CLASS: &str = "kubelet-rdma.spidernet.io";
+
+/// The gpu-nic fixture's HCA device nodes (6 mlx5 devices, rdma_cm).
+fn fixture_nodes() -> Vec<String> {
+    let mut nodes: Vec<String> = (0..6)
+        .flat_map(|i| {
+            [
+                format!("/dev/infiniband/uverbs{i}"),
+                format!("/dev/infiniband/issm{i}"),
+                format!("/dev/infiniband/umad{i}"),
+            ]
+        })
+        .collect();
+    nodes.push("/dev/infiniband/rdma_cm".into());
+    nodes
+}
+
+fn dra_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path, log: &str) -> Daemon {
+    let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
+    cmd.args(["dra", "--node", NODE, "--rdma-slots", "2", "--resync-ms", "200"])
+        .arg("--sysfs-root")
+        .arg(spiderpool_testing::fixtures::fixture_root("gpu-nic"))
+        .arg("--kubelet-dir")
+        .arg(kubelet_root)
+        .arg("--cdi-dir")
+        .arg(cdi)
+        .arg("--devinfo-dir")
+        .arg(dir.join("devinfo"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info");
+    let mut daemon = Daemon::new(dir.join(log));
+    daemon.start(cmd).unwrap();
+    daemon
+}
+
+async fn device_class(cluster: &Cluster, name: &str) {
+    let class: DeviceClass = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"selectors": [{"cel": {"expression": "device.driver == 'spidernet.io'"}}]}
+    }))
+    .unwrap();
+    match Api::<DeviceClass>::all(cluster.client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("DeviceClass {name}: {e}"),
+    }
+}
+
+async fn template(cluster: &Cluster, ns: &str, name: &str, request: &str, class: &str, cel: &str) {
+    let template: ResourceClaimTemplate = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"spec": {"devices": {"requests": [{"name": request, "exactly": {
+            "deviceClassName": class,
+            "selectors": [{"cel": {"expression": cel}}]
+        }}]}}}
+    }))
+    .unwrap();
+    Api::<ResourceClaimTemplate>::namespaced(cluster.client.clone(), ns)
+        .create(&PostParams::default(), &template)
+        .await
+        .unwrap();
+}
+
+fn claim_pod(name: &str, template: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": NODE},
+            "hostNetwork": true, "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": false,
+            "resourceClaims": [{"name": "net", "resourceClaimTemplateName": template}],
+            "containers": [{"name": "c", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sleep", "3600"],
+                "resources": {"claims": [{"name": "net"}]}}]
+        }
+    }))
+    .unwrap()
+}
+
+/// The claim made for `pod` from its template, once allocated: (name, request → device).
+async fn pod_claim(cluster: &Cluster, ns: &str, pod: &str) -> (String, BTreeMap<String, String>) {
+    let claims: Api<ResourceClaim> = Api::namespaced(cluster.client.clone(), ns);
+    let found = eventually(Duration::from_secs(30), || async {
+        let list = claims.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find_map(|c| {
+            let owner = c
+                .metadata
+                .owner_references
+                .as_ref()?
+                .iter()
+                .any(|o| o.name == pod);
+            let results = c
+                .status
+                .as_ref()?
+                .allocation
+                .as_ref()?
+                .devices
+                .as_ref()?
+                .results
+                .clone()?;
+            owner.then(|| {
+                (
+                    c.metadata.name.clone().unwrap_or_default(),
+                    results.into_iter().map(|r| (r.request, r.device)).collect(),
+                )
+            })
+        })
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("no allocated claim for pod {pod}"))
+}
+
+async fn container_of(pods: &Api<Pod>, name: &str) -> String {
+    let pod = pods.get(name).await.unwrap();
+    pod.status.unwrap().container_statuses.unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_string()
+}
+
+async fn sh(cri: &mut CriNode, container: &str, script: &str) -> String {
+    let (code, out) = cri.exec(container, &["/bin/sh", "-c", script]).await.unwrap();
+    assert_eq!(code, 0, "{script}: {out}");
+    out.trim().to_string()
+}
+
+fn cdi_specs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Waits for pod `name` to run; on failure everything that says why.
+async fn running(pods: &Api<Pod>, name: &str, agent: &Daemon, kubelet: &Kubelet) {
+    let ran = eventually(Duration::from_secs(60), || async {
+        let pod = pods.get(name).await.ok()?;
+        pod.status?
+            .container_statuses?
+            .iter()
+            .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            .then_some(())
+    })
+    .await;
+    if ran.is_none() {
+        let pod = pods
+            .get(name)
+            .await
+            .ok()
+            .and_then(|p| serde_json::to_string_pretty(&p.status).ok());
+        let kubelet_log: String = kubelet
+            .daemon
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("dra") || l.contains("DRA") || l.contains("claim") || l.contains("CDI"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!(
+            "pod {name} did not run: {}\nagent:\n{}\nkubelet (DRA lines):\n{kubelet_log}",
+            pod.unwrap_or_default(),
+            agent.log_text()
+        );
+    }
+}
+
+async fn gone(pods: &Api<Pod>, name: &str) {
+    pods.delete(name, &delete_now()).await.unwrap();
+    let deleted = eventually(Duration::from_secs(60), || async {
+        pods.get(name).await.is_err().then_some(())
+    })
+    .await;
+    assert!(deleted.is_some(), "pod {name} was not deleted");
+}
+
+/// Pods and claims an earlier, failed run left in its namespaces: once this node is schedulable
+/// they would be scheduled and take the devices.
+async fn remove_leftovers(cluster: &Cluster) {
+    let ours = |ns: &Option<String>| ns.as_deref().is_some_and(|n| n.starts_with("kubelet-dra"));
+    let pods: Api<Pod> = Api::all(cluster.client.clone());
+    for pod in pods.list(&ListParams::default()).await.unwrap() {
+        if ours(&pod.metadata.namespace) {
+            let api: Api<Pod> =
+                Api::namespaced(cluster.client.clone(), pod.metadata.namespace.as_deref().unwrap());
+            let _ = api
+                .delete(pod.metadata.name.as_deref().unwrap(), &delete_now())
+                .await;
+        }
+    }
+    let claims: Api<ResourceClaim> = Api::all(cluster.client.clone());
+    for claim in claims.list(&ListParams::default()).await.unwrap() {
+        if ours(&claim.metadata.namespace) {
+            let api: Api<ResourceClaim> = Api::namespaced(
+                cluster.client.clone(),
+                claim.metadata.namespace.as_deref().unwrap(),
+            );
+            let _ = api
+                .delete(claim.metadata.name.as_deref().unwrap(), &DeleteParams::default())
+                .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "kubelet tier: needs root, hack/control-plane.sh up, kubelet and containerd 1.7"]
+async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through_cdi() {
+    let containerd = std::env::var(CONTAINERD_ENV).unwrap_or_else(|_| {
+        panic!("{CONTAINERD_ENV} is not set: `hack/control-plane.sh containerd` fetches containerd 1.7 (hack/test.sh does)")
+    });
+    let cluster = Cluster::connect().await.unwrap();
+    remove_leftovers(&cluster).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir: PathBuf = work.path().to_path_buf();
+    let cdi = dir.join("cdi");
+    std::fs::create_dir_all(&cdi).unwrap();
+    let nodes = fixture_nodes();
+    let _hca = HcaNodes::make(&nodes.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    // The pods use the host's network; containerd 1.7 only calls the node Ready once some
+    // network config loads.
+    let network = json!({"cniVersion": "1.0.0", "name": "host-only", "plugins": [{"type": "loopback"}]});
+    let (mut cri, kubelet) = node_up_with(
+        &cluster,
+        &dir,
+        Some(&network),
+        Some((Path::new(&containerd), &cdi)),
+    )
+    .await;
+    let kubelet_root = dir.join("root");
+    schedulable(&Api::all(cluster.client.clone()), &kubelet).await;
+    let scheduling = Scheduling::start(&cluster, &dir, "resourceclaim-controller");
+    let ns = cluster.namespace("kubelet-dra", json!({})).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    device_class(&cluster, VF_CLASS).await;
+    device_class(&cluster, RDMA_CLASS).await;
+
+    // Registration through kubelet's plugin watcher (the `:authority` relay), slices published.
+    let mut agent = dra_agent(&dir, &cluster.kubeconfig, &kubelet_root, &cdi, "dra-1.log");
+    let registered = eventually(Duration::from_secs(30), || async {
+        agent
+            .log_text()
+            .contains("kubelet registered driver spidernet.io")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        registered.is_some(),
+        "kubelet never registered the plugin:\n{}\nkubelet:\n{}",
+        agent.log_text(),
+        kubelet.daemon.log_text()
+    );
+
+    // A VF with RDMA on NUMA node 1, by CEL: one of ens2np0's VFs (0000:9b:00.2/.3, mlx5_4/5).
+    template(
+        &cluster,
+        &ns,
+        "vf-numa1",
+        "vf",
+        VF_CLASS,
+        "device.attributes['spidernet.io'].kind == 'vf' && device.attributes['spidernet.io'].rdma && \
+         device.attributes['resource.kubernetes.io'].numaNode == 1",
+    )
+    .await;
+    pods.create(&PostParams::default(), &claim_pod("vf", "vf-numa1"))
+        .await
+        .unwrap();
+    running(&pods, "vf", &agent, &kubelet).await;
+    let (claim, devices) = pod_claim(&cluster, &ns, "vf").await;
+    let device = devices["vf"].clone();
+    let (pci, uverbs) = match device.as_str() {
+        "vf-0000-9b-00-2" => ("0000:9b:00.2", "uverbs4"),
+        "vf-0000-9b-00-3" => ("0000:9b:00.3", "uverbs5"),
+        other => panic!("the claim got {other}, not a NUMA 1 VF with RDMA"),
+    };
+    let c = container_of(&pods, "vf").await;
+    assert_eq!(sh(&mut cri, &c, "echo $PCIDEVICE_SPIDERNET_IO_VF").await, pci);
+    let info = sh(&mut cri, &c, "echo $PCIDEVICE_SPIDERNET_IO_VF_INFO").await;
+    assert!(info.contains(&format!("/dev/infiniband/{uverbs}")), "{info}");
+    let dev = sh(&mut cri, &c, "ls /dev/infiniband").await;
+    let mut seen: Vec<&str> = dev.split_whitespace().collect();
+    seen.sort();
+    let n = &uverbs[6..];
+    let mut want = vec![
+        format!("issm{n}"),
+        "rdma_cm".into(),
+        format!("umad{n}"),
+        uverbs.to_string(),
+    ];
+    want.sort();
+    assert_eq!(seen, want, "only the VF's own HCA nodes and rdma_cm");
+    assert!(
+        dir.join("devinfo")
+            .join(format!("{claim}-{pci}-device.json"))
+            .exists()
+    );
+
+    // Shared RDMA: two slots of mlx5_0 (rdma-slots 2); two pods share it, a third is refused.
+    template(
+        &cluster,
+        &ns,
+        "rdma0",
+        "rdma",
+        RDMA_CLASS,
+        "device.attributes['spidernet.io'].kind == 'rdma' && device.attributes['spidernet.io'].rdmaDevice == 'mlx5_0'",
+    )
+    .await;
+    for name in ["r1", "r2"] {
+        pods.create(&PostParams::default(), &claim_pod(name, "rdma0"))
+            .await
+            .unwrap();
+    }
+    for name in ["r1", "r2"] {
+        let (phase, reason, message) = settle(&pods, name).await;
+        assert_eq!(phase, "Running", "{name}: {reason}: {message}");
+        let c = container_of(&pods, name).await;
+        let dev = sh(&mut cri, &c, "ls /dev/infiniband").await;
+        assert!(
+            dev.contains("uverbs0") && dev.contains("rdma_cm") && !dev.contains("uverbs4"),
+            "{name}: {dev}"
+        );
+    }
+    pods.create(&PostParams::default(), &claim_pod("r3", "rdma0"))
+        .await
+        .unwrap();
+    let refused = eventually(Duration::from_secs(30), || async {
+        let pod = pods.get("r3").await.ok()?;
+        pod.status?.conditions?.into_iter().find(|c| {
+            c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+        })
+    })
+    .await;
+    assert!(refused.is_some(), "a third pod got a slot of mlx5_0");
+    assert_eq!(cdi_specs(&cdi).len(), 3, "{:?}", cdi_specs(&cdi));
+
+    // The agent killed and restarted with three prepared claims: the pods keep running, and
+    // the restarted plugin unprepares them from its checkpoint.
+    agent.kill();
+    let mut agent = dra_agent(&dir, &cluster.kubeconfig, &kubelet_root, &cdi, "dra-2.log");
+    let again = eventually(Duration::from_secs(30), || async {
+        agent
+            .log_text()
+            .contains("kubelet registered driver spidernet.io")
+            .then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "not registered again:\n{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("3 prepared claims"),
+        "{}",
+        agent.log_text()
+    );
+    for name in ["vf", "r1", "r2"] {
+        let (phase, _, _) = settle(&pods, name).await;
+        assert_eq!(phase, "Running", "{name} after the agent restart");
+    }
+    gone(&pods, "vf").await;
+    let unprepared = eventually(Duration::from_secs(30), || async {
+        (!cdi_specs(&cdi).iter().any(|n| n.starts_with("spidernet.io-vf_"))).then_some(())
+    })
+    .await;
+    assert!(
+        unprepared.is_some(),
+        "the VF claim's spec stayed: {:?}\n{}",
+        cdi_specs(&cdi),
+        agent.log_text()
+    );
+    assert!(
+        !dir.join("devinfo")
+            .join(format!("{claim}-{pci}-device.json"))
+            .exists()
+    );
+    // A slot freed: the third pod gets it and runs.
+    gone(&pods, "r1").await;
+    let (phase, reason, message) = settle(&pods, "r3").await;
+    assert_eq!(phase, "Running", "r3 once r1 is gone: {reason}: {message}");
+    for name in ["r2", "r3"] {
+        gone(&pods, name).await;
+    }
+    let empty = eventually(Duration::from_secs(30), || async {
+        cdi_specs(&cdi).is_empty().then_some(())
+    })
+    .await;
+    assert!(empty.is_some(), "specs left: {:?}", cdi_specs(&cdi));
+    agent.kill();
+    drop(scheduling);
+    drop(kubelet);
+    drop(cri);
+}

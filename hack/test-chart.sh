@@ -144,6 +144,9 @@ run "agent may create spiderendpoints" can yes "$agent" create spiderendpoints.s
 run "agent may delete spiderendpoints" can yes "$agent" delete spiderendpoints.spiderpool.spidernet.io -n default
 run "agent may create resourceslices (its own node's: the admission policy)" can yes "$agent" create resourceslices.resource.k8s.io
 run "agent may not create resourceclaims" can no "$agent" create resourceclaims.resource.k8s.io -n default
+run "agent may get resourceclaims (the DRA plugin reads their allocation)" can yes "$agent" get resourceclaims.resource.k8s.io -n default
+run "agent may not list resourceclaims" can no "$agent" list resourceclaims.resource.k8s.io --all-namespaces
+run "agent may not change resourceclaims' status" can no "$agent" patch resourceclaims.resource.k8s.io --subresource=status -n default
 run "agent may create spidernodeinventories" can yes "$agent" create spidernodeinventories.spiderpool.spidernet.io
 run "agent may patch spidernodeinventories/status" can yes "$agent" patch spidernodeinventories.spiderpool.spidernet.io --subresource=status
 run "agent may watch pods" can yes "$agent" watch pods --all-namespaces

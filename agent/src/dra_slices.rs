@@ -11,7 +11,7 @@ use k8s_openapi::api::resource::v1::{Device, ResourceSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
-use spiderpool_dra::slices::{DRIVER, Options, devices, slices};
+use spiderpool_dra::slices::{DRIVER, slices};
 use tokio::sync::Notify;
 
 const MANAGER: &str = "spiderpool-agent-dra";
@@ -118,15 +118,15 @@ async fn still_published(client: &Client, node: &str, last: &Published) -> bool 
     }
 }
 
-/// Keeps the node's slices current: a scan every `every` and at once on `wake` (link and device
+/// Keeps the node's slices current: a scan (the devices to offer, `None` to leave the slices
+/// as they are) every `every` and at once on `wake` (link and device
 /// events); a failed write is tried again next round. On `republish` (kubelet registered the
 /// plugin: a kubelet that starts deletes the node's slices) the slices are written again even
 /// if the devices did not change.
 pub async fn keep_current(
     client: Client,
     node: String,
-    scan: impl Fn() -> spiderpool_api::inventory::Inventory + Send + Sync + Clone + 'static,
-    options: Options,
+    scan: impl Fn() -> Option<Vec<Device>> + Send + Sync + Clone + 'static,
     every: Duration,
     wake: Arc<Notify>,
     republish: Arc<Notify>,
@@ -145,11 +145,12 @@ pub async fn keep_current(
         }
         let scan = scan.clone();
         match tokio::task::spawn_blocking(scan).await {
-            Ok(inventory) => {
-                if let Err(e) = publish(&client, &node, devices(&inventory, &options), &mut last).await {
+            Ok(Some(devices)) => {
+                if let Err(e) = publish(&client, &node, devices, &mut last).await {
                     tracing::warn!("ResourceSlices of {node}: {e:#}");
                 }
             }
+            Ok(None) => {}
             Err(e) => tracing::warn!("inventory scan: {e}"),
         }
         tokio::select! {

@@ -4,7 +4,7 @@
 //! `spiderpool-agent` subcommand is in [`commands`]; `main` only dispatches.
 
 pub mod commands;
-pub mod dra_plugin;
+pub mod dra;
 pub mod dra_slices;
 pub mod install;
 pub mod inventory_report;
@@ -48,6 +48,9 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     /// SpiderNetworkNodePolicy objects: applied, reported only, or not watched.
     pub node_policies: node_policy::Options,
+    /// The DRA driver, `None` for none (its device-plugin side is filled in from
+    /// `device_plugin`).
+    pub dra: Option<dra::DraOptions>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,9 +90,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!("agent of node {node}: health on {}", config.health_addr);
     // The device plugin and the inventory rescan at once when a link or device changes.
     let inventory_wake = Arc::new(tokio::sync::Notify::new());
+    let dra_wake = Arc::new(tokio::sync::Notify::new());
     let plugin_policies = node_policy::PluginFeed::default();
     if config.sysfs_root == std::path::Path::new(spiderpool_linux::sysfs::DEFAULT_SYSFS_ROOT) {
-        node_events::wake_on_changes(vec![inventory_wake.clone(), plugin_policies.wake.clone()]);
+        node_events::wake_on_changes(vec![
+            inventory_wake.clone(),
+            plugin_policies.wake.clone(),
+            dra_wake.clone(),
+        ]);
     }
     tokio::spawn(inventory_report::every(
         client.clone(),
@@ -105,6 +113,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policy_options.device_plugin = Some(plugin_policies.clone());
     }
     tokio::spawn(node_policy::run(client.clone(), node.clone(), policy_options));
+    if let Some(dra) = &config.dra {
+        let mut dra = dra.clone();
+        dra.device_plugin = config.device_plugin.as_ref().map(|p| dra::DevicePluginSide {
+            config_file: p.config_file.clone(),
+            cluster_policies: Some(plugin_policies.policies.clone()),
+            device_plugins_dir: p.kubelet_dir.clone(),
+        });
+        tokio::spawn(dra::run(client.clone(), dra, dra_wake));
+    }
     if let Some(plugin) = &config.device_plugin {
         let first_pass = Arc::new(tokio::sync::Notify::new());
         let options = ManagerOptions {

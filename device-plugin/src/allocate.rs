@@ -209,6 +209,7 @@ mod tests {
                         drivers: vec!["vfio-pci".into()],
                         ..Selectors::default()
                     },
+                    allocation: crate::config::Allocation::DevicePlugin,
                 },
             ],
         };

@@ -18,6 +18,17 @@ pub enum Kind {
     Rdma,
 }
 
+/// Who hands a resource's devices to pods: the device plugin (kubelet extended resources), or
+/// the DRA driver (ResourceSlices and claims). A device has one owner; the DRA driver publishes
+/// exactly the devices no device-plugin resource holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Allocation {
+    #[default]
+    DevicePlugin,
+    Dra,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Selectors {
@@ -57,6 +68,10 @@ pub struct ResourceSpec {
     pub rdma_hca_max: Option<u32>,
     #[serde(default)]
     pub selectors: Selectors,
+    /// `devicePlugin` (default) or `dra`: the devices this resource selects go to DRA claims
+    /// instead, and the resource is not advertised to kubelet.
+    #[serde(default)]
+    pub allocation: Allocation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -177,6 +192,7 @@ impl ResourceSpec {
             kind: Kind::Vf,
             rdma_hca_max: None,
             selectors,
+            allocation: Allocation::DevicePlugin,
         }
     }
 
@@ -286,6 +302,7 @@ mod tests {
             kind: Kind::Vf,
             rdma_hca_max: None,
             selectors: Selectors::default(),
+            allocation: Allocation::DevicePlugin,
         };
         let n = spec("mlx_vfs", None).name().unwrap();
         assert_eq!(n.full(), "spidernet.io/mlx_vfs");

@@ -77,7 +77,8 @@ pub struct ConfigFileError {
     pub reason: String,
 }
 
-fn read_config(
+/// The config in force: the file's (or the built-in one), after the policies' resources.
+pub fn read_config(
     path: Option<&PathBuf>,
     policies: Option<&PathBuf>,
     cluster: Option<&ClusterPolicies>,
@@ -206,7 +207,11 @@ where
             }
         };
         let mut wanted = BTreeSet::new();
-        for resource in resources {
+        // Resources given to DRA are not advertised (one served before is stopped below).
+        for resource in resources
+            .into_iter()
+            .filter(|r| r.allocation == crate::config::Allocation::DevicePlugin)
+        {
             let key = resource.name.full();
             wanted.insert(key.clone());
             let snapshot = Snapshot {

@@ -7,7 +7,8 @@ use spiderpool_api::inventory::Inventory;
 use spiderpool_linux::sysfs::Sysfs;
 
 use crate::config::{
-    Config, ConfigError, DEFAULT_RDMA_HCA_MAX, Kind, ResourceName, Selectors, VfRanges, parse_with_ranges,
+    Allocation, Config, ConfigError, DEFAULT_RDMA_HCA_MAX, Kind, ResourceName, Selectors, VfRanges,
+    parse_with_ranges,
 };
 
 /// A PCI function that may be handed out: a VF, or a PF.
@@ -124,6 +125,43 @@ pub enum Members {
 pub struct Resource {
     pub name: ResourceName,
     pub members: Members,
+    pub allocation: Allocation,
+}
+
+/// The devices the device plugin hands out (resources it serves), which the DRA driver must
+/// not publish: PCI functions, and RDMA devices shared as slots (with the VFs that own them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owned {
+    pub pci: BTreeSet<String>,
+    pub rdma: BTreeSet<String>,
+}
+
+/// What the device plugin holds of `resources` (those whose allocation is the device plugin).
+pub fn device_plugin_owned(resources: &[Resource], inv: &Inventory) -> Owned {
+    let mut owned = Owned::default();
+    for r in resources
+        .iter()
+        .filter(|r| r.allocation == Allocation::DevicePlugin)
+    {
+        match &r.members {
+            Members::Devices(devices) => {
+                for c in devices {
+                    owned.pci.insert(c.pci_address.clone());
+                    owned.rdma.extend(c.rdma_devices.iter().cloned());
+                }
+            }
+            Members::SharedRdma { hcas, .. } => owned.rdma.extend(hcas.iter().cloned()),
+        }
+    }
+    // A VF whose RDMA device is shared as slots is not handed out whole either.
+    for nic in &inv.nics {
+        for vf in nic.sriov.iter().flat_map(|s| s.vfs.iter()) {
+            if vf.rdma_device.as_ref().is_some_and(|d| owned.rdma.contains(d)) {
+                owned.pci.insert(vf.pci_address.clone());
+            }
+        }
+    }
+    owned
 }
 
 /// Assigns devices to resources, first match wins; the second return value says who got what and
@@ -180,6 +218,7 @@ pub fn assign_candidates(
                 out.push(Resource {
                     name,
                     members: Members::Devices(devices),
+                    allocation: spec.allocation,
                 });
             }
             Kind::Rdma => {
@@ -217,6 +256,7 @@ pub fn assign_candidates(
                         hcas: hcas.into_iter().collect(),
                         slots,
                     },
+                    allocation: spec.allocation,
                 });
             }
         }
@@ -338,6 +378,53 @@ mod tests {
         let (res, _) = assign(&config, &inv).unwrap();
         assert_eq!(pcis(&res[0]), ["mlx5_0", "mlx5_2", "mlx5_3", "mlx5_4", "mlx5_5"]);
         assert_eq!(pcis(&res[1]), ["0000:3b:01.2", "0000:3b:01.3", "0000:3b:01.4"]);
+    }
+
+    #[test]
+    fn what_the_device_plugin_owns_leaves_out_resources_given_to_dra() {
+        let inv = fixture_inventory("cx6dx");
+        let shared = spec(
+            "rdma",
+            Kind::Rdma,
+            Selectors {
+                pf_names: vec!["ens1f0np0".into()],
+                ..Selectors::default()
+            },
+        );
+        let vfs = ResourceSpec {
+            allocation: Allocation::Dra,
+            ..spec(
+                "vfs",
+                Kind::Vf,
+                Selectors {
+                    drivers: vec!["mlx5_core".into()],
+                    ..Selectors::default()
+                },
+            )
+        };
+        let config = Config {
+            resources: vec![shared, vfs],
+        };
+        let (res, _) = assign(&config, &inv).unwrap();
+        let owned = device_plugin_owned(&res, &inv);
+        // The shared HCAs and the VFs they belong to are the device plugin's; the VFs of the
+        // `dra` resource are not.
+        assert_eq!(
+            owned.rdma.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["mlx5_0", "mlx5_2", "mlx5_3", "mlx5_4", "mlx5_5"]
+        );
+        for pci in pcis(&res[1]) {
+            assert!(!owned.pci.contains(pci), "{pci}");
+        }
+        assert!(!owned.pci.is_empty());
+        let config = Config {
+            resources: vec![ResourceSpec {
+                allocation: Allocation::Dra,
+                ..Config::default().resources[0].clone()
+            }],
+        };
+        let (res, _) = assign(&config, &inv).unwrap();
+        assert_eq!(device_plugin_owned(&res, &inv), Owned::default());
     }
 
     #[test]

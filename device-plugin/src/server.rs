@@ -437,6 +437,7 @@ mod tests {
                     hcas: vec!["rxe0".into()],
                     slots: 2,
                 },
+                allocation: crate::config::Allocation::DevicePlugin,
             },
             inventory,
             links_down: BTreeSet::new(),

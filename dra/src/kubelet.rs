@@ -46,6 +46,10 @@ pub enum ServeError {
     Socket(PathBuf, std::io::Error),
     #[error("socket {0} was removed")]
     Removed(PathBuf),
+    /// Another process bound the path (an agent's successor during an update): serving on
+    /// would take it back and forth. [`serve_until_stopped`] waits for the path to be free.
+    #[error("socket {0} is now another process's")]
+    Replaced(PathBuf),
     #[error("gRPC server: {0}")]
     Server(#[from] tonic::transport::Error),
 }
@@ -79,6 +83,12 @@ impl Registration for Registrar {
         }
         Ok(Response::new(RegistrationStatusResponse {}))
     }
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
 }
 
 /// A root-only socket at `path`, replacing a stale one.
@@ -140,12 +150,18 @@ pub async fn serve<P: DraPlugin>(
             });
         }
     };
+    let ours = [
+        (sockets.dra.clone(), inode(&sockets.dra)),
+        (sockets.registration.clone(), inode(&sockets.registration)),
+    ];
     let removed = async {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            for path in [&sockets.dra, &sockets.registration] {
-                if !path.exists() {
-                    return path.clone();
+            for (path, ino) in &ours {
+                match inode(path) {
+                    None => return ServeError::Removed(path.clone()),
+                    now if now != *ino => return ServeError::Replaced(path.clone()),
+                    _ => {}
                 }
             }
         }
@@ -159,7 +175,28 @@ pub async fn serve<P: DraPlugin>(
         r = dra_server => r.map_err(ServeError::from),
         r = registration_server => r.map_err(ServeError::from),
         _ = accept => Ok(()),
-        path = removed => Err(ServeError::Removed(path)),
+        e = removed => Err(e),
+    }
+}
+
+/// [`serve`] for as long as the caller runs: again at once when kubelet wiped a socket, and only
+/// once the path is free again when another process took it over.
+pub async fn serve_until_stopped<P: DraPlugin>(sockets: &Sockets, plugin: Arc<P>, registered: Arc<Notify>) {
+    loop {
+        match serve(sockets, plugin.clone(), registered.clone()).await {
+            Err(ServeError::Replaced(path)) => {
+                tracing::warn!(
+                    "DRA kubelet plugin: {} is now served by another process; waiting for it to go",
+                    path.display()
+                );
+                while sockets.registration.exists() && sockets.dra.exists() {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+            Err(e) => tracing::warn!("DRA kubelet plugin: {e}; serving again"),
+            Ok(()) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

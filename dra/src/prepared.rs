@@ -2,13 +2,16 @@
 //! restarted with pods running still answers kubelet's repeated prepare and its unprepare, and
 //! knows which files to remove.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use spiderpool_api::inventory::Inventory;
+
 use crate::cdi::PreparedDevice;
+use crate::slices::{Excluded, label};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -60,6 +63,41 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// Reads `path` without touching it (another component watching what DRA holds); `None`
+    /// when it is missing or unreadable.
+    pub fn peek(path: &Path) -> Option<Checkpoint> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    }
+
+    /// The VFs and RDMA devices its claims hold, named as the inventory names them.
+    pub fn held(&self, inv: &Inventory) -> Excluded {
+        let names: BTreeSet<&str> = self
+            .claims
+            .values()
+            .flat_map(|c| c.devices.iter().map(|d| d.device_name.as_str()))
+            .collect();
+        let mut held = Excluded::default();
+        for nic in &inv.nics {
+            for vf in nic.sriov.iter().flat_map(|s| s.vfs.iter()) {
+                if names.contains(format!("vf-{}", label(&vf.pci_address)).as_str()) {
+                    held.pci.insert(vf.pci_address.clone());
+                }
+            }
+        }
+        for device in &inv.rdma_devices {
+            let prefix = format!("rdma-{}-", label(&device.name));
+            if names.iter().any(|n| {
+                n.strip_prefix(&prefix)
+                    .is_some_and(|slot| slot.parse::<u32>().is_ok())
+            }) {
+                held.rdma.insert(device.name.clone());
+            }
+        }
+        held
+    }
+}
+
 /// `content` to `path` through a temporary file in the same directory, so a reader (containerd
 /// loading CDI specs, the agent after a crash) never sees half a file.
 pub fn write_atomic(path: &Path, content: &str) -> io::Result<()> {
@@ -106,5 +144,33 @@ mod tests {
         assert_eq!(Checkpoint::load(&path), Checkpoint::default());
         assert!(path.with_extension("corrupt").exists());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn what_prepared_claims_hold_is_named_as_the_inventory_names_it() {
+        let inv = spiderpool_testing::fixtures::fixture_inventory("gpu-nic");
+        let device = |name: &str| PreparedDevice {
+            request_names: vec!["r".into()],
+            pool_name: "n".into(),
+            device_name: name.into(),
+            cdi_device_ids: Vec::new(),
+        };
+        let mut c = Checkpoint::default();
+        c.claims.insert(
+            "u".into(),
+            PreparedClaim {
+                namespace: "ns".into(),
+                name: "c".into(),
+                devices: vec![
+                    device("vf-0000-9b-00-3"),
+                    device("rdma-mlx5-1-7"),
+                    device("rdma-mlx5-1x"),
+                ],
+                files: Vec::new(),
+            },
+        );
+        let held = c.held(&inv);
+        assert_eq!(held.pci, ["0000:9b:00.3".to_string()].into());
+        assert_eq!(held.rdma, ["mlx5_1".to_string()].into());
     }
 }

@@ -4,6 +4,7 @@
 //!   device ID, driver, netdev, link type, VF index, whether it has RDMA and its RDMA device;
 //! - each RDMA device no VF owns (an HCA's PF, Soft-RoCE on a host NIC) as `slots`
 //!   interchangeable devices sharing it, as `rdmaHcaMax` does for the device plugin;
+//! - none of the devices in [`Options::excluded`] (the device plugin's);
 //! - a device that cannot be used now (its PF or RDMA port down, verbs unusable) carries the
 //!   taint `spidernet.io/unhealthy` (NoSchedule) with the reason.
 
@@ -23,16 +24,27 @@ pub const MAX_DEVICES_PER_SLICE: usize = 64;
 /// Shared slots per RDMA device unless configured.
 pub const DEFAULT_RDMA_SLOTS: u32 = 16;
 
+/// Devices that are not DRA's to offer: what the device plugin serves or gave to a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Excluded {
+    /// PCI addresses of VFs.
+    pub pci: BTreeSet<String>,
+    /// RDMA devices (no shared slots over them).
+    pub rdma: BTreeSet<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Interchangeable devices per shared RDMA device.
     pub rdma_slots: u32,
+    pub excluded: Excluded,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             rdma_slots: DEFAULT_RDMA_SLOTS,
+            excluded: Excluded::default(),
         }
     }
 }
@@ -176,14 +188,14 @@ pub fn devices(inv: &Inventory, options: &Options) -> Vec<Device> {
     for nic in &inv.nics {
         for vf in nic.sriov.iter().flat_map(|s| s.vfs.iter()) {
             vf_rdma.extend(vf.rdma_device.clone());
-            out.push(vf_device(inv, nic, vf));
+            if !options.excluded.pci.contains(&vf.pci_address) {
+                out.push(vf_device(inv, nic, vf));
+            }
         }
     }
-    for device in inv
-        .rdma_devices
-        .iter()
-        .filter(|d| d.netns.is_none() && !vf_rdma.contains(&d.name))
-    {
+    for device in inv.rdma_devices.iter().filter(|d| {
+        d.netns.is_none() && !vf_rdma.contains(&d.name) && !options.excluded.rdma.contains(&d.name)
+    }) {
         let nic = nic_of(inv, device);
         let mut attrs = BTreeMap::new();
         standard(&mut attrs, device.pci_address.as_deref(), nic);

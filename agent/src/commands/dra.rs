@@ -1,6 +1,6 @@
-//! `spiderpool-agent dra`: the DRA driver `spidernet.io` on this node: its ResourceSlices (VFs
-//! and shared RDMA devices) kept current, and the kubelet plugin that prepares claims for them
-//! through CDI (KUBECONFIG from the environment, or in-cluster).
+//! `spiderpool-agent dra`: the DRA driver `spidernet.io` alone on this node (`run` includes it):
+//! its ResourceSlices (VFs and shared RDMA devices) kept current, and the kubelet plugin that
+//! prepares claims for them through CDI (KUBECONFIG from the environment, or in-cluster).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,17 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use spiderpool_device_plugin::allocate::DEVINFO_DIR;
-use spiderpool_device_plugin::kubelet::DEFAULT_KUBELET_DIR;
-use spiderpool_dra::plugin::Config;
-use spiderpool_dra::slices::{DEFAULT_RDMA_SLOTS, DRIVER, Options, devices};
+use spiderpool_dra::slices::{DEFAULT_RDMA_SLOTS, Options, devices};
 use spiderpool_linux::sysfs::DEFAULT_SYSFS_ROOT;
-use tokio::sync::Notify;
 
-use crate::dra_slices::{Published, keep_current, publish};
+use crate::dra::{DEFAULT_CDI_DIR, DEFAULT_KUBELET_ROOT, DevicePluginSide, DraOptions};
+use crate::dra_slices::{Published, publish};
 use crate::node::scan_node;
-
-/// Where containerd and CRI-O look for CDI specs written at run time.
-pub const DEFAULT_CDI_DIR: &str = "/var/run/cdi";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,7 +32,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     resync_ms: u64,
     /// kubelet's root directory: the plugin registers in its `plugins_registry`.
-    #[arg(long, default_value = DEFAULT_KUBELET_DIR)]
+    #[arg(long, default_value = DEFAULT_KUBELET_ROOT)]
     kubelet_dir: PathBuf,
     /// Where the CDI specs of prepared claims are written (the runtime's CDI spec directory).
     #[arg(long, default_value = DEFAULT_CDI_DIR)]
@@ -48,18 +43,23 @@ pub struct Args {
     /// Serve the kubelet plugin (off: publish slices only).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     kubelet_plugin: bool,
+    /// A device plugin runs beside it with this config: its devices are left out of the slices
+    /// (without it, every device is DRA's).
+    #[arg(long)]
+    device_plugin_config: Option<PathBuf>,
 }
 
 pub fn exec(args: Args) -> Result<()> {
     let node = crate::node::node_name(args.node)?;
-    let options = Options {
-        rdma_slots: args.rdma_slots,
-    };
     spiderpool_daemon::runtime()?.block_on(async move {
         let client = kube::Client::try_default().await.context("Kubernetes client")?;
         let root = args.sysfs_root;
         if args.once {
             let inventory = scan_node(&root);
+            let options = Options {
+                rdma_slots: args.rdma_slots,
+                ..Options::default()
+            };
             publish(
                 &client,
                 &node,
@@ -73,34 +73,23 @@ pub fn exec(args: Args) -> Result<()> {
         if root == Path::new(DEFAULT_SYSFS_ROOT) {
             crate::node_events::wake_on_changes(vec![wake.clone()]);
         }
-        let registered = Arc::new(Notify::new());
-        if args.kubelet_plugin {
-            let plugin = crate::dra_plugin::Options {
-                kubelet_dir: args.kubelet_dir.clone(),
-                sysfs_root: root.clone(),
-                config: Config {
-                    node: node.clone(),
-                    cdi_dir: args.cdi_dir,
-                    devinfo_dir: args.devinfo_dir,
-                    state: args
-                        .kubelet_dir
-                        .join("plugins")
-                        .join(DRIVER)
-                        .join("prepared.json"),
-                },
-            };
-            tokio::spawn(crate::dra_plugin::run(client.clone(), plugin, registered.clone()));
-        }
+        let options = DraOptions {
+            node,
+            sysfs_root: root,
+            cdi_dir: args.cdi_dir,
+            devinfo_dir: args.devinfo_dir,
+            rdma_slots: args.rdma_slots,
+            resync: Duration::from_millis(args.resync_ms.max(100)),
+            kubelet_plugin: args.kubelet_plugin,
+            device_plugin: args.device_plugin_config.map(|config| DevicePluginSide {
+                config_file: Some(config),
+                cluster_policies: None,
+                device_plugins_dir: args.kubelet_dir.join("device-plugins"),
+            }),
+            kubelet_root: args.kubelet_dir,
+        };
         tokio::select! {
-            _ = keep_current(
-                client,
-                node,
-                move || scan_node(&root),
-                options,
-                Duration::from_millis(args.resync_ms.max(100)),
-                wake,
-                registered,
-            ) => {}
+            _ = crate::dra::run(client, options, wake) => {}
             _ = spiderpool_daemon::shutdown_signal() => {}
         }
         Ok(())

@@ -45,11 +45,36 @@ pub struct Args {
     /// Seconds between the passes that correct drift (a policy or label change acts at once).
     #[arg(long, default_value_t = 30)]
     node_policy_resync: u64,
+    /// Also run the DRA driver `spidernet.io`: ResourceSlices of the devices the device plugin
+    /// does not serve, and the kubelet plugin preparing claims for them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    dra: bool,
+    /// kubelet's root directory (DRA: its plugin registry and plugin sockets).
+    #[arg(long, default_value = crate::dra::DEFAULT_KUBELET_ROOT)]
+    kubelet_root_dir: PathBuf,
+    /// Where the CDI specs of prepared claims are written (the runtime's CDI spec directory).
+    #[arg(long, default_value = crate::dra::DEFAULT_CDI_DIR)]
+    cdi_dir: PathBuf,
+    /// DRA: pods that may share one RDMA device.
+    #[arg(long, default_value_t = spiderpool_dra::slices::DEFAULT_RDMA_SLOTS)]
+    dra_rdma_slots: u32,
 }
 
 pub fn exec(args: Args) -> Result<()> {
+    let node_name = crate::node::node_name(args.ipam.node_name)?;
+    let dra = args.dra.then(|| crate::dra::DraOptions {
+        node: node_name.clone(),
+        sysfs_root: args.sysfs_root.clone(),
+        kubelet_root: args.kubelet_root_dir,
+        cdi_dir: args.cdi_dir,
+        devinfo_dir: PathBuf::from(spiderpool_device_plugin::allocate::DEVINFO_DIR),
+        rdma_slots: args.dra_rdma_slots,
+        resync: std::time::Duration::from_secs(1),
+        kubelet_plugin: true,
+        device_plugin: None,
+    });
     let config = Config {
-        node_name: crate::node::node_name(args.ipam.node_name)?,
+        node_name,
         socket: args.ipam.socket,
         health_addr: args.health_addr,
         metrics_addr: args.metrics_addr,
@@ -67,6 +92,7 @@ pub fn exec(args: Args) -> Result<()> {
             config_file: args.device_plugin_config,
         }),
         ready_file: args.ready_file,
+        dra,
     };
     spiderpool_daemon::runtime()?.block_on(crate::run(config, spiderpool_daemon::shutdown_signal()))
 }

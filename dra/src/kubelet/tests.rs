@@ -118,10 +118,21 @@ async fn kubelet_s_registration_request_is_answered_through_the_relay() {
         .expect("send");
     assert_eq!(answer(&mut direct).await, Err(1));
 
-    // Removing the socket (kubelet's directory wiped) ends serving so the caller serves anew.
+    // Removing the socket (kubelet's directory wiped) ends serving so the caller serves anew;
+    // a socket another process bound there (a successor) ends it too, told apart.
     std::fs::remove_file(&sockets.registration).expect("remove");
     let ended = tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("serve ends");
     assert!(matches!(ended.expect("join"), Err(ServeError::Removed(p)) if p == sockets.registration));
+    let again = tokio::spawn({
+        let sockets = sockets.clone();
+        async move { serve(&sockets, Arc::new(Nothing), Arc::new(Notify::new())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _successor = listen(&sockets.dra).expect("a successor binds the path");
+    let ended = tokio::time::timeout(Duration::from_secs(10), again)
+        .await
+        .expect("serve ends");
+    assert!(matches!(ended.expect("join"), Err(ServeError::Replaced(p)) if p == sockets.dra));
 }

@@ -102,7 +102,13 @@ fn each_vf_is_a_device_with_the_standard_and_our_attributes() {
 
 #[test]
 fn the_pf_s_rdma_device_is_shared_in_slots_and_a_vf_s_or_a_pod_s_is_not() {
-    let devices = devices(&node(), &Options { rdma_slots: 3 });
+    let devices = devices(
+        &node(),
+        &Options {
+            rdma_slots: 3,
+            ..Options::default()
+        },
+    );
     let shared: Vec<&str> = devices
         .iter()
         .filter(|d| attr(d, "kind") == Some(&string("rdma")))
@@ -128,7 +134,13 @@ fn what_cannot_be_used_is_tainted_with_the_reason() {
         reason: Some("libibverbs does not list it".into()),
     });
     inv.rdma_devices[1].ports[0].state = Some("DOWN".into());
-    let devices = devices(&inv, &Options { rdma_slots: 1 });
+    let devices = devices(
+        &inv,
+        &Options {
+            rdma_slots: 1,
+            ..Options::default()
+        },
+    );
     let taint = |name: &str| {
         find(&devices, name).taints.as_ref().map(|t| {
             (
@@ -156,7 +168,13 @@ fn what_cannot_be_used_is_tainted_with_the_reason() {
         "a VF without RDMA does not follow an RDMA port"
     );
     inv.nics[0].oper_state = Some("down".into());
-    let devices = super::devices(&inv, &Options { rdma_slots: 1 });
+    let devices = super::devices(
+        &inv,
+        &Options {
+            rdma_slots: 1,
+            ..Options::default()
+        },
+    );
     let vf1 = find(&devices, "vf-0000-9b-00-3");
     assert_eq!(
         vf1.taints.as_ref().and_then(|t| t[0].value.clone()).as_deref(),
@@ -198,4 +216,17 @@ fn a_pool_of_many_devices_is_split_into_counted_slices() {
     );
     let empty = slices("node-1", Vec::new(), 1);
     assert_eq!(empty.len(), 1, "an empty pool is still a pool");
+}
+
+#[test]
+fn devices_another_allocator_holds_are_left_out() {
+    let options = Options {
+        rdma_slots: 2,
+        excluded: Excluded {
+            pci: ["0000:9b:00.2".to_string()].into(),
+            rdma: ["mlx5_0".to_string()].into(),
+        },
+    };
+    let names: Vec<String> = devices(&node(), &options).into_iter().map(|d| d.name).collect();
+    assert_eq!(names, ["vf-0000-9b-00-3"]);
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
 use kube::api::ListParams;
 
 use super::e2e_host::HcaNodes;
@@ -30,22 +30,68 @@ fn fixture_nodes() -> Vec<String> {
     nodes
 }
 
-fn dra_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path, log: &str) -> Daemon {
+/// The device plugin's config: ens1np0's VFs (NUMA node 0) as `spidernet.io/cx7_numa0`, given
+/// to the device plugin or (`dra`) to DRA.
+fn write_config(path: &Path, allocation: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "resources:\n- resourceName: cx7_numa0\n  allocation: {allocation}\n  selectors: {{pfNames: [ens1np0]}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// `spiderpool-agent run` (IPAM, device plugin and DRA) over the gpu-nic fixture, kubelet's
+/// root at `kubelet_root`.
+fn run_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path, log: &str) -> Daemon {
     let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
-    cmd.args(["dra", "--node", NODE, "--rdma-slots", "2", "--resync-ms", "200"])
+    cmd.args(["run", "--node-name", NODE, "--health-addr", "127.0.0.1:15753"])
+        .args(["--node-policies=report", "--dra-rdma-slots", "2"])
+        .arg("--socket")
+        .arg(dir.join("agent.sock"))
         .arg("--sysfs-root")
         .arg(spiderpool_testing::fixtures::fixture_root("gpu-nic"))
-        .arg("--kubelet-dir")
+        .arg("--device-plugin-config")
+        .arg(dir.join("dp.yaml"))
+        .arg("--kubelet-root-dir")
         .arg(kubelet_root)
         .arg("--cdi-dir")
         .arg(cdi)
-        .arg("--devinfo-dir")
-        .arg(dir.join("devinfo"))
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info");
     let mut daemon = Daemon::new(dir.join(log));
     daemon.start(cmd).unwrap();
     daemon
+}
+
+/// The devices of the node's slices, once they are `want`.
+async fn wait_slices(cluster: &Cluster, want: &[&str], agent: &Daemon) {
+    let slices: Api<ResourceSlice> = Api::all(cluster.client.clone());
+    let names = || async {
+        let list = slices
+            .list(&ListParams::default().fields(&format!("spec.nodeName={NODE},spec.driver=spidernet.io")))
+            .await
+            .ok()?;
+        let mut names: Vec<String> = list
+            .items
+            .into_iter()
+            .flat_map(|s| s.spec.devices.unwrap_or_default())
+            .map(|d| d.name)
+            .collect();
+        names.sort();
+        Some(names)
+    };
+    let seen = eventually(Duration::from_secs(30), || async {
+        (names().await? == want).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "slices never held {want:?}, last {:?}\n{}",
+        names().await,
+        agent.log_text()
+    );
 }
 
 async fn device_class(cluster: &Cluster, name: &str) {
@@ -258,8 +304,11 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
     device_class(&cluster, VF_CLASS).await;
     device_class(&cluster, RDMA_CLASS).await;
 
-    // Registration through kubelet's plugin watcher (the `:authority` relay), slices published.
-    let mut agent = dra_agent(&dir, &cluster.kubeconfig, &kubelet_root, &cdi, "dra-1.log");
+    // `run` serves the device plugin and DRA side by side: ens1np0's VFs (and their RDMA
+    // devices) are the device plugin's, the rest DRA's. Registration through kubelet's plugin
+    // watcher (the `:authority` relay).
+    write_config(&dir.join("dp.yaml"), "devicePlugin");
+    let mut agent = run_agent(&dir, &cluster.kubeconfig, &kubelet_root, &cdi, "agent-1.log");
     let registered = eventually(Duration::from_secs(30), || async {
         agent
             .log_text()
@@ -273,6 +322,23 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
         agent.log_text(),
         kubelet.daemon.log_text()
     );
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    wait_counts_of(
+        &nodes,
+        "spidernet.io/cx7_numa0",
+        (2, 2),
+        "the device plugin's VFs",
+    )
+    .await;
+    let dra_only = [
+        "rdma-mlx5-0-0",
+        "rdma-mlx5-0-1",
+        "rdma-mlx5-1-0",
+        "rdma-mlx5-1-1",
+        "vf-0000-9b-00-2",
+        "vf-0000-9b-00-3",
+    ];
+    wait_slices(&cluster, &dra_only, &agent).await;
 
     // A VF with RDMA on NUMA node 1, by CEL: one of ens2np0's VFs (0000:9b:00.2/.3, mlx5_4/5).
     template(
@@ -312,11 +378,8 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
     ];
     want.sort();
     assert_eq!(seen, want, "only the VF's own HCA nodes and rdma_cm");
-    assert!(
-        dir.join("devinfo")
-            .join(format!("{claim}-{pci}-device.json"))
-            .exists()
-    );
+    let devinfo = Path::new("/var/run/k8s.cni.cncf.io/devinfo/dp").join(format!("{claim}-{pci}-device.json"));
+    assert!(devinfo.exists(), "{}", devinfo.display());
 
     // Shared RDMA: two slots of mlx5_0 (rdma-slots 2); two pods share it, a third is refused.
     template(
@@ -359,7 +422,7 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
     // The agent killed and restarted with three prepared claims: the pods keep running, and
     // the restarted plugin unprepares them from its checkpoint.
     agent.kill();
-    let mut agent = dra_agent(&dir, &cluster.kubeconfig, &kubelet_root, &cdi, "dra-2.log");
+    let mut agent = run_agent(&dir, &cluster.kubeconfig, &kubelet_root, &cdi, "agent-2.log");
     let again = eventually(Duration::from_secs(30), || async {
         agent
             .log_text()
@@ -388,11 +451,7 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
         cdi_specs(&cdi),
         agent.log_text()
     );
-    assert!(
-        !dir.join("devinfo")
-            .join(format!("{claim}-{pci}-device.json"))
-            .exists()
-    );
+    assert!(!devinfo.exists(), "{}", devinfo.display());
     // A slot freed: the third pod gets it and runs.
     gone(&pods, "r1").await;
     let (phase, reason, message) = settle(&pods, "r3").await;

@@ -8,13 +8,17 @@
 //! claims hold ([`without_dra_held`]). A resource switched between the two moves its devices once
 //! no pod holds them.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use spiderpool_api::inventory::Inventory;
+use spiderpool_daemon::watch::cache_waking;
 use spiderpool_device_plugin::kubelet::allocated_device_ids;
 use spiderpool_device_plugin::manager::{ClusterPolicies, read_config};
 use spiderpool_device_plugin::pool::{
@@ -88,8 +92,14 @@ pub fn state_file(kubelet_root: &Path) -> PathBuf {
 }
 
 /// What is not DRA's to publish on `inv`; `None` when the device plugin's config cannot be read
-/// (publishing then could offer its devices twice).
-pub fn excluded(inv: &Inventory, sysfs_root: &Path, side: &DevicePluginSide) -> Option<Excluded> {
+/// (publishing then could offer its devices twice). `live_pods` are the UIDs of this node's pods
+/// that still run: kubelet's checkpoint keeps a deleted pod's devices until it next allocates.
+pub fn excluded(
+    inv: &Inventory,
+    sysfs_root: &Path,
+    side: &DevicePluginSide,
+    live_pods: &BTreeSet<String>,
+) -> Option<Excluded> {
     let config = match read_config(side.config_file.as_ref(), None, side.cluster_policies.as_ref()) {
         Ok(c) => c,
         Err(e) => {
@@ -106,13 +116,26 @@ pub fn excluded(inv: &Inventory, sysfs_root: &Path, side: &DevicePluginSide) -> 
         pci: owned.pci,
         rdma: owned.rdma,
     };
-    // VFs a pod got from the device plugin stay out until it lets them go.
+    // VFs a pod got from the device plugin stay out until it is gone.
     excluded.pci.extend(
         allocated_device_ids(&side.device_plugins_dir)
-            .into_keys()
-            .filter(|id| is_pci_address(id)),
+            .into_iter()
+            .filter(|(id, holder)| is_pci_address(id) && still_held(holder, live_pods))
+            .map(|(id, _)| id),
     );
     Some(excluded)
+}
+
+/// Whether a checkpoint entry's holder (`pod UID, container NAME`, or nothing from an old
+/// kubelet) is a pod that still runs; unknown holders count as running.
+fn still_held(holder: &str, live_pods: &BTreeSet<String>) -> bool {
+    match holder
+        .strip_prefix("pod ")
+        .and_then(|rest| rest.split(',').next())
+    {
+        Some(uid) => live_pods.contains(uid),
+        None => true,
+    }
 }
 
 /// `inv` without the VFs and RDMA devices prepared claims hold (by the checkpoint under
@@ -152,13 +175,38 @@ pub async fn run(client: Client, options: DraOptions, wake: Arc<Notify>) {
         let registered = registered.clone();
         tokio::spawn(async move { serve_until_stopped(&sockets, plugin, registered).await });
     }
+    // This node's pods, to tell kubelet's stale checkpoint entries from held devices.
+    let pods = options.device_plugin.as_ref().map(|_| {
+        cache_waking(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={}", options.node)),
+            wake.clone(),
+        )
+    });
+    if let Some(pods) = &pods {
+        // Until the cache is filled every pod would look gone.
+        let _ = pods.wait_until_ready().await;
+    }
     let scan_options = options.clone();
     let scan = move || {
         let o = &scan_options;
         let inv = scan_node(&o.sysfs_root);
-        let excluded = match &o.device_plugin {
-            Some(side) => excluded(&inv, &o.sysfs_root, side)?,
-            None => Excluded::default(),
+        let excluded = match (&o.device_plugin, &pods) {
+            (Some(side), Some(pods)) => {
+                let live: BTreeSet<String> = pods
+                    .state()
+                    .iter()
+                    .filter(|p| {
+                        !matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        )
+                    })
+                    .filter_map(|p| p.metadata.uid.clone())
+                    .collect();
+                excluded(&inv, &o.sysfs_root, side, &live)?
+            }
+            _ => Excluded::default(),
         };
         Some(devices(
             &inv,
@@ -169,4 +217,18 @@ pub async fn run(client: Client, options: DraOptions, wake: Arc<Notify>) {
         ))
     };
     keep_current(client, options.node, scan, options.resync, wake, registered).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_entry_holds_its_vf_only_while_its_pod_runs() {
+        let live: BTreeSet<String> = ["uid-a".to_string()].into();
+        assert!(still_held("pod uid-a, container c", &live));
+        assert!(!still_held("pod uid-b, container c", &live));
+        // An old kubelet's checkpoint names no pod: assume it is held.
+        assert!(still_held("", &live));
+    }
 }

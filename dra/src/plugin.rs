@@ -129,6 +129,7 @@ impl<C: ClaimSource, D: NodeDevices> Plugin<C, D> {
             &allocated,
         )
         .map_err(|e| e.to_string())?;
+        forget_stale(&mut checkpoint, &files.devices, &claim.uid);
         let mut written = Vec::new();
         for (path, content) in &files.files {
             if let Err(e) = write_atomic(path, content) {
@@ -186,6 +187,34 @@ impl<C: ClaimSource, D: NodeDevices> Plugin<C, D> {
             claim.uid
         );
         Ok(())
+    }
+}
+
+/// Claims holding a device `devices` names are gone (the scheduler gave it to another claim
+/// only after they were deallocated) though kubelet has not unprepared them yet: their files go
+/// now, before the new claim's are written. Otherwise two CDI specs would define the same VF
+/// (`spidernet.io/vf=<pci>`) and the runtime would refuse it as ambiguous until the old one went.
+fn forget_stale(checkpoint: &mut Checkpoint, devices: &[PreparedDevice], uid: &str) {
+    let stale: Vec<String> = checkpoint
+        .claims
+        .iter()
+        .filter(|(other, c)| {
+            other.as_str() != uid
+                && c.devices
+                    .iter()
+                    .any(|d| devices.iter().any(|n| n.device_name == d.device_name))
+        })
+        .map(|(other, _)| other.clone())
+        .collect();
+    for other in stale {
+        if let Some(old) = checkpoint.claims.remove(&other) {
+            tracing::info!(
+                "DRA: claim {}/{} ({other}) gave up its devices before kubelet unprepared it: its files removed",
+                old.namespace,
+                old.name
+            );
+            remove_all(&old.files);
+        }
     }
 }
 

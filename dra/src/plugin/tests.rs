@@ -248,3 +248,39 @@ async fn claims_that_cannot_be_prepared_say_why_and_leave_nothing() {
     assert_eq!(later["u2"].error, "");
     assert_eq!(later["u2"].devices[0].device_name, "vf-0000-1b-00-3");
 }
+
+#[tokio::test]
+async fn a_device_given_to_a_new_claim_takes_it_from_a_stale_one_at_once() {
+    let s = Setup::new();
+    s.add(claim(
+        "old",
+        "u-old",
+        &[("spidernet.io", "node-a", "vf-0000-9b-00-2", "vf")],
+    ));
+    s.add(claim(
+        "new",
+        "u-new",
+        &[("spidernet.io", "node-a", "vf-0000-9b-00-2", "vf")],
+    ));
+    let plugin = s.plugin();
+    assert_eq!(
+        prepare(&plugin, vec![wire("u-old", "old")]).await["u-old"].error,
+        ""
+    );
+    assert_eq!(s.cdi_files(), ["spidernet.io-vf_u-old.json"]);
+    // kubelet has not unprepared the old claim yet when the new one comes: one spec defines the
+    // VF, never two.
+    assert_eq!(
+        prepare(&plugin, vec![wire("u-new", "new")]).await["u-new"].error,
+        ""
+    );
+    assert_eq!(s.cdi_files(), ["spidernet.io-vf_u-new.json"]);
+    assert!(!s.dir.path().join("devinfo/old-0000:9b:00.2-device.json").exists());
+    assert!(s.dir.path().join("devinfo/new-0000:9b:00.2-device.json").exists());
+    // Its late unprepare removes nothing of the new claim's.
+    assert_eq!(
+        unprepare(&plugin, vec![wire("u-old", "old")]).await["u-old"].error,
+        ""
+    );
+    assert_eq!(s.cdi_files(), ["spidernet.io-vf_u-new.json"]);
+}

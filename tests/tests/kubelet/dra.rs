@@ -12,7 +12,7 @@ use super::e2e_host::HcaNodes;
 use super::*;
 
 const CONTAINERD_ENV: &str = "SPIDERPOOL_TEST_CONTAINERD_CDI";
-const VF_CLASS: &str = "kubelet-vf.spidernet.io";
+pub const VF_CLASS: &str = "kubelet-vf.spidernet.io";
 const RDMA_CLASS: &str = "kubelet-rdma.spidernet.io";
 
 /// The gpu-nic fixture's HCA device nodes (6 mlx5 devices, rdma_cm).
@@ -32,7 +32,7 @@ fn fixture_nodes() -> Vec<String> {
 
 /// The device plugin's config: ens1np0's VFs (NUMA node 0) as `spidernet.io/cx7_numa0`, given
 /// to the device plugin or (`dra`) to DRA.
-fn write_config(path: &Path, allocation: &str) {
+pub fn write_config(path: &Path, allocation: &str) {
     std::fs::write(
         path,
         format!(
@@ -44,7 +44,7 @@ fn write_config(path: &Path, allocation: &str) {
 
 /// `spiderpool-agent run` (IPAM, device plugin and DRA) over the gpu-nic fixture, kubelet's
 /// root at `kubelet_root`.
-fn run_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path, log: &str) -> Daemon {
+pub fn run_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path, log: &str) -> Daemon {
     let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
     cmd.args(["run", "--node-name", NODE, "--health-addr", "127.0.0.1:15753"])
         .args(["--node-policies=report", "--dra-rdma-slots", "2"])
@@ -66,6 +66,22 @@ fn run_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path, log
 }
 
 /// The devices of the node's slices, once they are `want`.
+pub async fn wait_registered(agent: &Daemon, kubelet: &Kubelet) {
+    let registered = eventually(Duration::from_secs(30), || async {
+        agent
+            .log_text()
+            .contains("kubelet registered driver spidernet.io")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        registered.is_some(),
+        "kubelet never registered the plugin:\n{}\nkubelet:\n{}",
+        agent.log_text(),
+        kubelet.daemon.log_text()
+    );
+}
+
 async fn wait_slices(cluster: &Cluster, want: &[&str], agent: &Daemon) {
     let slices: Api<ResourceSlice> = Api::all(cluster.client.clone());
     let names = || async {
@@ -110,7 +126,7 @@ async fn device_class(cluster: &Cluster, name: &str) {
     }
 }
 
-async fn template(cluster: &Cluster, ns: &str, name: &str, request: &str, class: &str, cel: &str) {
+pub async fn template(cluster: &Cluster, ns: &str, name: &str, request: &str, class: &str, cel: &str) {
     let template: ResourceClaimTemplate = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {"spec": {"devices": {"requests": [{"name": request, "exactly": {
@@ -125,7 +141,7 @@ async fn template(cluster: &Cluster, ns: &str, name: &str, request: &str, class:
         .unwrap();
 }
 
-fn claim_pod(name: &str, template: &str) -> Pod {
+pub fn claim_pod(name: &str, template: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
@@ -204,7 +220,7 @@ fn cdi_specs(dir: &Path) -> Vec<String> {
 }
 
 /// Waits for pod `name` to run; on failure everything that says why.
-async fn running(pods: &Api<Pod>, name: &str, agent: &Daemon, kubelet: &Kubelet) {
+pub async fn running(pods: &Api<Pod>, name: &str, agent: &Daemon, kubelet: &Kubelet) {
     let ran = eventually(Duration::from_secs(60), || async {
         let pod = pods.get(name).await.ok()?;
         pod.status?
@@ -235,13 +251,117 @@ async fn running(pods: &Api<Pod>, name: &str, agent: &Daemon, kubelet: &Kubelet)
     }
 }
 
-async fn gone(pods: &Api<Pod>, name: &str) {
+pub async fn gone(pods: &Api<Pod>, name: &str) {
     pods.delete(name, &delete_now()).await.unwrap();
     let deleted = eventually(Duration::from_secs(60), || async {
         pods.get(name).await.is_err().then_some(())
     })
     .await;
     assert!(deleted.is_some(), "pod {name} was not deleted");
+}
+
+/// This host as a node for DRA: kubelet, containerd 1.7 reading CDI specs from `cdi`, the
+/// gpu-nic fixture's device nodes, the scheduler and the resourceclaim controller, the device
+/// classes, a namespace.
+pub struct DraNode {
+    pub cluster: Cluster,
+    pub work: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub cdi: PathBuf,
+    pub kubelet_root: PathBuf,
+    pub cri: CriNode,
+    pub kubelet: Kubelet,
+    pub scheduling: Scheduling,
+    pub ns: String,
+    pub hca_nodes: HcaNodes,
+}
+
+impl DraNode {
+    pub async fn up() -> DraNode {
+        let containerd = std::env::var(CONTAINERD_ENV).unwrap_or_else(|_| {
+            panic!("{CONTAINERD_ENV} is not set: `hack/control-plane.sh containerd` fetches containerd 1.7 (hack/test.sh does)")
+        });
+        let cluster = Cluster::connect().await.unwrap();
+        remove_leftovers(&cluster).await;
+        let work = tempfile::tempdir().unwrap();
+        let dir: PathBuf = work.path().to_path_buf();
+        let cdi = dir.join("cdi");
+        std::fs::create_dir_all(&cdi).unwrap();
+        let nodes = fixture_nodes();
+        let hca = HcaNodes::make(&nodes.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        // The pods use the host's network; containerd 1.7 only calls the node Ready once some
+        // network config loads.
+        let network = json!({"cniVersion": "1.0.0", "name": "host-only", "plugins": [{"type": "loopback"}]});
+        let (cri, kubelet) = node_up_with(
+            &cluster,
+            &dir,
+            Some(&network),
+            Some((Path::new(&containerd), &cdi)),
+        )
+        .await;
+        schedulable(&Api::all(cluster.client.clone()), &kubelet).await;
+        let scheduling = Scheduling::start(&cluster, &dir, "resourceclaim-controller");
+        let ns = cluster.namespace("kubelet-dra", json!({})).await.unwrap();
+        device_class(&cluster, VF_CLASS).await;
+        device_class(&cluster, RDMA_CLASS).await;
+        DraNode {
+            kubelet_root: dir.join("root"),
+            cluster,
+            work,
+            dir,
+            cdi,
+            cri,
+            kubelet,
+            scheduling,
+            ns,
+            hca_nodes: hca,
+        }
+    }
+}
+
+/// [`run_agent`], once kubelet registered its DRA plugin and counts its device plugin's two VFs.
+pub async fn started_agent(node: &NodeParts<'_>, log: &str) -> Daemon {
+    let agent = run_agent(
+        node.dir,
+        &node.cluster.kubeconfig,
+        node.kubelet_root,
+        node.cdi,
+        log,
+    );
+    wait_registered(&agent, node.kubelet).await;
+    let nodes: Api<Node> = Api::all(node.cluster.client.clone());
+    wait_counts_of(
+        &nodes,
+        "spidernet.io/cx7_numa0",
+        (2, 2),
+        "the device plugin's VFs",
+    )
+    .await;
+    agent
+}
+
+/// What [`started_agent`] needs of a [`DraNode`].
+pub struct NodeParts<'a> {
+    pub cluster: &'a Cluster,
+    pub dir: &'a Path,
+    pub kubelet_root: &'a Path,
+    pub cdi: &'a Path,
+    pub kubelet: &'a Kubelet,
+}
+
+/// A pod with one of the device plugin's VFs.
+pub fn device_plugin_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": NODE},
+            "hostNetwork": true, "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sleep", "3600"],
+                "resources": {"limits": {"spidernet.io/cx7_numa0": "1"}}}]
+        }
+    }))
+    .unwrap()
 }
 
 /// Pods and claims an earlier, failed run left in its namespaces: once this node is schedulable
@@ -275,61 +395,32 @@ async fn remove_leftovers(cluster: &Cluster) {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "kubelet tier: needs root, hack/control-plane.sh up, kubelet and containerd 1.7"]
 async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through_cdi() {
-    let containerd = std::env::var(CONTAINERD_ENV).unwrap_or_else(|_| {
-        panic!("{CONTAINERD_ENV} is not set: `hack/control-plane.sh containerd` fetches containerd 1.7 (hack/test.sh does)")
-    });
-    let cluster = Cluster::connect().await.unwrap();
-    remove_leftovers(&cluster).await;
-    let work = tempfile::tempdir().unwrap();
-    let dir: PathBuf = work.path().to_path_buf();
-    let cdi = dir.join("cdi");
-    std::fs::create_dir_all(&cdi).unwrap();
-    let nodes = fixture_nodes();
-    let _hca = HcaNodes::make(&nodes.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    // The pods use the host's network; containerd 1.7 only calls the node Ready once some
-    // network config loads.
-    let network = json!({"cniVersion": "1.0.0", "name": "host-only", "plugins": [{"type": "loopback"}]});
-    let (mut cri, kubelet) = node_up_with(
-        &cluster,
-        &dir,
-        Some(&network),
-        Some((Path::new(&containerd), &cdi)),
-    )
-    .await;
-    let kubelet_root = dir.join("root");
-    schedulable(&Api::all(cluster.client.clone()), &kubelet).await;
-    let scheduling = Scheduling::start(&cluster, &dir, "resourceclaim-controller");
-    let ns = cluster.namespace("kubelet-dra", json!({})).await.unwrap();
+    let DraNode {
+        cluster,
+        work: _work,
+        dir,
+        cdi,
+        kubelet_root,
+        mut cri,
+        kubelet,
+        scheduling,
+        ns,
+        hca_nodes: _hca,
+    } = DraNode::up().await;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
-    device_class(&cluster, VF_CLASS).await;
-    device_class(&cluster, RDMA_CLASS).await;
 
     // `run` serves the device plugin and DRA side by side: ens1np0's VFs (and their RDMA
     // devices) are the device plugin's, the rest DRA's. Registration through kubelet's plugin
     // watcher (the `:authority` relay).
     write_config(&dir.join("dp.yaml"), "devicePlugin");
-    let mut agent = run_agent(&dir, &cluster.kubeconfig, &kubelet_root, &cdi, "agent-1.log");
-    let registered = eventually(Duration::from_secs(30), || async {
-        agent
-            .log_text()
-            .contains("kubelet registered driver spidernet.io")
-            .then_some(())
-    })
-    .await;
-    assert!(
-        registered.is_some(),
-        "kubelet never registered the plugin:\n{}\nkubelet:\n{}",
-        agent.log_text(),
-        kubelet.daemon.log_text()
-    );
-    let nodes: Api<Node> = Api::all(cluster.client.clone());
-    wait_counts_of(
-        &nodes,
-        "spidernet.io/cx7_numa0",
-        (2, 2),
-        "the device plugin's VFs",
-    )
-    .await;
+    let at = NodeParts {
+        cluster: &cluster,
+        dir: &dir,
+        kubelet_root: &kubelet_root,
+        cdi: &cdi,
+        kubelet: &kubelet,
+    };
+    let mut agent = started_agent(&at, "agent-1.log").await;
     let dra_only = [
         "rdma-mlx5-0-0",
         "rdma-mlx5-0-1",
@@ -422,15 +513,7 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
     // The agent killed and restarted with three prepared claims: the pods keep running, and
     // the restarted plugin unprepares them from its checkpoint.
     agent.kill();
-    let mut agent = run_agent(&dir, &cluster.kubeconfig, &kubelet_root, &cdi, "agent-2.log");
-    let again = eventually(Duration::from_secs(30), || async {
-        agent
-            .log_text()
-            .contains("kubelet registered driver spidernet.io")
-            .then_some(())
-    })
-    .await;
-    assert!(again.is_some(), "not registered again:\n{}", agent.log_text());
+    let mut agent = started_agent(&at, "agent-2.log").await;
     assert!(
         agent.log_text().contains("3 prepared claims"),
         "{}",
@@ -464,6 +547,29 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
     })
     .await;
     assert!(empty.is_some(), "specs left: {:?}", cdi_specs(&cdi));
+
+    // A live switch: a pod holds one of the device plugin's VFs when the resource is given to
+    // DRA. The other VF appears in the slices at once, the held one only once the pod is gone.
+    pods.create(&PostParams::default(), &device_plugin_pod("dp"))
+        .await
+        .unwrap();
+    running(&pods, "dp", &agent, &kubelet).await;
+    let c = container_of(&pods, "dp").await;
+    let held = sh(&mut cri, &c, "echo $PCIDEVICE_SPIDERNET_IO_CX7_NUMA0").await;
+    let (held_device, other) = match held.as_str() {
+        "0000:1b:00.2" => ("vf-0000-1b-00-2", "vf-0000-1b-00-3"),
+        "0000:1b:00.3" => ("vf-0000-1b-00-3", "vf-0000-1b-00-2"),
+        v => panic!("the device plugin gave {v}"),
+    };
+    write_config(&dir.join("dp.yaml"), "dra");
+    let mut now_dra: Vec<&str> = dra_only.to_vec();
+    now_dra.push(other);
+    now_dra.sort();
+    wait_slices(&cluster, &now_dra, &agent).await;
+    gone(&pods, "dp").await;
+    now_dra.push(held_device);
+    now_dra.sort();
+    wait_slices(&cluster, &now_dra, &agent).await;
     agent.kill();
     drop(scheduling);
     drop(kubelet);

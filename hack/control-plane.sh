@@ -310,12 +310,13 @@ up() {
     # MutatingAdmissionPolicy (the chart's rdma-resource-inject): beta and off by default before
     # 1.36, where it is GA (v1). DRADeviceTaints (the DRA devices' unhealthy taints): alpha and off
     # before 1.36 (kube-scheduler gets it too, tests/src/cluster.rs Scheduling), whose scheduler
-    # then also waits for DeviceTaintRules (resource.k8s.io/v1alpha3).
+    # then also waits for DeviceTaintRules (resource.k8s.io/v1alpha3). DRAConsumableCapacity (RDMA
+    # devices shared by capacity): alpha and off before 1.36.
     local admission=()
     local minor=${K8S_VERSION#*.}
     minor=${minor%%.*}
     if [ "$minor" -lt 36 ]; then
-        admission=(--feature-gates=MutatingAdmissionPolicy=true,DRADeviceTaints=true --runtime-config=admissionregistration.k8s.io/v1beta1=true,resource.k8s.io/v1alpha3=true)
+        admission=(--feature-gates=MutatingAdmissionPolicy=true,DRADeviceTaints=true,DRAConsumableCapacity=true --runtime-config=admissionregistration.k8s.io/v1beta1=true,resource.k8s.io/v1alpha3=true)
     fi
     "$BIN_DIR/kube-apiserver" "${admission[@]}" \
         --etcd-servers "http://127.0.0.1:$ETCD_PORT" \

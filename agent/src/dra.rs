@@ -27,11 +27,11 @@ use spiderpool_device_plugin::pool::{
 use spiderpool_dra::kubelet::{Sockets, serve_until_stopped};
 use spiderpool_dra::plugin::{ClaimSource, Config, NodeDevices, Plugin};
 use spiderpool_dra::prepared::Checkpoint;
-use spiderpool_dra::slices::{Excluded, Options, devices};
+use spiderpool_dra::slices::{Excluded, Options, Sharing, devices};
 use spiderpool_linux::sysfs::{Sysfs, is_pci_address};
 use tokio::sync::Notify;
 
-use crate::dra_slices::keep_current;
+use crate::dra_slices::{keep_current, serves_consumable_capacity};
 use crate::node::scan_node;
 
 /// kubelet's root directory (its plugin registry and plugin sockets are under it).
@@ -79,11 +79,33 @@ pub struct DraOptions {
     pub cdi_dir: PathBuf,
     pub devinfo_dir: PathBuf,
     pub rdma_slots: u32,
+    pub rdma_sharing: RdmaSharing,
     pub resync: Duration,
     /// Serve the kubelet plugin (off: slices only).
     pub kubelet_plugin: bool,
     /// `None`: no device plugin on this node, every device is DRA's.
     pub device_plugin: Option<DevicePluginSide>,
+}
+
+/// How shared RDMA devices are offered: `auto` takes consumable capacity where the API server
+/// keeps it, slots elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RdmaSharing {
+    Auto,
+    Slots,
+    Capacity,
+}
+
+/// [`RdmaSharing`] decided for this API server.
+pub async fn sharing(choice: RdmaSharing, client: &Client, node: &str) -> Sharing {
+    let sharing = match choice {
+        RdmaSharing::Slots => Sharing::Slots,
+        RdmaSharing::Capacity => Sharing::Capacity,
+        RdmaSharing::Auto if serves_consumable_capacity(client, node).await => Sharing::Capacity,
+        RdmaSharing::Auto => Sharing::Slots,
+    };
+    tracing::info!("DRA: shared RDMA devices as {sharing:?}");
+    sharing
 }
 
 /// The prepared claims' checkpoint under kubelet's root.
@@ -187,6 +209,7 @@ pub async fn run(client: Client, options: DraOptions, wake: Arc<Notify>) {
         // Until the cache is filled every pod would look gone.
         let _ = pods.wait_until_ready().await;
     }
+    let sharing = sharing(options.rdma_sharing, &client, &options.node).await;
     let scan_options = options.clone();
     let scan = move || {
         let o = &scan_options;
@@ -212,6 +235,7 @@ pub async fn run(client: Client, options: DraOptions, wake: Arc<Notify>) {
             &inv,
             &Options {
                 rdma_slots: o.rdma_slots,
+                sharing,
                 excluded,
             },
         ))
@@ -230,5 +254,48 @@ mod tests {
         assert!(!still_held("pod uid-b, container c", &live));
         // An old kubelet's checkpoint names no pod: assume it is held.
         assert!(still_held("", &live));
+    }
+
+    #[test]
+    fn the_device_plugin_does_not_see_what_prepared_claims_hold() {
+        use spiderpool_dra::cdi::PreparedDevice;
+        use spiderpool_dra::prepared::PreparedClaim;
+        let root = tempfile::tempdir().expect("tempdir");
+        let inv = spiderpool_testing::fixtures::fixture_inventory("gpu-nic");
+        let vfs = |inv: &Inventory| -> Vec<String> {
+            inv.nics
+                .iter()
+                .flat_map(|n| n.sriov.iter().flat_map(|s| s.vfs.iter()))
+                .map(|v| v.pci_address.clone())
+                .collect()
+        };
+        assert_eq!(
+            vfs(&without_dra_held(inv.clone(), root.path())).len(),
+            4,
+            "no checkpoint"
+        );
+        let mut checkpoint = Checkpoint::default();
+        checkpoint.claims.insert(
+            "u".into(),
+            PreparedClaim {
+                namespace: "ns".into(),
+                name: "c".into(),
+                devices: ["vf-0000-9b-00-2", "rdma-mlx5-0-1"]
+                    .iter()
+                    .map(|d| PreparedDevice {
+                        request_names: vec!["r".into()],
+                        pool_name: "n".into(),
+                        device_name: d.to_string(),
+                        cdi_device_ids: Vec::new(),
+                    })
+                    .collect(),
+                files: Vec::new(),
+            },
+        );
+        checkpoint.save(&state_file(root.path())).expect("save");
+        let left = without_dra_held(inv, root.path());
+        assert!(!vfs(&left).contains(&"0000:9b:00.2".to_string()));
+        assert_eq!(vfs(&left).len(), 3);
+        assert!(!left.rdma_devices.iter().any(|d| d.name == "mlx5_0"));
     }
 }

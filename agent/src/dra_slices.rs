@@ -103,16 +103,57 @@ pub async fn publish(
     Ok(true)
 }
 
+/// Whether the API server keeps consumable capacity on devices (DRAConsumableCapacity: beta and
+/// on in 1.36, an alpha gate in 1.34 and 1.35; a server without it drops the fields silently): a
+/// server-side dry-run of a slice with a shareable device, its answer read back.
+pub async fn serves_consumable_capacity(client: &Client, node: &str) -> bool {
+    let api: Api<ResourceSlice> = Api::all(client.clone());
+    let probe = serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": format!("{node}-{DRIVER}-probe")},
+        "spec": {
+            "driver": DRIVER,
+            "nodeName": node,
+            "pool": {"name": node, "generation": 0, "resourceSliceCount": 1},
+            "devices": [{"name": "probe", "allowMultipleAllocations": true,
+                         "capacity": {"slots": {"value": "1"}}}]
+        }
+    });
+    let Ok(probe) = serde_json::from_value::<ResourceSlice>(probe) else {
+        return false;
+    };
+    let pp = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match api.create(&pp, &probe).await {
+        Ok(back) => back
+            .spec
+            .devices
+            .iter()
+            .flatten()
+            .any(|d| d.allow_multiple_allocations == Some(true)),
+        Err(e) => {
+            tracing::warn!(
+                "DRA: could not tell whether the API server serves consumable capacity ({e}); using slots"
+            );
+            false
+        }
+    }
+}
+
 /// Whether the API server still holds the slices last published (any error: assume so).
 async fn still_published(client: &Client, node: &str, last: &Published) -> bool {
     let api: Api<ResourceSlice> = Api::all(client.clone());
     match api.list(&selector(node)).await {
+        // A newer generation is another writer's (an agent's successor): not gone.
         Ok(list) => {
             !list.items.is_empty()
                 && list
                     .items
                     .iter()
-                    .all(|s| s.spec.pool.generation == last.generation)
+                    .all(|s| s.spec.pool.generation >= last.generation)
         }
         Err(_) => true,
     }

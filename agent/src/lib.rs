@@ -136,11 +136,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             first_pass: Some(first_pass.clone()),
         };
         let root = config.sysfs_root.clone();
+        // What prepared DRA claims hold is not the device plugin's to advertise.
+        let dra_root = config.dra.as_ref().map(|d| d.kubelet_root.clone());
         // The plugin's sockets stay when the agent stops: a successor removes dead ones, and
         // kubelet keeps counting the devices pods hold.
         tokio::spawn(run_device_plugin(
             options,
-            move || node::scan_node(&root),
+            move || {
+                let inventory = node::scan_node(&root);
+                match &dra_root {
+                    Some(kubelet_root) => dra::without_dra_held(inventory, kubelet_root),
+                    None => inventory,
+                }
+            },
             std::future::pending::<()>(),
         ));
         first_pass.notified().await;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use spiderpool_api::inventory::{Inventory, Nic, Vf};
 
-use crate::slices::{DRIVER, label};
+use crate::slices::{DRIVER, label, rdma_of};
 
 /// The CDI version written: containerd 1.7.x reads specs up to 0.5.0 (`hostPath` in device
 /// nodes is 0.5.0's).
@@ -109,17 +109,6 @@ fn find_vf<'a>(inv: &'a Inventory, device: &str) -> Option<(&'a Nic, &'a Vf)> {
     })
 }
 
-/// The RDMA device a slot `rdma-<label>-<i>` shares.
-fn find_rdma<'a>(inv: &'a Inventory, device: &str) -> Option<&'a str> {
-    let rest = device.strip_prefix("rdma-")?;
-    let (name, slot) = rest.rsplit_once('-')?;
-    slot.parse::<u32>().ok()?;
-    inv.rdma_devices
-        .iter()
-        .find(|d| label(&d.name) == name)
-        .map(|d| d.name.as_str())
-}
-
 struct Vfs {
     devices: Vec<Value>,
     /// Per request: the PCI addresses and their `_INFO` entries, in allocation order.
@@ -197,7 +186,7 @@ pub fn claim_files(
             ));
             (VF_KIND, vf.pci_address.clone())
         } else if a.device.starts_with("rdma-") {
-            let rdma = find_rdma(inv, &a.device).ok_or_else(|| CdiError::Gone(a.device.clone()))?;
+            let rdma = rdma_of(inv, &a.device).ok_or_else(|| CdiError::Gone(a.device.clone()))?;
             let name = format!("{uid}-{}", a.device);
             let edits: Vec<Value> = hca_nodes(inv, rdma).iter().map(|n| device_node(n)).collect();
             slots.push(json!({"name": name, "containerEdits": {"deviceNodes": edits}}));

@@ -200,9 +200,10 @@ fn forget_stale(checkpoint: &mut Checkpoint, devices: &[PreparedDevice], uid: &s
         .iter()
         .filter(|(other, c)| {
             other.as_str() != uid
-                && c.devices
-                    .iter()
-                    .any(|d| devices.iter().any(|n| n.device_name == d.device_name))
+                && c.devices.iter().any(|d| {
+                    // A VF is one claim's; a shared RDMA device is many claims' at once.
+                    d.device_name.starts_with("vf-") && devices.iter().any(|n| n.device_name == d.device_name)
+                })
         })
         .map(|(other, _)| other.clone())
         .collect();

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use spiderpool_api::inventory::Inventory;
 
 use crate::cdi::PreparedDevice;
-use crate::slices::{Excluded, label};
+use crate::slices::{Excluded, label, rdma_of};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,13 +85,11 @@ impl Checkpoint {
                 }
             }
         }
-        for device in &inv.rdma_devices {
-            let prefix = format!("rdma-{}-", label(&device.name));
-            if names.iter().any(|n| {
-                n.strip_prefix(&prefix)
-                    .is_some_and(|slot| slot.parse::<u32>().is_ok())
-            }) {
-                held.rdma.insert(device.name.clone());
+        for name in &names {
+            if name.starts_with("rdma-")
+                && let Some(rdma) = rdma_of(inv, name)
+            {
+                held.rdma.insert(rdma.to_string());
             }
         }
         held

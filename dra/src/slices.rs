@@ -3,14 +3,19 @@
 //!   `numaNode` and ours (`spidernet.io`): kind, PF name and PCI address, vendor and the PF's
 //!   device ID, driver, netdev, link type, VF index, whether it has RDMA and its RDMA device;
 //! - each RDMA device no VF owns (an HCA's PF, Soft-RoCE on a host NIC) as `slots`
-//!   interchangeable devices sharing it, as `rdmaHcaMax` does for the device plugin;
+//!   interchangeable devices sharing it, as `rdmaHcaMax` does for the device plugin, or, where the
+//!   API server serves consumable capacity, as one device claims share ([`Sharing`]);
 //! - none of the devices in [`Options::excluded`] (the device plugin's);
 //! - a device that cannot be used now (its PF or RDMA port down, verbs unusable) carries the
 //!   taint `spidernet.io/unhealthy` (NoSchedule) with the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::resource::v1::{Device, DeviceAttribute, DeviceTaint, ResourcePool, ResourceSliceSpec};
+use k8s_openapi::api::resource::v1::{
+    CapacityRequestPolicy, CapacityRequestPolicyRange, Device, DeviceAttribute, DeviceCapacity, DeviceTaint,
+    ResourcePool, ResourceSliceSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use spiderpool_api::inventory::{Inventory, Nic, RdmaDevice, Vf};
 
 /// The driver name, and the domain of the attributes it owns.
@@ -33,10 +38,27 @@ pub struct Excluded {
     pub rdma: BTreeSet<String>,
 }
 
+/// How an RDMA device is shared between claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// `rdma_slots` interchangeable devices `rdma-<device>-<i>`, one claim each: every API server
+    /// with resource.k8s.io/v1.
+    #[default]
+    Slots,
+    /// One device `rdma-<device>` that many claims may share (`allowMultipleAllocations`), each
+    /// consuming `slots` from its capacity of `rdma_slots` (DRAConsumableCapacity: beta in 1.36,
+    /// alpha behind the gate in 1.34 and 1.35).
+    Capacity,
+}
+
+/// The capacity a shared RDMA device offers and a claim consumes (1 unless it asks for more).
+pub const SLOTS_CAPACITY: &str = "slots";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// Interchangeable devices per shared RDMA device.
+    /// Claims that may share one RDMA device.
     pub rdma_slots: u32,
+    pub sharing: Sharing,
     pub excluded: Excluded,
 }
 
@@ -44,6 +66,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             rdma_slots: DEFAULT_RDMA_SLOTS,
+            sharing: Sharing::Slots,
             excluded: Excluded::default(),
         }
     }
@@ -82,6 +105,23 @@ pub fn label(raw: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The RDMA device a shared device names: `rdma-<label>` (consumable capacity) or a slot
+/// `rdma-<label>-<i>`.
+pub fn rdma_of<'a>(inv: &'a Inventory, device: &str) -> Option<&'a str> {
+    let rest = device.strip_prefix("rdma-")?;
+    let by_label = |l: &str| {
+        inv.rdma_devices
+            .iter()
+            .find(|d| label(&d.name) == l)
+            .map(|d| d.name.as_str())
+    };
+    by_label(rest).or_else(|| {
+        let (name, slot) = rest.rsplit_once('-')?;
+        slot.parse::<u32>().ok()?;
+        by_label(name)
+    })
 }
 
 /// Attributes are at most 64 characters; longer strings (none we know) are left out rather than
@@ -212,13 +252,42 @@ pub fn devices(inv: &Inventory, options: &Options) -> Vec<Device> {
             device.ports.iter().find_map(|p| p.link_layer.as_deref()),
         );
         let taints = taint(rdma_unusable(device));
-        for slot in 0..options.rdma_slots {
-            out.push(Device {
-                name: format!("rdma-{}-{slot}", label(&device.name)),
-                attributes: Some(attrs.clone()),
-                taints: taints.clone(),
+        match options.sharing {
+            Sharing::Slots => {
+                for slot in 0..options.rdma_slots {
+                    out.push(Device {
+                        name: format!("rdma-{}-{slot}", label(&device.name)),
+                        attributes: Some(attrs.clone()),
+                        taints: taints.clone(),
+                        ..Device::default()
+                    });
+                }
+            }
+            Sharing::Capacity => out.push(Device {
+                name: format!("rdma-{}", label(&device.name)),
+                attributes: Some(attrs),
+                taints,
+                allow_multiple_allocations: Some(true),
+                capacity: Some(
+                    [(
+                        SLOTS_CAPACITY.to_string(),
+                        DeviceCapacity {
+                            value: Quantity(options.rdma_slots.to_string()),
+                            request_policy: Some(CapacityRequestPolicy {
+                                default: Some(Quantity("1".into())),
+                                valid_range: Some(CapacityRequestPolicyRange {
+                                    min: Quantity("1".into()),
+                                    step: Some(Quantity("1".into())),
+                                    max: None,
+                                }),
+                                valid_values: None,
+                            }),
+                        },
+                    )]
+                    .into(),
+                ),
                 ..Device::default()
-            });
+            }),
         }
     }
     out

@@ -485,12 +485,13 @@ impl Scheduling {
         let kubeconfig = format!("--kubeconfig={}", cluster.kubeconfig.display());
         let mut scheduler = Daemon::new(dir.join("scheduler.log"));
         let mut cmd = Command::new(bin.join("kube-scheduler"));
-        // As the test API server (hack/control-plane.sh up): DRA devices' taints, alpha in 1.34.
+        // As the test API server (hack/control-plane.sh up): DRA devices' taints and consumable
+        // capacity, alpha in 1.34.
         cmd.args([
             &kubeconfig,
             "--leader-elect=false",
             "--secure-port=0",
-            "--feature-gates=DRADeviceTaints=true",
+            "--feature-gates=DRADeviceTaints=true,DRAConsumableCapacity=true",
         ]);
         scheduler.start(cmd).expect("kube-scheduler starts");
         let mut kcm = Daemon::new(dir.join("kcm.log"));

@@ -11,7 +11,7 @@ use spiderpool_device_plugin::allocate::DEVINFO_DIR;
 use spiderpool_dra::slices::{DEFAULT_RDMA_SLOTS, Options, devices};
 use spiderpool_linux::sysfs::DEFAULT_SYSFS_ROOT;
 
-use crate::dra::{DEFAULT_CDI_DIR, DEFAULT_KUBELET_ROOT, DevicePluginSide, DraOptions};
+use crate::dra::{DEFAULT_CDI_DIR, DEFAULT_KUBELET_ROOT, DevicePluginSide, DraOptions, RdmaSharing};
 use crate::dra_slices::{Published, publish};
 use crate::node::scan_node;
 
@@ -25,6 +25,11 @@ pub struct Args {
     /// Pods that may share one RDMA device (interchangeable devices per HCA).
     #[arg(long, default_value_t = DEFAULT_RDMA_SLOTS)]
     rdma_slots: u32,
+    /// Shared RDMA devices as interchangeable `slots`, as one device with consumable `capacity`
+    /// (Kubernetes 1.36+, or the DRAConsumableCapacity gate), or `auto`: capacity where the API
+    /// server keeps it.
+    #[arg(long, value_enum, default_value = "auto")]
+    rdma_sharing: RdmaSharing,
     /// Publish once and exit (no kubelet plugin).
     #[arg(long)]
     once: bool,
@@ -58,6 +63,7 @@ pub fn exec(args: Args) -> Result<()> {
             let inventory = scan_node(&root);
             let options = Options {
                 rdma_slots: args.rdma_slots,
+                sharing: crate::dra::sharing(args.rdma_sharing, &client, &node).await,
                 ..Options::default()
             };
             publish(
@@ -79,6 +85,7 @@ pub fn exec(args: Args) -> Result<()> {
             cdi_dir: args.cdi_dir,
             devinfo_dir: args.devinfo_dir,
             rdma_slots: args.rdma_slots,
+            rdma_sharing: args.rdma_sharing,
             resync: Duration::from_millis(args.resync_ms.max(100)),
             kubelet_plugin: args.kubelet_plugin,
             device_plugin: args.device_plugin_config.map(|config| DevicePluginSide {

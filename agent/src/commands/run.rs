@@ -58,6 +58,10 @@ pub struct Args {
     /// DRA: pods that may share one RDMA device.
     #[arg(long, default_value_t = spiderpool_dra::slices::DEFAULT_RDMA_SLOTS)]
     dra_rdma_slots: u32,
+    /// DRA: shared RDMA devices as `slots`, consumable `capacity`, or `auto` (capacity where the
+    /// API server keeps it).
+    #[arg(long, value_enum, default_value = "auto")]
+    dra_rdma_sharing: crate::dra::RdmaSharing,
 }
 
 pub fn exec(args: Args) -> Result<()> {
@@ -69,6 +73,7 @@ pub fn exec(args: Args) -> Result<()> {
         cdi_dir: args.cdi_dir,
         devinfo_dir: PathBuf::from(spiderpool_device_plugin::allocate::DEVINFO_DIR),
         rdma_slots: args.dra_rdma_slots,
+        rdma_sharing: args.dra_rdma_sharing,
         resync: std::time::Duration::from_secs(1),
         kubelet_plugin: true,
         device_plugin: None,

@@ -284,3 +284,28 @@ async fn a_device_given_to_a_new_claim_takes_it_from_a_stale_one_at_once() {
     );
     assert_eq!(s.cdi_files(), ["spidernet.io-vf_u-new.json"]);
 }
+
+#[tokio::test]
+async fn claims_sharing_an_rdma_device_by_capacity_each_keep_their_own_spec() {
+    let s = Setup::new();
+    for (name, uid) in [("a", "u-a"), ("b", "u-b")] {
+        s.add(claim(
+            name,
+            uid,
+            &[("spidernet.io", "node-a", "rdma-mlx5-0", "rdma")],
+        ));
+    }
+    let plugin = s.plugin();
+    for (name, uid) in [("a", "u-a"), ("b", "u-b")] {
+        let out = prepare(&plugin, vec![wire(uid, name)]).await;
+        assert_eq!(out[uid].error, "");
+        assert_eq!(
+            out[uid].devices[0].cdi_device_ids,
+            [format!("spidernet.io/rdma={uid}-rdma-mlx5-0")]
+        );
+    }
+    assert_eq!(
+        s.cdi_files(),
+        ["spidernet.io-rdma_u-a.json", "spidernet.io-rdma_u-b.json"]
+    );
+}

@@ -226,7 +226,29 @@ fn devices_another_allocator_holds_are_left_out() {
             pci: ["0000:9b:00.2".to_string()].into(),
             rdma: ["mlx5_0".to_string()].into(),
         },
+        ..Options::default()
     };
     let names: Vec<String> = devices(&node(), &options).into_iter().map(|d| d.name).collect();
     assert_eq!(names, ["vf-0000-9b-00-3"]);
+}
+
+#[test]
+fn with_consumable_capacity_an_rdma_device_is_one_device_claims_share() {
+    let options = Options {
+        rdma_slots: 4,
+        sharing: Sharing::Capacity,
+        ..Options::default()
+    };
+    let devices = devices(&node(), &options);
+    let shared = find(&devices, "rdma-mlx5-0");
+    assert_eq!(shared.allow_multiple_allocations, Some(true));
+    let capacity = &shared.capacity.as_ref().expect("capacity")[SLOTS_CAPACITY];
+    assert_eq!(capacity.value.0, "4");
+    let policy = capacity.request_policy.as_ref().expect("policy");
+    assert_eq!(policy.default.as_ref().map(|q| q.0.as_str()), Some("1"));
+    assert_eq!(devices.iter().filter(|d| d.name.starts_with("rdma-")).count(), 1);
+    let inv = node();
+    assert_eq!(rdma_of(&inv, "rdma-mlx5-0"), Some("mlx5_0"));
+    assert_eq!(rdma_of(&inv, "rdma-mlx5-0-3"), Some("mlx5_0"));
+    assert_eq!(rdma_of(&inv, "rdma-mlx5-9"), None);
 }

@@ -20,6 +20,11 @@ fn publish(cluster: &Cluster, node: &str, rdma_slots: u32) {
 }
 
 fn publish_from(cluster: &Cluster, node: &str, rdma_slots: u32, sysfs: &std::path::Path) {
+    publish_sharing(cluster, node, rdma_slots, sysfs, "slots");
+}
+
+/// `spiderpool-agent dra --once` with `--rdma-sharing sharing`.
+fn publish_sharing(cluster: &Cluster, node: &str, rdma_slots: u32, sysfs: &std::path::Path, sharing: &str) {
     let out = std::process::Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"))
         .args([
             "dra",
@@ -28,6 +33,8 @@ fn publish_from(cluster: &Cluster, node: &str, rdma_slots: u32, sysfs: &std::pat
             node,
             "--rdma-slots",
             &rdma_slots.to_string(),
+            "--rdma-sharing",
+            sharing,
         ])
         .arg("--sysfs-root")
         .arg(sysfs)
@@ -513,6 +520,98 @@ async fn cluster_dra_a_down_pf_taints_its_vfs_and_the_scheduler_avoids_them() {
         ["vf-0000-9b-00-2", "vf-0000-9b-00-3"].contains(&got["vf"].as_str()),
         "{got:?}"
     );
+    drop(scheduling);
+    Api::<Node>::all(cluster.client.clone())
+        .delete(&node, &Default::default())
+        .await
+        .unwrap();
+}
+
+/// Where the API server keeps consumable capacity (1.36+; here 1.34 with the DRAConsumableCapacity
+/// gate, as `hack/control-plane.sh up` starts it) `auto` publishes each RDMA device once, with a
+/// capacity of `rdma-slots`; the real scheduler gives two claims shares of mlx5_0, each its own
+/// share ID, and refuses a third.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up and scheduling"]
+async fn cluster_dra_rdma_devices_are_shared_by_consumable_capacity_where_served() {
+    let cluster = Cluster::connect().await.unwrap();
+    let u = unique();
+    let dir = tempfile::tempdir().unwrap();
+    let node = format!("dra-cap-{u}");
+    schedulable_node(&cluster, &node).await;
+    publish_sharing(
+        &cluster,
+        &node,
+        2,
+        &spiderpool_testing::fixtures::fixture_root("gpu-nic"),
+        "auto",
+    );
+    let slices = node_slices(&cluster, &node).await;
+    let devices: Vec<_> = slices
+        .iter()
+        .flat_map(|s| s.spec.devices.iter().flatten())
+        .collect();
+    let shared = devices
+        .iter()
+        .find(|d| d.name == "rdma-mlx5-0")
+        .unwrap_or_else(|| {
+            panic!(
+                "no shareable rdma-mlx5-0: {:?}",
+                devices.iter().map(|d| &d.name).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(shared.allow_multiple_allocations, Some(true));
+    assert_eq!(shared.capacity.as_ref().expect("capacity")["slots"].value.0, "2");
+    assert!(
+        !devices.iter().any(|d| d.name.starts_with("rdma-mlx5-0-")),
+        "no slots beside it"
+    );
+
+    let ns = cluster.namespace("dra-cap", json!({})).await.unwrap();
+    let scheduling = Scheduling::start(&cluster, dir.path(), "resourceclaim-controller");
+    let rdma_class = format!("rdma-cap-{u}");
+    device_class(
+        &cluster,
+        &rdma_class,
+        "device.driver == 'spidernet.io' && device.attributes['spidernet.io'].kind == 'rdma'",
+    )
+    .await;
+    // No capacity request: the device's default (1 slot) is consumed. (An explicit
+    // `capacity.requests` of 1 was not allocated by the 1.34 scheduler with the alpha gate.)
+    let shared = json!({"requests": [{"name": "rdma", "exactly": {"deviceClassName": rdma_class,
+        "selectors": [{"cel": {"expression": "device.attributes['spidernet.io'].rdmaDevice == 'mlx5_0'"}}]}}]});
+    let claims: Api<ResourceClaim> = Api::namespaced(cluster.client.clone(), &ns);
+    let mut shares = Vec::new();
+    for i in 0..2 {
+        let name = format!("share-{i}");
+        claim_and_pod(&cluster, &ns, &node, &name, shared.clone()).await;
+        let got = allocated(&cluster, &ns, &name, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("{name} not allocated\n{}", scheduling.tails()));
+        assert_eq!(got["rdma"], "rdma-mlx5-0");
+        let claim = claims.get(&name).await.unwrap();
+        let result = claim
+            .status
+            .unwrap()
+            .allocation
+            .unwrap()
+            .devices
+            .unwrap()
+            .results
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            result.consumed_capacity.as_ref().map(|c| c["slots"].0.clone()),
+            Some("1".to_string())
+        );
+        shares.push(result.share_id.expect("a share ID"));
+    }
+    assert_ne!(shares[0], shares[1]);
+    claim_and_pod(&cluster, &ns, &node, "share-2", shared).await;
+    let why = pod_unschedulable(&cluster, &ns, "share-2")
+        .await
+        .unwrap_or_else(|| panic!("share-2 was not refused\n{}", scheduling.tails()));
+    eprintln!("the third claim on mlx5_0's capacity: {why}");
     drop(scheduling);
     Api::<Node>::all(cluster.client.clone())
         .delete(&node, &Default::default())

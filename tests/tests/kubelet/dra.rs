@@ -47,7 +47,13 @@ pub fn write_config(path: &Path, allocation: &str) {
 pub fn run_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path, log: &str) -> Daemon {
     let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
     cmd.args(["run", "--node-name", NODE, "--health-addr", "127.0.0.1:15753"])
-        .args(["--node-policies=report", "--dra-rdma-slots", "2"])
+        .args([
+            "--node-policies=report",
+            "--dra-rdma-slots",
+            "2",
+            "--dra-rdma-sharing",
+            "slots",
+        ])
         .arg("--socket")
         .arg(dir.join("agent.sock"))
         .arg("--sysfs-root")
@@ -570,6 +576,29 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
     now_dra.push(held_device);
     now_dra.sort();
     wait_slices(&cluster, &now_dra, &agent).await;
+
+    // And back: ens2np0's VFs given to a device-plugin resource while a claim holds one. The
+    // device plugin advertises only the other until the claim is unprepared.
+    pods.create(&PostParams::default(), &claim_pod("vf2", "vf-numa1"))
+        .await
+        .unwrap();
+    running(&pods, "vf2", &agent, &kubelet).await;
+    std::fs::write(
+        dir.join("dp.yaml"),
+        "resources:\n- resourceName: cx7_numa0\n  allocation: dra\n  selectors: {pfNames: [ens1np0]}\n\
+         - resourceName: cx7_numa1\n  selectors: {pfNames: [ens2np0]}\n",
+    )
+    .unwrap();
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    wait_counts_of(&nodes, "spidernet.io/cx7_numa1", (1, 1), "the VF no claim holds").await;
+    gone(&pods, "vf2").await;
+    wait_counts_of(
+        &nodes,
+        "spidernet.io/cx7_numa1",
+        (2, 2),
+        "both once the claim is gone",
+    )
+    .await;
     agent.kill();
     drop(scheduling);
     drop(kubelet);

@@ -174,6 +174,7 @@ pub async fn keep_current(
 ) {
     let mut last = Published::default();
     let mut checked = tokio::time::Instant::now();
+    let mut last_error: Option<String> = None;
     loop {
         // Someone else (kubelet at its start, an operator) may delete the slices: look now and
         // then, and write them again when they are gone.
@@ -186,11 +187,21 @@ pub async fn keep_current(
         }
         let scan = scan.clone();
         match tokio::task::spawn_blocking(scan).await {
-            Ok(Some(devices)) => {
-                if let Err(e) = publish(&client, &node, devices, &mut last).await {
-                    tracing::warn!("ResourceSlices of {node}: {e:#}");
+            Ok(Some(devices)) => match publish(&client, &node, devices, &mut last).await {
+                // The same failure every second (no Node object yet, no RBAC) is said once.
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!("ResourceSlices of {node}: {e} (tried again every round)");
+                    }
+                    last_error = Some(e);
                 }
-            }
+                Ok(_) => {
+                    if last_error.take().is_some() {
+                        tracing::info!("ResourceSlices of {node}: published again");
+                    }
+                }
+            },
             Ok(None) => {}
             Err(e) => tracing::warn!("inventory scan: {e}"),
         }

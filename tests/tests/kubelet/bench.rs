@@ -120,6 +120,7 @@ async fn bench_pod_startup_dra_vf_vs_device_plugin_vf() {
             kubelet_root: &node.kubelet_root,
             cdi: &node.cdi,
             kubelet: &node.kubelet,
+            sharing: "slots",
         },
         "agent.log",
     )

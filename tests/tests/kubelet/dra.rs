@@ -13,7 +13,7 @@ use super::*;
 
 const CONTAINERD_ENV: &str = "SPIDERPOOL_TEST_CONTAINERD_CDI";
 pub const VF_CLASS: &str = "kubelet-vf.spidernet.io";
-const RDMA_CLASS: &str = "kubelet-rdma.spidernet.io";
+pub const RDMA_CLASS: &str = "kubelet-rdma.spidernet.io";
 
 /// The gpu-nic fixture's HCA device nodes (6 mlx5 devices, rdma_cm).
 fn fixture_nodes() -> Vec<String> {
@@ -44,7 +44,15 @@ pub fn write_config(path: &Path, allocation: &str) {
 
 /// `spiderpool-agent run` (IPAM, device plugin and DRA) over the gpu-nic fixture, kubelet's
 /// root at `kubelet_root`.
-pub fn run_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path, log: &str) -> Daemon {
+pub fn run_agent(parts: &NodeParts<'_>, log: &str) -> Daemon {
+    let NodeParts {
+        cluster,
+        dir,
+        kubelet_root,
+        cdi,
+        sharing,
+        ..
+    } = parts;
     let mut cmd = Command::new(spiderpool_e2e::bin_dir().join("spiderpool-agent"));
     cmd.args(["run", "--node-name", NODE, "--health-addr", "127.0.0.1:15753"])
         .args([
@@ -52,7 +60,7 @@ pub fn run_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path,
             "--dra-rdma-slots",
             "2",
             "--dra-rdma-sharing",
-            "slots",
+            sharing,
         ])
         .arg("--socket")
         .arg(dir.join("agent.sock"))
@@ -64,7 +72,7 @@ pub fn run_agent(dir: &Path, kubeconfig: &Path, kubelet_root: &Path, cdi: &Path,
         .arg(kubelet_root)
         .arg("--cdi-dir")
         .arg(cdi)
-        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECONFIG", &cluster.kubeconfig)
         .env("RUST_LOG", "info");
     let mut daemon = Daemon::new(dir.join(log));
     daemon.start(cmd).unwrap();
@@ -327,13 +335,7 @@ impl DraNode {
 
 /// [`run_agent`], once kubelet registered its DRA plugin and counts its device plugin's two VFs.
 pub async fn started_agent(node: &NodeParts<'_>, log: &str) -> Daemon {
-    let agent = run_agent(
-        node.dir,
-        &node.cluster.kubeconfig,
-        node.kubelet_root,
-        node.cdi,
-        log,
-    );
+    let agent = run_agent(node, log);
     wait_registered(&agent, node.kubelet).await;
     let nodes: Api<Node> = Api::all(node.cluster.client.clone());
     wait_counts_of(
@@ -353,6 +355,8 @@ pub struct NodeParts<'a> {
     pub kubelet_root: &'a Path,
     pub cdi: &'a Path,
     pub kubelet: &'a Kubelet,
+    /// `--dra-rdma-sharing`: `slots` or `capacity`.
+    pub sharing: &'a str,
 }
 
 /// A pod with one of the device plugin's VFs.
@@ -425,6 +429,7 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
         kubelet_root: &kubelet_root,
         cdi: &cdi,
         kubelet: &kubelet,
+        sharing: "slots",
     };
     let mut agent = started_agent(&at, "agent-1.log").await;
     let dra_only = [
@@ -603,4 +608,105 @@ async fn dra_claims_for_a_vf_and_shared_rdma_run_pods_with_their_devices_through
     drop(scheduling);
     drop(kubelet);
     drop(cri);
+}
+
+/// Shared RDMA by consumable capacity through a real kubelet: mlx5_0 is one device with a
+/// capacity of 2 (the test API server and scheduler enable DRAConsumableCapacity); two pods get
+/// shares of it and see its device nodes, a third waits until one is gone.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "kubelet tier: needs root, hack/control-plane.sh up, kubelet and containerd 1.7"]
+async fn dra_pods_share_an_rdma_device_by_consumable_capacity() {
+    let mut node = DraNode::up().await;
+    write_config(&node.dir.join("dp.yaml"), "devicePlugin");
+    let parts = NodeParts {
+        cluster: &node.cluster,
+        dir: &node.dir,
+        kubelet_root: &node.kubelet_root,
+        cdi: &node.cdi,
+        kubelet: &node.kubelet,
+        sharing: "capacity",
+    };
+    let mut agent = started_agent(&parts, "agent.log").await;
+    let cluster = &node.cluster;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &node.ns);
+    template(
+        cluster,
+        &node.ns,
+        "share0",
+        "rdma",
+        RDMA_CLASS,
+        "device.attributes['spidernet.io'].kind == 'rdma' && device.attributes['spidernet.io'].rdmaDevice == 'mlx5_0'",
+    )
+    .await;
+    for name in ["c1", "c2", "c3"] {
+        pods.create(&PostParams::default(), &claim_pod(name, "share0"))
+            .await
+            .unwrap();
+    }
+    let mut running_pods = Vec::new();
+    let settled = eventually(Duration::from_secs(60), || async {
+        let mut run = Vec::new();
+        let mut waiting = 0;
+        for name in ["c1", "c2", "c3"] {
+            let pod = pods.get(name).await.ok()?;
+            let status = pod.status?;
+            if status
+                .container_statuses
+                .iter()
+                .flatten()
+                .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            {
+                run.push(name);
+            } else if status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable"))
+            {
+                waiting += 1;
+            }
+        }
+        (run.len() == 2 && waiting == 1).then_some(run)
+    })
+    .await;
+    match settled {
+        Some(run) => running_pods.extend(run),
+        None => panic!(
+            "not two running and one waiting:\n{}\nkubelet:\n{}",
+            agent.log_text(),
+            node.kubelet
+                .daemon
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("dra") || l.contains("claim"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+    for name in &running_pods {
+        let (_, devices) = pod_claim(cluster, &node.ns, name).await;
+        assert_eq!(devices["rdma"], "rdma-mlx5-0");
+        let c = container_of(&pods, name).await;
+        let dev = sh(&mut node.cri, &c, "ls /dev/infiniband").await;
+        assert!(
+            dev.contains("uverbs0") && dev.contains("rdma_cm"),
+            "{name}: {dev}"
+        );
+    }
+    assert_eq!(cdi_specs(&node.cdi).len(), 2, "{:?}", cdi_specs(&node.cdi));
+    gone(&pods, running_pods[0]).await;
+    let third = ["c1", "c2", "c3"]
+        .into_iter()
+        .find(|n| !running_pods.contains(n))
+        .unwrap();
+    running(&pods, third, &agent, &node.kubelet).await;
+    for name in ["c1", "c2", "c3"] {
+        let _ = pods.delete(name, &delete_now()).await;
+    }
+    let empty = eventually(Duration::from_secs(30), || async {
+        cdi_specs(&node.cdi).is_empty().then_some(())
+    })
+    .await;
+    assert!(empty.is_some(), "specs left: {:?}", cdi_specs(&node.cdi));
+    agent.kill();
 }

@@ -265,6 +265,29 @@ async fn allocated(
     .await
 }
 
+/// The devices allocated to claim `name` within 60 s; otherwise the test fails with the
+/// scheduler's and controllers' logs (`context` says when).
+async fn must_allocate(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    scheduling: &Scheduling,
+    context: &str,
+) -> BTreeMap<String, String> {
+    allocated(cluster, ns, name, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("{name} not allocated{context}\n{}", scheduling.tails()))
+}
+
+/// The end of a scheduler test: the scheduler stopped, the test's node deleted.
+async fn remove_node(cluster: &Cluster, node: &str, scheduling: Scheduling) {
+    drop(scheduling);
+    Api::<Node>::all(cluster.client.clone())
+        .delete(node, &Default::default())
+        .await
+        .expect("delete the test's node");
+}
+
 async fn pod_unschedulable(cluster: &Cluster, ns: &str, name: &str) -> Option<String> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
     eventually(Duration::from_secs(30), || async {
@@ -372,9 +395,7 @@ async fn cluster_dra_scheduler_allocates_by_attribute_and_aligns_vfs_with_gpus()
             "device.attributes['resource.kubernetes.io'].numaNode == 1 && device.attributes['spidernet.io'].rdma"}}]}}]}),
     )
     .await;
-    let got = allocated(&cluster, &ns, "numa1", Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|| panic!("numa1 not allocated\n{}", scheduling.tails()));
+    let got = must_allocate(&cluster, &ns, "numa1", &scheduling, "").await;
     assert!(
         ["vf-0000-9b-00-2", "vf-0000-9b-00-3"].contains(&got["vf"].as_str()),
         "{got:?}"
@@ -391,9 +412,7 @@ async fn cluster_dra_scheduler_allocates_by_attribute_and_aligns_vfs_with_gpus()
     for i in 0..2 {
         let name = format!("aligned-{i}");
         claim_and_pod(&cluster, &ns, &node, &name, aligned.clone()).await;
-        let got = allocated(&cluster, &ns, &name, Duration::from_secs(60))
-            .await
-            .unwrap_or_else(|| panic!("{name} not allocated\n{}", scheduling.tails()));
+        let got = must_allocate(&cluster, &ns, &name, &scheduling, "").await;
         assert_eq!(gpu_root(&got["gpu"]), root_of(&got["vf"]), "{name}: {got:?}");
         roots.push(root_of(&got["vf"]));
     }
@@ -417,9 +436,7 @@ async fn cluster_dra_scheduler_allocates_by_attribute_and_aligns_vfs_with_gpus()
     for i in 0..2 {
         let name = format!("shared-{i}");
         claim_and_pod(&cluster, &ns, &node, &name, shared.clone()).await;
-        let got = allocated(&cluster, &ns, &name, Duration::from_secs(60))
-            .await
-            .unwrap_or_else(|| panic!("{name} not allocated\n{}", scheduling.tails()));
+        let got = must_allocate(&cluster, &ns, &name, &scheduling, "").await;
         slots.push(got["rdma"].clone());
     }
     slots.sort();
@@ -429,11 +446,7 @@ async fn cluster_dra_scheduler_allocates_by_attribute_and_aligns_vfs_with_gpus()
         .await
         .unwrap_or_else(|| panic!("shared-2 was not refused\n{}", scheduling.tails()));
     eprintln!("the third pod for mlx5_0: {why}");
-    drop(scheduling);
-    Api::<Node>::all(cluster.client.clone())
-        .delete(&node, &Default::default())
-        .await
-        .unwrap();
+    remove_node(&cluster, &node, scheduling).await;
 }
 
 /// A PF whose link goes down taints its VFs (`spidernet.io/unhealthy`, NoSchedule) and the
@@ -513,18 +526,12 @@ async fn cluster_dra_a_down_pf_taints_its_vfs_and_the_scheduler_avoids_them() {
     std::fs::write(&operstate, "up\n").unwrap();
     publish_from(&cluster, &node, 1, &sysfs);
     assert!(taints(&node_slices(&cluster, &node).await, "vf-0000-9b-00-2").is_empty());
-    let got = allocated(&cluster, &ns, "numa1", Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|| panic!("numa1 not allocated once the PF is up\n{}", scheduling.tails()));
+    let got = must_allocate(&cluster, &ns, "numa1", &scheduling, " once the PF is up").await;
     assert!(
         ["vf-0000-9b-00-2", "vf-0000-9b-00-3"].contains(&got["vf"].as_str()),
         "{got:?}"
     );
-    drop(scheduling);
-    Api::<Node>::all(cluster.client.clone())
-        .delete(&node, &Default::default())
-        .await
-        .unwrap();
+    remove_node(&cluster, &node, scheduling).await;
 }
 
 /// Where the API server keeps consumable capacity (1.36+; here 1.34 with the DRAConsumableCapacity
@@ -585,9 +592,7 @@ async fn cluster_dra_rdma_devices_are_shared_by_consumable_capacity_where_served
     for i in 0..2 {
         let name = format!("share-{i}");
         claim_and_pod(&cluster, &ns, &node, &name, shared.clone()).await;
-        let got = allocated(&cluster, &ns, &name, Duration::from_secs(60))
-            .await
-            .unwrap_or_else(|| panic!("{name} not allocated\n{}", scheduling.tails()));
+        let got = must_allocate(&cluster, &ns, &name, &scheduling, "").await;
         assert_eq!(got["rdma"], "rdma-mlx5-0");
         let claim = claims.get(&name).await.unwrap();
         let result = claim
@@ -612,9 +617,5 @@ async fn cluster_dra_rdma_devices_are_shared_by_consumable_capacity_where_served
         .await
         .unwrap_or_else(|| panic!("share-2 was not refused\n{}", scheduling.tails()));
     eprintln!("the third claim on mlx5_0's capacity: {why}");
-    drop(scheduling);
-    Api::<Node>::all(cluster.client.clone())
-        .delete(&node, &Default::default())
-        .await
-        .unwrap();
+    remove_node(&cluster, &node, scheduling).await;
 }

@@ -17,6 +17,8 @@ if [[ ,$peers, == *,whereabouts,* ]]; then
     WHEREABOUTS_DIR=$(hack/control-plane.sh whereabouts)
     export WHEREABOUTS_DIR
 fi
+# A fresh API server and etcd: an earlier run's pools would hold the range (and its registry entries).
+hack/control-plane.sh down >/dev/null
 kubeconfig=$(hack/control-plane.sh up)
 echo "$(nproc) CPUs; kube-apiserver $(basename "$(hack/control-plane.sh bin)") on loopback"
 SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="${bin_dir:-$target_dir/release}" \

@@ -15,6 +15,7 @@
 //! Whereabouts' plugin and CRDs: the directory in WHEREABOUTS_DIR (`hack/control-plane.sh
 //! whereabouts`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,10 +32,73 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The API server's own counters: CPU seconds and bytes sent so far.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct ServerCost {
     cpu_seconds: f64,
     bytes_sent: f64,
+    /// Requests served, by "VERB resource[/subresource]".
+    requests: BTreeMap<String, f64>,
+    /// The whole machine's CPU seconds (every process: API server, etcd, agents, plugins).
+    machine_cpu_seconds: f64,
+    /// CPU seconds of the processes running now, by command name (a process that exited counts
+    /// in its parent's children time only once waited for: the plugins are not here).
+    by_process: BTreeMap<String, f64>,
+}
+
+/// CPU seconds by command name of every process now running (/proc/PID/stat: utime + stime).
+fn cpu_by_process() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "PID (comm) state ppid ..." with utime and stime the 14th and 15th fields.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(comm).or_default() += (ticks(11) + ticks(12)) / 100.0;
+    }
+    out
+}
+
+/// CPU seconds every process on the machine used so far (/proc/stat, in USER_HZ ticks).
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are work.
+    let ticks: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy: f64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, v)| v)
+        .sum();
+    busy / 100.0
+}
+
+/// A label's value in a metric line's `{...}`.
+fn label_value<'a>(labels: &'a str, key: &str) -> &'a str {
+    labels
+        .split(',')
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix(key)?
+                .strip_prefix("=\"")?
+                .strip_suffix('"')
+        })
+        .unwrap_or_default()
 }
 
 async fn server_cost(cluster: &Cluster) -> Result<ServerCost> {
@@ -51,10 +115,46 @@ async fn server_cost(cluster: &Cluster) -> Result<ServerCost> {
             "process_cpu_seconds_total" => cost.cpu_seconds += value,
             // Every response body and every watch event the server sent.
             "apiserver_response_sizes_sum" | "apiserver_watch_events_sizes_sum" => cost.bytes_sent += value,
+            "apiserver_request_total" => {
+                let labels = name.split_once('{').map_or("", |(_, l)| l.trim_end_matches('}'));
+                let sub = label_value(labels, "subresource");
+                let key = format!(
+                    "{} {}{}{}",
+                    label_value(labels, "verb"),
+                    label_value(labels, "resource"),
+                    if sub.is_empty() { "" } else { "/" },
+                    sub
+                );
+                *cost.requests.entry(key).or_default() += value;
+            }
             _ => {}
         }
     }
+    cost.machine_cpu_seconds = machine_cpu_seconds();
+    cost.by_process = cpu_by_process();
     Ok(cost)
+}
+
+/// What grew most in a phase, per allocation, `top` of them: counters by name, before and after,
+/// times `scale`. "kube-apiserver 11.20, etcd 2.10, …" (CPU ms, scale 1000) or
+/// "PATCH spiderippools/status 0.21, …" (requests, scale 1).
+fn most_per_op(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    pods: usize,
+    (top, scale): (usize, f64),
+) -> String {
+    let mut per: Vec<(f64, &String)> = after
+        .iter()
+        .map(|(k, v)| (v - before.get(k).copied().unwrap_or(0.0), k))
+        .filter(|(d, _)| *d > 0.0)
+        .collect();
+    per.sort_by(|a, b| b.0.total_cmp(&a.0));
+    per.iter()
+        .take(top)
+        .map(|(d, k)| format!("{k} {:.2}", d * scale / pods as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One IPAM under test.
@@ -243,6 +343,14 @@ async fn main() -> Result<()> {
             let wall = started.elapsed();
             let after = server_cost(&cluster).await?;
             let failed = results.iter().filter(|r| !r.0).count();
+            println!(
+                "{:<12} {:<9} machine CPU {:.2} ms/op ({}); requests/op: {}",
+                peer.name,
+                label,
+                (after.machine_cpu_seconds - before.machine_cpu_seconds) * 1e3 / pods as f64,
+                most_per_op(&before.by_process, &after.by_process, pods, (5, 1e3)),
+                most_per_op(&before.requests, &after.requests, pods, (8, 1.0))
+            );
             if let Some((_, _, out, err)) = results.iter().find(|r| !r.0) {
                 eprintln!("{} {verb} failed, e.g.: {out} {err}", peer.name);
             }

@@ -83,6 +83,7 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
     // Where the walk for free addresses goes on from (see `decide`).
     let mut cursor: Option<Cursor> = None;
     let mut registered = Registered::default();
+    let mut conflicts = 0u32;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let started = std::time::Instant::now();
@@ -90,19 +91,36 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
             copy: &mut copy,
             cursor: &mut cursor,
             registered: &mut registered,
+            conflicts: &mut conflicts,
         };
         let outcome = decide_and_write(&sources, &name, &mut state, &mut batch, &mut rx).await;
-        tracing::debug!(pool = %name, ops = batch.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch written");
+        let elapsed = started.elapsed();
+        tracing::debug!(pool = %name, ops = batch.len(), conflicts, elapsed_ms = elapsed.as_millis() as u64, "batch written");
         count(&sources.metrics, &name, batch.len(), &outcome);
         answer(batch, outcome);
+        if conflicts > 0 {
+            // Other agents write this pool too. The winner of a round holds the written copy and
+            // would start the next round before any loser has read the pool again. Stepping
+            // aside for about one round lets them in, and meanwhile this agent's next batch
+            // grows: every landed write carries the whole pool through the API server (~55 ms
+            // of its CPU for 1000 holders), so fewer, fuller writes are what counts. Measured
+            // (hack/bench-cluster.sh 1000 10 200, 3 runs each): 0.34 pool PATCHes per allocation
+            // against 0.45; the ADD p99 did not improve.
+            tokio::time::sleep((elapsed / (conflicts + 1)).min(YIELD_AT_MOST)).await;
+        }
     }
 }
+
+/// The longest a writer steps aside after a contended batch (see `run`).
+const YIELD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a writer keeps between batches.
 struct State<'a> {
     copy: &'a mut Option<Copy>,
     cursor: &'a mut Option<Cursor>,
     registered: &'a mut Registered,
+    /// The rounds the last batch lost to other writers.
+    conflicts: &'a mut u32,
 }
 
 /// The pool `(uid, generation)` this writer registered or found registered, so later batches
@@ -195,8 +213,9 @@ async fn decide_and_write(
         copy,
         cursor,
         registered,
+        conflicts,
     } = state;
-    let mut conflicts = 0u32;
+    **conflicts = 0;
     loop {
         // Everything queued so far rides in this write.
         while let Ok(op) = rx.try_recv() {
@@ -275,7 +294,7 @@ async fn decide_and_write(
                 return Ok((decisions, pool, refused));
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                conflicts += 1;
+                **conflicts += 1;
                 sources
                     .metrics
                     .conflicts
@@ -283,7 +302,7 @@ async fn decide_and_write(
                     .inc();
                 // Another agent wrote first: the next round reads its version (`copy` stays
                 // empty) and decides again.
-                tracing::debug!(pool = %name, conflicts, "resourceVersion conflict");
+                tracing::debug!(pool = %name, conflicts = **conflicts, "resourceVersion conflict");
             }
             Err(e) => return Err(ServiceError::from_kube(e, name)),
         }

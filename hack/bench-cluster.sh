@@ -5,6 +5,7 @@
 # usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]
 #   PEERS default spiderpool,whereabouts; ACTIVE: the pods run on that many of the AGENTS' nodes
 #   (default all); the other agents only watch
+# Each run starts a fresh control plane (hack/control-plane.sh down, then up): one already running stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same build cache as .ci/run: a release build beside it would be a second multi-GB target.

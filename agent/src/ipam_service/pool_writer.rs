@@ -83,7 +83,6 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
     // Where the walk for free addresses goes on from (see `decide`).
     let mut cursor: Option<Cursor> = None;
     let mut registered = Registered::default();
-    let mut conflicts = 0u32;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let started = std::time::Instant::now();
@@ -91,9 +90,11 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
             copy: &mut copy,
             cursor: &mut cursor,
             registered: &mut registered,
-            conflicts: &mut conflicts,
         };
-        let outcome = decide_and_write(&sources, &name, &mut state, &mut batch, &mut rx).await;
+        // The rounds this batch lost to other writers.
+        let mut conflicts = 0u32;
+        let outcome =
+            decide_and_write(&sources, &name, &mut state, &mut batch, &mut rx, &mut conflicts).await;
         let elapsed = started.elapsed();
         tracing::debug!(pool = %name, ops = batch.len(), conflicts, elapsed_ms = elapsed.as_millis() as u64, "batch written");
         count(&sources.metrics, &name, batch.len(), &outcome);
@@ -119,8 +120,6 @@ struct State<'a> {
     copy: &'a mut Option<Copy>,
     cursor: &'a mut Option<Cursor>,
     registered: &'a mut Registered,
-    /// The rounds the last batch lost to other writers.
-    conflicts: &'a mut u32,
 }
 
 /// The pool `(uid, generation)` this writer registered or found registered, so later batches
@@ -207,15 +206,14 @@ async fn decide_and_write(
     state: &mut State<'_>,
     batch: &mut Vec<PoolOp>,
     rx: &mut mpsc::UnboundedReceiver<PoolOp>,
+    conflicts: &mut u32,
 ) -> Result<Outcomes, ServiceError> {
     let api = &sources.api;
     let State {
         copy,
         cursor,
         registered,
-        conflicts,
     } = state;
-    **conflicts = 0;
     loop {
         // Everything queued so far rides in this write.
         while let Ok(op) = rx.try_recv() {
@@ -294,7 +292,7 @@ async fn decide_and_write(
                 return Ok((decisions, pool, refused));
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                **conflicts += 1;
+                *conflicts += 1;
                 sources
                     .metrics
                     .conflicts
@@ -302,7 +300,7 @@ async fn decide_and_write(
                     .inc();
                 // Another agent wrote first: the next round reads its version (`copy` stays
                 // empty) and decides again.
-                tracing::debug!(pool = %name, conflicts = **conflicts, "resourceVersion conflict");
+                tracing::debug!(pool = %name, conflicts = *conflicts, "resourceVersion conflict");
             }
             Err(e) => return Err(ServiceError::from_kube(e, name)),
         }

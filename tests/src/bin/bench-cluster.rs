@@ -7,7 +7,9 @@
 //! For each, and each phase (allocate, release): wall time, allocations per second, latency
 //! percentiles, failures, the API server's CPU seconds and bytes sent (responses and watch events,
 //! from its own /metrics) per allocation, and what the store still holds after the release (exit
-//! codes are not enough: a DEL that reports success may leave its address behind).
+//! codes are not enough: a DEL that reports success may leave its address behind). Besides, per
+//! allocation: the machine's CPU by process and the API requests by verb and resource, which say
+//! where the cost is.
 //!
 //! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts;
 //! ACTIVE: how many of the AGENTS' nodes the pods run on, default all: the others' agents only
@@ -31,7 +33,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// The API server's own counters: CPU seconds and bytes sent so far.
+/// What a phase costs, read before and after it: the API server's own counters (CPU seconds,
+/// bytes sent, requests by kind) and the machine's CPU, in total and by process.
 #[derive(Debug, Clone, Default)]
 struct ServerCost {
     cpu_seconds: f64,

@@ -6,6 +6,7 @@
 #                                 prints the kubeconfig's path (builds first when needed)
 #   hack/control-plane.sh down    stops both and removes the state
 #   hack/control-plane.sh bin     prints the directory holding the binaries
+#   hack/control-plane.sh prune-go  removes the Go module and build caches these builds filled
 #   hack/control-plane.sh helm    builds helm (helm.sh/helm/v3) into the cache and prints its path
 #   hack/control-plane.sh kubelet builds kubelet (k8s.io/kubernetes, same version) into the cache and
 #                                 prints its path
@@ -31,6 +32,9 @@ MULTUS_VERSION=${MULTUS_VERSION:-4.3.0}
 WHEREABOUTS_VERSION=${WHEREABOUTS_VERSION:-0.9.2}
 CACHE=${SPIDERPOOL_CACHE:-$HOME/.cache/spiderpool-rs}
 BIN_DIR="$CACHE/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-2"
+# These builds' Go module and build caches live in the cache too: several GB that only a rebuild
+# needs, which CI drops (prune-go) once every binary is built.
+export GOMODCACHE=${SPIDERPOOL_GOMODCACHE:-$CACHE/go/mod} GOCACHE=${SPIDERPOOL_GOCACHE:-$CACHE/go/build}
 STATE=${CONTROL_PLANE_STATE:-/tmp/spiderpool-control-plane}
 PORT=${CONTROL_PLANE_PORT:-16443}
 ETCD_PORT=${CONTROL_PLANE_ETCD_PORT:-12379}
@@ -93,6 +97,14 @@ build() {
     )
     for b in kube-apiserver kubectl etcd; do mv "$BIN_DIR/$b.tmp" "$BIN_DIR/$b"; done
     log "binaries in $BIN_DIR"
+}
+
+prune_go() {
+    [ -d "$CACHE/go" ] || return 0
+    log "removing the Go caches ($(du -sh "$CACHE/go" | cut -f1)): the binaries are built"
+    # The module cache is read-only by design.
+    chmod -R u+w "$CACHE/go" 2>/dev/null || true
+    rm -rf "$CACHE/go"
 }
 
 build_kubelet() {
@@ -351,6 +363,7 @@ down() {
 
 case "${1:-}" in
 build) build ;;
+prune-go) prune_go ;;
 up) up ;;
 down) down ;;
 bin) echo "$BIN_DIR" ;;

@@ -4,7 +4,9 @@
 CI=${CI:-false}
 SKIPPED=()
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says how much disk is left: a full disk fails a later tier in ways that do not say so
+# (containerd, etcd).
+step() { printf '\n==> %s\n    (disk free: %s)\n' "$*" "$(df -h --output=target,avail / /tmp 2>/dev/null | tail -n +2 | awk '{printf "%s %s  ", $1, $2}')"; }
 
 # skip TIER REASON: a tier that cannot run here. Under CI=true that fails the run.
 skip() {

@@ -105,6 +105,10 @@ prune_go() {
     # The module cache is read-only by design.
     chmod -R u+w "$CACHE/go" 2>/dev/null || true
     rm -rf "$CACHE/go"
+    # Runs before the caches moved here filled Go's default ones.
+    if [ "${CI:-false}" = true ]; then
+        env -u GOCACHE -u GOMODCACHE go clean -cache -modcache 2>/dev/null || true
+    fi
 }
 
 build_kubelet() {

@@ -178,7 +178,18 @@ fn exchange(socket: &Path, request: &AgentRequest, timeout: Duration) -> Result<
     let mut answer = String::new();
     BufReader::new((&stream).take(ANSWER_LIMIT))
         .read_line(&mut answer)
-        .map_err(|e| unreachable("receive", e))?;
+        .map_err(|e| match e.kind() {
+            // What a read timeout looks like: "Resource temporarily unavailable" alone did not say.
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => CniError::new(
+                ErrorCode::TryAgainLater,
+                format!(
+                    "spiderpool agent at {}: no answer within {} s (busy or stuck)",
+                    socket.display(),
+                    timeout.as_secs()
+                ),
+            ),
+            _ => unreachable("receive", e),
+        })?;
     if !answer.ends_with('\n') && answer.len() as u64 >= ANSWER_LIMIT {
         return Err(CniError::new(
             ErrorCode::DecodingFailure,
@@ -242,6 +253,25 @@ mod tests {
             serde_json::json!({"verb": "COORDINATOR", "network": "macvlan"})
         );
         // An older agent reads that with its defaults for the rest.
+    }
+
+    #[test]
+    fn an_agent_that_never_answers_is_named_with_the_time_waited() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        // Accepts and reads, never answers (an agent stuck behind its API server).
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let held = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+        let request = AgentRequest::Coordinator(CoordinatorRequest {
+            verb: CoordinatorVerb::Coordinator,
+            network: "n".into(),
+            pod_namespace: None,
+            pod_name: None,
+        });
+        let err = exchange(&socket, &request, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::TryAgainLater as u32, "{err:?}");
+        assert!(err.msg.contains("no answer within 1 s"), "{err:?}");
+        drop(held.join());
     }
 
     #[test]

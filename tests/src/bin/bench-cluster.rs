@@ -11,21 +11,28 @@
 //! allocation: the machine's CPU by process and the API requests by verb and resource, which say
 //! where the cost is.
 //!
-//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts;
+//! `floor` is not an IPAM: per pod one plugin process (ours, answering VERSION) and one
+//! SpiderEndpoint of the agent's shape, created on ADD and deleted on DEL by this process's client.
+//! It is the least any IPAM that keeps Spiderpool's per-pod record costs on this machine.
+//!
+//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts,floor;
 //! ACTIVE: how many of the AGENTS' nodes the pods run on, default all: the others' agents only
 //! watch, which is what a pool's writes cost the nodes that do not use it)
 //! Whereabouts' plugin and CRDs: the directory in WHEREABOUTS_DIR (`hack/control-plane.sh
 //! whereabouts`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use spiderpool_api::crd::SpiderIPPool;
+use spiderpool_api::crd::{
+    EndpointStatus, IPAllocationDetail, PodIPAllocation, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
+};
 use spiderpool_e2e::cluster::{Agent, Cluster, cni_with, netconf, run_parallel, unique};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -258,8 +265,79 @@ async fn whereabouts(
     })
 }
 
+/// The floor's ADD or DEL of pod `i`: the plugin process, then its SpiderEndpoint written or
+/// deleted (success, stdout, stderr).
+fn floor_op(
+    handle: &tokio::runtime::Handle,
+    client: &kube::Client,
+    plugin: &Path,
+    verb: &str,
+    (ns, i, uid): (&str, usize, &str),
+) -> (bool, String, String) {
+    let exec = std::process::Command::new(plugin)
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .output();
+    let exec = match exec {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            return (
+                false,
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            );
+        }
+        Err(e) => return (false, String::new(), format!("spawn {}: {e}", plugin.display())),
+    };
+    let api: Api<SpiderEndpoint> = Api::namespaced(client.clone(), ns);
+    let name = format!("p-{i}");
+    let written = if verb == "ADD" {
+        let mut ep = SpiderEndpoint::new(&name, SpiderEndpointSpec {});
+        ep.metadata.namespace = Some(ns.to_string());
+        // Pod i's address, as the spiderpool peer's pool would give it.
+        let (_, addr) = range_of(std::net::Ipv4Addr::new(10, 160, 0, 0), i + 1);
+        ep.status = Some(EndpointStatus {
+            current: PodIPAllocation {
+                uid: uid.to_string(),
+                node: "node-0".into(),
+                container_id: Some(format!("ctr-{uid}")),
+                ips: vec![IPAllocationDetail {
+                    interface: "net1".into(),
+                    ipv4: Some(format!("{addr}/12")),
+                    ipv4_pool: Some("floor".into()),
+                    network: Some("bench".into()),
+                    ..Default::default()
+                }],
+            },
+            owner_controller_type: Some("Pod".into()),
+            owner_controller_name: Some(name.clone()),
+        });
+        handle.block_on(api.create(&PostParams::default(), &ep)).map(drop)
+    } else {
+        handle
+            .block_on(api.delete(&name, &DeleteParams::default()))
+            .map(drop)
+    };
+    match written {
+        Ok(()) => (
+            true,
+            String::from_utf8_lossy(&exec.stdout).into_owned(),
+            String::new(),
+        ),
+        Err(e) => (
+            false,
+            String::new(),
+            format!("{verb} SpiderEndpoint {ns}/{name}: {e}"),
+        ),
+    }
+}
+
 /// Addresses the store still holds for `peer` after the release phase.
-async fn still_held(cluster: &Cluster, peer: &str, pool: &str) -> Result<usize> {
+async fn still_held(cluster: &Cluster, peer: &str, pool: &str, ns: &str) -> Result<usize> {
+    if peer == "floor" {
+        let api: Api<SpiderEndpoint> = Api::namespaced(cluster.client.clone(), ns);
+        return Ok(api.list(&ListParams::default()).await?.items.len());
+    }
     if peer == "spiderpool" {
         let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
         let st = api.get_status(pool).await?.status.unwrap_or_default();
@@ -292,6 +370,8 @@ async fn main() -> Result<()> {
         .collect();
     let active = num(4, agents_n).clamp(1, agents_n);
     let cluster = Cluster::connect().await?;
+    // The floor's API calls are made from the plugin-process threads through this runtime.
+    let handle = tokio::runtime::Handle::current();
     let dir = tempfile::tempdir()?;
     println!(
         "{pods} pods on {active} of {agents_n} nodes (an agent each), {concurrency} plugin processes at a time, a range of exactly {pods} addresses"
@@ -323,7 +403,16 @@ async fn main() -> Result<()> {
                     String::new(),
                 )
             }
-            other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts)"),
+            "floor" => (
+                Peer {
+                    name: "floor",
+                    plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
+                    confs: Vec::new(),
+                    _agents: Vec::new(),
+                },
+                String::new(),
+            ),
+            other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts, floor)"),
         };
         // Agents list their caches at start: the phases count only what the pods cost.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -332,6 +421,11 @@ async fn main() -> Result<()> {
             let started = Instant::now();
             let results = run_parallel(concurrency, pods, |i| {
                 let t = Instant::now();
+                if peer.name == "floor" {
+                    let (ok, out, err) =
+                        floor_op(&handle, &cluster.client, &peer.plugin, verb, (&ns, i, &uids[i]));
+                    return (ok, t.elapsed(), out, err);
+                }
                 let out = cni_with(
                     &peer.plugin,
                     verb,
@@ -377,7 +471,7 @@ async fn main() -> Result<()> {
         println!(
             "{:<12} held after every DEL: {}",
             peer.name,
-            still_held(&cluster, peer.name, &pool).await?
+            still_held(&cluster, peer.name, &pool, &ns).await?
         );
         drop(peer);
     }

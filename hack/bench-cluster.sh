@@ -4,8 +4,8 @@
 # AGENTS agents, CONCURRENCY plugin processes at a time, one range of exactly PODS addresses.
 # usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]
 #   PEERS default spiderpool,whereabouts (also: floor, per pod one plugin process and one
-#   SpiderEndpoint, no IPAM: what the machine allows at all); ACTIVE: the pods run on that many of the AGENTS' nodes
-#   (default all); the other agents only watch
+#   SpiderEndpoint, no IPAM: what the machine allows at all); ACTIVE: the pods run on that many of
+#   the AGENTS' nodes (default all); the other agents only watch
 # Each run starts a fresh control plane (hack/control-plane.sh down, then up): one already running stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -274,23 +273,20 @@ fn floor_op(
     verb: &str,
     (ns, i, uid): (&str, usize, &str),
 ) -> (bool, String, String) {
-    let exec = std::process::Command::new(plugin)
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::null())
-        .output();
-    let exec = match exec {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            return (
-                false,
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            );
-        }
-        Err(e) => return (false, String::new(), format!("spawn {}: {e}", plugin.display())),
-    };
-    let api: Api<SpiderEndpoint> = Api::namespaced(client.clone(), ns);
     let name = format!("p-{i}");
+    let exec = cni_with(
+        plugin,
+        "VERSION",
+        &json!({"cniVersion": "1.0.0"}),
+        ns,
+        &name,
+        uid,
+        "net1",
+    );
+    if !exec.success {
+        return (false, exec.stdout, exec.stderr);
+    }
+    let api: Api<SpiderEndpoint> = Api::namespaced(client.clone(), ns);
     let written = if verb == "ADD" {
         let mut ep = SpiderEndpoint::new(&name, SpiderEndpointSpec {});
         ep.metadata.namespace = Some(ns.to_string());
@@ -319,11 +315,7 @@ fn floor_op(
             .map(drop)
     };
     match written {
-        Ok(()) => (
-            true,
-            String::from_utf8_lossy(&exec.stdout).into_owned(),
-            String::new(),
-        ),
+        Ok(()) => (true, exec.stdout, String::new()),
         Err(e) => (
             false,
             String::new(),

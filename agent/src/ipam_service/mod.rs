@@ -173,12 +173,15 @@ impl IpamService {
         let store = self.reserved.clone();
         let pools = self.pools.clone();
         let name = pool.to_string();
+        let (meta_pools, meta_name) = (self.pools.clone(), pool.to_string());
         let registry = self.registry.clone();
         let sources = pool_writer::Sources {
             node: self.node.clone(),
             api: Api::all(self.client.clone()),
             reserved: Arc::new(move || reserved_set(store.state().iter().map(|r| &**r))),
             latest: Arc::new(move || pools.version(&name)),
+            meta: Arc::new(move || meta_pools.generation(&meta_name)),
+            endpoints: Api::all(self.client.clone()),
             registry: Api::all(self.client.clone()),
             registered: Arc::new(move |uid, generation| {
                 registry
@@ -197,7 +200,7 @@ impl IpamService {
     async fn ask(&self, pool: &str, op: Op) -> Result<Answer, ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.writer(pool)
-            .send(PoolOp { op, reply })
+            .send(PoolOp::new(op, reply))
             .map_err(|_| ServiceError::Internal(format!("writer of pool {pool} stopped")))?;
         rx.await
             .map_err(|_| ServiceError::Internal(format!("writer of pool {pool} dropped a request")))?

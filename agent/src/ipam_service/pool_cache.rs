@@ -95,6 +95,12 @@ impl PoolCache {
             .ok()
     }
 
+    /// The generation of pool `name` and whether it is being deleted, as the watch last saw.
+    pub fn generation(&self, name: &str) -> Option<(Option<i64>, bool)> {
+        let m = self.meta.get(&ObjectRef::new(name))?;
+        Some((m.metadata.generation, m.metadata.deletion_timestamp.is_some()))
+    }
+
     /// Brings the specs up to the metadata: a pool gone is dropped, one new or of a new
     /// generation read, the others' metadata replaced.
     async fn sync(&self, api: &Api<SpiderIPPool>) {

@@ -76,6 +76,8 @@ fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedS
         api: Api::all(api.client()),
         reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
         latest: Arc::new(|| None),
+        meta: Arc::new(|| None),
+        endpoints: Api::all(api.client()),
         registry: Api::all(api.client()),
         registered: Arc::new(move |_, _| registered),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
@@ -88,11 +90,7 @@ fn claim(
     pod: &str,
 ) -> oneshot::Receiver<Result<pool_writer::Answer, super::ServiceError>> {
     let (reply, rx) = oneshot::channel();
-    tx.send(PoolOp {
-        op: Op::Claim(entry(pod)),
-        reply,
-    })
-    .unwrap();
+    tx.send(PoolOp::new(Op::Claim(entry(pod)), reply)).unwrap();
     rx
 }
 
@@ -202,6 +200,8 @@ async fn a_copy_the_watch_has_overtaken_is_read_again_before_deciding() {
         api: Api::all(api.client()),
         reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
         latest: Arc::new(move || *seen.lock().unwrap()),
+        meta: Arc::new(|| None),
+        endpoints: Api::all(api.client()),
         registry: Api::all(api.client()),
         registered: Arc::new(|_, _| true),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
@@ -441,22 +441,23 @@ async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_
         ifname: "eth0".into(),
     }];
     svc.gc(&gc).await.unwrap();
+    wait_for_flush().await;
     assert_eq!(
         api.calls(),
         [
             format!("GET {all}"),
             format!("GET {ENDPOINTS}/b"),
             format!("GET {POOLS}/p/status"),
-            format!("PATCH {POOLS}/p/status"),
             format!("DELETE {ENDPOINTS}/b"),
+            format!("PATCH {POOLS}/p/status"),
         ],
         "a (valid), c (another node), d (another network) and e (network not recorded) are left alone"
     );
     assert_eq!(
-        api.seen()[3].body,
+        api.seen()[4].body,
         Some(expected_patch("20", &[("10.0.0.10", "a"), ("10.0.0.12", "c")]))
     );
-    let delete = api.seen()[4].body.clone().unwrap();
+    let delete = api.seen()[3].body.clone().unwrap();
     assert_eq!(delete["preconditions"]["resourceVersion"], "7");
 }
 
@@ -536,13 +537,13 @@ async fn a_pool_whose_addresses_another_pool_registered_first_hands_out_nothing_
     let tx = writer_with(&api, false);
     let (reply, release) = oneshot::channel();
     let claim_reply = claim(&tx, "a");
-    tx.send(PoolOp {
-        op: Op::Release {
+    tx.send(PoolOp::new(
+        Op::Release {
             pod_uid: "uid-old".into(),
             interface: None,
         },
         reply,
-    })
+    ))
     .unwrap();
     let answer = claim_reply.await.unwrap().unwrap();
     assert_eq!(answer.decision, Decision::Claim(None));
@@ -556,7 +557,8 @@ async fn a_pool_whose_addresses_another_pool_registered_first_hands_out_nothing_
         put["metadata"]["resourceVersion"], "1",
         "the registry write is guarded by its read"
     );
-    assert_eq!(api.unused(), 0);
+    wait_for_flush().await;
+    assert_eq!(api.unused(), 0, "the release written");
 }
 
 /// A DEL that is not the current holder's releases nothing: a late DEL of an earlier sandbox of
@@ -611,17 +613,24 @@ async fn a_del_of_the_current_sandbox_releases_its_address() {
     svc.handle(request(IpamVerb::Del, "a", "c1"))
         .await
         .expect("DEL succeeds");
+    // The release is written within FLUSH_AFTER, not before the DEL answers.
+    wait_for_flush().await;
     assert_eq!(
         api.calls(),
         [
             format!("GET {ENDPOINTS}/a"),
             format!("GET {POOLS}/p/status"),
-            format!("PATCH {POOLS}/p/status"),
             format!("DELETE {ENDPOINTS}/a"),
+            format!("PATCH {POOLS}/p/status"),
         ]
     );
     assert_eq!(
-        api.seen()[2].body.as_ref().unwrap()["status"]["allocatedIPCount"],
+        api.seen()[3].body.as_ref().unwrap()["status"]["allocatedIPCount"],
         0
     );
+}
+
+/// Waits until a writer's pending releases are written.
+async fn wait_for_flush() {
+    tokio::time::sleep(pool_writer::FLUSH_AFTER + std::time::Duration::from_millis(300)).await;
 }

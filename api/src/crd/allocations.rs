@@ -65,13 +65,20 @@ impl Allocations {
         self.by_node.values().flat_map(|held| held.iter())
     }
 
-    /// The number of distinct addresses held.
+    /// The number of distinct addresses pods hold (a node's spares are not counted).
     pub fn count(&self) -> usize {
         self.by_node
             .values()
-            .flat_map(|held| held.keys())
+            .flat_map(|held| held.iter())
+            .filter(|(_, e)| !e.is_spare())
+            .map(|(ip, _)| ip)
             .collect::<std::collections::BTreeSet<_>>()
             .len()
+    }
+
+    /// `node`'s own string (address → entry), if it holds anything.
+    pub fn of_node(&self, node: &str) -> Option<&BTreeMap<String, PoolIPAllocation>> {
+        self.by_node.get(node)
     }
 
     /// Carries the change from the view `before` to the view `after` into the node strings: an

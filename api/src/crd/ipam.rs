@@ -133,9 +133,17 @@ impl IPPoolStatus {
         Allocations::decode(&self.allocated_ips_by_node)
     }
 
-    /// Address → holder (one per address; see [`Allocations::view`]).
+    /// Address → holder (one per address; see [`Allocations::view`]), the addresses nodes set
+    /// aside ([`PoolIPAllocation::is_spare`]) included: none of them is free.
     pub fn held(&self) -> Result<BTreeMap<String, PoolIPAllocation>, String> {
         Ok(self.allocations()?.view(None))
+    }
+
+    /// Address → the pod that holds it: [`IPPoolStatus::held`] without the spare addresses.
+    pub fn held_by_pods(&self) -> Result<BTreeMap<String, PoolIPAllocation>, String> {
+        let mut held = self.held()?;
+        held.retain(|_, e| !e.is_spare());
+        Ok(held)
     }
 
     /// The merge patch that turns the holders `before` into `after` (only the nodes that
@@ -172,6 +180,28 @@ pub struct PoolIPAllocation {
     /// Set for StatefulSet pods: the address follows the pod name, not the UID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_stateful_set: Option<String>,
+}
+
+/// The `podUID` of an entry that holds an address for its node rather than for a pod (a spare:
+/// see `spiderpool_ipam::cluster::spares`). No pod has it: pod UIDs are UUIDs.
+pub const SPARE_POD_UID: &str = "spare";
+
+impl PoolIPAllocation {
+    /// An address `node`'s agent has set aside to hand out without a write of the pool.
+    pub fn spare(node: &str) -> PoolIPAllocation {
+        PoolIPAllocation {
+            pod: String::new(),
+            pod_uid: SPARE_POD_UID.into(),
+            interface: None,
+            node: Some(node.to_string()),
+            owner_stateful_set: None,
+        }
+    }
+
+    /// Whether the entry is a node's spare, not a pod's.
+    pub fn is_spare(&self) -> bool {
+        self.pod_uid == SPARE_POD_UID && self.pod.is_empty()
+    }
 }
 
 #[derive(CustomResource, KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -79,13 +79,9 @@ pub fn decide<'a>(
     for op in batch {
         match op {
             Op::Claim(entry) => {
-                let held = allocated.iter().find_map(|(ip, a)| {
-                    let same_pod = a.pod_uid == entry.pod_uid
-                        || (a.owner_stateful_set.is_some()
-                            && a.owner_stateful_set == entry.owner_stateful_set
-                            && a.pod == entry.pod);
-                    (same_pod && a.interface == entry.interface).then(|| ip.clone())
-                });
+                let held = allocated
+                    .iter()
+                    .find_map(|(ip, a)| same_holder(a, entry).then(|| ip.clone()));
                 let ip = match held {
                     Some(ip) => ip.parse::<IpAddr>().ok(),
                     None if cx.accept_new => next_free(&usable, &taken, &mut last),
@@ -126,9 +122,19 @@ pub fn decide<'a>(
     (decisions, changed)
 }
 
+/// Whether `held` is `claim`'s pod and interface: the same UID, or for a StatefulSet pod the same
+/// name (its address follows the name).
+pub fn same_holder(held: &PoolIPAllocation, claim: &PoolIPAllocation) -> bool {
+    let same_pod = held.pod_uid == claim.pod_uid
+        || (held.owner_stateful_set.is_some()
+            && held.owner_stateful_set == claim.owner_stateful_set
+            && held.pod == claim.pod);
+    same_pod && held.interface == claim.interface
+}
+
 /// The first free address of `usable` after `last`, wrapping around to its start once; moves
 /// `last` to it.
-fn next_free(usable: &IpSet, taken: &HashSet<u128>, last: &mut Option<u128>) -> Option<IpAddr> {
+pub(crate) fn next_free(usable: &IpSet, taken: &HashSet<u128>, last: &mut Option<u128>) -> Option<IpAddr> {
     let free = |key: &u128| !taken.contains(key);
     let start = *last;
     let mut walk = start;

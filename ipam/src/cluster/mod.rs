@@ -9,6 +9,7 @@ pub mod pod_network;
 pub mod register;
 pub mod registry;
 pub mod select;
+pub mod spares;
 
 use spiderpool_api::crd::{SpiderIPPool, SpiderReservedIP};
 

@@ -59,8 +59,9 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
     assert_eq!(ips.len(), PODS);
 
     let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
+    settle().await;
     let status = pools.get_status(&pool).await.unwrap().status.unwrap();
-    let allocated = status.held().unwrap();
+    let allocated = status.held_by_pods().unwrap();
     assert_eq!(status.allocated_ip_count, Some(PODS as i64));
     assert_eq!(status.total_ip_count, Some(PODS as i64));
     assert_eq!(allocated.len(), PODS);
@@ -122,9 +123,10 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
             agents[i % AGENTS].log_text()
         );
     }
+    settle().await;
     let status = pools.get_status(&pool).await.unwrap().status.unwrap();
     assert_eq!(status.allocated_ip_count, Some(0));
-    assert!(status.held().unwrap().is_empty());
+    assert!(status.held_by_pods().unwrap().is_empty());
     assert!(
         endpoints
             .list(&Default::default())

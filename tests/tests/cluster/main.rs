@@ -43,7 +43,10 @@ async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result
     api.create(&PostParams::default(), &pool).await
 }
 
+/// The pods holding addresses of `pool`, once what agents lent and released is written (within
+/// their writers' FLUSH_AFTER of 500 ms); a node's spares are not listed.
 async fn allocations(cluster: &Cluster, pool: &str) -> BTreeMap<String, PoolIPAllocation> {
+    settle().await;
     let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
     let st = pools
         .get_status(pool)
@@ -51,13 +54,18 @@ async fn allocations(cluster: &Cluster, pool: &str) -> BTreeMap<String, PoolIPAl
         .expect("pool reads")
         .status
         .unwrap_or_default();
-    let map = st.held().expect("allocatedIPsByNode decodes");
+    let map = st.held_by_pods().expect("allocatedIPsByNode decodes");
     assert_eq!(
         st.allocated_ip_count.unwrap_or(0),
         map.len() as i64,
         "count matches the map"
     );
     map
+}
+
+/// Waits past the agents' pool writers' FLUSH_AFTER (500 ms) and a write.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
 }
 
 /// `spiderpool-controller --once` (pool registration, GC, coordinator status); its report.

@@ -150,6 +150,8 @@ async fn cluster_overlapping_pools_created_at_once_never_give_one_address_twice(
     for p in [&a, &b] {
         api.delete(p, &Default::default()).await.unwrap();
     }
+    // The agents give back the addresses they had set aside once they see the pools go.
+    settle().await;
     controller_once(&cluster);
     controller_once(&cluster);
     assert!(api.get_opt(&a).await.unwrap().is_none() && api.get_opt(&b).await.unwrap().is_none());
@@ -260,6 +262,8 @@ async fn cluster_a_pool_edited_to_overlap_one_in_use_never_gives_its_addresses()
     for i in (0..10).chain(16..18) {
         assert!(cni("DEL", &in_a, &ns, &format!("p-{i}"), &uids[i], "net1").success);
     }
+    // The releases are written within the writer's FLUSH_AFTER.
+    settle().await;
     controller_once(&cluster);
     assert!(pools.get_opt(&a).await.unwrap().is_none(), "a goes once empty");
 }

@@ -255,7 +255,10 @@ impl Agent {
         cmd.args(["ipam-service", "--node-name", &self.node, "--socket"])
             .arg(&self.socket)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         self.daemon.start(cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {

@@ -31,7 +31,7 @@ use crate::range::{IpSet, ip_to_key};
 pub const SPARE_FLOOR: u128 = 64;
 
 /// The most spares a node keeps.
-pub const SPARE_MOST: usize = 32;
+pub const SPARE_MOST: usize = 64;
 
 /// How many addresses a node sets aside beyond what it needs now, with `free` addresses free:
 /// a 16th of them, at most [`SPARE_MOST`], none under [`SPARE_FLOOR`]. A 16th leaves most of
@@ -109,6 +109,9 @@ pub struct Outcome {
     pub free: u128,
     /// Addresses other nodes have set aside.
     pub others_spare: usize,
+    /// Whether `write` changes only entries this node already had (lent spares become holders,
+    /// released holders and spares go): then it needs no guard against other nodes' writes.
+    pub own_only: bool,
 }
 
 /// Decides `batch` for node `node` against `view` (the pool's holders as read, this node's
@@ -225,7 +228,11 @@ pub fn decide(
     if !waiting.is_empty() {
         let free = free_of(&usable, &work);
         if share(free) > 0 {
-            let want = (waiting.len() + share(free)).min(usize::try_from(free).unwrap_or(usize::MAX));
+            // As many again as are waiting (at least 4), at most a share of what is free: a node
+            // sets aside about what it uses in a round, so little is stranded on a node that has
+            // stopped asking while others still do.
+            let extra = waiting.len().max(4).min(share(free));
+            let want = (waiting.len() + extra).min(usize::try_from(free).unwrap_or(usize::MAX));
             let mut taken = taken_of(&work);
             let mut last = cursor
                 .filter(|c| c.fingerprint == fingerprint)
@@ -287,6 +294,7 @@ pub fn decide(
             write: None,
             free,
             others_spare,
+            own_only: true,
         };
     }
     for ip in dropped {
@@ -323,7 +331,13 @@ pub fn decide(
         write: Some(work),
         free,
         others_spare,
+        own_only: !refilled && !direct_changed,
     }
+}
+
+/// Addresses of `pool` neither held nor set aside in `view`, nor reserved.
+pub fn free(pool: &crate::pool::Pool, reserved: &IpSet, view: &BTreeMap<String, PoolIPAllocation>) -> u128 {
+    free_of(&pool.set.subtract(reserved), view)
 }
 
 fn lend(

@@ -135,10 +135,10 @@ fn the_first_claim_sets_spares_aside_and_the_next_ones_cost_no_write() {
     let written = out.write.expect("the first claims need spares: one write");
     assert_eq!(got(&out.decisions[0]), "10.0.0.1");
     assert_eq!(got(&out.decisions[1]), "10.0.0.2");
-    // Two claimed and a 16th of what was free (at most 32) set aside, all in that one write.
-    assert_eq!(written.len(), 2 + SPARE_MOST);
+    // Two claimed and as many again (at least 4) set aside, all in that one write.
+    assert_eq!(written.len(), 2 + 4);
     assert_eq!(s.own("n1")["10.0.0.1"], entry("a", "n1"));
-    assert_eq!(s.own("n1").values().filter(|e| e.is_spare()).count(), SPARE_MOST);
+    assert_eq!(s.own("n1").values().filter(|e| e.is_spare()).count(), 4);
     assert!(!n1.local.pending());
 
     let out = s.run(&mut n1, &[claim("c", "n1"), claim("a", "n1")], Flush::No);
@@ -239,7 +239,7 @@ fn near_exhaustion_spares_go_back_and_the_last_addresses_reach_the_node_that_ask
     let mut s = Store::new(pool("10.0.0.1-10.0.0.100"));
     let (mut n1, mut n2) = (s.node("n1"), s.node("n2"));
     let out = s.run(&mut n1, &[claim("a", "n1")], Flush::No);
-    assert_eq!(n1.local.spares.len(), share(99), "{out:?}");
+    assert_eq!(n1.local.spares.len(), 4, "{out:?}");
     let spare = n1.local.spares.len();
     let ops: Vec<Op> = (0..99 - spare).map(|i| claim(&format!("b{i}"), "n2")).collect();
     let out = s.run(&mut n2, &ops, Flush::No);

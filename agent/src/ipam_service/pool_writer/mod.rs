@@ -12,6 +12,7 @@
 //! copy has (`ipam::cluster::registry` says why that keeps two overlapping pools from both
 //! handing out); a writer that finds its pool missing there registers it first.
 
+mod own;
 mod round;
 
 use std::net::IpAddr;
@@ -97,7 +98,7 @@ impl PoolOp {
 pub const FLUSH_AFTER: Duration = Duration::from_millis(500);
 
 /// A node without claims or releases for this long gives its spares back.
-pub const IDLE_RETURN: Duration = Duration::from_secs(5);
+pub const IDLE_RETURN: Duration = Duration::from_secs(1);
 
 /// How long a claim that found no free address waits for other nodes to give their spares back
 /// (they do within [`FLUSH_AFTER`] of seeing the pool nearly full, or [`IDLE_RETURN`]).
@@ -136,6 +137,8 @@ struct Writer {
     held_over: Vec<PoolOp>,
     /// No round without a new op before this (after a failed one).
     not_before: Option<Instant>,
+    /// The count in the pool's status may be off (an unguarded write could not set it).
+    recount: bool,
 }
 
 impl Writer {
@@ -151,17 +154,21 @@ impl Writer {
             return Some((at(since + FLUSH_AFTER), Some(Flush::Due)));
         }
         if self.local.spares.is_empty() {
-            return None;
+            // A count left off is set once the node idles, on a fresh copy.
+            return self
+                .recount
+                .then(|| (at(self.last_op.unwrap_or(now) + FLUSH_AFTER), Some(Flush::Due)));
         }
         if deleting {
             // A pool being deleted goes once nothing is held: its spares go back at once.
             return Some((at(now), Some(Flush::ReturnAll)));
         }
-        let last = self.last_op.unwrap_or(now);
         if self.free.is_some_and(|f| f < SPARE_FLOOR) {
-            // Nearly full: the spares go back to whichever node needs them.
-            return Some((at(last + FLUSH_AFTER), Some(Flush::Due)));
+            // Nearly full: the spares go back at once to whichever node needs them (a node
+            // that waits until it idles keeps other nodes' claims waiting for the whole burst).
+            return Some((at(now), Some(Flush::Due)));
         }
+        let last = self.last_op.unwrap_or(now);
         let idle = last + IDLE_RETURN;
         if idle <= now + LOOK_AGAIN {
             Some((at(idle), Some(Flush::ReturnAll)))
@@ -192,6 +199,9 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
                 None => continue,
             },
         };
+        if w.recount && batch.is_empty() {
+            w.copy = None;
+        }
         if !batch.is_empty() {
             w.last_op = Some(Instant::now());
         }
@@ -218,7 +228,8 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
         match &outcome {
             Ok(o) => {
                 w.free = Some(o.free);
-                w.not_before = None;
+                // A count that could not be set is tried again a while later, not at once.
+                w.not_before = w.recount.then(|| Instant::now() + FLUSH_AFTER);
                 if o.wrote {
                     w.pending_since = None;
                 }

@@ -13,7 +13,7 @@ use spiderpool_ipam::cluster::registry;
 use spiderpool_ipam::cluster::spares::{self, Flush};
 use tokio::sync::mpsc;
 
-use super::{Outcome, PoolOp, Sources, Writer};
+use super::{Outcome, PoolOp, Sources, Writer, own};
 use crate::ipam_service::ServiceError;
 
 /// The pool `(uid, generation)` this writer registered or found registered, so later batches
@@ -24,14 +24,14 @@ use crate::ipam_service::ServiceError;
 pub(super) struct Registered(Option<(String, i64)>);
 
 pub(super) struct Copy {
-    pool: SpiderIPPool,
+    pub(super) pool: SpiderIPPool,
     /// The holders as stored, node by node.
-    stored: Allocations,
+    pub(super) stored: Allocations,
     /// The holders as decided on, this node's first where an address is held twice.
-    allocated: BTreeMap<String, PoolIPAllocation>,
+    pub(super) allocated: BTreeMap<String, PoolIPAllocation>,
 }
 
-fn decoded(node: &str, name: &str, pool: SpiderIPPool) -> Result<Copy, ServiceError> {
+pub(super) fn decoded(node: &str, name: &str, pool: SpiderIPPool) -> Result<Copy, ServiceError> {
     let stored = pool
         .status
         .as_ref()
@@ -119,10 +119,6 @@ pub(super) async fn decide_and_write(
         }) {
             w.copy = None;
         }
-        // A flush may give spares back: it decides on the newest copy.
-        if flush != Flush::No && w.copy.as_ref().is_some_and(|c| stale(sources, c)) {
-            w.copy = None;
-        }
         let fresh = w.copy.is_none();
         let current = match w.copy.take() {
             Some(c) => c,
@@ -195,9 +191,12 @@ pub(super) async fn decide_and_write(
             flush,
         );
         let no_address = out.decisions.contains(&Decision::Claim(None));
-        if (out.write.is_some() || no_address) && !fresh && stale(sources, &current) {
+        let stale_now = !fresh && stale(sources, &current);
+        let own_only = out.own_only;
+        if ((out.write.is_some() && !own_only) || no_address) && stale_now {
             // Another node wrote since this copy: a write on it would fail, and "no address"
-            // may be wrong (an address released, the pool grown).
+            // may be wrong (an address released, the pool grown). A write of this node's own
+            // entries only goes ahead without the guard (`own::write`).
             continue;
         }
         let spares::Outcome {
@@ -206,6 +205,7 @@ pub(super) async fn decide_and_write(
             write,
             free,
             others_spare,
+            ..
         } = out;
         let answered = Outcome {
             decisions,
@@ -219,6 +219,9 @@ pub(super) async fn decide_and_write(
             w.copy = Some(current);
             w.cursor = walk;
             w.local = local;
+            if w.recount && flush != Flush::No {
+                w.recount = !own::fix_count(sources, name, &mut w.copy).await;
+            }
             return Ok(answered);
         };
         let mut stored = current.stored.clone();
@@ -230,11 +233,46 @@ pub(super) async fn decide_and_write(
             Some(i64::try_from(pool.available(&reserved)).unwrap_or(i64::MAX)),
         );
         let writing = std::time::Instant::now();
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        // `None`: the guarded write would fail on this stale copy, so it is not tried.
+        let written = if own_only && stale_now {
+            None
+        } else {
+            Some(
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await,
+            )
+        };
+        let lost = |r: &Option<Result<SpiderIPPool, kube::Error>>| match r {
+            None => true,
+            Some(Err(kube::Error::Api(status))) => status.code == 409,
+            Some(_) => false,
+        };
+        if own_only && lost(&written) {
+            // Another node wrote first; this write's entries are this node's alone.
+            if let Some(fresh) = own::write(sources, name, &current, &stored).await? {
+                let copy = decoded(&sources.node, name, fresh)?;
+                let free = spares::free(&pool, &reserved, &copy.allocated);
+                w.local = local;
+                w.local.sync(copy.stored.of_node(&sources.node));
+                w.copy = Some(copy);
+                w.cursor = walk;
+                w.recount = !own::fix_count(sources, name, &mut w.copy).await;
+                return Ok(Outcome {
+                    wrote: true,
+                    free,
+                    ..answered
+                });
+            }
+            // This node's string changed under it (the controller's GC): read, decide again.
+            *conflicts += 1;
+            tokio::time::sleep(backoff(writing.elapsed(), *conflicts)).await;
+            continue;
+        }
+        // Not tried only when the unguarded write above was.
+        let Some(written) = written else { continue };
+        match written {
             Ok(written) => {
+                w.recount = false;
                 w.copy = Some(copy_of(&sources.node, written, stored));
                 w.cursor = walk;
                 w.local = local;

@@ -17,6 +17,8 @@ pub mod pool_writer;
 mod release;
 pub mod server;
 #[cfg(test)]
+mod spares_tests;
+#[cfg(test)]
 mod tests;
 
 pub use error::ServiceError;

@@ -76,6 +76,11 @@ impl Allocations {
             .len()
     }
 
+    /// How many nodes hold entries.
+    pub fn nodes(&self) -> usize {
+        self.by_node.len()
+    }
+
     /// `node`'s own string (address → entry), if it holds anything.
     pub fn of_node(&self, node: &str) -> Option<&BTreeMap<String, PoolIPAllocation>> {
         self.by_node.get(node)

@@ -33,14 +33,15 @@ pub const SPARE_FLOOR: u128 = 64;
 /// The most spares a node keeps.
 pub const SPARE_MOST: usize = 64;
 
-/// How many addresses a node sets aside beyond what it needs now, with `free` addresses free:
-/// a 16th of them, at most [`SPARE_MOST`], none under [`SPARE_FLOOR`]. A 16th leaves most of
-/// the pool to other nodes while the pool fills.
-pub fn share(free: u128) -> usize {
+/// How many addresses a node sets aside beyond what it needs now, with `free` addresses free and
+/// `nodes` nodes holding addresses of the pool: a quarter of an even split, at most
+/// [`SPARE_MOST`], none under [`SPARE_FLOOR`]. Spread thin, so that what a node sets aside and
+/// then does not need stays small beside what the others still ask for.
+pub fn share(free: u128, nodes: usize) -> usize {
     if free < SPARE_FLOOR {
         0
     } else {
-        (free / 16).min(SPARE_MOST as u128) as usize
+        (free / (4 * nodes.max(1) as u128)).min(SPARE_MOST as u128) as usize
     }
 }
 
@@ -227,11 +228,18 @@ pub fn decide(
     let mut refilled = false;
     if !waiting.is_empty() {
         let free = free_of(&usable, &work);
-        if share(free) > 0 {
-            // As many again as are waiting (at least 4), at most a share of what is free: a node
+        let nodes = work
+            .values()
+            .filter_map(|a| a.node.as_deref())
+            .chain([node])
+            .collect::<BTreeSet<_>>()
+            .len();
+        let share = share(free, nodes);
+        if share > 0 {
+            // As many again as are waiting (at least 4), at most its share of what is free: a node
             // sets aside about what it uses in a round, so little is stranded on a node that has
             // stopped asking while others still do.
-            let extra = waiting.len().max(4).min(share(free));
+            let extra = waiting.len().max(4).min(share);
             let want = (waiting.len() + extra).min(usize::try_from(free).unwrap_or(usize::MAX));
             let mut taken = taken_of(&work);
             let mut last = cursor

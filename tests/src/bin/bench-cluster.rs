@@ -327,6 +327,24 @@ fn floor_op(
 /// How long after a phase's last answer its costs are read.
 const SETTLE: Duration = Duration::from_millis(1500);
 
+fn failed_of<T>(results: &[(bool, T, String, String)]) -> usize {
+    results.iter().filter(|r| !r.0).count()
+}
+
+/// Waits (up to 30 s) until the pool's status holds `want` pods' addresses; how long it waited.
+async fn settled(cluster: &Cluster, pool: &str, want: usize) -> Result<Duration> {
+    let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let st = api.get_status(pool).await?.status.unwrap_or_default();
+        if st.held_by_pods().map(|h| h.len()).ok() == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(started.elapsed())
+}
+
 /// Addresses the store still holds for `peer` after the release phase.
 async fn still_held(cluster: &Cluster, peer: &str, pool: &str, ns: &str) -> Result<usize> {
     if peer == "floor" {
@@ -435,8 +453,23 @@ async fn main() -> Result<()> {
             });
             let wall = started.elapsed();
             // Costs are counted past the last answer: our agents write what they lent and
-            // released within 500 ms of it (the same wait for every peer).
+            // released a while after it (500 ms per 10 nodes). Every peer gets SETTLE; ours
+            // until the pool shows every allocation (or none after the release), and how long.
             tokio::time::sleep(SETTLE).await;
+            if peer.name == "spiderpool" {
+                let want = if verb == "ADD" {
+                    pods - failed_of(&results)
+                } else {
+                    failed_of(&results)
+                };
+                let waited = settled(&cluster, &pool, want).await?;
+                println!(
+                    "{:<12} {:<9} pool status showed every pod {:.1} s after the last answer",
+                    peer.name,
+                    label,
+                    (SETTLE + waited).as_secs_f64()
+                );
+            }
             let after = server_cost(&cluster).await?;
             let failed = results.iter().filter(|r| !r.0).count();
             println!(

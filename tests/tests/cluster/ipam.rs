@@ -60,6 +60,8 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
 
     let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
     settle().await;
+    // The count is the controller's to keep exact (agents' unguarded writes leave it).
+    controller_once(&cluster);
     let status = pools.get_status(&pool).await.unwrap().status.unwrap();
     let allocated = status.held_by_pods().unwrap();
     assert_eq!(status.allocated_ip_count, Some(PODS as i64));
@@ -124,6 +126,7 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
         );
     }
     settle().await;
+    controller_once(&cluster);
     let status = pools.get_status(&pool).await.unwrap().status.unwrap();
     assert_eq!(status.allocated_ip_count, Some(0));
     assert!(status.held_by_pods().unwrap().is_empty());

@@ -54,13 +54,9 @@ async fn allocations(cluster: &Cluster, pool: &str) -> BTreeMap<String, PoolIPAl
         .expect("pool reads")
         .status
         .unwrap_or_default();
-    let map = st.held_by_pods().expect("allocatedIPsByNode decodes");
-    assert_eq!(
-        st.allocated_ip_count.unwrap_or(0),
-        map.len() as i64,
-        "count matches the map"
-    );
-    map
+    // No check of `allocatedIPCount` here: an agent's write of its own entries leaves it to the
+    // next guarded write or the controller's round (see the 1000-address test).
+    st.held_by_pods().expect("allocatedIPsByNode decodes")
 }
 
 /// Waits past the agents' pool writers' FLUSH_AFTER (500 ms) and a write.

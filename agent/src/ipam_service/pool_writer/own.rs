@@ -1,14 +1,16 @@
 //! A write of this node's own string of the pool without the resourceVersion guard: a JSON patch
 //! that tests the string is still what the copy holds and replaces it. It changes nothing another
 //! node may hand out (lent spares become holders, released holders and spares go), so another
-//! node's write in between does not matter, and a flush never waits on one. The count it cannot
-//! know is set after, guarded by the version the patch answered with.
+//! node's write in between does not matter, and a flush never waits on one. It leaves
+//! `allocatedIPCount` alone (it cannot know it without the guard): the next guarded write, or the
+//! controller's next round, sets it. Setting it at once measured as a storm at 100 nodes, every
+//! node's count write undoing the others'.
 
 use kube::api::{Patch, PatchParams};
 use spiderpool_api::crd::{Allocations, SpiderIPPool};
 
 use super::Sources;
-use super::round::{Copy, decoded};
+use super::round::Copy;
 use crate::ipam_service::ServiceError;
 
 /// Writes `stored`'s string of this node over the copy's; the pool as written, or `None` when
@@ -49,36 +51,5 @@ pub(super) async fn write(
         Ok(written) => Ok(Some(written)),
         Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => Ok(None),
         Err(e) => Err(ServiceError::from_kube(e, name)),
-    }
-}
-
-/// Sets `allocatedIPCount` to what the copy holds, guarded by its version; `false` when another
-/// write came first (the writer tries again once idle, or its next guarded write sets it).
-pub(super) async fn fix_count(sources: &Sources, name: &str, copy: &mut Option<Copy>) -> bool {
-    let Some(c) = copy.as_ref() else {
-        return false;
-    };
-    let count = i64::try_from(c.stored.count()).unwrap_or(i64::MAX);
-    if c.pool.status.as_ref().and_then(|s| s.allocated_ip_count) == Some(count) {
-        return true;
-    }
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": c.pool.metadata.resource_version},
-        "status": {"allocatedIPCount": count},
-    });
-    match sources
-        .api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(written) => {
-            *copy = decoded(&sources.node, name, written).ok();
-            true
-        }
-        Err(e) => {
-            tracing::debug!(pool = %name, "count not written: {e}");
-            *copy = None;
-            false
-        }
     }
 }

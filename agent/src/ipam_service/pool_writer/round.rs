@@ -213,15 +213,13 @@ pub(super) async fn decide_and_write(
             refused,
             free,
             others_spare,
+            nodes: current.stored.nodes(),
             wrote: false,
         };
         let Some(after) = write else {
             w.copy = Some(current);
             w.cursor = walk;
             w.local = local;
-            if w.recount && flush != Flush::No {
-                w.recount = !own::fix_count(sources, name, &mut w.copy).await;
-            }
             return Ok(answered);
         };
         let mut stored = current.stored.clone();
@@ -256,7 +254,6 @@ pub(super) async fn decide_and_write(
                 w.local.sync(copy.stored.of_node(&sources.node));
                 w.copy = Some(copy);
                 w.cursor = walk;
-                w.recount = !own::fix_count(sources, name, &mut w.copy).await;
                 return Ok(Outcome {
                     wrote: true,
                     free,
@@ -272,7 +269,6 @@ pub(super) async fn decide_and_write(
         let Some(written) = written else { continue };
         match written {
             Ok(written) => {
-                w.recount = false;
                 w.copy = Some(copy_of(&sources.node, written, stored));
                 w.cursor = walk;
                 w.local = local;

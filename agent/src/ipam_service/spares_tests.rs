@@ -8,23 +8,13 @@ use std::sync::{Arc, Mutex};
 use kube::api::Api;
 use serde_json::{Value, json};
 use spiderpool_api::crd::{Allocations, PoolIPAllocation};
-use spiderpool_ipam::cluster::decide::{Decision, Op};
 use tokio::sync::oneshot;
 
 use super::mock_api::{MockApi, status_body};
-use super::pool_writer::{self, PoolOp, Sources};
+use super::pool_writer::{self, Sources};
+use super::tests::{claim, claimed, entry};
 
 const STATUS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools/p/status";
-
-fn entry(pod: &str) -> PoolIPAllocation {
-    PoolIPAllocation {
-        pod: format!("ns/{pod}"),
-        pod_uid: format!("uid-{pod}"),
-        interface: Some("eth0".into()),
-        node: Some("n1".into()),
-        owner_stateful_set: None,
-    }
-}
 
 /// Pool `p` of 200 addresses (10.0.0.10 up) at `version`, n1's string holding `held`.
 fn pool(version: &str, held: &[(&str, Option<&str>)]) -> Value {
@@ -43,20 +33,8 @@ fn pool(version: &str, held: &[(&str, Option<&str>)]) -> Value {
     })
 }
 
-fn claim(
-    tx: &tokio::sync::mpsc::UnboundedSender<PoolOp>,
-    pod: &str,
-) -> oneshot::Receiver<Result<pool_writer::Answer, super::ServiceError>> {
-    let (reply, rx) = oneshot::channel();
-    tx.send(PoolOp::new(Op::Claim(entry(pod)), reply)).unwrap();
-    rx
-}
-
 async fn got(rx: oneshot::Receiver<Result<pool_writer::Answer, super::ServiceError>>) -> String {
-    match rx.await.unwrap().unwrap().decision {
-        Decision::Claim(Some(ip)) => ip.to_string(),
-        other => panic!("no address: {other:?}"),
-    }
+    claimed(rx.await.unwrap()).to_string()
 }
 
 #[tokio::test]

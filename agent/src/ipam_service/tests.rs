@@ -25,7 +25,7 @@ const REGISTRY: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippoolregist
 const REGISTRIES: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippoolregistries";
 const ENDPOINTS: &str = "/apis/spiderpool.spidernet.io/v2beta1/namespaces/ns/spiderendpoints";
 
-fn entry(pod: &str) -> PoolIPAllocation {
+pub(super) fn entry(pod: &str) -> PoolIPAllocation {
     PoolIPAllocation {
         pod: format!("ns/{pod}"),
         pod_uid: format!("uid-{pod}"),
@@ -85,7 +85,7 @@ fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedS
     pool_writer::spawn(sources, "p".into())
 }
 
-fn claim(
+pub(super) fn claim(
     tx: &tokio::sync::mpsc::UnboundedSender<PoolOp>,
     pod: &str,
 ) -> oneshot::Receiver<Result<pool_writer::Answer, super::ServiceError>> {
@@ -94,7 +94,7 @@ fn claim(
     rx
 }
 
-fn claimed(answer: Result<pool_writer::Answer, super::ServiceError>) -> IpAddr {
+pub(super) fn claimed(answer: Result<pool_writer::Answer, super::ServiceError>) -> IpAddr {
     match answer.unwrap().decision {
         Decision::Claim(Some(ip)) => ip,
         other => panic!("not a claimed address: {other:?}"),

@@ -115,17 +115,26 @@ pub struct Outcome {
     pub own_only: bool,
 }
 
-/// Decides `batch` for node `node` against `view` (the pool's holders as read, this node's
+/// Who decides: the node, and whether it lends spares and defers releases (`lazy`) or writes
+/// every claim and release at once, as without spares.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    pub node: &'a str,
+    pub lazy: bool,
+}
+
+/// Decides `batch` for `writer`'s node against `view` (the pool's holders as read, this node's
 /// first) and what the writer keeps (`local`).
 pub fn decide(
     view: &BTreeMap<String, PoolIPAllocation>,
     local: &Local,
     cursor: &mut Option<Cursor>,
     cx: &Context<'_>,
-    node: &str,
+    writer: &Writer<'_>,
     batch: &[&Op],
     flush: Flush,
 ) -> Outcome {
+    let node = writer.node;
     let usable = cx.pool.set.subtract(cx.reserved);
     let usable_ip = |ip: &str| ip.parse::<IpAddr>().is_ok_and(|a| usable.contains(ip_to_key(a)));
     let mut local = local.clone();
@@ -171,7 +180,7 @@ pub fn decide(
                     decisions[i] = Some(Decision::Claim(ip.parse().ok()));
                 } else if !cx.accept_new {
                     decisions[i] = Some(Decision::Claim(None));
-                } else if entry.owner_stateful_set.is_some() {
+                } else if entry.owner_stateful_set.is_some() || !writer.lazy {
                     match local.spares.pop_front() {
                         Some(ip) => {
                             work.insert(ip.clone(), entry.clone());
@@ -215,7 +224,12 @@ pub fn decide(
                     .map(|(ip, a)| (ip.clone(), a.clone()))
                     .collect();
                 for (ip, a) in own {
-                    local.freed.insert(ip.clone(), a);
+                    if writer.lazy {
+                        local.freed.insert(ip.clone(), a);
+                    } else {
+                        work.remove(&ip);
+                        direct_changed = true;
+                    }
                     released.push(ip);
                 }
                 decisions[i] = Some(Decision::Release(
@@ -283,7 +297,7 @@ pub fn decide(
     let free = free_of(&usable, &work);
     // What a node keeps set aside when it writes: none near exhaustion, after an idle while or
     // in a pool that gives nothing new.
-    let keep = if !cx.accept_new || flush == Flush::ReturnAll || free < SPARE_FLOOR {
+    let keep = if !cx.accept_new || !writer.lazy || flush == Flush::ReturnAll || free < SPARE_FLOOR {
         0
     } else {
         SPARE_MOST

@@ -51,6 +51,7 @@ struct Node {
     cursor: Option<Cursor>,
     /// The store version its copy is of, and the copy.
     seen: (u64, Allocations),
+    lazy: bool,
 }
 
 struct Store {
@@ -78,6 +79,7 @@ impl Store {
             local: Local::default(),
             cursor: None,
             seen: (self.version, self.all.clone()),
+            lazy: true,
         }
     }
 
@@ -98,7 +100,11 @@ impl Store {
         loop {
             let view = node.seen.1.view(Some(&node.name));
             let mut walk = node.cursor;
-            let out = decide(&view, &node.local, &mut walk, &cx, &node.name, &batch, flush);
+            let writer = Writer {
+                node: &node.name,
+                lazy: node.lazy,
+            };
+            let out = decide(&view, &node.local, &mut walk, &cx, &writer, &batch, flush);
             let refused = out.decisions.contains(&Decision::Claim(None));
             if (out.write.is_some() || refused) && node.seen.0 != self.version {
                 // As the agent's writer: a write or a refusal is decided on a fresh copy.
@@ -358,6 +364,8 @@ fn no_address_twice_across_nodes_in_any_interleaving() {
     for seed in 1..20u64 {
         let mut s = Store::new(pool("10.0.0.1-10.0.0.150"));
         let mut nodes: Vec<Node> = ["n1", "n2", "n3"].iter().map(|n| s.node(n)).collect();
+        // Some seeds with a node that writes everything at once (a pool shared by many nodes).
+        nodes[2].lazy = seed % 2 == 0;
         let mut rnd = seed;
         let mut next = || {
             rnd ^= rnd << 13;
@@ -423,4 +431,21 @@ fn no_address_twice_across_nodes_in_any_interleaving() {
             );
         }
     }
+}
+
+#[test]
+fn a_writer_that_is_not_lazy_writes_claims_and_releases_at_once_and_keeps_no_spares() {
+    let mut s = Store::new(pool("10.0.0.1-10.0.3.232"));
+    let mut n1 = s.node("n1");
+    s.run(&mut n1, &[claim("a", "n1")], Flush::No);
+    assert!(!n1.local.spares.is_empty());
+    n1.lazy = false;
+    let out = s.run(&mut n1, &[claim("b", "n1")], Flush::No);
+    assert!(out.write.is_some(), "written at once");
+    let b = got(&out.decisions[0]);
+    assert!(n1.local.spares.is_empty(), "spares given back with it");
+    assert!(!n1.local.pending());
+    let out = s.run(&mut n1, &[release("a")], Flush::No);
+    assert!(out.write.is_some(), "a release too");
+    assert_eq!(s.own("n1").keys().cloned().collect::<Vec<_>>(), [b]);
 }

@@ -252,13 +252,21 @@ impl Agent {
     pub fn restart(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
         let mut cmd = Command::new(crate::bin_dir().join("spiderpool-agent"));
-        cmd.args(["ipam-service", "--node-name", &self.node, "--socket"])
-            .arg(&self.socket)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+        // With spares: the tier proves the path that lends without pool writes (the default
+        // path, writing each claim, is the same decision with lending off; unit-tested).
+        cmd.args([
+            "ipam-service",
+            "--ipam-spares",
+            "--node-name",
+            &self.node,
+            "--socket",
+        ])
+        .arg(&self.socket)
+        .env("KUBECONFIG", &self.kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         self.daemon.start(cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {

@@ -17,13 +17,19 @@ pub struct Args {
     /// The plugins' unix socket (created mode 0600).
     #[arg(long, default_value = spiderpool_cni::agent::DEFAULT_AGENT_SOCKET)]
     pub socket: PathBuf,
+    /// Set a few of each pool's addresses aside for this node and hand them out and take them
+    /// back without a write of the pool (bursts on up to 20 nodes per pool cost a fraction of
+    /// the API server's work). Needs one agent per node at a time: not with an update that
+    /// starts the new agent beside the old one (the chart's default maxSurge).
+    #[arg(long)]
+    pub ipam_spares: bool,
 }
 
 pub fn exec(args: Args) -> Result<()> {
     let node = node_name(args.node_name)?;
     spiderpool_daemon::runtime()?.block_on(async move {
         let client = kube::Client::try_default().await.context("Kubernetes client")?;
-        let (service, listener) = IpamService::listen(client, &node, &args.socket).await?;
+        let (service, listener) = IpamService::listen(client, &node, &args.socket, args.ipam_spares).await?;
         tokio::select! {
             () = server::serve(listener, service) => {}
             () = spiderpool_daemon::shutdown_signal() => {}

@@ -53,6 +53,7 @@ fn service(api: &MockApi, pods: Vec<Pod>, coordinators: Vec<SpiderCoordinator>) 
         coordinators: store_of(coordinators),
         writers: Mutex::new(HashMap::new()),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
+        spares: true,
     })
 }
 

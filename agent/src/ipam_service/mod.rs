@@ -56,6 +56,8 @@ pub struct IpamService {
     coordinators: reflector::Store<SpiderCoordinator>,
     writers: Mutex<HashMap<String, mpsc::UnboundedSender<PoolOp>>>,
     metrics: Arc<metrics::IpamMetrics>,
+    /// Whether pool writers lend spares (`--ipam-spares`).
+    spares: bool,
 }
 
 impl IpamService {
@@ -90,6 +92,7 @@ impl IpamService {
             coordinators,
             writers: Mutex::new(HashMap::new()),
             metrics: Arc::new(metrics::IpamMetrics::new()),
+            spares: false,
         }))
     }
 
@@ -98,10 +101,14 @@ impl IpamService {
         client: Client,
         node: &str,
         socket: &Path,
+        spares: bool,
     ) -> anyhow::Result<(Arc<IpamService>, tokio::net::UnixListener)> {
-        let service = IpamService::start(client, node.to_string())
+        let mut service = IpamService::start(client, node.to_string())
             .await
             .context("pool caches")?;
+        Arc::get_mut(&mut service)
+            .context("IPAM service shared before it serves")?
+            .spares = spares;
         let listener = server::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
         tracing::info!("IPAM service of node {node} listening on {}", socket.display());
         Ok((service, listener))
@@ -184,6 +191,7 @@ impl IpamService {
             latest: Arc::new(move || pools.version(&name)),
             meta: Arc::new(move || meta_pools.generation(&meta_name)),
             endpoints: Api::all(self.client.clone()),
+            spares: self.spares,
             registry: Api::all(self.client.clone()),
             registered: Arc::new(move |uid, generation| {
                 registry

@@ -65,6 +65,7 @@ async fn a_lent_spare_is_written_as_a_json_patch_of_the_own_string_and_again_gua
         registered: Arc::new(|_, _| true),
         endpoints: Api::all(api.client()),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
+        spares: true,
     };
     let tx = pool_writer::spawn(sources, "p".into());
     // The first claim takes a few spares with it, in one guarded write.

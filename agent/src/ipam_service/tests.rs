@@ -81,6 +81,7 @@ fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedS
         registry: Api::all(api.client()),
         registered: Arc::new(move |_, _| registered),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
+        spares: true,
     };
     pool_writer::spawn(sources, "p".into())
 }
@@ -205,6 +206,7 @@ async fn a_copy_the_watch_has_overtaken_is_read_again_before_deciding() {
         registry: Api::all(api.client()),
         registered: Arc::new(|_, _| true),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
+        spares: true,
     };
     let tx = pool_writer::spawn(sources, "p".into());
     assert_eq!(claimed(claim(&tx, "a").await.unwrap()).to_string(), "10.0.0.10");
@@ -259,6 +261,7 @@ fn service(api: &MockApi) -> Arc<IpamService> {
         coordinators: reflector::store().0,
         writers: Mutex::new(HashMap::new()),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
+        spares: true,
     })
 }
 

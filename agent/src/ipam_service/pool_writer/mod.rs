@@ -56,6 +56,8 @@ pub struct Sources {
     /// Every namespace's endpoints: read once after a restart, for spares lent before it.
     pub endpoints: Api<SpiderEndpoint>,
     pub metrics: Arc<super::metrics::IpamMetrics>,
+    /// Whether this writer may lend spares at all (`--ipam-spares`).
+    pub spares: bool,
 }
 
 /// What a claim got.

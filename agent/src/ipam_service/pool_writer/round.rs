@@ -188,7 +188,7 @@ pub(super) async fn decide_and_write(
         let nodes = current.stored.nodes() + usize::from(current.stored.of_node(&sources.node).is_none());
         let writer = spares::Writer {
             node: &sources.node,
-            lazy: nodes <= LAZY_NODES,
+            lazy: sources.spares && nodes <= LAZY_NODES,
         };
         let out = spares::decide(&current.allocated, &w.local, &mut walk, &cx, &writer, &ops, flush);
         let no_address = out.decisions.contains(&Decision::Claim(None));

@@ -62,7 +62,7 @@ pub struct IpamService {
 
 impl IpamService {
     /// Starts the caches and waits until each has listed once.
-    pub async fn start(client: Client, node: String) -> anyhow::Result<Arc<IpamService>> {
+    pub async fn start(client: Client, node: String, spares: bool) -> anyhow::Result<Arc<IpamService>> {
         let all = watcher::Config::default();
         let reserved = cache::<SpiderReservedIP>(Api::all(client.clone()), all.clone());
         let registry = cache::<SpiderIPPoolRegistry>(Api::all(client.clone()), all.clone());
@@ -92,7 +92,7 @@ impl IpamService {
             coordinators,
             writers: Mutex::new(HashMap::new()),
             metrics: Arc::new(metrics::IpamMetrics::new()),
-            spares: false,
+            spares,
         }))
     }
 
@@ -103,12 +103,9 @@ impl IpamService {
         socket: &Path,
         spares: bool,
     ) -> anyhow::Result<(Arc<IpamService>, tokio::net::UnixListener)> {
-        let mut service = IpamService::start(client, node.to_string())
+        let service = IpamService::start(client, node.to_string(), spares)
             .await
             .context("pool caches")?;
-        Arc::get_mut(&mut service)
-            .context("IPAM service shared before it serves")?
-            .spares = spares;
         let listener = server::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
         tracing::info!("IPAM service of node {node} listening on {}", socket.display());
         Ok((service, listener))

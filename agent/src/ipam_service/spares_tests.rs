@@ -5,14 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use kube::api::Api;
 use serde_json::{Value, json};
 use spiderpool_api::crd::{Allocations, PoolIPAllocation};
 use tokio::sync::oneshot;
 
 use super::mock_api::{MockApi, status_body};
-use super::pool_writer::{self, Sources};
-use super::tests::{claim, claimed, entry};
+use super::pool_writer;
+use super::tests::{claim, claimed, entry, sources};
 
 const STATUS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools/p/status";
 
@@ -54,20 +53,7 @@ async fn a_lent_spare_is_written_as_a_json_patch_of_the_own_string_and_again_gua
         .reply("GET", STATUS, 200, pool("11", &first))
         .reply("PATCH", STATUS, 200, pool("12", &[]));
     let latest: Arc<Mutex<Option<u64>>> = Arc::default();
-    let seen = latest.clone();
-    let sources = Sources {
-        node: "n1".into(),
-        api: Api::all(api.client()),
-        reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
-        latest: Arc::new(move || *seen.lock().unwrap()),
-        meta: Arc::new(|| None),
-        registry: Api::all(api.client()),
-        registered: Arc::new(|_, _| true),
-        endpoints: Api::all(api.client()),
-        metrics: Arc::new(super::metrics::IpamMetrics::new()),
-        spares: true,
-    };
-    let tx = pool_writer::spawn(sources, "p".into());
+    let tx = pool_writer::spawn(sources(&api, latest.clone()), "p".into());
     // The first claim takes a few spares with it, in one guarded write.
     assert_eq!(got(claim(&tx, "a")).await, "10.0.0.10");
     assert_eq!(api.calls().len(), 2);

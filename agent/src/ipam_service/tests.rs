@@ -71,19 +71,26 @@ fn writer(api: &MockApi) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
 }
 
 fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
-    let sources = Sources {
+    let mut sources = sources(api, Arc::default());
+    sources.registered = Arc::new(move |_, _| registered);
+    pool_writer::spawn(sources, "p".into())
+}
+
+/// What a writer of node n1 reads, talking to `api`, with spares, the pool registered, and
+/// `latest` as the newest version its watch has seen.
+pub(super) fn sources(api: &MockApi, latest: Arc<Mutex<Option<u64>>>) -> Sources {
+    Sources {
         node: "n1".into(),
         api: Api::all(api.client()),
         reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
-        latest: Arc::new(|| None),
+        latest: Arc::new(move || *latest.lock().unwrap()),
         meta: Arc::new(|| None),
         endpoints: Api::all(api.client()),
         registry: Api::all(api.client()),
-        registered: Arc::new(move |_, _| registered),
+        registered: Arc::new(|_, _| true),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
         spares: true,
-    };
-    pool_writer::spawn(sources, "p".into())
+    }
 }
 
 pub(super) fn claim(
@@ -195,20 +202,7 @@ async fn a_copy_the_watch_has_overtaken_is_read_again_before_deciding() {
         one("8", &[("10.0.0.10", "a"), ("10.0.0.11", "b")], grown),
     );
     let latest: Arc<Mutex<Option<u64>>> = Arc::default();
-    let seen = latest.clone();
-    let sources = Sources {
-        node: "n1".into(),
-        api: Api::all(api.client()),
-        reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
-        latest: Arc::new(move || *seen.lock().unwrap()),
-        meta: Arc::new(|| None),
-        endpoints: Api::all(api.client()),
-        registry: Api::all(api.client()),
-        registered: Arc::new(|_, _| true),
-        metrics: Arc::new(super::metrics::IpamMetrics::new()),
-        spares: true,
-    };
-    let tx = pool_writer::spawn(sources, "p".into());
+    let tx = pool_writer::spawn(sources(&api, latest.clone()), "p".into());
     assert_eq!(claimed(claim(&tx, "a").await.unwrap()).to_string(), "10.0.0.10");
     // Its own write: nothing newer, no read.
     *latest.lock().unwrap() = Some(6);

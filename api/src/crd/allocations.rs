@@ -149,6 +149,11 @@ impl Allocations {
         out
     }
 
+    /// `node`'s string as stored, `None` when it holds nothing.
+    pub fn encoded_node(&self, node: &str) -> Option<String> {
+        self.by_node.get(node).map(encode)
+    }
+
     /// `status.allocatedIPsByNode` holding `self` in full.
     pub fn encoded(&self) -> BTreeMap<String, String> {
         self.by_node

@@ -327,10 +327,6 @@ fn floor_op(
 /// How long after a phase's last answer its costs are read.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-fn failed_of<T>(results: &[(bool, T, String, String)]) -> usize {
-    results.iter().filter(|r| !r.0).count()
-}
-
 /// Waits (up to 30 s) until the pool's status holds `want` pods' addresses; how long it waited.
 async fn settled(cluster: &Cluster, pool: &str, want: usize) -> Result<Duration> {
     let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
@@ -452,16 +448,13 @@ async fn main() -> Result<()> {
                 (out.success, t.elapsed(), out.stdout, out.stderr)
             });
             let wall = started.elapsed();
+            let failed = results.iter().filter(|r| !r.0).count();
             // Costs are counted past the last answer: our agents write what they lent and
             // released a while after it (500 ms per 10 nodes). Every peer gets SETTLE; ours
             // until the pool shows every allocation (or none after the release), and how long.
             tokio::time::sleep(SETTLE).await;
             if peer.name == "spiderpool" {
-                let want = if verb == "ADD" {
-                    pods - failed_of(&results)
-                } else {
-                    failed_of(&results)
-                };
+                let want = if verb == "ADD" { pods - failed } else { failed };
                 let waited = settled(&cluster, &pool, want).await?;
                 println!(
                     "{:<12} {:<9} pool status showed every pod {:.1} s after the last answer",
@@ -471,7 +464,6 @@ async fn main() -> Result<()> {
                 );
             }
             let after = server_cost(&cluster).await?;
-            let failed = results.iter().filter(|r| !r.0).count();
             println!(
                 "{:<12} {:<9} machine CPU {:.2} ms/op ({}); requests/op: {}",
                 peer.name,

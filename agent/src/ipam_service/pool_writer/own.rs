@@ -35,7 +35,7 @@ pub(super) async fn write(
         "/status/allocatedIPsByNode/{}",
         node.replace('~', "~0").replace('/', "~1")
     );
-    let new = stored.encoded().remove(node);
+    let new = stored.encoded_node(node);
     let mut ops = vec![serde_json::json!({"op": "test", "path": path, "value": old})];
     ops.push(match new {
         Some(text) => serde_json::json!({"op": "replace", "path": path, "value": text}),

@@ -214,7 +214,7 @@ pub(super) async fn decide_and_write(
             refused,
             free,
             others_spare,
-            nodes: current.stored.nodes(),
+            nodes,
             wrote: false,
         };
         let Some(after) = write else {
@@ -232,22 +232,28 @@ pub(super) async fn decide_and_write(
             Some(i64::try_from(pool.available(&reserved)).unwrap_or(i64::MAX)),
         );
         let writing = std::time::Instant::now();
-        // `None`: the guarded write would fail on this stale copy, so it is not tried.
-        let written = if own_only && stale_now {
-            None
-        } else {
-            Some(
-                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await,
-            )
-        };
-        let lost = |r: &Option<Result<SpiderIPPool, kube::Error>>| match r {
-            None => true,
-            Some(Err(kube::Error::Api(status))) => status.code == 409,
-            Some(_) => false,
-        };
-        if own_only && lost(&written) {
-            // Another node wrote first; this write's entries are this node's alone.
+        // The guarded write, unless this stale copy makes it fail for sure.
+        if !(own_only && stale_now) {
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(written) => {
+                    w.copy = Some(copy_of(&sources.node, written, stored));
+                    w.cursor = walk;
+                    w.local = local;
+                    return Ok(Outcome {
+                        wrote: true,
+                        ..answered
+                    });
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(e) => return Err(ServiceError::from_kube(e, name)),
+            }
+        }
+        // Another node wrote first.
+        if own_only {
+            // This write's entries are this node's alone.
             if let Some(fresh) = own::write(sources, name, &current, &stored).await? {
                 let copy = decoded(&sources.node, name, fresh)?;
                 let free = spares::free(&pool, &reserved, &copy.allocated);
@@ -263,35 +269,18 @@ pub(super) async fn decide_and_write(
             }
             // This node's string changed under it (the controller's GC): read, decide again.
             *conflicts += 1;
-            tokio::time::sleep(backoff(writing.elapsed(), *conflicts)).await;
-            continue;
+        } else {
+            *conflicts += 1;
+            sources
+                .metrics
+                .conflicts
+                .get_or_create(&crate::ipam_service::metrics::IpamMetrics::pool(name))
+                .inc();
+            // The next round reads the other writer's version (`copy` stays empty) and decides
+            // again.
+            tracing::debug!(pool = %name, conflicts = *conflicts, "resourceVersion conflict");
         }
-        // Not tried only when the unguarded write above was.
-        let Some(written) = written else { continue };
-        match written {
-            Ok(written) => {
-                w.copy = Some(copy_of(&sources.node, written, stored));
-                w.cursor = walk;
-                w.local = local;
-                return Ok(Outcome {
-                    wrote: true,
-                    ..answered
-                });
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                *conflicts += 1;
-                sources
-                    .metrics
-                    .conflicts
-                    .get_or_create(&crate::ipam_service::metrics::IpamMetrics::pool(name))
-                    .inc();
-                // Another agent wrote first: the next round reads its version (`copy` stays
-                // empty) and decides again.
-                tracing::debug!(pool = %name, conflicts = *conflicts, "resourceVersion conflict");
-                tokio::time::sleep(backoff(writing.elapsed(), *conflicts)).await;
-            }
-            Err(e) => return Err(ServiceError::from_kube(e, name)),
-        }
+        tokio::time::sleep(backoff(writing.elapsed(), *conflicts)).await;
     }
 }
 

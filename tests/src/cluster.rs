@@ -234,42 +234,72 @@ pub struct Agent {
     pub socket: PathBuf,
     kubeconfig: PathBuf,
     daemon: Daemon,
+    /// Its log filter (`SPIDERPOOL_TEST_AGENT_LOG`, else `warn`).
+    log: String,
 }
 
 impl Agent {
     pub fn start(kubeconfig: &Path, node: &str, dir: &Path) -> Result<Agent> {
+        let log = std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into());
+        Agent::start_logging(kubeconfig, node, dir, &log)
+    }
+
+    /// As [`Agent::start`], with the log filter `log`.
+    pub fn start_logging(kubeconfig: &Path, node: &str, dir: &Path, log: &str) -> Result<Agent> {
         let mut agent = Agent {
             node: node.into(),
             socket: dir.join(format!("{node}.sock")),
             kubeconfig: kubeconfig.into(),
             daemon: Daemon::new(dir.join(format!("{node}.log"))),
+            log: log.into(),
         };
         agent.restart()?;
+        Ok(agent)
+    }
+
+    /// A second agent of `self`'s node on the same socket, as an update with maxSurge starts it
+    /// (its log filter `log`, its log `<node>.<suffix>.log`): returns once it has taken the
+    /// socket over.
+    pub fn beside(&self, suffix: &str, log: &str) -> Result<Agent> {
+        let dir = self.socket.parent().unwrap_or(Path::new("."));
+        let mut agent = Agent {
+            node: self.node.clone(),
+            socket: self.socket.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            daemon: Daemon::new(dir.join(format!("{}.{suffix}.log", self.node))),
+            log: log.into(),
+        };
+        let before = socket_identity(&self.socket);
+        agent.spawn()?;
+        let socket = agent.socket.clone();
+        agent.wait_listening(|| socket_identity(&socket) != before)?;
         Ok(agent)
     }
 
     /// (Re)starts the process and waits until its socket answers.
     pub fn restart(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
+        self.spawn()?;
+        self.wait_listening(|| true)
+    }
+
+    /// The process with its log filter.
+    fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(crate::bin_dir().join("spiderpool-agent"));
-        // With spares: the tier proves the path that lends without pool writes (the default
-        // path, writing each claim, is the same decision with lending off; unit-tested).
-        cmd.args([
-            "ipam-service",
-            "--ipam-spares",
-            "--node-name",
-            &self.node,
-            "--socket",
-        ])
-        .arg(&self.socket)
-        .env("KUBECONFIG", &self.kubeconfig)
-        .env(
-            "RUST_LOG",
-            std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-        self.daemon.start(cmd)?;
+        // Spares on, the default: the tier proves the path that lends without pool writes
+        // (`--ipam-spares=false`, writing each claim, is the same decision with lending off;
+        // unit-tested).
+        cmd.args(["ipam-service", "--node-name", &self.node, "--socket"])
+            .arg(&self.socket)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", &self.log);
+        self.daemon.start(cmd)
+    }
+
+    /// Waits until the socket answers and `ours()` says it is this process's.
+    fn wait_listening(&mut self, ours: impl Fn() -> bool) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        while !ours() || std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if let Some(status) = self.daemon.exited()? {
                 bail!("agent {} exited with {status}: {}", self.node, self.log_text());
             }
@@ -293,6 +323,14 @@ impl Agent {
     pub fn log_text(&self) -> String {
         self.daemon.log_text()
     }
+}
+
+/// Inode and change time of `path` (a replaced socket differs), `None` when it is missing.
+fn socket_identity(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// A `spiderpool-controller` process (leader election on its own Lease name, fast GC rounds).

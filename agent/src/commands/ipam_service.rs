@@ -19,9 +19,9 @@ pub struct Args {
     pub socket: PathBuf,
     /// Set a few of each pool's addresses aside for this node and hand them out and take them
     /// back without a write of the pool (bursts on up to 20 nodes per pool cost a fraction of
-    /// the API server's work). Needs one agent per node at a time: not with an update that
-    /// starts the new agent beside the old one (the chart's default maxSurge).
-    #[arg(long)]
+    /// the API server's work). One agent of a node lends at a time (a lock beside the socket);
+    /// `--ipam-spares=false` writes every claim and release at once.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub ipam_spares: bool,
 }
 

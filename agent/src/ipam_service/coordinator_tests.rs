@@ -54,6 +54,7 @@ fn service(api: &MockApi, pods: Vec<Pod>, coordinators: Vec<SpiderCoordinator>) 
         writers: Mutex::new(HashMap::new()),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
         spares: true,
+        right: super::lend_right::test_support::held(),
     })
 }
 

@@ -9,6 +9,7 @@ mod app_pools;
 mod coordinator_tests;
 mod endpoint;
 mod error;
+pub mod lend_right;
 pub mod metrics;
 #[cfg(test)]
 pub(crate) mod mock_api;
@@ -58,11 +59,18 @@ pub struct IpamService {
     metrics: Arc<metrics::IpamMetrics>,
     /// Whether pool writers lend spares (`--ipam-spares`).
     spares: bool,
+    /// Whether this agent may touch its node's spares (another agent of the node may).
+    right: Arc<lend_right::LendRight>,
 }
 
 impl IpamService {
     /// Starts the caches and waits until each has listed once.
-    pub async fn start(client: Client, node: String, spares: bool) -> anyhow::Result<Arc<IpamService>> {
+    pub async fn start(
+        client: Client,
+        node: String,
+        spares: bool,
+        right: Arc<lend_right::LendRight>,
+    ) -> anyhow::Result<Arc<IpamService>> {
         let all = watcher::Config::default();
         let reserved = cache::<SpiderReservedIP>(Api::all(client.clone()), all.clone());
         let registry = cache::<SpiderIPPoolRegistry>(Api::all(client.clone()), all.clone());
@@ -93,6 +101,7 @@ impl IpamService {
             writers: Mutex::new(HashMap::new()),
             metrics: Arc::new(metrics::IpamMetrics::new()),
             spares,
+            right,
         }))
     }
 
@@ -103,10 +112,15 @@ impl IpamService {
         socket: &Path,
         spares: bool,
     ) -> anyhow::Result<(Arc<IpamService>, tokio::net::UnixListener)> {
-        let service = IpamService::start(client, node.to_string(), spares)
+        let right = lend_right::LendRight::new(socket);
+        let service = IpamService::start(client, node.to_string(), spares, right.clone())
             .await
             .context("pool caches")?;
         let listener = server::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
+        right
+            .bound()
+            .with_context(|| format!("spares lock beside {}", socket.display()))?;
+        tokio::spawn(right.keep());
         tracing::info!("IPAM service of node {node} listening on {}", socket.display());
         Ok((service, listener))
     }
@@ -189,6 +203,7 @@ impl IpamService {
             meta: Arc::new(move || meta_pools.generation(&meta_name)),
             endpoints: Api::all(self.client.clone()),
             spares: self.spares,
+            right: self.right.clone(),
             registry: Api::all(self.client.clone()),
             registered: Arc::new(move |uid, generation| {
                 registry

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use spiderpool_api::crd::{Allocations, PoolIPAllocation};
 use tokio::sync::oneshot;
 
+use super::lend_right::Right;
+use super::lend_right::test_support::{agent, take_over};
 use super::mock_api::{MockApi, status_body};
 use super::pool_writer;
 use super::tests::{claim, claimed, entry, sources};
@@ -96,5 +98,125 @@ async fn a_lent_spare_is_written_as_a_json_patch_of_the_own_string_and_again_gua
             .contains("uid-b")
     );
     assert_eq!(guarded["status"]["allocatedIPCount"], 2);
+    assert_eq!(api.unused(), 0);
+}
+
+/// Two agents of n1 (an update's old and new one): the new one, without the lock, writes its
+/// claim at once and leaves n1's spares alone, since the old one may have lent them; once the old
+/// one lets go it reads n1's endpoints, finds what was lent, and lends only the rest.
+#[tokio::test]
+async fn a_second_agent_of_the_node_leaves_its_spares_alone_until_the_first_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, old) = agent(dir.path());
+    assert_eq!(old.right(), Right::Held);
+    let (_old_listener, new) = take_over(&socket);
+    assert_eq!(new.right(), Right::Waiting);
+
+    let api = MockApi::new();
+    let spares = [
+        ("10.0.0.10", Some("a")),
+        ("10.0.0.11", None),
+        ("10.0.0.12", None),
+        ("10.0.0.13", None),
+    ];
+    let with_b = [
+        ("10.0.0.10", Some("a")),
+        ("10.0.0.11", None),
+        ("10.0.0.12", None),
+        ("10.0.0.13", None),
+        ("10.0.0.14", Some("b")),
+    ];
+    api.reply("GET", STATUS, 200, pool("5", &spares))
+        .reply("PATCH", STATUS, 200, pool("6", &with_b));
+    let mut src = sources(&api, Arc::default());
+    src.right = new.clone();
+    let tx = pool_writer::spawn(src, "p".into());
+    assert_eq!(got(claim(&tx, "b")).await, "10.0.0.14", "not one of n1's spares");
+    let written = api.seen()[1].body.clone().unwrap();
+    assert_eq!(written["metadata"]["resourceVersion"], "5", "a guarded write");
+    let own = &written["status"]["allocatedIPsByNode"]["n1"];
+    assert_eq!(
+        pool("6", &with_b)["status"]["allocatedIPsByNode"]["n1"],
+        *own,
+        "the spares untouched"
+    );
+
+    // The old agent sees the takeover and, keeping nothing, lets go; the new one takes over.
+    old.poll();
+    assert_eq!(old.right(), Right::Closed);
+    new.poll();
+    assert_eq!(new.right(), Right::Held);
+    // Pod x holds 10.0.0.11 by its endpoint: the old agent lent it and died before writing.
+    api.reply("GET", STATUS, 200, pool("7", &with_b)).reply(
+        "GET",
+        "/apis/spiderpool.spidernet.io/v2beta1/spiderendpoints",
+        200,
+        json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpointList",
+            "metadata": {}, "items": [{
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpoint",
+            "metadata": {"name": "x", "namespace": "ns"}, "spec": {},
+            "status": {"current": {"uid": "uid-x", "node": "n1",
+                "ips": [{"interface": "eth0", "ipv4": "10.0.0.11/24", "ipv4Pool": "p"}]},
+                "ownerControllerType": "Pod", "ownerControllerName": "x"}}]}),
+    );
+    let calls = api.calls().len();
+    assert_eq!(
+        got(claim(&tx, "c")).await,
+        "10.0.0.12",
+        "lent, past the one x holds"
+    );
+    assert_eq!(
+        api.calls()[calls..],
+        [
+            format!("GET {STATUS}"),
+            "GET /apis/spiderpool.spidernet.io/v2beta1/spiderendpoints".to_string()
+        ],
+        "read again, endpoints searched, no write to lend"
+    );
+}
+
+/// The old agent of an update: once the socket is taken over it lends nothing more, writes what it
+/// lent, gives every spare back, and only then unlocks for the new one.
+#[tokio::test]
+async fn an_agent_taken_over_writes_what_it_lent_and_gives_spares_back_before_letting_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, right) = agent(dir.path());
+    let api = MockApi::new();
+    let refilled = [
+        ("10.0.0.10", Some("a")),
+        ("10.0.0.11", None),
+        ("10.0.0.12", None),
+        ("10.0.0.13", None),
+        ("10.0.0.14", None),
+    ];
+    let ab = [("10.0.0.10", Some("a")), ("10.0.0.11", Some("b"))];
+    api.reply("GET", STATUS, 200, pool("5", &[]))
+        .reply("PATCH", STATUS, 200, pool("6", &refilled))
+        .reply("PATCH", STATUS, 200, pool("7", &ab));
+    let mut src = sources(&api, Arc::default());
+    src.right = right.clone();
+    let tx = pool_writer::spawn(src, "p".into());
+    assert_eq!(got(claim(&tx, "a")).await, "10.0.0.10");
+    assert_eq!(got(claim(&tx, "b")).await, "10.0.0.11");
+    assert_eq!(api.calls().len(), 2, "b was lent without a write");
+
+    let (_old_listener, new) = take_over(&socket);
+    right.poll();
+    assert_eq!(right.right(), Right::Closing, "the writer still keeps spares");
+    new.poll();
+    assert_eq!(new.right(), Right::Waiting);
+    // The writer's last round: well before FLUSH_AFTER.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(api.calls().len(), 3);
+    let last = api.seen()[2].body.clone().unwrap();
+    assert_eq!(
+        last["status"]["allocatedIPsByNode"]["n1"],
+        pool("7", &ab)["status"]["allocatedIPsByNode"]["n1"],
+        "b written as its pod's, no spare left"
+    );
+    right.poll();
+    assert_eq!(right.right(), Right::Closed);
+    new.poll();
+    assert_eq!(new.right(), Right::Held);
     assert_eq!(api.unused(), 0);
 }

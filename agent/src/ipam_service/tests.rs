@@ -90,6 +90,7 @@ pub(super) fn sources(api: &MockApi, latest: Arc<Mutex<Option<u64>>>) -> Sources
         registered: Arc::new(|_, _| true),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
         spares: true,
+        right: super::lend_right::test_support::held(),
     }
 }
 
@@ -256,6 +257,7 @@ fn service(api: &MockApi) -> Arc<IpamService> {
         writers: Mutex::new(HashMap::new()),
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
         spares: true,
+        right: super::lend_right::test_support::held(),
     })
 }
 

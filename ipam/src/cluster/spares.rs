@@ -281,6 +281,17 @@ pub fn decide(
             direct.extend(waiting);
         }
     }
+    if !direct.is_empty() && !local.freed.is_empty() {
+        // Claims that take their address with a write: what this node released and has not
+        // written yet is free for them, its removal riding in the same write (near exhaustion
+        // those may be the only free addresses).
+        for (ip, e) in std::mem::take(&mut local.freed) {
+            if work.get(&ip) == Some(&e) {
+                work.remove(&ip);
+                direct_changed = true;
+            }
+        }
+    }
     if !direct.is_empty() {
         direct.sort_unstable();
         let ops: Vec<&Op> = direct.iter().map(|i| batch[*i]).collect();

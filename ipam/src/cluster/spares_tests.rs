@@ -449,3 +449,30 @@ fn a_writer_that_is_not_lazy_writes_claims_and_releases_at_once_and_keeps_no_spa
     assert!(out.write.is_some(), "a release too");
     assert_eq!(s.own("n1").keys().cloned().collect::<Vec<_>>(), [b]);
 }
+
+/// A full pool: what the node released and has not written yet goes to its next claims at once,
+/// in the write that records them (not "no free address" until the flush).
+#[test]
+fn released_and_unwritten_addresses_serve_claims_in_a_full_pool() {
+    let mut s = Store::new(pool("10.0.0.1-10.0.0.8"));
+    let mut n1 = s.node("n1");
+    let claims: Vec<Op> = (0..8).map(|i| claim(&format!("a{i}"), "n1")).collect();
+    let out = s.run(&mut n1, &claims, Flush::No);
+    assert!(
+        out.decisions
+            .iter()
+            .all(|d| matches!(d, Decision::Claim(Some(_))))
+    );
+    let out = s.run(&mut n1, &[release("a3"), release("a5")], Flush::No);
+    assert!(out.write.is_none(), "a release is written later");
+    assert_eq!(n1.local.freed.len(), 2);
+    let out = s.run(&mut n1, &[claim("b", "n1"), claim("c", "n1")], Flush::No);
+    let mut ips: Vec<String> = out.decisions.iter().map(got).collect();
+    ips.sort();
+    assert_eq!(ips, ["10.0.0.4", "10.0.0.6"]);
+    let held = s.all.view(None);
+    assert_eq!(held["10.0.0.4"].pod_uid, "b");
+    assert_eq!(held["10.0.0.6"].pod_uid, "c");
+    assert!(n1.local.freed.is_empty());
+    assert_eq!(held.len(), 8);
+}

@@ -30,6 +30,7 @@ mod policies;
 mod power_loss;
 mod rbac;
 mod subnets;
+mod takeover;
 
 async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result<SpiderIPPool> {
     let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());

@@ -8,6 +8,9 @@
 //! the task waits a random while ([`round::backoff`]), reads the pool again and decides again, so
 //! no address is ever given twice.
 //!
+//! Only the agent holding its node's right to the spares (`super::lend_right`) lends, takes or
+//! gives them back; without it a writer writes every claim at once and treats them as taken.
+//!
 //! A pool gives new addresses only while the SpiderIPPoolRegistry lists it at the generation the
 //! copy has (`ipam::cluster::registry` says why that keeps two overlapping pools from both
 //! handing out); a writer that finds its pool missing there registers it first.
@@ -29,6 +32,7 @@ use spiderpool_ipam::range::IpSet;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ServiceError;
+use super::lend_right::{LendRight, Right};
 
 /// Reserved addresses (all SpiderReservedIP objects).
 pub type ReservedFn = Arc<dyn Fn() -> IpSet + Send + Sync>;
@@ -58,6 +62,8 @@ pub struct Sources {
     pub metrics: Arc<super::metrics::IpamMetrics>,
     /// Whether this writer may lend spares at all (`--ipam-spares`).
     pub spares: bool,
+    /// Whether this agent of the node may touch the node's spares at all.
+    pub right: Arc<LendRight>,
 }
 
 /// What a claim got.
@@ -150,14 +156,41 @@ struct Writer {
     not_before: Option<Instant>,
     /// Nodes holding addresses of the pool, in the last decision.
     nodes: usize,
+    /// The right the last round ran under.
+    right_seen: Option<Right>,
 }
 
 impl Writer {
+    /// Whether it keeps anything of the node's spares: spares, or what it lent and released
+    /// and has not written.
+    fn keeps(&self) -> bool {
+        !self.local.spares.is_empty() || self.local.pending()
+    }
+
+    /// Before a round under `right`: an agent that has just got the right reads the pool and its
+    /// node's endpoints again before lending; one without it keeps nothing of the spares.
+    fn enter(&mut self, right: Right) {
+        if right == Right::Held && self.right_seen != Some(Right::Held) {
+            self.copy = None;
+            self.rebuilt = false;
+            self.local = Local::default();
+        }
+        if !right.touches_spares() {
+            self.local = Local::default();
+            self.rebuilt = false;
+        }
+        self.right_seen = Some(right);
+    }
+
     /// When the next round is due without a new op, and with which flush (`None`: only look
-    /// again). `deleting`: the watch shows the pool being deleted.
-    fn due(&self, deleting: bool) -> Option<(Instant, Option<Flush>)> {
+    /// again). `deleting`: the watch shows the pool being deleted; `closing`: this agent is
+    /// letting go of the node's spares.
+    fn due(&self, deleting: bool, closing: bool) -> Option<(Instant, Option<Flush>)> {
         let now = Instant::now();
         let at = |t: Instant| t.max(self.not_before.unwrap_or(now));
+        if closing && self.keeps() {
+            return Some((at(now), Some(Flush::ReturnAll)));
+        }
         if !self.held_over.is_empty() {
             return Some((at(now + SPARE_RETRY), Some(Flush::No)));
         }
@@ -194,9 +227,10 @@ const AFTER_ERROR: Duration = Duration::from_secs(1);
 
 async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<PoolOp>) {
     let mut w = Writer::default();
+    let mut right_changed = sources.right.subscribe();
     loop {
         let deleting = (sources.meta)().is_some_and(|(_, deleting)| deleting);
-        let due = w.due(deleting);
+        let due = w.due(deleting, sources.right.right() == Right::Closing);
         let (mut batch, flush) = tokio::select! {
             op = rx.recv() => match op {
                 Some(op) => (vec![op], Flush::No),
@@ -206,6 +240,7 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
                 Some(flush) => (Vec::new(), flush),
                 None => continue,
             },
+            Ok(()) = right_changed.changed() => continue,
         };
         if !batch.is_empty() {
             w.last_op = Some(Instant::now());
@@ -215,16 +250,25 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
         batch.splice(0..0, std::mem::take(&mut w.held_over));
         let started = Instant::now();
         let mut conflicts = 0u32;
+        // The right cannot be let go while this round may touch spares, nor before the writer
+        // has said what it keeps afterwards.
+        let under = sources.right.enter();
+        w.enter(under.right());
         let outcome = round::decide_and_write(
             &sources,
             &name,
             &mut w,
             &mut batch,
             &mut rx,
-            flush,
+            round::Mode {
+                flush,
+                right: under.right(),
+            },
             &mut conflicts,
         )
         .await;
+        sources.right.report(&name, w.keeps());
+        drop(under);
         let elapsed = started.elapsed();
         tracing::debug!(pool = %name, ops = batch.len(), ?flush, conflicts, elapsed_ms = elapsed.as_millis() as u64, "batch decided");
         match &outcome {

@@ -15,6 +15,14 @@ use tokio::sync::mpsc;
 
 use super::{Outcome, PoolOp, Sources, Writer, own};
 use crate::ipam_service::ServiceError;
+use crate::ipam_service::lend_right::Right;
+
+/// What a round is asked for, and under which right to the node's spares.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mode {
+    pub(super) flush: Flush,
+    pub(super) right: Right,
+}
 
 /// The pool `(uid, generation)` this writer registered or found registered, so later batches
 /// need no read of the registry before the watch brings it. Still safe when the entry has gone
@@ -100,10 +108,17 @@ pub(super) async fn decide_and_write(
     w: &mut Writer,
     batch: &mut Vec<PoolOp>,
     rx: &mut mpsc::UnboundedReceiver<PoolOp>,
-    flush: Flush,
+    mode: Mode,
     conflicts: &mut u32,
 ) -> Result<Outcome, ServiceError> {
     let api = &sources.api;
+    let touch = mode.right.touches_spares();
+    // Letting go: what was lent and released is written and every spare goes back.
+    let flush = if mode.right == Right::Closing {
+        Flush::ReturnAll
+    } else {
+        mode.flush
+    };
     loop {
         // Everything queued so far rides in this round.
         while let Ok(op) = rx.try_recv() {
@@ -129,7 +144,7 @@ pub(super) async fn decide_and_write(
                     .map_err(|e| ServiceError::from_kube(e, name))?;
                 let c = decoded(&sources.node, name, pool)?;
                 let own = c.stored.of_node(&sources.node);
-                if !w.rebuilt && own.is_some_and(|o| o.values().any(PoolIPAllocation::is_spare)) {
+                if touch && !w.rebuilt && own.is_some_and(|o| o.values().any(PoolIPAllocation::is_spare)) {
                     // Spares this node's agent lent before it restarted are recorded only in the
                     // pods' endpoints until written: find them before handing any spare out.
                     let all = sources
@@ -148,8 +163,8 @@ pub(super) async fn decide_and_write(
                     }
                     w.local.lent.extend(lent);
                 }
-                w.rebuilt = true;
-                w.local.sync(c.stored.of_node(&sources.node));
+                w.rebuilt = touch;
+                sync(w, touch, c.stored.of_node(&sources.node));
                 c
             }
         };
@@ -188,7 +203,7 @@ pub(super) async fn decide_and_write(
         let nodes = current.stored.nodes() + usize::from(current.stored.of_node(&sources.node).is_none());
         let writer = spares::Writer {
             node: &sources.node,
-            lazy: sources.spares && nodes <= LAZY_NODES,
+            lazy: sources.spares && mode.right == Right::Held && nodes <= LAZY_NODES,
         };
         let out = spares::decide(&current.allocated, &w.local, &mut walk, &cx, &writer, &ops, flush);
         let no_address = out.decisions.contains(&Decision::Claim(None));
@@ -208,6 +223,17 @@ pub(super) async fn decide_and_write(
             others_spare,
             ..
         } = out;
+        // Without the right, this node's spares are another agent's, given back when it lets go:
+        // a claim that found nothing free waits for them as for other nodes' spares.
+        let others_spare = others_spare
+            + if touch {
+                0
+            } else {
+                current
+                    .stored
+                    .of_node(&sources.node)
+                    .map_or(0, |own| own.values().filter(|a| a.is_spare()).count())
+            };
         let answered = Outcome {
             decisions,
             pool: pool.clone(),
@@ -258,7 +284,7 @@ pub(super) async fn decide_and_write(
                 let copy = decoded(&sources.node, name, fresh)?;
                 let free = spares::free(&pool, &reserved, &copy.allocated);
                 w.local = local;
-                w.local.sync(copy.stored.of_node(&sources.node));
+                sync(w, touch, copy.stored.of_node(&sources.node));
                 w.copy = Some(copy);
                 w.cursor = walk;
                 return Ok(Outcome {
@@ -281,6 +307,16 @@ pub(super) async fn decide_and_write(
             tracing::debug!(pool = %name, conflicts = *conflicts, "resourceVersion conflict");
         }
         tokio::time::sleep(backoff(writing.elapsed(), *conflicts)).await;
+    }
+}
+
+/// Brings the writer's spares to a copy just read; without the right to them it keeps none (the
+/// view still shows them as taken, so nothing of them is handed out).
+fn sync(w: &mut Writer, touch: bool, own: Option<&BTreeMap<String, PoolIPAllocation>>) {
+    if touch {
+        w.local.sync(own);
+    } else {
+        w.local = spares::Local::default();
     }
 }
 

@@ -6,6 +6,8 @@
 #   PEERS default spiderpool,whereabouts (also: floor, per pod one plugin process and one
 #   SpiderEndpoint, no IPAM: what the machine allows at all); ACTIVE: the pods run on that many of
 #   the AGENTS' nodes (default all); the other agents only watch
+# SPIDERPOOL_BENCH_TRACE=FILE appends one line per call (peer verb index start-ms latency-ms ok);
+# SPIDERPOOL_BENCH_KEEP=1 keeps the agents' logs (SPIDERPOOL_TEST_AGENT_LOG sets their filter).
 # Each run starts a fresh control plane (hack/control-plane.sh down, then up): one already running stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."

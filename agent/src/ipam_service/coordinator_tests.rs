@@ -55,6 +55,7 @@ fn service(api: &MockApi, pods: Vec<Pod>, coordinators: Vec<SpiderCoordinator>) 
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
         spares: true,
         right: super::lend_right::test_support::held(),
+        written: Default::default(),
     })
 }
 

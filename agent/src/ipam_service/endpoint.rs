@@ -11,6 +11,39 @@ use spiderpool_cni::agent::{IpamRequest, PodRef};
 
 use super::{IpamService, ServiceError};
 
+/// The endpoints this agent last wrote, as the API server answered: a DEL finds there which
+/// pools to release and deletes guarded by that version, without reading the endpoint first (a
+/// stale one makes the guarded delete fail, and the endpoint is read then). Only this node's
+/// agent writes its pods' endpoints, so a stale one is rare: a restart empties it.
+#[derive(Default)]
+pub(super) struct Written(std::sync::Mutex<std::collections::HashMap<(String, String), SpiderEndpoint>>);
+
+/// Endpoints kept at most; past that it starts again empty (pods gone without a DEL would
+/// otherwise stay for the agent's life).
+const WRITTEN_MOST: usize = 16_384;
+
+impl Written {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), SpiderEndpoint>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, ep: SpiderEndpoint) {
+        let mut map = self.map();
+        if map.len() >= WRITTEN_MOST {
+            map.clear();
+        }
+        map.insert((ep.namespace().unwrap_or_default(), ep.name_any()), ep);
+    }
+
+    fn forget(&self, ns: &str, name: &str) {
+        self.map().remove(&(ns.to_string(), name.to_string()));
+    }
+
+    fn get(&self, ns: &str, name: &str) -> Option<SpiderEndpoint> {
+        self.map().get(&(ns.to_string(), name.to_string())).cloned()
+    }
+}
+
 impl IpamService {
     /// The pod's SpiderEndpoint (if any), its API and its name for messages.
     pub(super) async fn endpoint_of(
@@ -24,6 +57,18 @@ impl IpamService {
             .await
             .map_err(|e| ServiceError::from_kube(e, &what))?;
         Ok((api, what, ep))
+    }
+
+    /// As [`IpamService::endpoint_of`], from what this agent last wrote when it has it.
+    pub(super) async fn endpoint_for_del(
+        &self,
+        pod_ref: &PodRef,
+    ) -> Result<(Api<SpiderEndpoint>, Option<SpiderEndpoint>), ServiceError> {
+        if let Some(ep) = self.written.get(&pod_ref.namespace, &pod_ref.name) {
+            return Ok((Api::namespaced(self.client.clone(), &pod_ref.namespace), Some(ep)));
+        }
+        let (api, _, ep) = self.endpoint_of(pod_ref).await?;
+        Ok((api, ep))
     }
 
     pub(super) async fn record_endpoint(
@@ -87,7 +132,10 @@ impl IpamService {
                 api.create(&PostParams::default(), &ep).await
             };
             match written {
-                Ok(_) => return Ok(()),
+                Ok(ep) => {
+                    self.written.remember(ep);
+                    return Ok(());
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(ServiceError::from_kube(e, &what)),
             }
@@ -105,6 +153,7 @@ impl IpamService {
         mut known: Option<SpiderEndpoint>,
     ) -> Result<(), ServiceError> {
         let what = format!("SpiderEndpoint {name}");
+        let ns = api.namespace().unwrap_or_default().to_string();
         for _ in 0..10 {
             let current = match known.take() {
                 Some(ep) => Some(ep),
@@ -121,6 +170,7 @@ impl IpamService {
                 return Ok(());
             }
             status.current.ips.retain(|d| d.interface != ifname);
+            let written = &self.written;
             let result = if status.current.ips.is_empty() {
                 let dp = DeleteParams {
                     preconditions: Some(kube::api::Preconditions {
@@ -129,15 +179,24 @@ impl IpamService {
                     }),
                     ..DeleteParams::default()
                 };
-                api.delete(name, &dp).await.map(drop)
+                api.delete(name, &dp).await.map(|_| written.forget(&ns, name))
             } else {
                 ep.status = Some(status);
-                api.replace(name, &PostParams::default(), &ep).await.map(drop)
+                api.replace(name, &PostParams::default(), &ep)
+                    .await
+                    .map(|ep| written.remember(ep))
             };
             match result {
                 Ok(()) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    written.forget(&ns, name);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    // Changed since it was known (read it next): not this agent's latest write.
+                    written.forget(&ns, name);
+                    continue;
+                }
                 Err(e) => return Err(ServiceError::from_kube(e, &what)),
             }
         }

@@ -7,6 +7,8 @@ mod add;
 mod app_pools;
 #[cfg(test)]
 mod coordinator_tests;
+#[cfg(test)]
+mod del_tests;
 mod endpoint;
 mod error;
 pub mod lend_right;
@@ -61,6 +63,8 @@ pub struct IpamService {
     spares: bool,
     /// Whether this agent may touch its node's spares (another agent of the node may).
     right: Arc<lend_right::LendRight>,
+    /// The endpoints this agent last wrote (DEL reads none of them again).
+    written: endpoint::Written,
 }
 
 impl IpamService {
@@ -102,6 +106,7 @@ impl IpamService {
             metrics: Arc::new(metrics::IpamMetrics::new()),
             spares,
             right,
+            written: endpoint::Written::default(),
         }))
     }
 

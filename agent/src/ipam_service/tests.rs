@@ -20,10 +20,10 @@ use super::IpamService;
 use super::mock_api::{MockApi, status_body};
 use super::pool_writer::{self, PoolOp, Sources};
 
-const POOLS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools";
+pub(super) const POOLS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools";
 const REGISTRY: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippoolregistries/ipv4";
 const REGISTRIES: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippoolregistries";
-const ENDPOINTS: &str = "/apis/spiderpool.spidernet.io/v2beta1/namespaces/ns/spiderendpoints";
+pub(super) const ENDPOINTS: &str = "/apis/spiderpool.spidernet.io/v2beta1/namespaces/ns/spiderendpoints";
 
 pub(super) fn entry(pod: &str) -> PoolIPAllocation {
     PoolIPAllocation {
@@ -36,7 +36,7 @@ pub(super) fn entry(pod: &str) -> PoolIPAllocation {
 }
 
 /// The pool `p` (10.0.0.10–10.0.0.20) at `version`, holding `held` (address → pod).
-fn pool(version: &str, held: &[(&str, &str)]) -> Value {
+pub(super) fn pool(version: &str, held: &[(&str, &str)]) -> Value {
     let allocated: BTreeMap<String, PoolIPAllocation> = held
         .iter()
         .map(|(ip, pod)| (ip.to_string(), entry(pod)))
@@ -244,7 +244,7 @@ async fn an_api_error_reaches_every_op_of_the_batch() {
 }
 
 /// A service for node `n1` with empty caches, talking to `api`.
-fn service(api: &MockApi) -> Arc<IpamService> {
+pub(super) fn service(api: &MockApi) -> Arc<IpamService> {
     Arc::new(IpamService {
         client: api.client(),
         node: "n1".into(),
@@ -258,10 +258,11 @@ fn service(api: &MockApi) -> Arc<IpamService> {
         metrics: Arc::new(super::metrics::IpamMetrics::new()),
         spares: true,
         right: super::lend_right::test_support::held(),
+        written: Default::default(),
     })
 }
 
-fn pod(name: &str) -> Pod {
+pub(super) fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")}
@@ -269,7 +270,7 @@ fn pod(name: &str) -> Pod {
     .unwrap()
 }
 
-fn request(verb: IpamVerb, pod: &str, container: &str) -> IpamRequest {
+pub(super) fn request(verb: IpamVerb, pod: &str, container: &str) -> IpamRequest {
     IpamRequest {
         verb,
         network: "macvlan".into(),
@@ -287,7 +288,7 @@ fn request(verb: IpamVerb, pod: &str, container: &str) -> IpamRequest {
     }
 }
 
-fn detail(ip: &str) -> IPAllocationDetail {
+pub(super) fn detail(ip: &str) -> IPAllocationDetail {
     IPAllocationDetail {
         interface: "eth0".into(),
         ipv4: Some(format!("{ip}/24")),
@@ -297,7 +298,7 @@ fn detail(ip: &str) -> IPAllocationDetail {
     }
 }
 
-fn endpoint(pod: &str, node: &str, container: &str, ip: &str, version: &str) -> Value {
+pub(super) fn endpoint(pod: &str, node: &str, container: &str, ip: &str, version: &str) -> Value {
     endpoint_on(pod, node, container, detail(ip), version)
 }
 
@@ -560,76 +561,7 @@ async fn a_pool_whose_addresses_another_pool_registered_first_hands_out_nothing_
     assert_eq!(api.unused(), 0, "the release written");
 }
 
-/// A DEL that is not the current holder's releases nothing: a late DEL of an earlier sandbox of
-/// the pod (its container ID differs from the endpoint's), or a DEL for a pod of the same name
-/// whose endpoint is another node's. Only the endpoint read happens.
-#[tokio::test]
-async fn a_del_of_an_earlier_sandbox_or_another_node_s_pod_releases_nothing() {
-    for (endpoint_node, endpoint_container, del_container) in [("n1", "c-new", "c-old"), ("n2", "c1", "c1")] {
-        let api = MockApi::new();
-        api.reply(
-            "GET",
-            &format!("{ENDPOINTS}/a"),
-            200,
-            endpoint("a", endpoint_node, endpoint_container, "10.0.0.10", "3"),
-        );
-        let svc = service(&api);
-        svc.handle(request(IpamVerb::Del, "a", del_container))
-            .await
-            .expect("DEL succeeds");
-        assert_eq!(
-            api.calls(),
-            [format!("GET {ENDPOINTS}/a")],
-            "endpoint on {endpoint_node} of {endpoint_container}, DEL of {del_container}"
-        );
-    }
-}
-
-/// The sandbox that holds the addresses releases them: pool write, then the endpoint goes.
-#[tokio::test]
-async fn a_del_of_the_current_sandbox_releases_its_address() {
-    let api = MockApi::new();
-    api.reply(
-        "GET",
-        &format!("{ENDPOINTS}/a"),
-        200,
-        endpoint("a", "n1", "c1", "10.0.0.10", "3"),
-    )
-    .reply(
-        "GET",
-        &format!("{POOLS}/p/status"),
-        200,
-        pool("5", &[("10.0.0.10", "a")]),
-    )
-    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]))
-    .reply(
-        "DELETE",
-        &format!("{ENDPOINTS}/a"),
-        200,
-        endpoint("a", "n1", "c1", "10.0.0.10", "4"),
-    );
-    let svc = service(&api);
-    svc.handle(request(IpamVerb::Del, "a", "c1"))
-        .await
-        .expect("DEL succeeds");
-    // The release is written within FLUSH_AFTER, not before the DEL answers.
-    wait_for_flush().await;
-    assert_eq!(
-        api.calls(),
-        [
-            format!("GET {ENDPOINTS}/a"),
-            format!("GET {POOLS}/p/status"),
-            format!("DELETE {ENDPOINTS}/a"),
-            format!("PATCH {POOLS}/p/status"),
-        ]
-    );
-    assert_eq!(
-        api.seen()[3].body.as_ref().unwrap()["status"]["allocatedIPCount"],
-        0
-    );
-}
-
 /// Waits until a writer's pending releases are written.
-async fn wait_for_flush() {
+pub(super) async fn wait_for_flush() {
     tokio::time::sleep(pool_writer::FLUSH_AFTER + std::time::Duration::from_millis(300)).await;
 }

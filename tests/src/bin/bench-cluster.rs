@@ -382,7 +382,17 @@ async fn main() -> Result<()> {
     let cluster = Cluster::connect().await?;
     // The floor's API calls are made from the plugin-process threads through this runtime.
     let handle = tokio::runtime::Handle::current();
-    let dir = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    // SPIDERPOOL_BENCH_KEEP: the agents' logs stay (in this directory) for reading afterwards.
+    let (_removed_at_end, dir) = if std::env::var_os("SPIDERPOOL_BENCH_KEEP").is_some() {
+        let kept = tmp.keep();
+        eprintln!("agents' logs kept in {}", kept.display());
+        (None, kept)
+    } else {
+        let path = tmp.path().to_path_buf();
+        (Some(tmp), path)
+    };
+    let trace = std::env::var_os("SPIDERPOOL_BENCH_TRACE");
     println!(
         "{pods} pods on {active} of {agents_n} nodes (an agent each), {concurrency} plugin processes at a time, a range of exactly {pods} addresses"
     );
@@ -405,13 +415,10 @@ async fn main() -> Result<()> {
             .pods(&ns, "p", pods, |i| format!("node-{}", i % active), json!({}))
             .await?;
         let (peer, pool) = match peer_name.as_str() {
-            "spiderpool" => spiderpool(&cluster, pods, (agents_n, active), dir.path()).await?,
+            "spiderpool" => spiderpool(&cluster, pods, (agents_n, active), &dir).await?,
             "whereabouts" => {
                 let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
-                (
-                    whereabouts(&cluster, pods, wb.into(), dir.path()).await?,
-                    String::new(),
-                )
+                (whereabouts(&cluster, pods, wb.into(), &dir).await?, String::new())
             }
             "floor" => (
                 Peer {
@@ -431,10 +438,11 @@ async fn main() -> Result<()> {
             let started = Instant::now();
             let results = run_parallel(concurrency, pods, |i| {
                 let t = Instant::now();
+                let began = t - started;
                 if peer.name == "floor" {
                     let (ok, out, err) =
                         floor_op(&handle, &cluster.client, &peer.plugin, verb, (&ns, i, &uids[i]));
-                    return (ok, t.elapsed(), out, err);
+                    return (ok, t.elapsed(), out, err, began);
                 }
                 let out = cni_with(
                     &peer.plugin,
@@ -445,9 +453,27 @@ async fn main() -> Result<()> {
                     &uids[i],
                     "net1",
                 );
-                (out.success, t.elapsed(), out.stdout, out.stderr)
+                (out.success, t.elapsed(), out.stdout, out.stderr, began)
             });
             let wall = started.elapsed();
+            if let Some(path) = &trace {
+                // SPIDERPOOL_BENCH_TRACE: one line per call, to see when the slow ones started.
+                let lines: String = results
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        format!(
+                            "{} {verb} {i} {:.1} {:.1} {}\n",
+                            peer.name,
+                            r.4.as_secs_f64() * 1e3,
+                            r.1.as_secs_f64() * 1e3,
+                            r.0
+                        )
+                    })
+                    .collect();
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                std::io::Write::write_all(&mut f, lines.as_bytes())?;
+            }
             let failed = results.iter().filter(|r| !r.0).count();
             // Costs are counted past the last answer: our agents write what they lent and
             // released a while after it (500 ms per 10 nodes). Every peer gets SETTLE; ours
@@ -472,7 +498,7 @@ async fn main() -> Result<()> {
                 most_per_op(&before.by_process, &after.by_process, pods, (5, 1e3)),
                 most_per_op(&before.requests, &after.requests, pods, (8, 1.0))
             );
-            if let Some((_, _, out, err)) = results.iter().find(|r| !r.0) {
+            if let Some((_, _, out, err, _)) = results.iter().find(|r| !r.0) {
                 eprintln!("{} {verb} failed, e.g.: {out} {err}", peer.name);
             }
             let mut lat: Vec<Duration> = results.iter().map(|r| r.1).collect();

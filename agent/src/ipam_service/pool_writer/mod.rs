@@ -114,6 +114,11 @@ pub fn flush_after(nodes: usize) -> Duration {
     (FLUSH_AFTER * u32::try_from(nodes.div_ceil(10).max(1)).unwrap_or(u32::MAX)).min(Duration::from_secs(10))
 }
 
+/// The longest the pool's status lags behind a node that keeps claiming and releasing: during a
+/// burst the writer waits for a pause before recording what it lent, so the burst's pool
+/// writes are the refills alone.
+pub const MOST_LAG: Duration = Duration::from_secs(5);
+
 /// A node without claims or releases for this long gives its spares back.
 pub const IDLE_RETURN: Duration = Duration::from_secs(1);
 
@@ -195,7 +200,13 @@ impl Writer {
             return Some((at(now + SPARE_RETRY), Some(Flush::No)));
         }
         if let Some(since) = self.pending_since {
-            return Some((at(since + flush_after(self.nodes)), Some(Flush::Due)));
+            if self.free.is_some_and(|f| f < SPARE_FLOOR) {
+                // Nearly full: other nodes' claims wait for what this one lent and released.
+                return Some((at(now), Some(Flush::Due)));
+            }
+            // Once the node's claims and releases pause, or the lag reaches MOST_LAG.
+            let quiet = self.last_op.unwrap_or(since) + flush_after(self.nodes);
+            return Some((at(quiet.min(since + MOST_LAG)), Some(Flush::Due)));
         }
         if self.local.spares.is_empty() {
             return None;

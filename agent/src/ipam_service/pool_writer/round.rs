@@ -306,7 +306,7 @@ pub(super) async fn decide_and_write(
             // again.
             tracing::debug!(pool = %name, conflicts = *conflicts, "resourceVersion conflict");
         }
-        tokio::time::sleep(backoff(writing.elapsed(), *conflicts)).await;
+        tokio::time::sleep(backoff(writing.elapsed(), *conflicts, nodes)).await;
     }
 }
 
@@ -335,9 +335,12 @@ fn stale(sources: &Sources, copy: &Copy) -> bool {
 /// busy with writes that fail, and 10% of ADDs past the plugin's 60 s limit; with this, none.
 /// At 10 agents it costs some p99 (hack/bench-cluster.sh; the figures are in #20's notes):
 /// starting it only after 3 or 10 lost rounds, or with a smaller cap, measured worse.
-fn backoff(write: std::time::Duration, conflicts: u32) -> std::time::Duration {
+fn backoff(write: std::time::Duration, conflicts: u32, nodes: usize) -> std::time::Duration {
     use std::hash::{BuildHasher, Hasher};
-    let cap = write.saturating_mul(1 << conflicts.min(6));
+    let most = u32::try_from(nodes.max(2).next_power_of_two())
+        .unwrap_or(u32::MAX)
+        .min(64);
+    let cap = write.saturating_mul((1u32 << conflicts.min(6)).min(most));
     // A fresh random key per call: enough randomness for jitter, without a dependency.
     let r = std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -355,7 +358,7 @@ mod tests {
     fn backoff_is_random_within_doubling_write_times_capped_at_64() {
         let write = Duration::from_millis(10);
         for (conflicts, cap_ms) in [(1, 20), (3, 80), (6, 640), (7, 640), (40, 640)] {
-            let waits: Vec<Duration> = (0..200).map(|_| backoff(write, conflicts)).collect();
+            let waits: Vec<Duration> = (0..200).map(|_| backoff(write, conflicts, 100)).collect();
             assert!(
                 waits.iter().all(|w| *w <= Duration::from_millis(cap_ms)),
                 "{conflicts} conflicts: a wait past {cap_ms} ms"

@@ -1,0 +1,144 @@
+//! DEL against a scripted API server: what it reads and writes for the current sandbox, an
+//! earlier one, another node's pod, and after this agent's own ADD (nothing read).
+
+use super::IpamService;
+use super::mock_api::MockApi;
+use super::tests::{ENDPOINTS, POOLS, detail, endpoint, pod, pool, request, service, wait_for_flush};
+use spiderpool_cni::agent::IpamVerb;
+
+/// A DEL that is not the current holder's releases nothing: a late DEL of an earlier sandbox of
+/// the pod (its container ID differs from the endpoint's), or a DEL for a pod of the same name
+/// whose endpoint is another node's. Only the endpoint read happens.
+#[tokio::test]
+async fn a_del_of_an_earlier_sandbox_or_another_node_s_pod_releases_nothing() {
+    for (endpoint_node, endpoint_container, del_container) in [("n1", "c-new", "c-old"), ("n2", "c1", "c1")] {
+        let api = MockApi::new();
+        api.reply(
+            "GET",
+            &format!("{ENDPOINTS}/a"),
+            200,
+            endpoint("a", endpoint_node, endpoint_container, "10.0.0.10", "3"),
+        );
+        let svc = service(&api);
+        svc.handle(request(IpamVerb::Del, "a", del_container))
+            .await
+            .expect("DEL succeeds");
+        assert_eq!(
+            api.calls(),
+            [format!("GET {ENDPOINTS}/a")],
+            "endpoint on {endpoint_node} of {endpoint_container}, DEL of {del_container}"
+        );
+    }
+}
+
+/// The sandbox that holds the addresses releases them: pool write, then the endpoint goes.
+#[tokio::test]
+async fn a_del_of_the_current_sandbox_releases_its_address() {
+    let api = MockApi::new();
+    api.reply(
+        "GET",
+        &format!("{ENDPOINTS}/a"),
+        200,
+        endpoint("a", "n1", "c1", "10.0.0.10", "3"),
+    )
+    .reply(
+        "GET",
+        &format!("{POOLS}/p/status"),
+        200,
+        pool("5", &[("10.0.0.10", "a")]),
+    )
+    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]))
+    .reply(
+        "DELETE",
+        &format!("{ENDPOINTS}/a"),
+        200,
+        endpoint("a", "n1", "c1", "10.0.0.10", "4"),
+    );
+    let svc = service(&api);
+    svc.handle(request(IpamVerb::Del, "a", "c1"))
+        .await
+        .expect("DEL succeeds");
+    // The release is written within FLUSH_AFTER, not before the DEL answers.
+    wait_for_flush().await;
+    assert_eq!(
+        api.calls(),
+        [
+            format!("GET {ENDPOINTS}/a"),
+            format!("GET {POOLS}/p/status"),
+            format!("DELETE {ENDPOINTS}/a"),
+            format!("PATCH {POOLS}/p/status"),
+        ]
+    );
+    assert_eq!(
+        api.seen()[3].body.as_ref().unwrap()["status"]["allocatedIPCount"],
+        0
+    );
+}
+
+/// Scripts this agent's ADD of `name` at `ip` (the endpoint created at `version`) and the pool
+/// read of its DEL.
+fn scripted_add(api: &MockApi, name: &str, ip: &str, version: &str) {
+    api.reply("POST", ENDPOINTS, 201, endpoint(name, "n1", "c1", ip, version))
+        .reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[(ip, name)]));
+}
+
+/// This agent's ADD of `name` at `ip` (its endpoint written), then its DEL, written.
+async fn add_then_del(api: &MockApi, name: &str, ip: &str) {
+    let svc: std::sync::Arc<IpamService> = service(api);
+    svc.record_endpoint(&pod(name), &request(IpamVerb::Add, name, "c1"), detail(ip), None)
+        .await
+        .unwrap();
+    svc.handle(request(IpamVerb::Del, name, "c1"))
+        .await
+        .expect("DEL succeeds");
+    wait_for_flush().await;
+}
+
+/// After this agent's own ADD, a DEL takes the endpoint it wrote: no read, and the delete is
+/// guarded by the version the create answered. One changed since (here: by a write the agent
+/// did not make) fails that guard, and is read then.
+#[tokio::test]
+async fn a_del_after_this_agent_s_add_reads_no_endpoint_and_a_stale_one_is_read_then() {
+    let api = MockApi::new();
+    scripted_add(&api, "a", "10.0.0.10", "3");
+    api.reply(
+        "DELETE",
+        &format!("{ENDPOINTS}/a"),
+        200,
+        endpoint("a", "n1", "c1", "10.0.0.10", "4"),
+    )
+    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
+    add_then_del(&api, "a", "10.0.0.10").await;
+    assert_eq!(
+        api.calls(),
+        [
+            format!("POST {ENDPOINTS}"),
+            format!("GET {POOLS}/p/status"),
+            format!("DELETE {ENDPOINTS}/a"),
+            format!("PATCH {POOLS}/p/status"),
+        ]
+    );
+    assert_eq!(
+        api.seen()[2].body.as_ref().unwrap()["preconditions"]["resourceVersion"],
+        "3"
+    );
+
+    // Written by this agent, then changed behind its back: the guarded delete fails.
+    let api = MockApi::new();
+    scripted_add(&api, "b", "10.0.0.11", "7");
+    let stale = super::mock_api::status_body(409, "precondition");
+    let read = endpoint("b", "n1", "c1", "10.0.0.11", "9");
+    api.reply("DELETE", &format!("{ENDPOINTS}/b"), 409, stale)
+        .reply("GET", &format!("{ENDPOINTS}/b"), 200, read.clone())
+        .reply("DELETE", &format!("{ENDPOINTS}/b"), 200, read)
+        .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
+    add_then_del(&api, "b", "10.0.0.11").await;
+    let deletes: Vec<serde_json::Value> = api
+        .seen()
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.body.clone().unwrap()["preconditions"]["resourceVersion"].clone())
+        .collect();
+    assert_eq!(deletes, ["7", "9"], "the stale version, then the one read");
+    assert_eq!(api.unused(), 0);
+}

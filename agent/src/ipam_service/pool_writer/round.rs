@@ -295,6 +295,7 @@ pub(super) async fn decide_and_write(
             }
             // This node's string changed under it (the controller's GC): read, decide again.
             *conflicts += 1;
+            tracing::debug!(pool = %name, conflicts = *conflicts, "own string changed under the write");
         } else {
             *conflicts += 1;
             sources
@@ -306,7 +307,9 @@ pub(super) async fn decide_and_write(
             // again.
             tracing::debug!(pool = %name, conflicts = *conflicts, "resourceVersion conflict");
         }
-        tokio::time::sleep(backoff(writing.elapsed(), *conflicts, nodes)).await;
+        let wait = backoff(writing.elapsed(), *conflicts, nodes);
+        tracing::debug!(pool = %name, write_ms = writing.elapsed().as_millis() as u64, wait_ms = wait.as_millis() as u64, "backoff");
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -137,8 +137,8 @@ impl LendRight {
         self.changed.subscribe()
     }
 
-    /// A writer's round of `pool`: under the right it returns until the round ends (the right
-    /// is not let go in between).
+    /// A writer's round: it runs under the right this returns, which is not let go before the
+    /// round ends (the returned guard is dropped).
     pub fn enter(&self) -> Round<'_> {
         let mut inner = self.lock_inner();
         if inner.right.touches_spares() {

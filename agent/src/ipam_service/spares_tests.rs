@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use spiderpool_api::crd::{Allocations, PoolIPAllocation};
 use tokio::sync::oneshot;
 
-use super::lend_right::Right;
 use super::lend_right::test_support::{agent, take_over};
+use super::lend_right::{LendRight, Right};
 use super::mock_api::{MockApi, status_body};
 use super::pool_writer;
 use super::tests::{claim, claimed, entry, sources};
@@ -32,6 +32,16 @@ fn pool(version: &str, held: &[(&str, Option<&str>)]) -> Value {
         "spec": {"subnet": "10.0.0.0/24", "ips": ["10.0.0.10-10.0.0.209"]},
         "status": {"allocatedIPsByNode": Allocations::from_view(&view).encoded()}
     })
+}
+
+/// A writer of pool `p` for n1 under `right`.
+fn writer_under(
+    api: &MockApi,
+    right: &Arc<LendRight>,
+) -> tokio::sync::mpsc::UnboundedSender<pool_writer::PoolOp> {
+    let mut src = sources(api, Arc::default());
+    src.right = right.clone();
+    pool_writer::spawn(src, "p".into())
 }
 
 async fn got(rx: oneshot::Receiver<Result<pool_writer::Answer, super::ServiceError>>) -> String {
@@ -128,9 +138,7 @@ async fn a_second_agent_of_the_node_leaves_its_spares_alone_until_the_first_lets
     ];
     api.reply("GET", STATUS, 200, pool("5", &spares))
         .reply("PATCH", STATUS, 200, pool("6", &with_b));
-    let mut src = sources(&api, Arc::default());
-    src.right = new.clone();
-    let tx = pool_writer::spawn(src, "p".into());
+    let tx = writer_under(&api, &new);
     assert_eq!(got(claim(&tx, "b")).await, "10.0.0.14", "not one of n1's spares");
     let written = api.seen()[1].body.clone().unwrap();
     assert_eq!(written["metadata"]["resourceVersion"], "5", "a guarded write");
@@ -193,9 +201,7 @@ async fn an_agent_taken_over_writes_what_it_lent_and_gives_spares_back_before_le
     api.reply("GET", STATUS, 200, pool("5", &[]))
         .reply("PATCH", STATUS, 200, pool("6", &refilled))
         .reply("PATCH", STATUS, 200, pool("7", &ab));
-    let mut src = sources(&api, Arc::default());
-    src.right = right.clone();
-    let tx = pool_writer::spawn(src, "p".into());
+    let tx = writer_under(&api, &right);
     assert_eq!(got(claim(&tx, "a")).await, "10.0.0.10");
     assert_eq!(got(claim(&tx, "b")).await, "10.0.0.11");
     assert_eq!(api.calls().len(), 2, "b was lent without a write");

@@ -31,12 +31,15 @@ struct Reply {
     path: String,
     status: u16,
     body: Value,
+    /// How long the server takes to answer.
+    delay: std::time::Duration,
 }
 
 #[derive(Clone, Default)]
 pub struct MockApi {
     script: Arc<Mutex<VecDeque<Reply>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl MockApi {
@@ -46,13 +49,31 @@ impl MockApi {
 
     /// Answers the next `method path` (path without query) with `status` and `body`.
     pub fn reply(&self, method: &'static str, path: &str, status: u16, body: Value) -> &MockApi {
+        self.reply_after(method, path, status, body, std::time::Duration::ZERO)
+    }
+
+    /// As [`MockApi::reply`], the answer sent `delay` after the request came.
+    pub fn reply_after(
+        &self,
+        method: &'static str,
+        path: &str,
+        status: u16,
+        body: Value,
+        delay: std::time::Duration,
+    ) -> &MockApi {
         self.script.lock().unwrap().push_back(Reply {
             method,
             path: path.to_string(),
             status,
             body,
+            delay,
         });
         self
+    }
+
+    /// How many requests have had their answer.
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -90,9 +111,13 @@ impl MockApi {
                 };
                 me.seen.lock().unwrap().push(seen);
                 let (status, body) = match reply {
-                    Some(r) => (r.status, r.body),
+                    Some(r) => {
+                        tokio::time::sleep(r.delay).await;
+                        (r.status, r.body)
+                    }
                     None => (500, status_body(500, "unexpected request")),
                 };
+                me.answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let response = http::Response::builder()
                     .status(status)
                     .header("content-type", "application/json")

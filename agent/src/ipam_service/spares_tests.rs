@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use spiderpool_api::crd::{Allocations, PoolIPAllocation};
+use std::time::Duration;
+
+use spiderpool_ipam::cluster::decide::{Decision, Op};
 use tokio::sync::oneshot;
 
 use super::lend_right::test_support::{agent, take_over};
@@ -167,20 +170,83 @@ async fn a_second_agent_of_the_node_leaves_its_spares_alone_until_the_first_lets
                 "ips": [{"interface": "eth0", "ipv4": "10.0.0.11/24", "ipv4Pool": "p"}]},
                 "ownerControllerType": "Pod", "ownerControllerName": "x"}}]}),
     );
+    // Lending c leaves one spare: the writer refills, and c does not wait for that write.
+    api.reply_after(
+        "PATCH",
+        STATUS,
+        200,
+        pool("8", &with_b),
+        Duration::from_millis(300),
+    );
     let calls = api.calls().len();
     assert_eq!(
         got(claim(&tx, "c")).await,
         "10.0.0.12",
         "lent, past the one x holds"
     );
+    assert_eq!(api.answered(), calls + 2, "answered before the refill's write");
     assert_eq!(
-        api.calls()[calls..],
+        api.calls()[calls..calls + 2],
         [
             format!("GET {STATUS}"),
             "GET /apis/spiderpool.spidernet.io/v2beta1/spiderendpoints".to_string()
         ],
-        "read again, endpoints searched, no write to lend"
+        "read again, endpoints searched"
     );
+}
+
+/// Ops that queue while a write is in flight do not wait for it: a release is answered at once
+/// (decided in the next round), and a claim takes a spare that is the node's whether the write
+/// lands or not.
+#[tokio::test]
+async fn claims_and_releases_are_answered_while_a_refill_is_written() {
+    let api = MockApi::new();
+    // a holds 10.0.0.10; three spares, fewer than half a share once one is lent.
+    let held = [
+        ("10.0.0.10", Some("a")),
+        ("10.0.0.11", None),
+        ("10.0.0.12", None),
+        ("10.0.0.13", None),
+    ];
+    // The first read finds spares: the endpoints are searched for any lent before a restart.
+    api.reply("GET", STATUS, 200, pool("5", &held))
+        .reply(
+            "GET",
+            "/apis/spiderpool.spidernet.io/v2beta1/spiderendpoints",
+            200,
+            json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpointList",
+                "metadata": {}, "items": []}),
+        )
+        .reply_after("PATCH", STATUS, 200, pool("6", &held), Duration::from_millis(500));
+    let tx = pool_writer::spawn(sources(&api, Arc::default()), "p".into());
+    assert_eq!(got(claim(&tx, "b")).await, "10.0.0.11", "it had that spare");
+    assert_eq!(api.answered(), 2, "b is answered before the refill's write lands");
+    assert_eq!(got(claim(&tx, "c")).await, "10.0.0.12", "lent during the write");
+    let (reply, released) = oneshot::channel();
+    let op = Op::Release {
+        pod_uid: "uid-a".into(),
+        interface: Some("eth0".into()),
+    };
+    tx.send(pool_writer::PoolOp::new(op, reply)).unwrap();
+    assert!(matches!(
+        released.await.unwrap().unwrap().decision,
+        Decision::Release(_)
+    ));
+    assert_eq!(api.answered(), 2, "the write is still in flight");
+    assert_eq!(api.calls().len(), 3);
+    // The refill: guarded, b (lent in its round) written as its pod's, c (lent during the write)
+    // still a spare in it (c's endpoint records it until the next write), new spares taken.
+    let refill = api.seen()[2].body.clone().unwrap();
+    assert_eq!(refill["metadata"]["resourceVersion"], "5");
+    let own: BTreeMap<String, PoolIPAllocation> =
+        serde_json::from_str(refill["status"]["allocatedIPsByNode"]["n1"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        own["10.0.0.10"].pod_uid, "uid-a",
+        "a's release waits for the next round"
+    );
+    assert_eq!(own["10.0.0.11"].pod_uid, "uid-b");
+    assert!(own["10.0.0.12"].is_spare());
+    assert!(own.len() > held.len(), "new spares: {own:?}");
 }
 
 /// The old agent of an update: once the socket is taken over it lends nothing more, writes what it

@@ -141,10 +141,11 @@ fn the_first_claim_sets_spares_aside_and_the_next_ones_cost_no_write() {
     let written = out.write.expect("the first claims need spares: one write");
     assert_eq!(got(&out.decisions[0]), "10.0.0.1");
     assert_eq!(got(&out.decisions[1]), "10.0.0.2");
-    // Two claimed and as many again (at least 4) set aside, all in that one write.
-    assert_eq!(written.len(), 2 + 4);
+    // Two claimed and the node's share set aside (half of what is free past SPARE_FLOOR, at most
+    // SPARE_MOST), all in that one write.
+    assert_eq!(written.len(), 2 + SPARE_MOST);
     assert_eq!(s.own("n1")["10.0.0.1"], entry("a", "n1"));
-    assert_eq!(s.own("n1").values().filter(|e| e.is_spare()).count(), 4);
+    assert_eq!(s.own("n1").values().filter(|e| e.is_spare()).count(), SPARE_MOST);
     assert!(!n1.local.pending());
 
     let out = s.run(&mut n1, &[claim("c", "n1"), claim("a", "n1")], Flush::No);
@@ -245,7 +246,7 @@ fn near_exhaustion_spares_go_back_and_the_last_addresses_reach_the_node_that_ask
     let mut s = Store::new(pool("10.0.0.1-10.0.0.100"));
     let (mut n1, mut n2) = (s.node("n1"), s.node("n2"));
     let out = s.run(&mut n1, &[claim("a", "n1")], Flush::No);
-    assert_eq!(n1.local.spares.len(), 4, "{out:?}");
+    assert_eq!(n1.local.spares.len(), 18, "half of 100 free past 64: {out:?}");
     let spare = n1.local.spares.len();
     let ops: Vec<Op> = (0..99 - spare).map(|i| claim(&format!("b{i}"), "n2")).collect();
     let out = s.run(&mut n2, &ops, Flush::No);
@@ -475,4 +476,84 @@ fn released_and_unwritten_addresses_serve_claims_in_a_full_pool() {
     assert_eq!(held["10.0.0.6"].pod_uid, "c");
     assert!(n1.local.freed.is_empty());
     assert_eq!(held.len(), 8);
+}
+
+#[test]
+fn a_node_that_lends_refills_before_its_spares_run_out() {
+    let mut s = Store::new(pool("10.0.0.1-10.0.3.232"));
+    let mut n1 = s.node("n1");
+    s.run(&mut n1, &[claim("a", "n1")], Flush::No);
+    assert_eq!(n1.local.spares.len(), SPARE_MOST);
+    // Lending leaves at least half a share (64 of 128): no write.
+    let ops: Vec<Op> = (0..SPARE_MOST / 2)
+        .map(|i| claim(&format!("b{i}"), "n1"))
+        .collect();
+    let out = s.run(&mut n1, &ops, Flush::No);
+    assert_eq!(out.write, None);
+    assert_eq!(n1.local.spares.len(), SPARE_MOST / 2);
+    // One more and the node refills while it still has spares to lend during the write.
+    let out = s.run(&mut n1, &[claim("c", "n1")], Flush::No);
+    assert!(got(&out.decisions[0]).starts_with("10.0.0."), "a spare it had");
+    assert!(
+        out.write.is_some() && !out.own_only,
+        "a refill: {:?}",
+        out.own_only
+    );
+    assert_eq!(n1.local.spares.len(), SPARE_MOST);
+    let own = s.own("n1");
+    assert_eq!(own.values().filter(|e| e.is_spare()).count(), SPARE_MOST);
+    assert_eq!(
+        own.len(),
+        SPARE_MOST + 1 + SPARE_MOST / 2 + 1,
+        "what it lent is written with it"
+    );
+}
+
+#[test]
+fn a_claim_during_a_write_takes_only_a_spare_both_outcomes_keep() {
+    let spares = |ips: &[&str]| Local {
+        spares: ips.iter().map(|s| s.to_string()).collect(),
+        ..Local::default()
+    };
+    let view: BTreeMap<String, PoolIPAllocation> = [("10.0.0.50".to_string(), entry("held", "n1"))].into();
+    // The round lent .1 and refilled .9: .2 is a spare whether the write lands or not.
+    let mut before = spares(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    let mut after = spares(&["10.0.0.2", "10.0.0.3", "10.0.0.9"]);
+    after.lent.insert("10.0.0.1".into(), entry("a", "n1"));
+    let got = lend_meanwhile(&view, &mut before, Some(&mut after), &entry("c", "n1"));
+    assert_eq!(got.as_deref(), Some("10.0.0.2"));
+    for local in [&before, &after] {
+        assert_eq!(local.lent.get("10.0.0.2"), Some(&entry("c", "n1")));
+        assert!(!local.spares.contains(&"10.0.0.2".to_string()));
+    }
+    // A pod that holds an address, or was lent one in the round: left to the next round.
+    assert_eq!(
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("held", "n1")),
+        None
+    );
+    assert_eq!(
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("a", "n1")),
+        None
+    );
+    let mut sts = entry("web-0", "n1");
+    sts.owner_stateful_set = Some("web".into());
+    assert_eq!(
+        lend_meanwhile(&view, &mut before, Some(&mut after), &sts),
+        None,
+        "written at once"
+    );
+    // .3 is the last spare both keep; then none is left for a claim.
+    assert_eq!(
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("d", "n1")).as_deref(),
+        Some("10.0.0.3")
+    );
+    assert_eq!(
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("e", "n1")),
+        None
+    );
+    // During a backoff the round decides again from `before` alone.
+    assert_eq!(
+        lend_meanwhile(&view, &mut before, None, &entry("e", "n1")).as_deref(),
+        Some("10.0.0.1")
+    );
 }

@@ -8,6 +8,9 @@
 //! the task waits a random while ([`round::backoff`]), reads the pool again and decides again, so
 //! no address is ever given twice.
 //!
+//! Ops that queue while a round awaits the API server are answered without waiting for it where
+//! the write's fate cannot change the answer (`round::meanwhile`).
+//!
 //! Only the agent holding its node's right to the spares (`super::lend_right`) lends, takes or
 //! gives them back; without it a writer writes every claim at once and treats them as taken.
 //!
@@ -157,6 +160,9 @@ struct Writer {
     last_op: Option<Instant>,
     /// Claims waiting for other nodes' spares.
     held_over: Vec<PoolOp>,
+    /// Ops that queued while a round awaited the API server, for the next round; the releases
+    /// among them already answered ([`round::meanwhile`]).
+    queued: Vec<PoolOp>,
     /// No round without a new op before this (after a failed one).
     not_before: Option<Instant>,
     /// Nodes holding addresses of the pool, in the last decision.
@@ -169,7 +175,7 @@ impl Writer {
     /// Whether it keeps anything of the node's spares: spares, or what it lent and released
     /// and has not written.
     fn keeps(&self) -> bool {
-        !self.local.spares.is_empty() || self.local.pending()
+        !self.local.spares.is_empty() || self.local.pending() || !self.queued.is_empty()
     }
 
     /// Before a round under `right`: an agent that has just got the right reads the pool and its
@@ -195,6 +201,9 @@ impl Writer {
         let at = |t: Instant| t.max(self.not_before.unwrap_or(now));
         if closing && self.keeps() {
             return Some((at(now), Some(Flush::ReturnAll)));
+        }
+        if !self.queued.is_empty() {
+            return Some((at(now), Some(Flush::No)));
         }
         if !self.held_over.is_empty() {
             return Some((at(now + SPARE_RETRY), Some(Flush::No)));
@@ -258,6 +267,9 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
         }
         // Claims waiting for other nodes' spares go again; the round reads the pool only if
         // the watch shows it changed.
+        // Then what queued during the last round, before what came since: a pod's release goes
+        // before its next claim.
+        batch.splice(0..0, std::mem::take(&mut w.queued));
         batch.splice(0..0, std::mem::take(&mut w.held_over));
         let started = Instant::now();
         let mut conflicts = 0u32;
@@ -294,6 +306,12 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
             Err(e) => {
                 tracing::warn!(pool = %name, "pool writer: {e}");
                 w.not_before = Some(Instant::now() + AFTER_ERROR);
+                if e.transient() {
+                    // Releases answered before their round are not lost with it.
+                    let (kept, rest): (Vec<_>, Vec<_>) = batch.drain(..).partition(round::answered_release);
+                    w.queued.splice(0..0, kept);
+                    batch.extend(rest);
+                }
             }
         }
         if w.local.pending() {

@@ -38,11 +38,6 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    /// Whether the same call may succeed later (the API server busy or unreachable, a lost race).
-    pub fn transient(&self) -> bool {
-        matches!(self, ServiceError::Api { .. } | ServiceError::Conflict(_))
-    }
-
     pub fn from_kube(e: kube::Error, what: &str) -> ServiceError {
         match e {
             kube::Error::Api(s) if s.code == 404 => ServiceError::NotFound(what.to_string()),

@@ -37,6 +37,14 @@ fn pool(version: &str, held: &[(&str, Option<&str>)]) -> Value {
     })
 }
 
+const ENDPOINTS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderendpoints";
+
+/// An empty SpiderEndpoint list: no spare was lent before a restart.
+fn no_endpoints() -> Value {
+    json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpointList",
+        "metadata": {}, "items": []})
+}
+
 /// A writer of pool `p` for n1 under `right`.
 fn writer_under(
     api: &MockApi,
@@ -210,13 +218,7 @@ async fn claims_and_releases_are_answered_while_a_refill_is_written() {
     ];
     // The first read finds spares: the endpoints are searched for any lent before a restart.
     api.reply("GET", STATUS, 200, pool("5", &held))
-        .reply(
-            "GET",
-            "/apis/spiderpool.spidernet.io/v2beta1/spiderendpoints",
-            200,
-            json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpointList",
-                "metadata": {}, "items": []}),
-        )
+        .reply("GET", ENDPOINTS, 200, no_endpoints())
         .reply_after("PATCH", STATUS, 200, pool("6", &held), Duration::from_millis(500));
     let tx = pool_writer::spawn(sources(&api, Arc::default()), "p".into());
     assert_eq!(got(claim(&tx, "b")).await, "10.0.0.11", "it had that spare");
@@ -291,4 +293,34 @@ async fn an_agent_taken_over_writes_what_it_lent_and_gives_spares_back_before_le
     new.poll();
     assert_eq!(new.right(), Right::Held);
     assert_eq!(api.unused(), 0);
+}
+
+/// A spare lent and released before any write leaves nothing to write; the node, idle, still
+/// gives its spares back (the writer once kept asking for a flush with nothing in it instead).
+#[tokio::test]
+async fn spares_lent_and_released_before_a_write_go_back_when_the_node_idles() {
+    let api = MockApi::new();
+    // 40 spares: lending one leaves more than half a share, so no refill.
+    let ips: Vec<String> = (10..50).map(|i| format!("10.0.0.{i}")).collect();
+    let spares: Vec<(&str, Option<&str>)> = ips.iter().map(|ip| (ip.as_str(), None)).collect();
+    api.reply("GET", STATUS, 200, pool("5", &spares))
+        .reply("GET", ENDPOINTS, 200, no_endpoints())
+        .reply("PATCH", STATUS, 200, pool("6", &[]));
+    let tx = pool_writer::spawn(sources(&api, Arc::default()), "p".into());
+    assert_eq!(got(claim(&tx, "b")).await, "10.0.0.10");
+    let (reply, released) = oneshot::channel();
+    let op = Op::Release {
+        pod_uid: "uid-b".into(),
+        interface: Some("eth0".into()),
+    };
+    tx.send(pool_writer::PoolOp::new(op, reply)).unwrap();
+    released.await.unwrap().unwrap();
+    assert_eq!(api.calls().len(), 2, "lent and given back without a write");
+    tokio::time::sleep(pool_writer::IDLE_RETURN + Duration::from_millis(700)).await;
+    assert_eq!(api.calls().len(), 3, "{:?}", api.calls());
+    let returned = api.seen()[2].body.clone().unwrap();
+    assert!(
+        returned["status"]["allocatedIPsByNode"]["n1"].is_null(),
+        "every spare given back: {returned}"
+    );
 }

@@ -388,7 +388,8 @@ pub fn free(pool: &crate::pool::Pool, reserved: &IpSet, view: &BTreeMap<String, 
 /// A claim decided while a write of the pool decided from `before` is in flight (`before`: the
 /// writer's state should the write fail, `after`: once it lands; `None` when the round will decide
 /// again from `before` anyway): a spare both keep is lent to `entry` in both, so the write's fate
-/// does not matter, and the claim does not wait for it. `view` is the copy the round decided on.
+/// does not matter, and the claim does not wait for it. `view` is the copy the round decided on;
+/// `usable`: whether the pool still offers an address (not reserved since, its ranges not edited).
 /// `None`, left to the next round: a StatefulSet pod (written at once), a pod that holds or has
 /// released anything of the pool here (its address must stay the same), no such spare left.
 pub fn lend_meanwhile(
@@ -396,6 +397,7 @@ pub fn lend_meanwhile(
     before: &mut Local,
     after: Option<&mut Local>,
     entry: &PoolIPAllocation,
+    usable: impl Fn(&str) -> bool,
 ) -> Option<String> {
     if entry.owner_stateful_set.is_some() {
         return None;
@@ -419,7 +421,7 @@ pub fn lend_meanwhile(
     let at = before
         .spares
         .iter()
-        .position(|ip| after.as_deref().is_none_or(|a| a.spares.contains(ip)))?;
+        .position(|ip| usable(ip) && after.as_deref().is_none_or(|a| a.spares.contains(ip)))?;
     let ip = before.spares.remove(at)?;
     before.lent.insert(ip.clone(), entry.clone());
     if let Some(after) = after {

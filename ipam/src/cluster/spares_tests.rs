@@ -520,7 +520,7 @@ fn a_claim_during_a_write_takes_only_a_spare_both_outcomes_keep() {
     let mut before = spares(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
     let mut after = spares(&["10.0.0.2", "10.0.0.3", "10.0.0.9"]);
     after.lent.insert("10.0.0.1".into(), entry("a", "n1"));
-    let got = lend_meanwhile(&view, &mut before, Some(&mut after), &entry("c", "n1"));
+    let got = lend_meanwhile(&view, &mut before, Some(&mut after), &entry("c", "n1"), |_| true);
     assert_eq!(got.as_deref(), Some("10.0.0.2"));
     for local in [&before, &after] {
         assert_eq!(local.lent.get("10.0.0.2"), Some(&entry("c", "n1")));
@@ -528,32 +528,39 @@ fn a_claim_during_a_write_takes_only_a_spare_both_outcomes_keep() {
     }
     // A pod that holds an address, or was lent one in the round: left to the next round.
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("held", "n1")),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("held", "n1"), |_| {
+            true
+        }),
         None
     );
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("a", "n1")),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("a", "n1"), |_| true),
         None
     );
     let mut sts = entry("web-0", "n1");
     sts.owner_stateful_set = Some("web".into());
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &sts),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &sts, |_| true),
         None,
         "written at once"
     );
     // .3 is the last spare both keep; then none is left for a claim.
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("d", "n1")).as_deref(),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("d", "n1"), |_| true).as_deref(),
         Some("10.0.0.3")
     );
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("e", "n1")),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("e", "n1"), |_| true),
         None
     );
-    // During a backoff the round decides again from `before` alone.
+    // During a backoff the round decides again from `before` alone; a spare reserved since is
+    // lent to nobody.
     assert_eq!(
-        lend_meanwhile(&view, &mut before, None, &entry("e", "n1")).as_deref(),
+        lend_meanwhile(&view, &mut before, None, &entry("e", "n1"), |ip| ip != "10.0.0.1"),
+        None
+    );
+    assert_eq!(
+        lend_meanwhile(&view, &mut before, None, &entry("e", "n1"), |_| true).as_deref(),
         Some("10.0.0.1")
     );
 }

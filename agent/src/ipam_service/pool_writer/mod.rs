@@ -262,14 +262,13 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
             },
             Ok(()) = right_changed.changed() => continue,
         };
+        // What queued during the last round goes before what came since (a pod's release before
+        // its next claim), and claims waiting for other nodes' spares before both; the round
+        // reads the pool only if the watch shows it changed.
+        batch.splice(0..0, std::mem::take(&mut w.queued));
         if !batch.is_empty() {
             w.last_op = Some(Instant::now());
         }
-        // Claims waiting for other nodes' spares go again; the round reads the pool only if
-        // the watch shows it changed.
-        // Then what queued during the last round, before what came since: a pod's release goes
-        // before its next claim.
-        batch.splice(0..0, std::mem::take(&mut w.queued));
         batch.splice(0..0, std::mem::take(&mut w.held_over));
         let started = Instant::now();
         let mut conflicts = 0u32;
@@ -290,6 +289,15 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
             &mut conflicts,
         )
         .await;
+        if let Err(e) = &outcome
+            && !matches!(e, ServiceError::NotFound(_))
+        {
+            // Releases answered before their round are not lost with it (a pool gone has
+            // nothing left to release).
+            let (kept, rest): (Vec<_>, Vec<_>) = batch.drain(..).partition(round::answered_release);
+            w.queued.splice(0..0, kept);
+            batch.extend(rest);
+        }
         sources.right.report(&name, w.keeps());
         drop(under);
         let elapsed = started.elapsed();
@@ -299,23 +307,19 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
                 w.free = Some(o.free);
                 w.not_before = None;
                 w.nodes = o.nodes;
-                if o.wrote {
-                    w.pending_since = None;
-                }
             }
             Err(e) => {
                 tracing::warn!(pool = %name, "pool writer: {e}");
                 w.not_before = Some(Instant::now() + AFTER_ERROR);
-                if e.transient() {
-                    // Releases answered before their round are not lost with it.
-                    let (kept, rest): (Vec<_>, Vec<_>) = batch.drain(..).partition(round::answered_release);
-                    w.queued.splice(0..0, kept);
-                    batch.extend(rest);
-                }
             }
         }
         if w.local.pending() {
             w.pending_since.get_or_insert_with(Instant::now);
+        } else {
+            // Written, or what was lent came back before it was: nothing to catch up with. Left
+            // set, `due` would ask for flushes that have nothing to write, at once and forever,
+            // and never for the idle return of the spares.
+            w.pending_since = None;
         }
         let outcome = outcome.map(|o| {
             let pairs: Vec<(PoolOp, Decision)> = batch.drain(..).zip(o.decisions.iter().cloned()).collect();
@@ -358,7 +362,6 @@ pub(super) struct Outcome {
     pub free: u128,
     pub others_spare: usize,
     pub nodes: usize,
-    pub wrote: bool,
 }
 
 /// What a round answers: each op still in it with its decision, and the round's outcome.

@@ -18,6 +18,7 @@ use crate::ipam_service::ServiceError;
 use crate::ipam_service::lend_right::Right;
 use crate::ipam_service::metrics::IpamMetrics;
 use spiderpool_ipam::pool::Pool;
+use spiderpool_ipam::range::ip_to_key;
 
 /// What a round is asked for, and under which right to the node's spares.
 #[derive(Debug, Clone, Copy)]
@@ -239,7 +240,7 @@ pub(super) async fn decide_and_write(
                     .of_node(&sources.node)
                     .map_or(0, |own| own.values().filter(|a| a.is_spare()).count())
             };
-        if write.is_some() && lends {
+        if write.is_some() && lends && sources.right.right() == Right::Held {
             answer_lent(&mut w.local, batch, &decisions, &pool);
         }
         let answered = Outcome {
@@ -249,7 +250,6 @@ pub(super) async fn decide_and_write(
             free,
             others_spare,
             nodes,
-            wrote: false,
         };
         let Some(after) = write else {
             w.copy = Some(current);
@@ -271,17 +271,15 @@ pub(super) async fn decide_and_write(
             let params = PatchParams::default();
             let merge = Patch::Merge(&patch);
             let write = api.patch_status(name, &params, &merge);
-            let lend = lends.then(|| Lend::new(&current, &mut w.local, Some(&mut local), &busy));
+            let lend =
+                lends.then(|| Lend::new(&current, &mut w.local, Some(&mut local), &busy, &mut w.last_op));
             let early = Early::new(sources, name, &pool, lend);
             match meanwhile(write, rx, &mut w.queued, Some(early)).await {
                 Ok(written) => {
                     w.copy = Some(copy_of(&sources.node, written, stored));
                     w.cursor = walk;
                     w.local = local;
-                    return Ok(Outcome {
-                        wrote: true,
-                        ..answered
-                    });
+                    return Ok(answered);
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
                 Err(e) => return Err(ServiceError::from_kube(e, name)),
@@ -291,7 +289,8 @@ pub(super) async fn decide_and_write(
         if own_only {
             // This write's entries are this node's alone.
             let write = own::write(sources, name, &current, &stored);
-            let lend = lends.then(|| Lend::new(&current, &mut w.local, Some(&mut local), &busy));
+            let lend =
+                lends.then(|| Lend::new(&current, &mut w.local, Some(&mut local), &busy, &mut w.last_op));
             let early = Early::new(sources, name, &pool, lend);
             if let Some(fresh) = meanwhile(write, rx, &mut w.queued, Some(early)).await? {
                 let copy = decoded(&sources.node, name, fresh)?;
@@ -300,11 +299,7 @@ pub(super) async fn decide_and_write(
                 sync(w, touch, copy.stored.of_node(&sources.node));
                 w.copy = Some(copy);
                 w.cursor = walk;
-                return Ok(Outcome {
-                    wrote: true,
-                    free,
-                    ..answered
-                });
+                return Ok(Outcome { free, ..answered });
             }
             // This node's string changed under it (the controller's GC): read, decide again.
             *conflicts += 1;
@@ -323,7 +318,7 @@ pub(super) async fn decide_and_write(
         let wait = backoff(writing.elapsed(), *conflicts, nodes);
         tracing::debug!(pool = %name, write_ms = writing.elapsed().as_millis() as u64, wait_ms = wait.as_millis() as u64, "backoff");
         // The round decides again from `w.local`: a spare lent meanwhile is lent there.
-        let lend = lends.then(|| Lend::new(&current, &mut w.local, None, &busy));
+        let lend = lends.then(|| Lend::new(&current, &mut w.local, None, &busy, &mut w.last_op));
         let early = Early::new(sources, name, &pool, lend);
         meanwhile(tokio::time::sleep(wait), rx, &mut w.queued, Some(early)).await;
     }
@@ -347,6 +342,8 @@ pub(super) struct Lend<'a> {
     after: Option<&'a mut spares::Local>,
     /// The pods of the round's batch: their claims wait for it.
     busy: &'a HashSet<String>,
+    /// The writer's last op: a claim lent here counts (the node is not idle).
+    last_op: &'a mut Option<std::time::Instant>,
 }
 
 impl<'a> Lend<'a> {
@@ -355,12 +352,14 @@ impl<'a> Lend<'a> {
         before: &'a mut spares::Local,
         after: Option<&'a mut spares::Local>,
         busy: &'a HashSet<String>,
+        last_op: &'a mut Option<std::time::Instant>,
     ) -> Lend<'a> {
         Lend {
             copy,
             before,
             after,
             busy,
+            last_op,
         }
     }
 }
@@ -422,7 +421,16 @@ pub(super) async fn meanwhile<T>(
                             if waits || sources.right.right() != Right::Held || !unchanged(sources, l.copy) {
                                 return None;
                             }
-                            spares::lend_meanwhile(&l.copy.allocated, l.before, l.after.as_deref_mut(), entry)
+                            // Reservations made since the round decided count too.
+                            let usable = early.pool.set.subtract(&(sources.reserved)());
+                            let usable = |ip: &str| {
+                                ip.parse::<std::net::IpAddr>().is_ok_and(|a| usable.contains(ip_to_key(a)))
+                            };
+                            let lent = spares::lend_meanwhile(&l.copy.allocated, l.before, l.after.as_deref_mut(), entry, usable);
+                            if lent.is_some() {
+                                *l.last_op = Some(std::time::Instant::now());
+                            }
+                            lent
                         });
                         match lent.and_then(|ip| ip.parse().ok()) {
                             Some(ip) => {

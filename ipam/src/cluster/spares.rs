@@ -60,6 +60,12 @@ pub struct Local {
 }
 
 impl Local {
+    /// Lends the spare `ip` to `entry`'s pod.
+    pub fn lend_spare(&mut self, ip: &str, entry: &PoolIPAllocation) {
+        self.spares.retain(|s| s != ip);
+        self.lent.insert(ip.to_string(), entry.clone());
+    }
+
     /// Whether the pool's status is behind what pods hold.
     pub fn pending(&self) -> bool {
         !self.lent.is_empty() || !self.freed.is_empty()
@@ -139,7 +145,7 @@ pub fn decide(
 ) -> Outcome {
     let node = writer.node;
     let usable = cx.pool.set.subtract(cx.reserved);
-    let usable_ip = |ip: &str| ip.parse::<IpAddr>().is_ok_and(|a| usable.contains(ip_to_key(a)));
+    let usable_ip = |ip: &str| offers(&usable, ip);
     let mut local = local.clone();
     // A spare the pool no longer offers (its ranges edited, the address reserved) is handed to
     // nobody and goes at the next write.
@@ -389,7 +395,7 @@ pub fn free(pool: &crate::pool::Pool, reserved: &IpSet, view: &BTreeMap<String, 
 /// writer's state should the write fail, `after`: once it lands; `None` when the round will decide
 /// again from `before` anyway): a spare both keep is lent to `entry` in both, so the write's fate
 /// does not matter, and the claim does not wait for it. `view` is the copy the round decided on;
-/// `usable`: whether the pool still offers an address (not reserved since, its ranges not edited).
+/// `usable`: what the pool offers now (reservations made since count).
 /// `None`, left to the next round: a StatefulSet pod (written at once), a pod that holds or has
 /// released anything of the pool here (its address must stay the same), no such spare left.
 pub fn lend_meanwhile(
@@ -397,7 +403,7 @@ pub fn lend_meanwhile(
     before: &mut Local,
     after: Option<&mut Local>,
     entry: &PoolIPAllocation,
-    usable: impl Fn(&str) -> bool,
+    usable: &IpSet,
 ) -> Option<String> {
     if entry.owner_stateful_set.is_some() {
         return None;
@@ -418,17 +424,21 @@ pub fn lend_meanwhile(
     {
         return None;
     }
-    let at = before
+    let ip = before
         .spares
         .iter()
-        .position(|ip| usable(ip) && after.as_deref().is_none_or(|a| a.spares.contains(ip)))?;
-    let ip = before.spares.remove(at)?;
-    before.lent.insert(ip.clone(), entry.clone());
+        .find(|ip| offers(usable, ip) && after.as_deref().is_none_or(|a| a.spares.contains(ip)))?
+        .clone();
+    before.lend_spare(&ip, entry);
     if let Some(after) = after {
-        after.spares.retain(|s| *s != ip);
-        after.lent.insert(ip.clone(), entry.clone());
+        after.lend_spare(&ip, entry);
     }
     Some(ip)
+}
+
+/// Whether `usable` holds the address `ip` (written as in a pool's status).
+fn offers(usable: &IpSet, ip: &str) -> bool {
+    ip.parse::<IpAddr>().is_ok_and(|a| usable.contains(ip_to_key(a)))
 }
 
 fn lend(

@@ -515,12 +515,14 @@ fn a_claim_during_a_write_takes_only_a_spare_both_outcomes_keep() {
         spares: ips.iter().map(|s| s.to_string()).collect(),
         ..Local::default()
     };
+    let all = crate::range::set_of_entries(["10.0.0.0-10.0.0.255"]);
+    let without_1 = all.subtract(&crate::range::set_of_entries(["10.0.0.1"]));
     let view: BTreeMap<String, PoolIPAllocation> = [("10.0.0.50".to_string(), entry("held", "n1"))].into();
     // The round lent .1 and refilled .9: .2 is a spare whether the write lands or not.
     let mut before = spares(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
     let mut after = spares(&["10.0.0.2", "10.0.0.3", "10.0.0.9"]);
     after.lent.insert("10.0.0.1".into(), entry("a", "n1"));
-    let got = lend_meanwhile(&view, &mut before, Some(&mut after), &entry("c", "n1"), |_| true);
+    let got = lend_meanwhile(&view, &mut before, Some(&mut after), &entry("c", "n1"), &all);
     assert_eq!(got.as_deref(), Some("10.0.0.2"));
     for local in [&before, &after] {
         assert_eq!(local.lent.get("10.0.0.2"), Some(&entry("c", "n1")));
@@ -528,39 +530,37 @@ fn a_claim_during_a_write_takes_only_a_spare_both_outcomes_keep() {
     }
     // A pod that holds an address, or was lent one in the round: left to the next round.
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("held", "n1"), |_| {
-            true
-        }),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("held", "n1"), &all),
         None
     );
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("a", "n1"), |_| true),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("a", "n1"), &all),
         None
     );
     let mut sts = entry("web-0", "n1");
     sts.owner_stateful_set = Some("web".into());
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &sts, |_| true),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &sts, &all),
         None,
         "written at once"
     );
     // .3 is the last spare both keep; then none is left for a claim.
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("d", "n1"), |_| true).as_deref(),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("d", "n1"), &all).as_deref(),
         Some("10.0.0.3")
     );
     assert_eq!(
-        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("e", "n1"), |_| true),
+        lend_meanwhile(&view, &mut before, Some(&mut after), &entry("e", "n1"), &all),
         None
     );
     // During a backoff the round decides again from `before` alone; a spare reserved since is
     // lent to nobody.
     assert_eq!(
-        lend_meanwhile(&view, &mut before, None, &entry("e", "n1"), |ip| ip != "10.0.0.1"),
+        lend_meanwhile(&view, &mut before, None, &entry("e", "n1"), &without_1),
         None
     );
     assert_eq!(
-        lend_meanwhile(&view, &mut before, None, &entry("e", "n1"), |_| true).as_deref(),
+        lend_meanwhile(&view, &mut before, None, &entry("e", "n1"), &all).as_deref(),
         Some("10.0.0.1")
     );
 }

@@ -18,7 +18,6 @@ use crate::ipam_service::ServiceError;
 use crate::ipam_service::lend_right::Right;
 use crate::ipam_service::metrics::IpamMetrics;
 use spiderpool_ipam::pool::Pool;
-use spiderpool_ipam::range::ip_to_key;
 
 /// What a round is asked for, and under which right to the node's spares.
 #[derive(Debug, Clone, Copy)]
@@ -130,12 +129,7 @@ pub(super) async fn decide_and_write(
         }
         // A copy whose spec or deletion mark the watch shows changed is read again: spares are
         // handed out without a write, so no conflict would bring the news.
-        if w.copy.as_ref().is_some_and(|c| {
-            (sources.meta)().is_some_and(|(generation, deleting)| {
-                generation != c.pool.metadata.generation
-                    || deleting != c.pool.metadata.deletion_timestamp.is_some()
-            })
-        }) {
+        if w.copy.as_ref().is_some_and(|c| !unchanged(sources, c)) {
             w.copy = None;
         }
         let fresh = w.copy.is_none();
@@ -220,7 +214,6 @@ pub(super) async fn decide_and_write(
             // entries only goes ahead without the guard (`own::write`).
             continue;
         }
-        let busy: HashSet<String> = batch.iter().map(|p| pod_uid_of(&p.op).to_string()).collect();
         let spares::Outcome {
             decisions,
             mut local,
@@ -257,6 +250,7 @@ pub(super) async fn decide_and_write(
             w.local = local;
             return Ok(answered);
         };
+        let busy: HashSet<String> = batch.iter().map(|p| pod_uid_of(&p.op).to_string()).collect();
         let mut stored = current.stored.clone();
         stored.apply(&current.allocated, &after, Some(&sources.node));
         let patch = IPPoolStatus::guarded_patch(
@@ -400,16 +394,9 @@ pub(super) async fn meanwhile<T>(
                     queued.push(op);
                     continue;
                 };
-                let pool = early.pool.clone();
                 match &op.op {
                     decide::Op::Release { .. } => {
-                        let (closed, _) = tokio::sync::oneshot::channel();
-                        let reply = std::mem::replace(&mut op.reply, closed);
-                        drop(reply.send(Ok(super::Answer {
-                            decision: Decision::Release(Vec::new()),
-                            pool,
-                            refused: None,
-                        })));
+                        answer_now(&mut op, Decision::Release(Vec::new()), early.pool);
                         queued.push(op);
                     }
                     decide::Op::Claim(entry) => {
@@ -423,10 +410,7 @@ pub(super) async fn meanwhile<T>(
                             }
                             // Reservations made since the round decided count too.
                             let usable = early.pool.set.subtract(&(sources.reserved)());
-                            let usable = |ip: &str| {
-                                ip.parse::<std::net::IpAddr>().is_ok_and(|a| usable.contains(ip_to_key(a)))
-                            };
-                            let lent = spares::lend_meanwhile(&l.copy.allocated, l.before, l.after.as_deref_mut(), entry, usable);
+                            let lent = spares::lend_meanwhile(&l.copy.allocated, l.before, l.after.as_deref_mut(), entry, &usable);
                             if lent.is_some() {
                                 *l.last_op = Some(std::time::Instant::now());
                             }
@@ -435,11 +419,7 @@ pub(super) async fn meanwhile<T>(
                         match lent.and_then(|ip| ip.parse().ok()) {
                             Some(ip) => {
                                 sources.metrics.allocated.get_or_create(&IpamMetrics::pool(early.name)).inc();
-                                drop(op.reply.send(Ok(super::Answer {
-                                    decision: Decision::Claim(Some(ip)),
-                                    pool,
-                                    refused: None,
-                                })));
+                                answer_now(&mut op, Decision::Claim(Some(ip)), early.pool);
                             }
                             None => queued.push(op),
                         }
@@ -456,37 +436,36 @@ pub(super) async fn meanwhile<T>(
 /// its write, conflicts included. Not a pod with more than one op in the batch: a release of it
 /// decided again could free the spare.
 fn answer_lent(before: &mut spares::Local, batch: &mut [PoolOp], decisions: &[Decision], pool: &Arc<Pool>) {
-    let mut ops_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut ops_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for p in batch.iter() {
-        *ops_of.entry(pod_uid_of(&p.op)).or_default() += 1;
+        *ops_of.entry(pod_uid_of(&p.op).to_string()).or_default() += 1;
     }
-    let alone: HashSet<String> = ops_of
-        .into_iter()
-        .filter(|(_, n)| *n == 1)
-        .map(|(uid, _)| uid.to_string())
-        .collect();
     for (op, decision) in batch.iter_mut().zip(decisions) {
         let (decide::Op::Claim(entry), Decision::Claim(Some(ip))) = (&op.op, decision) else {
             continue;
         };
-        let ip_text = ip.to_string();
+        let ip = ip.to_string();
         if entry.owner_stateful_set.is_some()
-            || !alone.contains(&entry.pod_uid)
+            || ops_of.get(&entry.pod_uid) != Some(&1)
             || op.reply.is_closed()
-            || !before.spares.contains(&ip_text)
+            || !before.spares.contains(&ip)
         {
             continue;
         }
-        before.spares.retain(|s| *s != ip_text);
-        before.lent.insert(ip_text, entry.clone());
-        let (closed, _) = tokio::sync::oneshot::channel();
-        let reply = std::mem::replace(&mut op.reply, closed);
-        drop(reply.send(Ok(super::Answer {
-            decision: decision.clone(),
-            pool: pool.clone(),
-            refused: None,
-        })));
+        before.lend_spare(&ip, entry);
+        answer_now(op, decision.clone(), pool);
     }
+}
+
+/// Answers `op` now; it stays, with its reply spent, for the round that carries it out.
+fn answer_now(op: &mut PoolOp, decision: Decision, pool: &Arc<Pool>) {
+    let (spent, _) = tokio::sync::oneshot::channel();
+    let reply = std::mem::replace(&mut op.reply, spent);
+    drop(reply.send(Ok(super::Answer {
+        decision,
+        pool: pool.clone(),
+        refused: None,
+    })));
 }
 
 fn pod_uid_of(op: &decide::Op) -> &str {
@@ -496,8 +475,7 @@ fn pod_uid_of(op: &decide::Op) -> &str {
     }
 }
 
-/// Whether the watch shows nothing newer of the pool's spec and deletion mark than `copy` (the
-/// same test as the one that makes a round read the pool again).
+/// Whether the watch shows nothing newer of the pool's spec and deletion mark than `copy`.
 fn unchanged(sources: &Sources, copy: &Copy) -> bool {
     !(sources.meta)().is_some_and(|(generation, deleting)| {
         generation != copy.pool.metadata.generation

@@ -14,8 +14,12 @@
 //! `floor` is not an IPAM: per pod one plugin process (ours, answering VERSION) and one
 //! SpiderEndpoint of the agent's shape, created on ADD and deleted on DEL by this process's client.
 //! It is the least any IPAM that keeps Spiderpool's per-pod record costs on this machine.
+//! `floor-claim` adds per pod one small cluster-scoped object named after its address (a
+//! SpiderReservedIP stands in), created before the endpoint and deleted after it: the least an
+//! IPAM costs that claims each address as an object of its own, unique by name, as Kubernetes'
+//! IPAddress API does for Service IPs (no shared object to fight over, one more write per pod).
 //!
-//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts,floor;
+//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts,floor,floor-claim;
 //! ACTIVE: how many of the AGENTS' nodes the pods run on, default all: the others' agents only
 //! watch, which is what a pool's writes cost the nodes that do not use it)
 //! Whereabouts' plugin and CRDs: the directory in WHEREABOUTS_DIR (`hack/control-plane.sh
@@ -30,7 +34,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spiderpool_api::crd::{
-    EndpointStatus, IPAllocationDetail, PodIPAllocation, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
+    EndpointStatus, IPAllocationDetail, PodIPAllocation, ReservedIPSpec, SpiderEndpoint, SpiderEndpointSpec,
+    SpiderIPPool, SpiderReservedIP,
 };
 use spiderpool_e2e::cluster::{Agent, Cluster, cni_with, netconf, run_parallel, unique};
 
@@ -264,12 +269,17 @@ async fn whereabouts(
     })
 }
 
+/// The name of `floor-claim`'s object for address `addr`.
+fn claim_name(addr: std::net::Ipv4Addr) -> String {
+    format!("floor-{}", addr.to_string().replace('.', "-"))
+}
+
 /// The floor's ADD or DEL of pod `i`: the plugin process, then its SpiderEndpoint written or
-/// deleted (success, stdout, stderr).
+/// deleted, and with `claim` its address's object before or after (success, stdout, stderr).
 fn floor_op(
     handle: &tokio::runtime::Handle,
     client: &kube::Client,
-    plugin: &Path,
+    (plugin, claim): (&Path, bool),
     verb: &str,
     (ns, i, uid): (&str, usize, &str),
 ) -> (bool, String, String) {
@@ -287,11 +297,24 @@ fn floor_op(
         return (false, exec.stdout, exec.stderr);
     }
     let api: Api<SpiderEndpoint> = Api::namespaced(client.clone(), ns);
+    // Pod i's address, as the spiderpool peer's pool would give it.
+    let (_, addr) = range_of(std::net::Ipv4Addr::new(10, 160, 0, 0), i + 1);
+    let claims: Api<SpiderReservedIP> = Api::all(client.clone());
     let written = if verb == "ADD" {
+        if claim {
+            let obj = SpiderReservedIP::new(
+                &claim_name(addr),
+                ReservedIPSpec {
+                    ip_version: Some(4),
+                    ips: vec![addr.to_string()],
+                },
+            );
+            if let Err(e) = handle.block_on(claims.create(&PostParams::default(), &obj)) {
+                return (false, String::new(), format!("ADD claim of {addr}: {e}"));
+            }
+        }
         let mut ep = SpiderEndpoint::new(&name, SpiderEndpointSpec {});
         ep.metadata.namespace = Some(ns.to_string());
-        // Pod i's address, as the spiderpool peer's pool would give it.
-        let (_, addr) = range_of(std::net::Ipv4Addr::new(10, 160, 0, 0), i + 1);
         ep.status = Some(EndpointStatus {
             current: PodIPAllocation {
                 uid: uid.to_string(),
@@ -313,6 +336,14 @@ fn floor_op(
         handle
             .block_on(api.delete(&name, &DeleteParams::default()))
             .map(drop)
+            .and_then(|()| {
+                if !claim {
+                    return Ok(());
+                }
+                handle
+                    .block_on(claims.delete(&claim_name(addr), &DeleteParams::default()))
+                    .map(drop)
+            })
     };
     match written {
         Ok(()) => (true, exec.stdout, String::new()),
@@ -343,9 +374,22 @@ async fn settled(cluster: &Cluster, pool: &str, want: usize) -> Result<Duration>
 
 /// Addresses the store still holds for `peer` after the release phase.
 async fn still_held(cluster: &Cluster, peer: &str, pool: &str, ns: &str) -> Result<usize> {
-    if peer == "floor" {
+    if peer.starts_with("floor") {
         let api: Api<SpiderEndpoint> = Api::namespaced(cluster.client.clone(), ns);
-        return Ok(api.list(&ListParams::default()).await?.items.len());
+        let claims: Api<SpiderReservedIP> = Api::all(cluster.client.clone());
+        let claimed = claims
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|c| {
+                c.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("floor-"))
+            })
+            .count();
+        return Ok(api.list(&ListParams::default()).await?.items.len() + claimed);
     }
     if peer == "spiderpool" {
         let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
@@ -420,16 +464,16 @@ async fn main() -> Result<()> {
                 let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
                 (whereabouts(&cluster, pods, wb.into(), &dir).await?, String::new())
             }
-            "floor" => (
+            floor @ ("floor" | "floor-claim") => (
                 Peer {
-                    name: "floor",
+                    name: if floor == "floor" { "floor" } else { "floor-claim" },
                     plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
                     confs: Vec::new(),
                     _agents: Vec::new(),
                 },
                 String::new(),
             ),
-            other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts, floor)"),
+            other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts, floor, floor-claim)"),
         };
         // Agents list their caches at start: the phases count only what the pods cost.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -439,9 +483,9 @@ async fn main() -> Result<()> {
             let results = run_parallel(concurrency, pods, |i| {
                 let t = Instant::now();
                 let began = t - started;
-                if peer.name == "floor" {
-                    let (ok, out, err) =
-                        floor_op(&handle, &cluster.client, &peer.plugin, verb, (&ns, i, &uids[i]));
+                if peer.name.starts_with("floor") {
+                    let plugin = (peer.plugin.as_path(), peer.name == "floor-claim");
+                    let (ok, out, err) = floor_op(&handle, &cluster.client, plugin, verb, (&ns, i, &uids[i]));
                     return (ok, t.elapsed(), out, err, began);
                 }
                 let out = cni_with(

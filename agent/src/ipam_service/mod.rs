@@ -48,6 +48,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use pool_writer::{Answer, Claimed, PoolOp};
 
+/// How long an agent waits to list the pools again when the list at its start failed.
+const ADOPT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct IpamService {
     client: Client,
     node: String,
@@ -126,6 +129,7 @@ impl IpamService {
             .bound()
             .with_context(|| format!("spares lock beside {}", socket.display()))?;
         tokio::spawn(right.keep());
+        tokio::spawn(service.clone().adopt_spares());
         tracing::info!("IPAM service of node {node} listening on {}", socket.display());
         Ok((service, listener))
     }
@@ -191,6 +195,11 @@ impl IpamService {
     }
 
     fn writer(&self, pool: &str) -> mpsc::UnboundedSender<PoolOp> {
+        self.writer_adopting(pool, false)
+    }
+
+    /// The pool's writer; a new one with `adopt` reads the pool at once ([`pool_writer::adopt`]).
+    fn writer_adopting(&self, pool: &str, adopt: bool) -> mpsc::UnboundedSender<PoolOp> {
         let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(w) = writers.get(pool).filter(|w| !w.is_closed()) {
             return w.clone();
@@ -218,9 +227,46 @@ impl IpamService {
             }),
             metrics: self.metrics.clone(),
         };
-        let w = pool_writer::spawn(sources, pool.to_string());
+        let w = if adopt {
+            pool_writer::adopt(sources, pool.to_string())
+        } else {
+            pool_writer::spawn(sources, pool.to_string())
+        };
         writers.insert(pool.to_string(), w.clone());
         w
+    }
+
+    /// At start: a writer for every pool whose status holds spares of this node, so that they go
+    /// back even if no pod of the pool comes to this node again ([`pool_writer::adopt`]). Found
+    /// by a failing test: an agent killed mid-burst and restarted kept its spares of a full pool,
+    /// and the other nodes' last claims failed waiting for them.
+    async fn adopt_spares(self: Arc<Self>) {
+        let api: Api<SpiderIPPool> = Api::all(self.client.clone());
+        loop {
+            match api.list(&kube::api::ListParams::default()).await {
+                Ok(list) => {
+                    for pool in list.items {
+                        let spares = pool
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.allocations().ok())
+                            .and_then(|a| {
+                                a.of_node(&self.node)
+                                    .map(|own| own.values().any(PoolIPAllocation::is_spare))
+                            });
+                        if spares == Some(true) {
+                            tracing::info!(pool = %pool.name_any(), "this node has spares here: its writer starts");
+                            self.writer_adopting(&pool.name_any(), true);
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("listing the pools for this node's spares: {e}; again in {ADOPT_RETRY:?}");
+                    tokio::time::sleep(ADOPT_RETRY).await;
+                }
+            }
+        }
     }
 
     /// Queues `op` at the pool's writer and waits for its answer.

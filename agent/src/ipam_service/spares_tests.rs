@@ -324,3 +324,66 @@ async fn spares_lent_and_released_before_a_write_go_back_when_the_node_idles() {
         "every spare given back: {returned}"
     );
 }
+
+/// An agent that restarted after its node's pods of a pool went: no op will come for the pool,
+/// but the writer it starts for the node's spares reads the pool, writes what the node had lent
+/// (here b, from its endpoint) as b's, and gives the rest back once idle. Without it the spares
+/// stayed set aside for good (the control-plane tier's killed-agent test failed on them).
+#[tokio::test]
+async fn an_agent_started_gives_its_node_s_spares_back_without_any_pod() {
+    let api = MockApi::new();
+    // a holds .10; .11 to .13 are spares.
+    let spares = ["10.0.0.11", "10.0.0.12", "10.0.0.13"].map(|ip| (ip, None));
+    let held: Vec<(&str, Option<&str>)> = [("10.0.0.10", Some("a"))].into_iter().chain(spares).collect();
+    // b was lent 10.0.0.11 before the restart: only its endpoint says so.
+    let endpoints = json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpointList",
+    "metadata": {}, "items": [{
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpoint",
+        "metadata": {"name": "b", "namespace": "ns"}, "spec": {},
+        "status": {"current": {"uid": "uid-b", "node": "n1", "ips": [
+            {"interface": "eth0", "ipv4": "10.0.0.11/24", "ipv4Pool": "p"}]}}
+    }]});
+    api.reply("GET", STATUS, 200, pool("5", &held))
+        .reply("GET", ENDPOINTS, 200, endpoints)
+        .reply(
+            "PATCH",
+            STATUS,
+            200,
+            pool(
+                "6",
+                &[
+                    ("10.0.0.10", Some("a")),
+                    ("10.0.0.11", Some("b")),
+                    ("10.0.0.12", None),
+                    ("10.0.0.13", None),
+                ],
+            ),
+        )
+        .reply(
+            "PATCH",
+            STATUS,
+            200,
+            pool("7", &[("10.0.0.10", Some("a")), ("10.0.0.11", Some("b"))]),
+        );
+    let _tx = pool_writer::adopt(sources(&api, Arc::default()), "p".into());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.calls(), [format!("GET {STATUS}"), format!("GET {ENDPOINTS}")]);
+    // What was lent is written within FLUSH_AFTER, the spares go once the node idles.
+    tokio::time::sleep(pool_writer::IDLE_RETURN + Duration::from_millis(900)).await;
+    assert_eq!(api.calls().len(), 4, "{:?}", api.calls());
+    assert_eq!(api.unused(), 0);
+    let lent = api.seen()[2].body.clone().unwrap();
+    let own: BTreeMap<String, PoolIPAllocation> =
+        serde_json::from_str(lent["status"]["allocatedIPsByNode"]["n1"].as_str().unwrap()).unwrap();
+    assert_eq!(own["10.0.0.11"].pod_uid, "uid-b", "{lent}");
+    let written = api.seen()[3].body.clone().unwrap();
+    let own: BTreeMap<String, PoolIPAllocation> =
+        serde_json::from_str(written["status"]["allocatedIPsByNode"]["n1"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        own.keys().collect::<Vec<_>>(),
+        ["10.0.0.10", "10.0.0.11"],
+        "{written}"
+    );
+    assert!(own.values().all(|e| !e.is_spare()));
+    assert_eq!(own["10.0.0.11"].pod_uid, "uid-b");
+}

@@ -136,8 +136,21 @@ const SPARE_RETRY: Duration = Duration::from_millis(250);
 const YIELD_AT_MOST: Duration = Duration::from_millis(100);
 
 pub fn spawn(sources: Sources, name: String) -> mpsc::UnboundedSender<PoolOp> {
+    spawn_with(sources, name, false)
+}
+
+/// As [`spawn`], for a pool where this node has spares that no op may come for: the writer
+/// reads the pool at once (finding what the node had lent in its endpoints), so that it gives the
+/// rest back once idle. An agent that restarts starts one for each such pool: without it a node
+/// whose pods of a pool had all gone kept the pool's spares until another came, and in a full
+/// pool other nodes' claims failed waiting for them.
+pub fn adopt(sources: Sources, name: String) -> mpsc::UnboundedSender<PoolOp> {
+    spawn_with(sources, name, true)
+}
+
+fn spawn_with(sources: Sources, name: String, adopt: bool) -> mpsc::UnboundedSender<PoolOp> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(sources, name, rx));
+    tokio::spawn(run(sources, name, rx, adopt));
     tx
 }
 
@@ -169,6 +182,8 @@ struct Writer {
     nodes: usize,
     /// The right the last round ran under.
     right_seen: Option<Right>,
+    /// Read the pool without an op (see [`adopt`]).
+    adopt: bool,
 }
 
 impl Writer {
@@ -201,6 +216,9 @@ impl Writer {
         let at = |t: Instant| t.max(self.not_before.unwrap_or(now));
         if closing && self.keeps() {
             return Some((at(now), Some(Flush::ReturnAll)));
+        }
+        if self.adopt {
+            return Some((at(now), Some(Flush::No)));
         }
         if !self.queued.is_empty() {
             return Some((at(now), Some(Flush::No)));
@@ -245,8 +263,11 @@ const LOOK_AGAIN: Duration = Duration::from_millis(500);
 /// How long a writer waits after a failed round before one no new op asked for.
 const AFTER_ERROR: Duration = Duration::from_secs(1);
 
-async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<PoolOp>) {
-    let mut w = Writer::default();
+async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<PoolOp>, adopt: bool) {
+    let mut w = Writer {
+        adopt,
+        ..Writer::default()
+    };
     let mut right_changed = sources.right.subscribe();
     loop {
         let deleting = (sources.meta)().is_some_and(|(_, deleting)| deleting);
@@ -307,6 +328,10 @@ async fn run(sources: Sources, name: String, mut rx: mpsc::UnboundedReceiver<Poo
                 w.free = Some(o.free);
                 w.not_before = None;
                 w.nodes = o.nodes;
+                if std::mem::take(&mut w.adopt) {
+                    // The idle return counts from here.
+                    w.last_op.get_or_insert_with(Instant::now);
+                }
             }
             Err(e) => {
                 tracing::warn!(pool = %name, "pool writer: {e}");

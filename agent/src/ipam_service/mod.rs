@@ -48,9 +48,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use pool_writer::{Answer, Claimed, PoolOp};
 
-/// How long an agent waits to list the pools again when the list at its start failed.
-const ADOPT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
-
 pub struct IpamService {
     client: Client,
     node: String,
@@ -71,13 +68,14 @@ pub struct IpamService {
 }
 
 impl IpamService {
-    /// Starts the caches and waits until each has listed once.
+    /// Starts the caches and waits until each has listed once; also the pools whose status holds
+    /// spares of this node (see [`IpamService::adopt_spares`]).
     pub async fn start(
         client: Client,
         node: String,
         spares: bool,
         right: Arc<lend_right::LendRight>,
-    ) -> anyhow::Result<Arc<IpamService>> {
+    ) -> anyhow::Result<(Arc<IpamService>, Vec<String>)> {
         let all = watcher::Config::default();
         let reserved = cache::<SpiderReservedIP>(Api::all(client.clone()), all.clone());
         let registry = cache::<SpiderIPPoolRegistry>(Api::all(client.clone()), all.clone());
@@ -90,13 +88,14 @@ impl IpamService {
         );
         let namespaces = cache::<Namespace>(Api::all(client.clone()), all.clone());
         let coordinators = cache::<SpiderCoordinator>(Api::all(client.clone()), all);
-        let pools = pool_cache::PoolCache::start(client.clone()).await?;
+        let (pools, listed) = pool_cache::PoolCache::start(client.clone()).await?;
+        let with_spares = with_spares_of(&node, listed);
         coordinators.wait_until_ready().await?;
         reserved.wait_until_ready().await?;
         registry.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         namespaces.wait_until_ready().await?;
-        Ok(Arc::new(IpamService {
+        let service = Arc::new(IpamService {
             client,
             node,
             pools,
@@ -110,7 +109,8 @@ impl IpamService {
             spares,
             right,
             written: endpoint::Written::default(),
-        }))
+        });
+        Ok((service, with_spares))
     }
 
     /// The service with its caches filled and its socket bound, ready to serve.
@@ -121,7 +121,7 @@ impl IpamService {
         spares: bool,
     ) -> anyhow::Result<(Arc<IpamService>, tokio::net::UnixListener)> {
         let right = lend_right::LendRight::new(socket);
-        let service = IpamService::start(client, node.to_string(), spares, right.clone())
+        let (service, with_spares) = IpamService::start(client, node.to_string(), spares, right.clone())
             .await
             .context("pool caches")?;
         let listener = server::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
@@ -129,7 +129,8 @@ impl IpamService {
             .bound()
             .with_context(|| format!("spares lock beside {}", socket.display()))?;
         tokio::spawn(right.keep());
-        tokio::spawn(service.clone().adopt_spares());
+        // Once the right to the spares is settled: a round under no right touches none of them.
+        service.adopt_spares(&with_spares);
         tracing::info!("IPAM service of node {node} listening on {}", socket.display());
         Ok((service, listener))
     }
@@ -236,36 +237,14 @@ impl IpamService {
         w
     }
 
-    /// At start: a writer for every pool whose status holds spares of this node, so that they go
-    /// back even if no pod of the pool comes to this node again ([`pool_writer::adopt`]). Found
-    /// by a failing test: an agent killed mid-burst and restarted kept its spares of a full pool,
-    /// and the other nodes' last claims failed waiting for them.
-    async fn adopt_spares(self: Arc<Self>) {
-        let api: Api<SpiderIPPool> = Api::all(self.client.clone());
-        loop {
-            match api.list(&kube::api::ListParams::default()).await {
-                Ok(list) => {
-                    for pool in list.items {
-                        let spares = pool
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.allocations().ok())
-                            .and_then(|a| {
-                                a.of_node(&self.node)
-                                    .map(|own| own.values().any(PoolIPAllocation::is_spare))
-                            });
-                        if spares == Some(true) {
-                            tracing::info!(pool = %pool.name_any(), "this node has spares here: its writer starts");
-                            self.writer_adopting(&pool.name_any(), true);
-                        }
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!("listing the pools for this node's spares: {e}; again in {ADOPT_RETRY:?}");
-                    tokio::time::sleep(ADOPT_RETRY).await;
-                }
-            }
+    /// At start: a writer for each pool `with_spares` (whose status holds spares of this node), so
+    /// that they go back even if no pod of the pool comes to this node again
+    /// ([`pool_writer::adopt`]). Found by a failing test: an agent killed mid-burst and restarted
+    /// kept its spares of a full pool, and the other nodes' last claims failed waiting for them.
+    fn adopt_spares(&self, with_spares: &[String]) {
+        for pool in with_spares {
+            tracing::info!(%pool, "this node has spares here: its writer starts");
+            self.writer_adopting(pool, true);
         }
     }
 
@@ -357,4 +336,19 @@ fn pod_of(req: &IpamRequest) -> Result<&PodRef, ServiceError> {
     req.pod
         .as_ref()
         .ok_or_else(|| ServiceError::BadRequest(format!("{verb} without a pod")))
+}
+
+/// The names of the pools of `listed` whose status holds spares of `node`.
+fn with_spares_of(node: &str, listed: Vec<SpiderIPPool>) -> Vec<String> {
+    listed
+        .into_iter()
+        .filter(|pool| {
+            let allocations = pool.status.as_ref().and_then(|s| s.allocations().ok());
+            allocations.is_some_and(|a| {
+                a.of_node(node)
+                    .is_some_and(|own| own.values().any(PoolIPAllocation::is_spare))
+            })
+        })
+        .map(|pool| pool.name_any())
+        .collect()
 }

@@ -28,8 +28,9 @@ pub struct PoolCache {
 }
 
 impl PoolCache {
-    /// Starts the metadata watch, fills the specs with one list, and keeps them current.
-    pub async fn start(client: Client) -> anyhow::Result<PoolCache> {
+    /// Starts the metadata watch, fills the specs with one list, and keeps them current. Also
+    /// returns that list whole, statuses included, for a look at start (then dropped).
+    pub async fn start(client: Client) -> anyhow::Result<(PoolCache, Vec<SpiderIPPool>)> {
         let wake = Arc::new(Notify::new());
         let meta = cache_waking(
             Api::<PartialObjectMeta<SpiderIPPool>>::all(client.clone()),
@@ -39,11 +40,11 @@ impl PoolCache {
         meta.wait_until_ready().await?;
         let api: Api<SpiderIPPool> = Api::all(client);
         let objects: Objects = Arc::default();
+        let listed = api.list(&ListParams::default()).await?.items;
         {
-            let listed = api.list(&ListParams::default()).await?.items;
             let mut objs = objects.write().unwrap_or_else(|e| e.into_inner());
-            for p in listed {
-                objs.insert(p.name_any(), Arc::new(without_status(p)));
+            for p in &listed {
+                objs.insert(p.name_any(), Arc::new(without_status(p.clone())));
             }
         }
         let cache = PoolCache { meta, objects };
@@ -54,7 +55,7 @@ impl PoolCache {
                 wake.notified().await;
             }
         });
-        Ok(cache)
+        Ok((cache, listed))
     }
 
     /// A cache that knows no pool (tests).

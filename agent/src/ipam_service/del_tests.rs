@@ -3,7 +3,9 @@
 
 use super::IpamService;
 use super::mock_api::MockApi;
-use super::tests::{ENDPOINTS, POOLS, detail, endpoint, pod, pool, request, service, wait_for_flush};
+use super::tests::{
+    ENDPOINTS, POOLS, assert_calls, body_of, detail, endpoint, pod, pool, request, service, wait_for_flush,
+};
 use spiderpool_cni::agent::IpamVerb;
 
 /// A DEL that is not the current holder's releases nothing: a late DEL of an earlier sandbox of
@@ -60,19 +62,12 @@ async fn a_del_of_the_current_sandbox_releases_its_address() {
         .expect("DEL succeeds");
     // The release is written within FLUSH_AFTER, not before the DEL answers.
     wait_for_flush().await;
-    assert_eq!(
-        api.calls(),
-        [
-            format!("GET {ENDPOINTS}/a"),
-            format!("GET {POOLS}/p/status"),
-            format!("DELETE {ENDPOINTS}/a"),
-            format!("PATCH {POOLS}/p/status"),
-        ]
+    assert_calls(
+        &api,
+        &[format!("GET {ENDPOINTS}/a"), format!("GET {POOLS}/p/status")],
+        &[format!("DELETE {ENDPOINTS}/a"), format!("PATCH {POOLS}/p/status")],
     );
-    assert_eq!(
-        api.seen()[3].body.as_ref().unwrap()["status"]["allocatedIPCount"],
-        0
-    );
+    assert_eq!(body_of(&api, "PATCH")["status"]["allocatedIPCount"], 0);
 }
 
 /// Scripts this agent's ADD of `name` at `ip` (the endpoint created at `version`) and the pool
@@ -109,19 +104,12 @@ async fn a_del_after_this_agent_s_add_reads_no_endpoint_and_a_stale_one_is_read_
     )
     .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
     add_then_del(&api, "a", "10.0.0.10").await;
-    assert_eq!(
-        api.calls(),
-        [
-            format!("POST {ENDPOINTS}"),
-            format!("GET {POOLS}/p/status"),
-            format!("DELETE {ENDPOINTS}/a"),
-            format!("PATCH {POOLS}/p/status"),
-        ]
+    assert_calls(
+        &api,
+        &[format!("POST {ENDPOINTS}"), format!("GET {POOLS}/p/status")],
+        &[format!("DELETE {ENDPOINTS}/a"), format!("PATCH {POOLS}/p/status")],
     );
-    assert_eq!(
-        api.seen()[2].body.as_ref().unwrap()["preconditions"]["resourceVersion"],
-        "3"
-    );
+    assert_eq!(body_of(&api, "DELETE")["preconditions"]["resourceVersion"], "3");
 
     // Written by this agent, then changed behind its back: the guarded delete fails.
     let api = MockApi::new();

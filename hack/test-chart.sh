@@ -142,6 +142,10 @@ run "agent may create spiderippoolregistries" can yes "$agent" create spiderippo
 run "agent may not delete spiderippoolregistries" can no "$agent" delete spiderippoolregistries.spiderpool.spidernet.io
 run "agent may create spiderendpoints" can yes "$agent" create spiderendpoints.spiderpool.spidernet.io -n default
 run "agent may delete spiderendpoints" can yes "$agent" delete spiderendpoints.spiderpool.spidernet.io -n default
+for verb in create delete update list; do
+    run "agent may $verb spideripclaims (its own node's: the admission policy)" can yes "$agent" "$verb" spideripclaims.spiderpool.spidernet.io
+done
+run "agent may not watch spideripclaims" can no "$agent" watch spideripclaims.spiderpool.spidernet.io
 run "agent may create resourceslices (its own node's: the admission policy)" can yes "$agent" create resourceslices.resource.k8s.io
 run "agent may not create resourceclaims" can no "$agent" create resourceclaims.resource.k8s.io -n default
 run "agent may get resourceclaims (the DRA plugin reads their allocation)" can yes "$agent" get resourceclaims.resource.k8s.io -n default
@@ -168,6 +172,8 @@ run "controller may patch spiderippools/status" can yes "$controller" patch spid
 run "controller may patch spiderippools (the finalizer)" can yes "$controller" patch spiderippools.spiderpool.spidernet.io
 run "controller may update spiderippoolregistries" can yes "$controller" update spiderippoolregistries.spiderpool.spidernet.io
 run "controller may delete spiderendpoints" can yes "$controller" delete spiderendpoints.spiderpool.spidernet.io -n default
+run "controller may delete spideripclaims (GC)" can yes "$controller" delete spideripclaims.spiderpool.spidernet.io
+run "controller may not create spideripclaims" can no "$controller" create spideripclaims.spiderpool.spidernet.io
 run "controller may list statefulsets" can yes "$controller" list statefulsets.apps --all-namespaces
 run "controller may list nodes" can yes "$controller" list nodes
 # SpiderSubnet auto-pools: the applications watched, pools created, resized and deleted.

@@ -34,8 +34,8 @@ pub struct Config {
     pub node_name: String,
     /// The IPAM service's unix socket.
     pub socket: PathBuf,
-    /// Whether pool writers lend spares (`--ipam-spares`).
-    pub ipam_spares: bool,
+    /// How holders are recorded (`--ipam-claims`, `--ipam-spares`).
+    pub ipam: ipam_service::Options,
     /// `/healthz`, `/readyz` and `/metrics`, bound with SO_REUSEPORT (an update's successor binds
     /// beside us). Loopback by default: the host network is every pod's.
     pub health_addr: String,
@@ -86,7 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let client = kube::Client::try_default().await.context("Kubernetes client")?;
     let (service, listener) =
-        ipam_service::IpamService::listen(client.clone(), &node, &config.socket, config.ipam_spares).await?;
+        ipam_service::IpamService::listen(client.clone(), &node, &config.socket, config.ipam).await?;
     let _ = metrics.ipam.set(service.metrics());
     tokio::spawn(ipam_service::server::serve(listener, service));
     tracing::info!("agent of node {node}: health on {}", config.health_addr);

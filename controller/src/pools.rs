@@ -15,6 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use spiderpool_api::crd::claim::{self, SpiderIPClaim};
 use spiderpool_api::crd::{
     IPPoolRegistrySpec, PoolCondition, SpiderEndpoint, SpiderIPPool, SpiderIPPoolRegistry, registry_name,
 };
@@ -159,6 +160,21 @@ async fn release_finalizer(pools: &Api<SpiderIPPool>, pool: &SpiderIPPool) -> Re
         .map(|s| s.allocations().map(|a| a.entries().count()).unwrap_or(1))
         .unwrap_or(0);
     if held > 0 {
+        return Ok(false);
+    }
+    // Nor while a SpiderIPClaim of it is left (a claim created after this list is one of a
+    // pod admitted before the pool was marked deleted; the agent's claim of a terminating pool
+    // answers only what a pod holds already).
+    let claims: Api<SpiderIPClaim> = Api::all(pools.clone().into_client());
+    let left = claims
+        .list_metadata(
+            &ListParams::default()
+                .fields(&claim::of_pool(&pool.name_any()))
+                .limit(1),
+        )
+        .await
+        .map_err(|e| api_err(format!("SpiderIPClaims of pool {}", pool.name_any()))(e))?;
+    if !left.items.is_empty() {
         return Ok(false);
     }
     let finalizers: Vec<&String> = pool.finalizers().iter().filter(|f| *f != FINALIZER).collect();

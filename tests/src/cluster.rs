@@ -236,6 +236,8 @@ pub struct Agent {
     daemon: Daemon,
     /// Its log filter (`SPIDERPOOL_TEST_AGENT_LOG`, else `warn`).
     log: String,
+    /// Flags after the socket's.
+    extra: Vec<String>,
 }
 
 impl Agent {
@@ -246,12 +248,18 @@ impl Agent {
 
     /// As [`Agent::start`], with the log filter `log`.
     pub fn start_logging(kubeconfig: &Path, node: &str, dir: &Path, log: &str) -> Result<Agent> {
+        Agent::start_with(kubeconfig, node, dir, log, &[])
+    }
+
+    /// As [`Agent::start_logging`], with `extra` flags (e.g. `--ipam-claims=false`).
+    pub fn start_with(kubeconfig: &Path, node: &str, dir: &Path, log: &str, extra: &[&str]) -> Result<Agent> {
         let mut agent = Agent {
             node: node.into(),
             socket: dir.join(format!("{node}.sock")),
             kubeconfig: kubeconfig.into(),
             daemon: Daemon::new(dir.join(format!("{node}.log"))),
             log: log.into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         agent.restart()?;
         Ok(agent)
@@ -268,6 +276,7 @@ impl Agent {
             kubeconfig: self.kubeconfig.clone(),
             daemon: Daemon::new(dir.join(format!("{}.{suffix}.log", self.node))),
             log: log.into(),
+            extra: self.extra.clone(),
         };
         let before = socket_identity(&self.socket);
         agent.spawn()?;
@@ -286,11 +295,10 @@ impl Agent {
     /// The process with its log filter.
     fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(crate::bin_dir().join("spiderpool-agent"));
-        // Spares on, the default: the tier proves the path that lends without pool writes
-        // (`--ipam-spares=false`, writing each claim, is the same decision with lending off;
-        // unit-tested).
+        // Claims, the default, unless `extra` says otherwise.
         cmd.args(["ipam-service", "--node-name", &self.node, "--socket"])
             .arg(&self.socket)
+            .args(&self.extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", &self.log);
         self.daemon.start(cmd)
@@ -566,4 +574,40 @@ impl Scheduling {
             tail(&self.controllers)
         )
     }
+}
+
+/// Address → holder of every address `pool` gives: its SpiderIPClaims (what the agents record by
+/// default) and the pods in its status (`--ipam-claims=false`); a node's spares are not listed.
+pub async fn pool_holders(
+    client: &Client,
+    pool: &str,
+) -> Result<std::collections::BTreeMap<String, spiderpool_api::crd::PoolIPAllocation>> {
+    use spiderpool_api::crd::SpiderIPPool;
+    use spiderpool_api::crd::claim::{self, SpiderIPClaim};
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let status = pools
+        .get_status(pool)
+        .await
+        .with_context(|| format!("pool {pool}"))?
+        .status
+        .unwrap_or_default();
+    let mut held = status
+        .held_by_pods()
+        .map_err(|e| anyhow::anyhow!("pool {pool}: {e}"))?;
+    let claims: Api<SpiderIPClaim> = Api::all(client.clone());
+    let listed = claims
+        .list(&kube::api::ListParams::default().fields(&claim::of_pool(pool)))
+        .await
+        .with_context(|| format!("SpiderIPClaims of {pool}"))?;
+    for c in listed.items {
+        let name = c.metadata.name.clone().unwrap_or_default();
+        let ip = claim::claim_address(&name).with_context(|| format!("claim name {name}"))?;
+        if let Some(before) = held.insert(ip.to_string(), c.spec.holder()) {
+            bail!(
+                "{ip} of pool {pool} is held in its status ({}) and by a claim",
+                before.pod
+            );
+        }
+    }
+    Ok(held)
 }

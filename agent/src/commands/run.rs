@@ -65,7 +65,7 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> Result<()> {
-    let node_name = crate::node::node_name(args.ipam.node_name)?;
+    let node_name = crate::node::node_name(args.ipam.node_name.clone())?;
     let dra = args.dra.then(|| crate::dra::DraOptions {
         node: node_name.clone(),
         sysfs_root: args.sysfs_root.clone(),
@@ -80,8 +80,8 @@ pub fn exec(args: Args) -> Result<()> {
     });
     let config = Config {
         node_name,
+        ipam: args.ipam.options(),
         socket: args.ipam.socket,
-        ipam_spares: args.ipam.ipam_spares,
         health_addr: args.health_addr,
         metrics_addr: args.metrics_addr,
         sysfs_root: args.sysfs_root.clone(),

@@ -56,6 +56,8 @@ fn service(api: &MockApi, pods: Vec<Pod>, coordinators: Vec<SpiderCoordinator>) 
         spares: true,
         right: super::lend_right::test_support::held(),
         written: Default::default(),
+        claims: None,
+        registered: Default::default(),
     })
 }
 

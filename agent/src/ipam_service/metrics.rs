@@ -46,6 +46,7 @@ pub struct IpamMetrics {
     pub exhausted: Family<PoolLabel, Counter<u64, AtomicU64>>,
     pub refused: Family<PoolLabel, Counter<u64, AtomicU64>>,
     pub conflicts: Family<PoolLabel, Counter<u64, AtomicU64>>,
+    pub claim_misses: Family<PoolLabel, Counter<u64, AtomicU64>>,
     pub batch: Family<PoolLabel, Histogram, fn() -> Histogram>,
 }
 
@@ -60,6 +61,7 @@ impl IpamMetrics {
             exhausted: Family::default(),
             refused: Family::default(),
             conflicts: Family::default(),
+            claim_misses: Family::default(),
             batch: Family::new_with_constructor(batch_histogram),
             registry: Registry::default(),
         };
@@ -89,6 +91,11 @@ impl IpamMetrics {
             "pool_write_conflicts",
             "Pool status writes that lost to another writer and were decided again",
             m.conflicts.clone(),
+        );
+        registry.register(
+            "claim_misses",
+            "SpiderIPClaims not created because the address was claimed already (another was tried)",
+            m.claim_misses.clone(),
         );
         registry.register(
             "pool_write_batch_size",

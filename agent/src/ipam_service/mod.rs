@@ -1,10 +1,15 @@
 //! The agent's IPAM service (cluster mode): the `spiderpool` plugin's verbs answered from
-//! SpiderIPPool objects. Addresses are recorded in the pool's status (see [`pool_writer`]) and in
-//! the pod's SpiderEndpoint; the Kubernetes API is the only state, so the agent can be killed and
+//! SpiderIPPool objects. Addresses are recorded as one SpiderIPClaim each (see [`claims`]; with
+//! `--ipam-claims=false` in the pool's status, see [`pool_writer`]) and in the pod's
+//! SpiderEndpoint; the Kubernetes API is the only state, so the agent can be killed and
 //! restarted at any point.
 
 mod add;
+mod admission;
 mod app_pools;
+pub mod claims;
+#[cfg(test)]
+mod claims_tests;
 #[cfg(test)]
 mod coordinator_tests;
 #[cfg(test)]
@@ -65,6 +70,20 @@ pub struct IpamService {
     right: Arc<lend_right::LendRight>,
     /// The endpoints this agent last wrote (DEL reads none of them again).
     written: endpoint::Written,
+    /// Where holders are recorded: one SpiderIPClaim per address (`--ipam-claims`, the
+    /// default), else the pool's status through its writer.
+    claims: Option<claims::ClaimStore>,
+    /// Per pool, the generation this agent found registered (claims only; writers keep theirs).
+    registered: Mutex<HashMap<String, admission::Registered>>,
+}
+
+/// How the service records holders.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// One SpiderIPClaim per address (`--ipam-claims`).
+    pub claims: bool,
+    /// Without claims: whether pool writers lend spares (`--ipam-spares`).
+    pub spares: bool,
 }
 
 impl IpamService {
@@ -73,7 +92,7 @@ impl IpamService {
     pub async fn start(
         client: Client,
         node: String,
-        spares: bool,
+        options: Options,
         right: Arc<lend_right::LendRight>,
     ) -> anyhow::Result<(Arc<IpamService>, Vec<String>)> {
         let all = watcher::Config::default();
@@ -95,6 +114,12 @@ impl IpamService {
         registry.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         namespaces.wait_until_ready().await?;
+        let metrics = Arc::new(metrics::IpamMetrics::new());
+        let claims = if options.claims {
+            Some(claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await?)
+        } else {
+            None
+        };
         let service = Arc::new(IpamService {
             client,
             node,
@@ -105,11 +130,14 @@ impl IpamService {
             namespaces,
             coordinators,
             writers: Mutex::new(HashMap::new()),
-            metrics: Arc::new(metrics::IpamMetrics::new()),
-            spares,
+            metrics,
+            spares: options.spares,
             right,
             written: endpoint::Written::default(),
+            claims,
+            registered: Mutex::new(HashMap::new()),
         });
+        let with_spares = if options.claims { Vec::new() } else { with_spares };
         Ok((service, with_spares))
     }
 
@@ -118,17 +146,19 @@ impl IpamService {
         client: Client,
         node: &str,
         socket: &Path,
-        spares: bool,
+        options: Options,
     ) -> anyhow::Result<(Arc<IpamService>, tokio::net::UnixListener)> {
         let right = lend_right::LendRight::new(socket);
-        let (service, with_spares) = IpamService::start(client, node.to_string(), spares, right.clone())
+        let (service, with_spares) = IpamService::start(client, node.to_string(), options, right.clone())
             .await
             .context("pool caches")?;
         let listener = server::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
-        right
-            .bound()
-            .with_context(|| format!("spares lock beside {}", socket.display()))?;
-        tokio::spawn(right.keep());
+        if !options.claims {
+            right
+                .bound()
+                .with_context(|| format!("spares lock beside {}", socket.display()))?;
+            tokio::spawn(right.keep());
+        }
         // Once the right to the spares is settled: a round under no right touches none of them.
         service.adopt_spares(&with_spares);
         tracing::info!("IPAM service of node {node} listening on {}", socket.display());
@@ -261,6 +291,9 @@ impl IpamService {
     /// An address of `pool` for `entry` (see [`Op::Claim`]); `None` when the pool has none free,
     /// [`ServiceError::InvalidPool`] when it gives none because it is not registered.
     async fn claim(&self, pool: &str, entry: PoolIPAllocation) -> Result<Option<Claimed>, ServiceError> {
+        if let Some(store) = &self.claims {
+            return self.claim_object(store, pool, &entry).await;
+        }
         match self.ask(pool, Op::Claim(entry)).await? {
             Answer {
                 decision: Decision::Claim(Some(ip)),
@@ -289,6 +322,15 @@ impl IpamService {
         pod_uid: &str,
         interface: Option<&str>,
     ) -> Result<Vec<IpAddr>, ServiceError> {
+        if let Some(store) = &self.claims {
+            let released = store.release(pool, pod_uid, interface).await?;
+            let label = metrics::IpamMetrics::pool(pool);
+            self.metrics
+                .released
+                .get_or_create(&label)
+                .inc_by(released.len() as u64);
+            return Ok(released);
+        }
         let op = Op::Release {
             pod_uid: pod_uid.to_string(),
             interface: interface.map(str::to_string),
@@ -301,6 +343,69 @@ impl IpamService {
             Answer { decision, .. } => Err(ServiceError::Internal(format!(
                 "writer of pool {pool} answered a release with {decision:?}"
             ))),
+        }
+    }
+
+    /// [`IpamService::claim`] by a SpiderIPClaim: the pool from the cache, checked registered.
+    async fn claim_object(
+        &self,
+        store: &claims::ClaimStore,
+        name: &str,
+        holder: &PoolIPAllocation,
+    ) -> Result<Option<Claimed>, ServiceError> {
+        let obj = self.pool(name).await?;
+        let pool = Arc::new(
+            spiderpool_ipam::cluster::pool_of(&obj).map_err(|e| ServiceError::InvalidPool(e.to_string()))?,
+        );
+        let reserved = reserved_set(self.reserved.state().iter().map(|r| &**r));
+        let usable = pool.set.subtract(&reserved);
+        let terminating = obj.metadata.deletion_timestamp.is_some();
+        let refused = if terminating {
+            None
+        } else {
+            let mut known = self
+                .registered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name)
+                .unwrap_or_default();
+            let registry = self.registry.clone();
+            let registered: pool_writer::RegisteredFn = Arc::new(move |uid, generation| {
+                registry
+                    .state()
+                    .iter()
+                    .any(|r| is_registered(&r.spec, uid, generation))
+            });
+            let verdict =
+                admission::admitted(&Api::all(self.client.clone()), &registered, &mut known, &obj).await;
+            self.registered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string(), known);
+            verdict?.err()
+        };
+        let want = claims::Want {
+            pool: name,
+            usable: &usable,
+            holder,
+            accept_new: !terminating && refused.is_none(),
+        };
+        let label = metrics::IpamMetrics::pool(name);
+        match store.claim(&want).await? {
+            Some(ip) => {
+                self.metrics.allocated.get_or_create(&label).inc();
+                Ok(Some(Claimed { ip, pool }))
+            }
+            None => match refused {
+                Some(why) => {
+                    self.metrics.refused.get_or_create(&label).inc();
+                    Err(ServiceError::InvalidPool(format!("not in use: {why}")))
+                }
+                None => {
+                    self.metrics.exhausted.get_or_create(&label).inc();
+                    Ok(None)
+                }
+            },
         }
     }
 

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use kube::ResourceExt;
 use kube::api::Api;
-use spiderpool_api::crd::{SpiderEndpoint, SpiderIPPool};
+use spiderpool_api::crd::claim;
+use spiderpool_api::crd::{PoolIPAllocation, SpiderEndpoint, SpiderIPPool};
 use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
 use spiderpool_cni::{CniError, ErrorCode};
 
@@ -68,6 +69,10 @@ impl IpamService {
     }
 
     async fn release_everywhere(&self, uid: &str, ifname: &str) -> Result<(), ServiceError> {
+        if let Some(store) = &self.claims {
+            store.release_everywhere(uid, ifname).await?;
+            return Ok(());
+        }
         // No endpoint says where. The pools this agent writes are searched, each by its writer on
         // its own copy (no read when it holds nothing of the pod): only this node's agent gives
         // this node's pods addresses. One written before an agent restart and never recorded in
@@ -116,14 +121,17 @@ impl IpamService {
                 continue;
             };
             let ip = addr.split('/').next().unwrap_or_default();
-            let obj = pools
-                .get_status(pool)
-                .await
-                .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {pool}")))?;
-            let holder = obj
-                .status
-                .and_then(|s| s.allocations().ok())
-                .and_then(|a| a.view(Some(&self.node)).remove(ip));
+            let holder = if self.claims.is_some() {
+                self.claim_holder(pool, ip).await?
+            } else {
+                let obj = pools
+                    .get_status(pool)
+                    .await
+                    .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {pool}")))?;
+                obj.status
+                    .and_then(|s| s.allocations().ok())
+                    .and_then(|a| a.view(Some(&self.node)).remove(ip))
+            };
             if holder.as_ref().map(|h| h.pod_uid.as_str()) != Some(status.current.uid.as_str()) {
                 return Err(ServiceError::Mismatch(format!(
                     "{ip} of {what} is not held for it in pool {pool} (holder: {})",
@@ -133,6 +141,20 @@ impl IpamService {
             }
         }
         Ok(())
+    }
+
+    /// The holder of `ip` by its SpiderIPClaim, if the claim is `pool`'s.
+    async fn claim_holder(&self, pool: &str, ip: &str) -> Result<Option<PoolIPAllocation>, ServiceError> {
+        let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
+            return Ok(None);
+        };
+        let name = claim::claim_name(addr);
+        let api: Api<claim::SpiderIPClaim> = Api::all(self.client.clone());
+        let found = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaim {name}")))?;
+        Ok(found.filter(|c| c.spec.pool == pool).map(|c| c.spec.holder()))
     }
 
     /// CNI GC of one network: release what this node's endpoints hold on that network for

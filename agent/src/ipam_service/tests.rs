@@ -259,6 +259,8 @@ pub(super) fn service(api: &MockApi) -> Arc<IpamService> {
         spares: true,
         right: super::lend_right::test_support::held(),
         written: Default::default(),
+        claims: None,
+        registered: Default::default(),
     })
 }
 

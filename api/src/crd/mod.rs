@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod allocations;
 pub mod auto_pool;
+pub mod claim;
 pub mod ipam;
 pub mod node_scope;
 pub mod registry;
@@ -36,6 +37,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         SpiderSubnet::crd(),
         SpiderReservedIP::crd(),
         SpiderIPPoolRegistry::crd(),
+        claim::SpiderIPClaim::crd(),
         endpoint_crd(),
         crate::coordinator::SpiderCoordinator::crd(),
         crate::multus::SpiderMultusConfig::crd(),

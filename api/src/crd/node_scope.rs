@@ -5,7 +5,7 @@
 //! extra `authentication.kubernetes.io/node-name` (Kubernetes 1.32 and later; beta and on by
 //! default since 1.30). So a compromised agent, or a pod that stole its token, cannot rewrite another
 //! node's inventory, take the SpiderEndpoints of pods elsewhere, or release or rewrite the pool
-//! entries of pods on other nodes: a pool's holders are stored one string per node
+//! entries or SpiderIPClaims of pods on other nodes: a pool's holders are stored one string per node
 //! ([`super::Allocations`]) so that this policy can compare each node's string before and after.
 
 use k8s_openapi::api::admissionregistration::v1::{
@@ -57,6 +57,7 @@ pub fn agent_node_policy(
                     "spidernodeinventories/status",
                     "spiderendpoints",
                     "spiderippools/status",
+                    "spideripclaims",
                 ],
             ))),
             match_conditions: Some(vec![MatchCondition {
@@ -128,6 +129,18 @@ pub fn agent_node_policy(
                     message_expression: Some(format!(
                         "'the agent of node ' + variables.node + ' may write only ResourceSlices of driver {DRA_DRIVER} for its own node'"
                     )),
+                    reason: Some("Forbidden".into()),
+                    ..Validation::default()
+                },
+                // A claim's node must be the writer's (for a delete: the claim's as it was); a
+                // claim moves to another node only if it is a StatefulSet pod's (the CRD's rule).
+                Validation {
+                    expression: "request.resource.resource != 'spideripclaims' || \
+                                 variables.target.spec.node == variables.node"
+                        .into(),
+                    message_expression: Some(
+                        "'the agent of node ' + variables.node + ' may create, change and delete only SpiderIPClaims of its own node, not of ' + variables.target.spec.node".into(),
+                    ),
                     reason: Some("Forbidden".into()),
                     ..Validation::default()
                 },

@@ -18,6 +18,7 @@ use spiderpool_ipam::range::IpSet;
 use crate::api_err;
 use crate::metrics::Metrics;
 
+mod claims;
 mod rules;
 pub use rules::{World, list_all, release_reason, world_for_tests};
 
@@ -50,6 +51,7 @@ pub async fn run_once(client: &Client, metrics: &Arc<Metrics>) -> Result<GcRepor
         .list(&ListParams::default())
         .await
         .map_err(api_err("list SpiderIPPools"))?;
+    let claims = claims::list(client).await?;
     let world = World::read(client).await?;
     let reserved_api: Api<SpiderReservedIP> = Api::all(client.clone());
     let reserved = reserved_api
@@ -58,10 +60,12 @@ pub async fn run_once(client: &Client, metrics: &Arc<Metrics>) -> Result<GcRepor
         .map_err(api_err("list SpiderReservedIPs"))?;
     let reserved = reserved_set(&reserved.items);
     let mut report = GcReport::default();
+    let claimed = claims::collect(client, claims, &world, &mut report).await?;
     for pool in list.items {
         let name = pool.name_any();
+        let claimed = claimed.get(&name).copied().unwrap_or(0);
         if let Some((allocated, total)) =
-            gc_pool(client, &pools, pool, &world, &reserved, &mut report).await?
+            gc_pool(client, &pools, pool, &world, &reserved, claimed, &mut report).await?
         {
             metrics.set_pool(&name, allocated, total);
         }
@@ -78,6 +82,7 @@ async fn gc_pool(
     mut pool: SpiderIPPool,
     world: &World,
     reserved: &IpSet,
+    claimed: i64,
     report: &mut GcReport,
 ) -> Result<Option<(i64, i64)>, GcError> {
     // Answers the pool's allocated and total counts as they stand after the round (`None` when
@@ -121,19 +126,23 @@ async fn gc_pool(
             }
         }
         let total = total_of(&pool, reserved);
-        let count = i64::try_from(after.count()).unwrap_or(i64::MAX);
+        // The pool's SpiderIPClaims (as the round began) count with the holders in its status.
+        let count = i64::try_from(after.count())
+            .unwrap_or(i64::MAX)
+            .saturating_add(claimed);
         let recount =
             status.allocated_ip_count != Some(count) || (total.is_some() && status.total_ip_count != total);
         let counts = (count, total.or(status.total_ip_count).unwrap_or(0));
         if released.is_empty() && !recount {
             return Ok(Some(counts));
         }
-        let patch = IPPoolStatus::guarded_patch(
+        let mut patch = IPPoolStatus::guarded_patch(
             pool.metadata.resource_version.as_deref(),
             &stored,
             &after,
             total.or(status.total_ip_count),
         );
+        patch["status"]["allocatedIPCount"] = serde_json::json!(count);
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

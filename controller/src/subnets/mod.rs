@@ -27,6 +27,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use spiderpool_api::crd::auto_pool::{self as keys, ControlledIPPools};
+use spiderpool_api::crd::claim::{self, SpiderIPClaim};
 use spiderpool_api::crd::{
     SpiderIPPool, SpiderIPPoolRegistry, SpiderReservedIP, SpiderSubnet, registry_name,
 };
@@ -257,7 +258,10 @@ async fn ensure(
             need.subnet.spec.subnet
         )));
     }
-    let held = pool.map(held_addresses).unwrap_or_default();
+    let held = match pool {
+        Some(p) => held_addresses(p).union(&claimed(api, &p.name_any()).await.map_err(Problem::Api)?),
+        None => IpSet::default(),
+    };
     // A pool the registry refused (another pool took its addresses first, e.g. a user's created
     // in the same instant) keeps only what it holds and is planned again from what is free.
     let current = match pool {
@@ -337,6 +341,25 @@ async fn ensure(
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Ensured::AsIs),
         Err(e) => Err(Problem::Api(api_err(format!("resize SpiderIPPool {name}"))(e))),
     }
+}
+
+/// The addresses of `pool`'s SpiderIPClaims: a resize never drops one.
+async fn claimed(api: &Api<SpiderIPPool>, pool: &str) -> Result<IpSet, ApiError> {
+    let claims: Api<SpiderIPClaim> = Api::all(api.clone().into_client());
+    let listed = claims
+        .list_metadata(&ListParams::default().fields(&claim::of_pool(pool)))
+        .await
+        .map_err(api_err(format!("SpiderIPClaims of pool {pool}")))?;
+    let ranges = listed
+        .items
+        .iter()
+        .filter_map(|m| claim::claim_address(m.metadata.name.as_deref()?))
+        .map(|ip| {
+            let key = spiderpool_ipam::range::ip_to_key(ip);
+            spiderpool_ipam::range::Range { start: key, end: key }
+        })
+        .collect();
+    Ok(IpSet::from_ranges(ranges))
 }
 
 /// Whether the controller found `pool`'s current spec overlapping a pool in use first.

@@ -4,6 +4,7 @@
 //! service and the controller do the I/O around them.
 
 pub mod auto_pool;
+pub mod claims;
 pub mod decide;
 pub mod pod_network;
 pub mod register;

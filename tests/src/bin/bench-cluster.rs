@@ -37,7 +37,7 @@ use spiderpool_api::crd::{
     EndpointStatus, IPAllocationDetail, PodIPAllocation, ReservedIPSpec, SpiderEndpoint, SpiderEndpointSpec,
     SpiderIPPool, SpiderReservedIP,
 };
-use spiderpool_e2e::cluster::{Agent, Cluster, cni_with, netconf, run_parallel, unique};
+use spiderpool_e2e::cluster::{Agent, Cluster, cni_with, netconf, pool_holders, run_parallel, unique};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -189,8 +189,11 @@ fn range_of(base: std::net::Ipv4Addr, n: usize) -> (std::net::Ipv4Addr, std::net
     )
 }
 
+/// Our agents: `spiderpool` with SpiderIPClaims (the default), `spiderpool-status` with the
+/// holders in the pool's status (`--ipam-claims=false`, spares on).
 async fn spiderpool(
     cluster: &Cluster,
+    name: &'static str,
     pods: usize,
     (agents_n, active): (usize, usize),
     dir: &std::path::Path,
@@ -204,14 +207,20 @@ async fn spiderpool(
         "spec": {"subnet": "10.128.0.0/12", "ips": [format!("{first}-{last}")]}
     }))?;
     api.create(&PostParams::default(), &obj).await?;
+    let extra: &[&str] = if name == "spiderpool" {
+        &[]
+    } else {
+        &["--ipam-claims=false"]
+    };
+    let log = std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into());
     let agents: Vec<Agent> = (0..agents_n)
-        .map(|i| Agent::start(&cluster.kubeconfig, &format!("node-{i}"), dir))
+        .map(|i| Agent::start_with(&cluster.kubeconfig, &format!("node-{i}"), dir, &log, extra))
         .collect::<Result<_>>()?;
     let confs = (0..pods)
         .map(|i| netconf(&agents[i % active].socket, &[&pool], &[]))
         .collect();
     let peer = Peer {
-        name: "spiderpool",
+        name,
         plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
         confs,
         _agents: agents,
@@ -358,13 +367,12 @@ fn floor_op(
 /// How long after a phase's last answer its costs are read.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-/// Waits (up to 30 s) until the pool's status holds `want` pods' addresses; how long it waited.
+/// Waits (up to 30 s) until the pool's claims or status hold `want` pods' addresses; how long it
+/// waited.
 async fn settled(cluster: &Cluster, pool: &str, want: usize) -> Result<Duration> {
-    let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
-        let st = api.get_status(pool).await?.status.unwrap_or_default();
-        if st.held_by_pods().map(|h| h.len()).ok() == Some(want) {
+        if pool_holders(&cluster.client, pool).await?.len() == want {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -391,11 +399,9 @@ async fn still_held(cluster: &Cluster, peer: &str, pool: &str, ns: &str) -> Resu
             .count();
         return Ok(api.list(&ListParams::default()).await?.items.len() + claimed);
     }
-    if peer == "spiderpool" {
-        let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
-        let st = api.get_status(pool).await?.status.unwrap_or_default();
+    if peer.starts_with("spiderpool") {
         // Addresses agents set aside as spares are no pod's (they go back when a node idles).
-        return Ok(st.held_by_pods().map(|h| h.len()).unwrap_or(usize::MAX));
+        return Ok(pool_holders(&cluster.client, pool).await?.len());
     }
     let pools: Api<DynamicObject> =
         Api::all_with(cluster.client.clone(), &whereabouts_resource("IPPool", "ippools"));
@@ -459,7 +465,10 @@ async fn main() -> Result<()> {
             .pods(&ns, "p", pods, |i| format!("node-{}", i % active), json!({}))
             .await?;
         let (peer, pool) = match peer_name.as_str() {
-            "spiderpool" => spiderpool(&cluster, pods, (agents_n, active), &dir).await?,
+            "spiderpool" => spiderpool(&cluster, "spiderpool", pods, (agents_n, active), &dir).await?,
+            "spiderpool-status" => {
+                spiderpool(&cluster, "spiderpool-status", pods, (agents_n, active), &dir).await?
+            }
             "whereabouts" => {
                 let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
                 (whereabouts(&cluster, pods, wb.into(), &dir).await?, String::new())
@@ -473,7 +482,9 @@ async fn main() -> Result<()> {
                 },
                 String::new(),
             ),
-            other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts, floor, floor-claim)"),
+            other => anyhow::bail!(
+                "unknown peer {other} (spiderpool, spiderpool-status, whereabouts, floor, floor-claim)"
+            ),
         };
         // Agents list their caches at start: the phases count only what the pods cost.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -523,11 +534,11 @@ async fn main() -> Result<()> {
             // released a while after it (500 ms per 10 nodes). Every peer gets SETTLE; ours
             // until the pool shows every allocation (or none after the release), and how long.
             tokio::time::sleep(SETTLE).await;
-            if peer.name == "spiderpool" {
+            if peer.name.starts_with("spiderpool") {
                 let want = if verb == "ADD" { pods - failed } else { failed };
                 let waited = settled(&cluster, &pool, want).await?;
                 println!(
-                    "{:<12} {:<9} pool status showed every pod {:.1} s after the last answer",
+                    "{:<12} {:<9} its claims or pool status showed every pod {:.1} s after the last answer",
                     peer.name,
                     label,
                     (SETTLE + waited).as_secs_f64()

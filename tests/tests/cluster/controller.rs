@@ -89,8 +89,7 @@ async fn cluster_gc_releases_deleted_pods_and_statefulset_pods_keep_their_ip() {
         held.get(&web_ip).map(|a| a.pod.as_str()),
         Some(format!("{ns}/web-0").as_str())
     );
-    // It comes back on another node, whose agent may not touch node-a's entries: it adds its
-    // own for the address, and the GC drops node-a's stale one.
+    // It comes back on another node, whose agent takes the address's claim over.
     let dir_b = tempfile::tempdir().unwrap();
     let agent_b = Agent::start(&cluster.kubeconfig, "node-b", dir_b.path()).unwrap();
     let conf_b = netconf(&agent_b.socket, &[&pool], &[]);
@@ -106,13 +105,13 @@ async fn cluster_gc_releases_deleted_pods_and_statefulset_pods_keep_their_ip() {
         web_ip,
         "the recreated StatefulSet pod keeps its address on another node"
     );
-    let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
+    // One holder of the address: the claim taken over by node-b's agent.
     let holders = || async {
-        let status = pools.get_status(&pool).await.unwrap().status.unwrap_or_default();
-        let stored = status.allocations().expect("holders decode");
-        stored
-            .entries()
-            .map(|(ip, e)| (ip.clone(), e.pod_uid.clone(), e.node.clone().unwrap_or_default()))
+        spiderpool_e2e::cluster::pool_holders(&cluster.client, &pool)
+            .await
+            .expect("holders read")
+            .into_iter()
+            .map(|(ip, e)| (ip, e.pod_uid, e.node.unwrap_or_default()))
             .collect::<Vec<_>>()
     };
     let deduplicated = eventually(Duration::from_secs(30), || async {

@@ -63,7 +63,7 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
     // The count is the controller's to keep exact (agents' unguarded writes leave it).
     controller_once(&cluster);
     let status = pools.get_status(&pool).await.unwrap().status.unwrap();
-    let allocated = status.held_by_pods().unwrap();
+    let allocated = allocations(&cluster, &pool).await;
     assert_eq!(status.allocated_ip_count, Some(PODS as i64));
     assert_eq!(status.total_ip_count, Some(PODS as i64));
     assert_eq!(allocated.len(), PODS);
@@ -129,7 +129,7 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
     controller_once(&cluster);
     let status = pools.get_status(&pool).await.unwrap().status.unwrap();
     assert_eq!(status.allocated_ip_count, Some(0));
-    assert!(status.held_by_pods().unwrap().is_empty());
+    assert!(allocations(&cluster, &pool).await.is_empty());
     assert!(
         endpoints
             .list(&Default::default())

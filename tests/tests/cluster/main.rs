@@ -44,20 +44,14 @@ async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result
     api.create(&PostParams::default(), &pool).await
 }
 
-/// The pods holding addresses of `pool`, once what agents lent and released is written (within
-/// their writers' FLUSH_AFTER of 500 ms); a node's spares are not listed.
+/// The pods holding addresses of `pool` (its SpiderIPClaims, and its status's entries once what
+/// agents without claims lent and released is written, within their writers' FLUSH_AFTER of
+/// 500 ms); a node's spares are not listed.
 async fn allocations(cluster: &Cluster, pool: &str) -> BTreeMap<String, PoolIPAllocation> {
     settle().await;
-    let pools: Api<SpiderIPPool> = Api::all(cluster.client.clone());
-    let st = pools
-        .get_status(pool)
+    spiderpool_e2e::cluster::pool_holders(&cluster.client, pool)
         .await
-        .expect("pool reads")
-        .status
-        .unwrap_or_default();
-    // No check of `allocatedIPCount` here: an agent's write of its own entries leaves it to the
-    // next guarded write or the controller's round (see the 1000-address test).
-    st.held_by_pods().expect("allocatedIPsByNode decodes")
+        .expect("pool holders read")
 }
 
 /// Waits past the agents' pool writers' FLUSH_AFTER (500 ms) and a write.

@@ -211,6 +211,9 @@ async fn cluster_a_pool_edited_to_overlap_one_in_use_never_gives_its_addresses()
         .patch(&b, &PatchParams::default(), &Patch::Merge(&widen))
         .await
         .unwrap();
+    // The agent reads pools from its watch: an ADD that comes before the edit reaches it is
+    // decided on the spec before (no address twice either way, the claims see to that).
+    settle().await;
     for i in 13..16 {
         let out = add(&in_b, i);
         assert!(!out.success, "{}", out.stdout);
@@ -243,6 +246,7 @@ async fn cluster_a_pool_edited_to_overlap_one_in_use_never_gives_its_addresses()
         .patch(&b, &PatchParams::default(), &Patch::Merge(&narrow))
         .await
         .unwrap();
+    settle().await;
     let out = add(&in_b, 13);
     assert!(out.success, "{}\n{}", out.stdout, agent.log_text());
     controller_once(&cluster);

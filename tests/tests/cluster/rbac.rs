@@ -1,6 +1,6 @@
 //! The agents' own-node admission policy against the real API server: two agents' tokens, each
 //! bound to a pod on its node as kubelet projects them, and each allowed only its own node's
-//! SpiderNodeInventory, SpiderEndpoints and pool entries.
+//! SpiderNodeInventory, SpiderEndpoints, SpiderIPClaims and pool entries.
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -9,7 +9,9 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::resource::v1::ResourceSlice;
+use kube::ResourceExt;
 use kube::api::DeleteParams;
+use spiderpool_api::crd::claim::{IPClaimSpec, SpiderIPClaim, claim_name};
 
 use super::*;
 
@@ -66,7 +68,7 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
     let role: ClusterRole = serde_json::from_value(json!({
         "metadata": {"name": format!("rbac-{u}")},
         "rules": [{"apiGroups": ["spiderpool.spidernet.io"],
-                   "resources": ["spidernodeinventories", "spidernodeinventories/status", "spiderendpoints"],
+                   "resources": ["spidernodeinventories", "spidernodeinventories/status", "spiderendpoints", "spideripclaims"],
                    "verbs": ["get", "list", "create", "update", "patch", "delete"]},
                   {"apiGroups": ["spiderpool.spidernet.io"],
                    "resources": ["spiderippools", "spiderippools/status"],
@@ -226,6 +228,81 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
         .delete("here", &DeleteParams::default())
         .await
         .expect("its own endpoint goes");
+
+    // SpiderIPClaims: created, changed and deleted only as its node's; another node's claim is
+    // taken over only if it is a StatefulSet pod's, and a claim's pool and pod never change.
+    let claims_a: Api<SpiderIPClaim> = Api::all(agent_a.clone());
+    let admin_claims: Api<SpiderIPClaim> = Api::all(cluster.client.clone());
+    let claim = |ip: &str, node: &str, sts: Option<&str>| {
+        let holder = PoolIPAllocation {
+            pod: format!("{ns}/web-0"),
+            pod_uid: format!("uid-{ip}"),
+            interface: Some("eth0".into()),
+            node: None,
+            owner_stateful_set: sts.map(str::to_string),
+        };
+        SpiderIPClaim::new(
+            &claim_name(ip.parse().unwrap()),
+            IPClaimSpec::of(&format!("rbac-{u}"), &holder, node),
+        )
+    };
+    let forbidden = "may create, change and delete only SpiderIPClaims of its own node";
+    let err = claims_a
+        .create(&pp, &claim("10.252.9.1", node_b, None))
+        .await
+        .expect_err("a claim of another node");
+    assert!(err.to_string().contains(forbidden), "{err}");
+    let own = claims_a
+        .create(&pp, &claim("10.252.9.1", node_a, None))
+        .await
+        .expect("a claim of its own node");
+    let mut moved = own.clone();
+    moved.spec.pod = format!("{ns}/other");
+    let err = claims_a
+        .replace(&moved.name_any(), &pp, &moved)
+        .await
+        .expect_err("a claim's pod changed");
+    assert!(err.to_string().contains("pool and pod never change"), "{err}");
+    claims_a
+        .delete(&own.name_any(), &DeleteParams::default())
+        .await
+        .expect("its own claim goes");
+    let theirs = admin_claims
+        .create(&pp, &claim("10.252.9.2", node_b, None))
+        .await
+        .unwrap();
+    let err = claims_a
+        .delete(&theirs.name_any(), &DeleteParams::default())
+        .await
+        .expect_err("another node's claim deleted");
+    assert!(err.to_string().contains(forbidden), "{err}");
+    let mut taken = theirs.clone();
+    taken.spec.node = node_a.to_string();
+    let err = claims_a
+        .replace(&taken.name_any(), &pp, &taken)
+        .await
+        .expect_err("a claim of a pod that is no StatefulSet's moved");
+    assert!(
+        err.to_string().contains("only a StatefulSet pod's claim moves"),
+        "{err}"
+    );
+    let sts = admin_claims
+        .create(&pp, &claim("10.252.9.3", node_b, Some("web")))
+        .await
+        .unwrap();
+    let mut taken = sts.clone();
+    taken.spec.node = node_a.to_string();
+    taken.spec.pod_uid = "uid-new".into();
+    claims_a
+        .replace(&taken.name_any(), &pp, &taken)
+        .await
+        .expect("a StatefulSet pod's claim moves to the node its pod runs on now");
+    for name in [theirs.name_any(), sts.name_any()] {
+        admin_claims
+            .delete(&name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
 
     // Pool entries: each node's string of allocatedIPsByNode is that node's agent's alone.
     let pool = format!("rbac-{u}");

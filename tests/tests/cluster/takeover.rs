@@ -1,8 +1,10 @@
 //! An agent update with maxSurge: the new agent of a node starts beside the old one, takes the
-//! IPAM socket over mid-burst, and both run for a while. Spares are lent without a pool write, so
-//! only one of them may lend at a time (a lock beside the socket): the old one finishes what it
-//! has, writes what it lent and gives its spares back before the new one lends. No address is
-//! ever held twice, through the takeover and after the old agent is gone.
+//! IPAM socket over mid-burst, and both run for a while. No address is ever held twice, through
+//! the takeover and after the old agent is gone: with SpiderIPClaims (the default) because the
+//! API server creates each address's claim once; with holders in the pool's status
+//! (`--ipam-claims=false`) spares are lent without a pool write, so only one of the two may lend
+//! at a time (a lock beside the socket): the old one finishes what it has, writes what it lent
+//! and gives its spares back before the new one lends.
 
 use super::*;
 
@@ -24,8 +26,19 @@ fn no_address_twice(answered: &Answered) {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "control-plane tier: needs hack/control-plane.sh up"]
 async fn cluster_agent_update_with_two_agents_of_one_node_never_lends_one_address_twice() {
+    agent_update(false, "10.213").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
+async fn cluster_agent_update_with_claims_never_gives_one_address_twice() {
+    agent_update(true, "10.214").await;
+}
+
+/// The update on a pool of `net`.0.0/23, with claims or with spares.
+async fn agent_update(claims: bool, net: &str) {
     const PODS: usize = 400;
-    let cluster = Cluster::connect().await.unwrap();
+    let cluster = Cluster::connect().await.expect("set up");
     let u = unique();
     let pool = format!("takeover-{u}");
     let node = format!("node-t-{u}");
@@ -33,18 +46,19 @@ async fn cluster_agent_update_with_two_agents_of_one_node_never_lends_one_addres
     create_pool(
         &cluster,
         &pool,
-        json!({"subnet": "10.213.0.0/23", "ips": ["10.213.0.1-10.213.1.144"]}),
+        json!({"subnet": format!("{net}.0.0/23"), "ips": [format!("{net}.0.1-{net}.1.144")]}),
     )
     .await
-    .unwrap();
-    let ns = cluster.namespace("takeover", json!({})).await.unwrap();
+    .expect("set up");
+    let ns = cluster.namespace("takeover", json!({})).await.expect("set up");
     let uids = cluster
         .pods(&ns, "p", PODS + PODS / 2, |_| node.clone(), json!({}))
         .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+        .expect("set up");
+    let dir = tempfile::tempdir().expect("set up");
     let log = "warn,spiderpool_agent::ipam_service::lend_right=info";
-    let mut old = Agent::start_logging(&cluster.kubeconfig, &node, dir.path(), log).unwrap();
+    let extra: &[&str] = if claims { &[] } else { &["--ipam-claims=false"] };
+    let mut old = Agent::start_with(&cluster.kubeconfig, &node, dir.path(), log, extra).expect("set up");
     let conf = netconf(&old.socket, &[&pool], &[]);
     let add = |i: usize| {
         let out = cni("ADD", &conf, &ns, &format!("p-{i}"), &uids[i], "net1");
@@ -60,8 +74,8 @@ async fn cluster_agent_update_with_two_agents_of_one_node_never_lends_one_addres
             while done.load(std::sync::atomic::Ordering::Relaxed) < PODS / 4 {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            let agent = old.beside("new", log).unwrap();
-            *new.lock().unwrap() = Some(agent);
+            let agent = old.beside("new", log).expect("set up");
+            *new.lock().expect("lock") = Some(agent);
         });
         run_parallel(40, PODS, |i| {
             let r = add(i);
@@ -69,7 +83,7 @@ async fn cluster_agent_update_with_two_agents_of_one_node_never_lends_one_addres
             r
         })
     });
-    let new = new.into_inner().unwrap().expect("the new agent started");
+    let new = new.into_inner().expect("set up").expect("the new agent started");
     for (i, (ok, _, why)) in first.iter().enumerate() {
         assert!(ok, "ADD p-{i} failed: {why}");
     }
@@ -82,19 +96,11 @@ async fn cluster_agent_update_with_two_agents_of_one_node_never_lends_one_addres
 
     // The old agent lets go once it has written everything; the update then stops it and the
     // new one lends.
-    let old_log = || old.log_text();
-    let let_go = eventually(Duration::from_secs(20), || async {
-        old_log().contains("spares let go").then_some(())
-    })
-    .await;
-    assert!(let_go.is_some(), "the old agent never let go: {}", old_log());
-    assert!(old_log().contains("taken over by a newer agent"), "{}", old_log());
-    old.kill();
-    let lends = eventually(Duration::from_secs(10), || async {
-        new.log_text().contains("this agent lends").then_some(())
-    })
-    .await;
-    assert!(lends.is_some(), "the new agent never lent: {}", new.log_text());
+    if claims {
+        old.kill();
+    } else {
+        lends_after_let_go(&mut old, &new).await;
+    }
 
     // Half the pods go and as many new ones come, through the new agent alone.
     let gone: Vec<usize> = (0..PODS).filter(|i| i % 2 == 0).collect();
@@ -135,4 +141,22 @@ async fn cluster_agent_update_with_two_agents_of_one_node_never_lends_one_addres
     );
     assert_eq!(held.len(), PODS, "one holder per live pod");
     drop(new);
+}
+
+/// With spares: the old agent lets go of them once it has written everything, and once it is
+/// stopped the new one lends.
+async fn lends_after_let_go(old: &mut Agent, new: &Agent) {
+    let old_log = || old.log_text();
+    let let_go = eventually(Duration::from_secs(20), || async {
+        old_log().contains("spares let go").then_some(())
+    })
+    .await;
+    assert!(let_go.is_some(), "the old agent never let go: {}", old_log());
+    assert!(old_log().contains("taken over by a newer agent"), "{}", old_log());
+    old.kill();
+    let lends = eventually(Duration::from_secs(10), || async {
+        new.log_text().contains("this agent lends").then_some(())
+    })
+    .await;
+    assert!(lends.is_some(), "the new agent never lent: {}", new.log_text());
 }

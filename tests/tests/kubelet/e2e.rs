@@ -59,17 +59,16 @@ async fn container_of(pods: &Api<Pod>, name: &str) -> String {
     id.trim_start_matches("containerd://").to_string()
 }
 
-/// The addresses the pool's status holds for `NODE`, with the pod each is held for.
+/// The addresses of `pool` held on `NODE` (its SpiderIPClaims, or its status), with the pod
+/// each is held for.
 pub async fn pool_holders(pools: &Api<SpiderIPPool>, pool: &str) -> Vec<(String, String)> {
-    let pool = serde_json::to_value(pools.get(pool).await.unwrap()).unwrap();
-    let text = pool["status"]["allocatedIPsByNode"][NODE]
-        .as_str()
-        .unwrap_or("{}");
-    let held: Value = serde_json::from_str(text).unwrap();
-    held.as_object()
+    let client = pools.clone().into_client();
+    spiderpool_e2e::cluster::pool_holders(&client, pool)
+        .await
+        .unwrap()
         .into_iter()
-        .flatten()
-        .map(|(ip, e)| (ip.clone(), e["pod"].as_str().unwrap_or_default().to_string()))
+        .filter(|(_, e)| e.node.as_deref() == Some(NODE))
+        .map(|(ip, e)| (ip, e.pod))
         .collect()
 }
 

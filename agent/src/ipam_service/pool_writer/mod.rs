@@ -161,7 +161,7 @@ struct Writer {
     copy: Option<round::Copy>,
     /// Where the walk for free addresses goes on from (see `decide`).
     cursor: Option<Cursor>,
-    registered: round::Registered,
+    registered: crate::ipam_service::admission::Registered,
     /// This node's spares, and what it lent and freed since its last write.
     local: Local,
     /// Whether the endpoints were searched for spares lent before a restart.

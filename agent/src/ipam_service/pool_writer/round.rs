@@ -8,13 +8,12 @@ use kube::api::{ListParams, Patch, PatchParams};
 use spiderpool_api::crd::{Allocations, IPPoolStatus, PoolIPAllocation, SpiderIPPool};
 use spiderpool_ipam::cluster::decide::{self, Decision};
 use spiderpool_ipam::cluster::pool_of;
-use spiderpool_ipam::cluster::register::{self, Outcome as Registration};
-use spiderpool_ipam::cluster::registry;
 use spiderpool_ipam::cluster::spares::{self, Flush};
 use tokio::sync::mpsc;
 
 use super::{Outcome, PoolOp, Sources, Writer, own};
 use crate::ipam_service::ServiceError;
+use crate::ipam_service::admission::admitted;
 use crate::ipam_service::lend_right::Right;
 use crate::ipam_service::metrics::IpamMetrics;
 use spiderpool_ipam::pool::Pool;
@@ -25,13 +24,6 @@ pub(super) struct Mode {
     pub(super) flush: Flush,
     pub(super) right: Right,
 }
-
-/// The pool `(uid, generation)` this writer registered or found registered, so later batches
-/// need no read of the registry before the watch brings it. Still safe when the entry has gone
-/// since: that only happens after the pool itself changed, and the write guarded by the old
-/// copy's resourceVersion then fails.
-#[derive(Default)]
-pub(super) struct Registered(Option<(String, i64)>);
 
 pub(super) struct Copy {
     pub(super) pool: SpiderIPPool,
@@ -63,43 +55,6 @@ fn copy_of(node: &str, pool: SpiderIPPool, stored: Allocations) -> Copy {
 
 fn version_of(pool: &SpiderIPPool) -> Option<u64> {
     pool.metadata.resource_version.as_deref()?.parse().ok()
-}
-
-/// `Ok(())` when `pool` may hand out new addresses at its generation, else why not; registers it
-/// when neither this writer nor the watch has seen it registered.
-async fn admitted(
-    sources: &Sources,
-    known: &mut Registered,
-    pool: &SpiderIPPool,
-) -> Result<Result<(), String>, ServiceError> {
-    let uid = pool.metadata.uid.clone().unwrap_or_default();
-    let generation = pool.metadata.generation.unwrap_or(0);
-    if known
-        .0
-        .as_ref()
-        .is_some_and(|(u, g)| *u == uid && *g == generation)
-        || (sources.registered)(&uid, generation)
-    {
-        return Ok(Ok(()));
-    }
-    let cand = match registry::candidate_of(pool) {
-        Ok(c) => c,
-        Err(why) => return Ok(Err(why)),
-    };
-    match register::register(&sources.registry, &cand).await {
-        Ok(Registration::Registered) => {
-            known.0 = Some((uid, generation));
-            Ok(Ok(()))
-        }
-        Ok(Registration::Refused(why)) => Ok(Err(why)),
-        Err(register::RegisterError::Api { name, source }) => Err(ServiceError::from_kube(
-            source,
-            &format!("SpiderIPPoolRegistry {name}"),
-        )),
-        Err(register::RegisterError::Busy(name)) => {
-            Err(ServiceError::Conflict(format!("SpiderIPPoolRegistry {name}")))
-        }
-    }
 }
 
 /// Decides `batch` (and whatever queues meanwhile) and writes when needed; on success the
@@ -170,7 +125,14 @@ pub(super) async fn decide_and_write(
         let terminating = current.pool.metadata.deletion_timestamp.is_some();
         let claims = batch.iter().any(|p| matches!(p.op, decide::Op::Claim(_)));
         let refused = if claims && !terminating {
-            match admitted(sources, &mut w.registered, &current.pool).await {
+            match admitted(
+                &sources.registry,
+                &sources.registered,
+                &mut w.registered,
+                &current.pool,
+            )
+            .await
+            {
                 Ok(verdict) => verdict.err(),
                 Err(e) => {
                     w.copy = Some(current);

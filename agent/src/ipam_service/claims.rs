@@ -1,0 +1,333 @@
+//! Cluster-mode allocation by one SpiderIPClaim per address (`spiderpool_api::crd::claim`): a
+//! claim is the address's record and its lock at once, so two agents never get one address
+//! whichever pools name it, and nothing shared by the pool's users is written per allocation.
+//! Where to look is [`spiderpool_ipam::cluster::claims::Placement`]'s; this is the I/O.
+//!
+//! This agent's own claims (its node's, listed at start, then kept as it creates and deletes)
+//! answer a repeated ADD and a DEL without a read. A claim is deleted only with its UID as a
+//! precondition, so a late DEL never deletes a newer pod's claim of the same address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::{Client, ResourceExt};
+use spiderpool_api::crd::PoolIPAllocation;
+use spiderpool_api::crd::claim::{self, IPClaimSpec, SpiderIPClaim, claim_address, claim_name};
+use spiderpool_ipam::cluster::claims::{AfterMiss, Placement};
+use spiderpool_ipam::range::IpSet;
+
+use super::ServiceError;
+use super::metrics::IpamMetrics;
+
+/// One of this node's claims.
+#[derive(Debug, Clone)]
+struct Mine {
+    pool: String,
+    pod_uid: String,
+    interface: Option<String>,
+    ip: IpAddr,
+    /// The claim object's UID: the precondition of its delete.
+    uid: String,
+}
+
+impl Mine {
+    fn of(obj: &SpiderIPClaim) -> Option<Mine> {
+        Some(Mine {
+            pool: obj.spec.pool.clone(),
+            pod_uid: obj.spec.pod_uid.clone(),
+            interface: obj.spec.interface.clone(),
+            ip: claim_address(obj.metadata.name.as_deref()?)?,
+            uid: obj.metadata.uid.clone()?,
+        })
+    }
+
+    fn is(&self, pool: &str, pod_uid: &str, interface: Option<&str>) -> bool {
+        self.pool == pool
+            && self.pod_uid == pod_uid
+            && (interface.is_none() || self.interface.as_deref() == interface)
+    }
+}
+
+pub struct ClaimStore {
+    api: Api<SpiderIPClaim>,
+    node: String,
+    placements: Mutex<HashMap<String, Placement>>,
+    mine: Mutex<Vec<Mine>>,
+    metrics: Arc<IpamMetrics>,
+}
+
+/// What a claim asks of a pool: `usable` is its addresses less the reserved ones.
+pub struct Want<'a> {
+    pub pool: &'a str,
+    pub usable: &'a IpSet,
+    pub holder: &'a PoolIPAllocation,
+    /// `false` for a terminating or refused pool: an address already held is still answered.
+    pub accept_new: bool,
+}
+
+impl ClaimStore {
+    /// The store with this node's claims listed.
+    pub async fn start(
+        client: Client,
+        node: &str,
+        metrics: Arc<IpamMetrics>,
+    ) -> Result<ClaimStore, ServiceError> {
+        let api: Api<SpiderIPClaim> = Api::all(client);
+        let listed = api
+            .list(&ListParams::default().fields(&claim::of_node(node)))
+            .await
+            .map_err(|e| ServiceError::from_kube(e, "SpiderIPClaims of this node"))?;
+        let mine: Vec<Mine> = listed.items.iter().filter_map(Mine::of).collect();
+        tracing::info!(node, claims = mine.len(), "this node's SpiderIPClaims listed");
+        Ok(ClaimStore {
+            api,
+            node: node.to_string(),
+            placements: Mutex::new(HashMap::new()),
+            mine: Mutex::new(mine),
+            metrics,
+        })
+    }
+
+    fn placement<T>(&self, pool: &str, f: impl FnOnce(&mut Placement) -> T) -> T {
+        let mut all = self.placements.lock().unwrap_or_else(|e| e.into_inner());
+        f(all.entry(pool.to_string()).or_default())
+    }
+
+    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Mine>> {
+        self.mine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An address for `want.holder` in `want.pool`: the one it holds already (a repeated ADD, an
+    /// agent restarted before the endpoint was written, a StatefulSet pod recreated under the
+    /// same name), else a free one; `None` when the pool has none.
+    pub async fn claim(&self, want: &Want<'_>) -> Result<Option<IpAddr>, ServiceError> {
+        let interface = want.holder.interface.as_deref();
+        let held = self
+            .mine()
+            .iter()
+            .find(|m| m.is(want.pool, &want.holder.pod_uid, interface) && m.interface.as_deref() == interface)
+            .map(|m| m.ip);
+        if held.is_some() {
+            return Ok(held);
+        }
+        if want.holder.owner_stateful_set.is_some()
+            && let Some(ip) = self.take_over(want).await?
+        {
+            return Ok(Some(ip));
+        }
+        if !want.accept_new {
+            return Ok(None);
+        }
+        let mut listed_now = false;
+        loop {
+            if self.placement(want.pool, |p| p.needs_list()) {
+                self.list(want.pool).await?;
+                listed_now = true;
+            }
+            let Some(ip) = self.placement(want.pool, |p| p.next(want.usable)) else {
+                if listed_now {
+                    return Ok(None);
+                }
+                // Believed full: what others released since the last list may be free.
+                self.list(want.pool).await?;
+                listed_now = true;
+                continue;
+            };
+            let obj = self.object(ip, want.pool, want.holder);
+            match self.api.create(&PostParams::default(), &obj).await {
+                Ok(created) => {
+                    self.placement(want.pool, |p| p.created(ip));
+                    if let Some(m) = Mine::of(&created) {
+                        self.mine().push(m);
+                    }
+                    return Ok(Some(ip));
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    self.metrics
+                        .conflicts
+                        .get_or_create(&IpamMetrics::pool(want.pool))
+                        .inc();
+                    let after = self.placement(want.pool, |p| p.missed(ip, want.usable, &self.node));
+                    if after == AfterMiss::ListFirst {
+                        self.list(want.pool).await?;
+                        listed_now = true;
+                    }
+                }
+                Err(e) => {
+                    self.placement(want.pool, |p| p.abandoned(ip));
+                    return Err(ServiceError::from_kube(
+                        e,
+                        &format!("SpiderIPClaim {}", claim_name(ip)),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A StatefulSet pod's address follows its name: its claim in the pool, left by an earlier
+    /// pod of the name (on this node or another), is taken over, guarded by its resourceVersion.
+    async fn take_over(&self, want: &Want<'_>) -> Result<Option<IpAddr>, ServiceError> {
+        for _ in 0..5 {
+            let listed = self
+                .api
+                .list(&ListParams::default().fields(&format!("spec.pod={}", want.holder.pod)))
+                .await
+                .map_err(|e| ServiceError::from_kube(e, "SpiderIPClaims of the pod"))?;
+            let Some(mut found) = listed.items.into_iter().find(|c| {
+                c.spec.pool == want.pool
+                    && c.spec.interface == want.holder.interface
+                    && c.spec.owner_stateful_set.is_some()
+                    && c.spec.owner_stateful_set == want.holder.owner_stateful_set
+            }) else {
+                return Ok(None);
+            };
+            let Some(ip) = found.metadata.name.as_deref().and_then(claim_address) else {
+                return Ok(None);
+            };
+            found.spec.pod_uid = want.holder.pod_uid.clone();
+            found.spec.node = self.node.clone();
+            match self
+                .api
+                .replace(&found.name_any(), &PostParams::default(), &found)
+                .await
+            {
+                Ok(replaced) => {
+                    tracing::info!(pod = %want.holder.pod, %ip, pool = want.pool, "StatefulSet pod takes its address over");
+                    let mut mine = self.mine();
+                    mine.retain(|m| m.ip != ip);
+                    mine.extend(Mine::of(&replaced));
+                    return Ok(Some(ip));
+                }
+                // Changed meanwhile (another takeover, a GC): look again.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
+                Err(e) => {
+                    return Err(ServiceError::from_kube(
+                        e,
+                        &format!("SpiderIPClaim {}", claim_name(ip)),
+                    ));
+                }
+            }
+        }
+        Err(ServiceError::Conflict(format!(
+            "SpiderIPClaims of {}",
+            want.holder.pod
+        )))
+    }
+
+    fn object(&self, ip: IpAddr, pool: &str, holder: &PoolIPAllocation) -> SpiderIPClaim {
+        SpiderIPClaim::new(&claim_name(ip), IPClaimSpec::of(pool, holder, &self.node))
+    }
+
+    /// Reads which addresses of `pool` are claimed (names only).
+    async fn list(&self, pool: &str) -> Result<(), ServiceError> {
+        let listed = self
+            .api
+            .list_metadata(&ListParams::default().fields(&claim::of_pool(pool)))
+            .await
+            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaims of pool {pool}")))?;
+        let taken: Vec<IpAddr> = listed
+            .items
+            .iter()
+            .filter_map(|m| claim_address(m.metadata.name.as_deref()?))
+            .collect();
+        self.placement(pool, |p| p.listed(taken));
+        Ok(())
+    }
+
+    /// Releases what `pod_uid` holds in `pool` on `interface` (every interface when `None`).
+    pub async fn release(
+        &self,
+        pool: &str,
+        pod_uid: &str,
+        interface: Option<&str>,
+    ) -> Result<Vec<IpAddr>, ServiceError> {
+        let known: Vec<Mine> = self
+            .mine()
+            .iter()
+            .filter(|m| m.is(pool, pod_uid, interface))
+            .cloned()
+            .collect();
+        let doomed = if known.is_empty() {
+            // Not this agent's: another agent of the node made it (a rolling update).
+            self.of_pod(pod_uid)
+                .await?
+                .into_iter()
+                .filter(|m| m.is(pool, pod_uid, interface))
+                .collect()
+        } else {
+            known
+        };
+        self.delete(pool, &doomed).await
+    }
+
+    /// Releases what `pod_uid` holds on `interface` in any pool, as far as this node made it.
+    pub async fn release_everywhere(
+        &self,
+        pod_uid: &str,
+        interface: &str,
+    ) -> Result<Vec<IpAddr>, ServiceError> {
+        let mut doomed: Vec<Mine> = self
+            .mine()
+            .iter()
+            .filter(|m| m.pod_uid == pod_uid && m.interface.as_deref() == Some(interface))
+            .cloned()
+            .collect();
+        if doomed.is_empty() {
+            doomed = self
+                .of_pod(pod_uid)
+                .await?
+                .into_iter()
+                .filter(|m| m.interface.as_deref() == Some(interface))
+                .collect();
+        }
+        let mut released = Vec::new();
+        for m in &doomed {
+            released.extend(self.delete(&m.pool, std::slice::from_ref(m)).await?);
+        }
+        Ok(released)
+    }
+
+    /// This node's claims of `pod_uid`, from the API server.
+    async fn of_pod(&self, pod_uid: &str) -> Result<Vec<Mine>, ServiceError> {
+        let listed = self
+            .api
+            .list(&ListParams::default().fields(&format!(
+                "{},{}",
+                claim::of_pod_uid(pod_uid),
+                claim::of_node(&self.node)
+            )))
+            .await
+            .map_err(|e| ServiceError::from_kube(e, "SpiderIPClaims of the pod"))?;
+        Ok(listed.items.iter().filter_map(Mine::of).collect())
+    }
+
+    async fn delete(&self, pool: &str, doomed: &[Mine]) -> Result<Vec<IpAddr>, ServiceError> {
+        let mut released = Vec::new();
+        for m in doomed {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(m.uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match self.api.delete(&claim_name(m.ip), &params).await {
+                Ok(_) => released.push(m.ip),
+                // Gone already (a second DEL, the controller's GC), or the address now another
+                // pod's claim: either way not this pod's any more.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    return Err(ServiceError::from_kube(
+                        e,
+                        &format!("SpiderIPClaim {}", claim_name(m.ip)),
+                    ));
+                }
+            }
+            self.placement(pool, |p| p.released(m.ip));
+            self.mine().retain(|x| x.uid != m.uid);
+        }
+        Ok(released)
+    }
+}

@@ -1,0 +1,195 @@
+//! The claim store against a scripted API server: what it lists, creates and deletes for a
+//! claim, a miss, a repeated claim, a release and a StatefulSet pod's takeover.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use spiderpool_api::crd::PoolIPAllocation;
+use spiderpool_ipam::range::set_of_entries;
+
+use super::claims::{ClaimStore, Want};
+use super::metrics::IpamMetrics;
+use super::mock_api::{MockApi, status_body};
+
+const CLAIMS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spideripclaims";
+
+fn list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPClaimList", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+fn claim(ip: &str, pod: &str, node: &str, sts: Option<&str>, version: &str) -> Value {
+    let mut spec = json!({"pool": "p", "pod": format!("ns/{pod}"), "podUID": format!("uid-{pod}"), "interface": "eth0", "node": node});
+    if let Some(sts) = sts {
+        spec["ownerStatefulSet"] = json!(sts);
+    }
+    json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPClaim",
+        "metadata": {"name": ip.replace(':', "-"), "uid": format!("cuid-{ip}"), "resourceVersion": version},
+        "spec": spec
+    })
+}
+
+fn holder(pod: &str, sts: Option<&str>) -> PoolIPAllocation {
+    PoolIPAllocation {
+        pod: format!("ns/{pod}"),
+        pod_uid: format!("uid-{pod}"),
+        interface: Some("eth0".into()),
+        node: None,
+        owner_stateful_set: sts.map(str::to_string),
+    }
+}
+
+/// Scripts the pool's list: `taken` claimed by another node's pod.
+fn pool_listed(api: &MockApi, taken: &str) {
+    api.reply("GET", CLAIMS, 200, list(vec![claim(taken, "x", "n2", None, "5")]));
+}
+
+async fn store(api: &MockApi, mine: Vec<Value>) -> ClaimStore {
+    api.reply("GET", CLAIMS, 200, list(mine));
+    ClaimStore::start(api.client(), "n1", Arc::new(IpamMetrics::new()))
+        .await
+        .expect("store starts")
+}
+
+/// The first claim lists the pool's claims (names only), skips what they hold, and creates; a
+/// create that finds the address taken goes on elsewhere; the same pod and interface again gets
+/// its address without a call.
+#[tokio::test]
+async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() {
+    let api = MockApi::new();
+    let s = store(&api, vec![]).await;
+    let usable = set_of_entries(["10.0.0.10-10.0.0.12"]);
+    pool_listed(&api, "10.0.0.10");
+    api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
+        .reply("POST", CLAIMS, 201, claim("10.0.0.12", "a", "n1", None, "6"));
+    let a = holder("a", None);
+    let want = Want {
+        pool: "p",
+        usable: &usable,
+        holder: &a,
+        accept_new: true,
+    };
+    let got = s.claim(&want).await.unwrap().expect("an address");
+    let seen = api.seen();
+    assert!(
+        seen[1].uri.contains("fieldSelector=spec.pool%3Dp"),
+        "{}",
+        seen[1].uri
+    );
+    let tried: Vec<&str> = seen[2..]
+        .iter()
+        .map(|s| s.body.as_ref().unwrap()["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tried.len(), 2);
+    assert!(!tried.contains(&"10.0.0.10"), "listed as taken: {tried:?}");
+    assert_ne!(tried[0], tried[1], "the missed address is not tried again");
+    assert_eq!(got.to_string(), tried[1]);
+    assert_eq!(seen[3].body.as_ref().unwrap()["spec"]["node"], "n1");
+    assert_eq!(seen[3].body.as_ref().unwrap()["spec"]["podUID"], "uid-a");
+    let calls = api.calls().len();
+    assert_eq!(s.claim(&want).await.unwrap(), Some(got), "a repeated ADD");
+    assert_eq!(api.calls().len(), calls, "answered without a call");
+    assert_eq!(api.unused(), 0);
+}
+
+/// A full pool: listed again before it says so, and a refused or terminating pool
+/// (`accept_new: false`) creates nothing.
+#[tokio::test]
+async fn a_pool_believed_full_is_listed_again_before_none() {
+    let api = MockApi::new();
+    let s = store(&api, vec![]).await;
+    let usable = set_of_entries(["10.0.0.10"]);
+    pool_listed(&api, "10.0.0.10");
+    let a = holder("a", None);
+    let want = Want {
+        pool: "p",
+        usable: &usable,
+        holder: &a,
+        accept_new: true,
+    };
+    assert_eq!(s.claim(&want).await.unwrap(), None);
+    assert_eq!(api.calls().len(), 2, "one list at start, one of the pool");
+    // Later, believed full: one more list, which shows it free now.
+    api.reply("GET", CLAIMS, 200, list(vec![])).reply(
+        "POST",
+        CLAIMS,
+        201,
+        claim("10.0.0.10", "a", "n1", None, "7"),
+    );
+    assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.10".parse().unwrap()));
+    let b = holder("b", None);
+    let refused = Want {
+        pool: "p",
+        usable: &usable,
+        holder: &b,
+        accept_new: false,
+    };
+    let calls = api.calls().len();
+    assert_eq!(s.claim(&refused).await.unwrap(), None);
+    assert_eq!(api.calls().len(), calls);
+}
+
+/// A release deletes the pod's claim with its UID as precondition (so a late DEL never deletes
+/// a newer pod's claim of the address); a second release finds nothing of this agent's and asks
+/// the API server for the node's claims of the pod.
+#[tokio::test]
+async fn a_release_deletes_by_uid_and_a_claim_listed_at_start_is_released_too() {
+    let api = MockApi::new();
+    let s = store(&api, vec![claim("10.0.0.11", "a", "n1", None, "3")]).await;
+    api.reply(
+        "DELETE",
+        &format!("{CLAIMS}/10.0.0.11"),
+        200,
+        status_body(200, "deleted"),
+    );
+    let released = s.release("p", "uid-a", Some("eth0")).await.unwrap();
+    assert_eq!(released, ["10.0.0.11".parse::<std::net::IpAddr>().unwrap()]);
+    let del = &api.seen()[1];
+    assert_eq!(
+        del.body.as_ref().unwrap()["preconditions"]["uid"],
+        "cuid-10.0.0.11"
+    );
+    api.reply("GET", CLAIMS, 200, list(vec![]));
+    assert!(s.release("p", "uid-a", Some("eth0")).await.unwrap().is_empty());
+    let asked = &api.seen()[2];
+    assert!(asked.uri.contains("spec.podUID%3Duid-a"), "{}", asked.uri);
+    assert!(asked.uri.contains("spec.node%3Dn1"), "{}", asked.uri);
+    assert_eq!(api.unused(), 0);
+}
+
+/// A StatefulSet pod recreated on this node takes its name's claim over from the node it ran
+/// on, guarded by the claim's resourceVersion; a conflict reads again.
+#[tokio::test]
+async fn a_stateful_set_pod_takes_its_claim_over_from_another_node() {
+    let api = MockApi::new();
+    let s = store(&api, vec![]).await;
+    let usable = set_of_entries(["10.0.0.10-10.0.0.20"]);
+    let old = claim("10.0.0.15", "web-0", "n2", Some("web"), "8");
+    let mut after = old.clone();
+    after["spec"]["node"] = json!("n1");
+    api.reply("GET", CLAIMS, 200, list(vec![old.clone()]))
+        .reply(
+            "PUT",
+            &format!("{CLAIMS}/10.0.0.15"),
+            409,
+            status_body(409, "changed"),
+        )
+        .reply("GET", CLAIMS, 200, list(vec![old]))
+        .reply("PUT", &format!("{CLAIMS}/10.0.0.15"), 200, after);
+    let mut web = holder("web-0", Some("web"));
+    web.pod_uid = "uid-new".into();
+    let want = Want {
+        pool: "p",
+        usable: &usable,
+        holder: &web,
+        accept_new: true,
+    };
+    assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.15".parse().unwrap()));
+    let seen = api.seen();
+    assert!(seen[1].uri.contains("spec.pod%3Dns%2Fweb-0"), "{}", seen[1].uri);
+    let put = seen[4].body.as_ref().unwrap();
+    assert_eq!(put["spec"]["node"], "n1");
+    assert_eq!(put["spec"]["podUID"], "uid-new");
+    assert_eq!(put["metadata"]["resourceVersion"], "8");
+    assert_eq!(api.unused(), 0);
+}

@@ -1,0 +1,252 @@
+//! Where an agent looks for a free address of a pool whose holders are SpiderIPClaims
+//! (`spiderpool_api::crd::claim`): one object per address, so an agent learns that an address is
+//! taken from the API server's AlreadyExists, not from a shared copy of the pool.
+//!
+//! Each agent starts its walk at the pool's lowest address, as a lone agent hands addresses out
+//! in order. After a miss it jumps to a place of its own (a hash of its node and the address)
+//! inside the widest stretch it believes free: past a taken address another agent is likely
+//! walking the same way, so agents that allocate at once walk apart after their first miss. What it believes taken comes from a list of the pool's claims (at its first claim,
+//! and again after [`LIST_AFTER_MISSES`] misses in a row or when it believes the pool full), its
+//! own creates and deletes, and its misses. An address it never saw released is not handed out
+//! until the next list, which costs a little reuse, never an address twice: the API server
+//! decides that.
+//!
+//! As in [`super::decide`], the walk moves on from the last address it gave, so an address just
+//! released is reused only after the others had their turn.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use crate::range::{IpSet, Range, ip_to_key, key_to_ip};
+
+/// Misses in a row after which the pool's claims are listed again.
+pub const LIST_AFTER_MISSES: u32 = 16;
+
+/// One agent's knowledge of one pool's claims and its walk.
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// Addresses known claimed, by anyone.
+    taken: HashSet<u128>,
+    /// Addresses this agent is creating claims of now.
+    pending: HashSet<u128>,
+    /// The last address handed out or jumped to, for the pool's addresses of `fingerprint`.
+    cursor: Option<u128>,
+    fingerprint: Option<u64>,
+    misses: u32,
+    listed: bool,
+}
+
+/// What to do after a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterMiss {
+    TryNext,
+    ListFirst,
+}
+
+impl Placement {
+    /// Whether the pool's claims must be listed before the next pick (never listed yet).
+    pub fn needs_list(&self) -> bool {
+        !self.listed
+    }
+
+    /// The pool's claims as listed: every address in `taken` is held.
+    pub fn listed(&mut self, taken: impl IntoIterator<Item = IpAddr>) {
+        self.taken = taken.into_iter().map(ip_to_key).collect();
+        self.listed = true;
+        self.misses = 0;
+    }
+
+    /// The next address of `usable` to try, marked as being created; `None` when every address
+    /// is believed taken.
+    pub fn next(&mut self, usable: &IpSet) -> Option<IpAddr> {
+        let fingerprint = usable.fingerprint();
+        if self.fingerprint != Some(fingerprint) {
+            self.fingerprint = Some(fingerprint);
+            self.cursor = None;
+        }
+        let busy: HashSet<u128> = self.taken.union(&self.pending).copied().collect();
+        let mut last = self.cursor;
+        let ip = super::decide::next_free(usable, &busy, &mut last)?;
+        self.cursor = last;
+        self.pending.insert(ip_to_key(ip));
+        Some(ip)
+    }
+
+    /// The claim of `ip` was created by this agent.
+    pub fn created(&mut self, ip: IpAddr) {
+        let key = ip_to_key(ip);
+        self.pending.remove(&key);
+        self.taken.insert(key);
+        self.misses = 0;
+    }
+
+    /// The claim of `ip` already existed: the walk jumps to a place of `node`'s own in the
+    /// widest stretch of `usable` believed free.
+    pub fn missed(&mut self, ip: IpAddr, usable: &IpSet, node: &str) -> AfterMiss {
+        let key = ip_to_key(ip);
+        self.pending.remove(&key);
+        self.taken.insert(key);
+        self.misses += 1;
+        let busy: Vec<Range> = self
+            .taken
+            .iter()
+            .chain(&self.pending)
+            .map(|k| Range { start: *k, end: *k })
+            .collect();
+        let free = usable.subtract(&IpSet::from_ranges(busy));
+        if let Some(widest) = free.ranges().iter().max_by_key(|r| r.size()) {
+            self.cursor = start_in(&IpSet::from_ranges(vec![*widest]), &format!("{node}/{key}"));
+        }
+        if self.misses.is_multiple_of(LIST_AFTER_MISSES) {
+            AfterMiss::ListFirst
+        } else {
+            AfterMiss::TryNext
+        }
+    }
+
+    /// Creating the claim of `ip` failed for another reason: nothing is known of it.
+    pub fn abandoned(&mut self, ip: IpAddr) {
+        self.pending.remove(&ip_to_key(ip));
+    }
+
+    /// This agent deleted the claim of `ip`.
+    pub fn released(&mut self, ip: IpAddr) {
+        self.taken.remove(&ip_to_key(ip));
+    }
+}
+
+/// Where `salt` starts walking `usable`: the cursor just before a hashed place in it.
+fn start_in(usable: &IpSet, salt: &str) -> Option<u128> {
+    let len = usable.len();
+    if len == 0 {
+        return None;
+    }
+    // FNV-1a: stable across processes and releases, unlike std's hasher.
+    let hash = salt.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut n = u128::from(hash) % len;
+    for r in usable.ranges() {
+        if n < r.size() {
+            // The walk starts after the cursor; at the set's first address, before it.
+            return (r.start + n).checked_sub(1);
+        }
+        n -= r.size();
+    }
+    None
+}
+
+/// The address a key stands for (for tests and logs).
+pub fn address(key: u128) -> IpAddr {
+    key_to_ip(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::{AfterMiss, LIST_AFTER_MISSES, Placement};
+    use crate::range::set_of_entries;
+
+    #[test]
+    fn a_walk_gives_every_address_once_then_none_and_moves_on_after_a_release() {
+        let usable = set_of_entries(["10.0.0.1-10.0.0.8"]);
+        let mut p = Placement::default();
+        assert!(p.needs_list());
+        p.listed(["10.0.0.3".parse().unwrap()]);
+        let mut got = HashSet::new();
+        while let Some(ip) = p.next(&usable) {
+            p.created(ip);
+            assert!(got.insert(ip), "{ip} twice");
+        }
+        assert_eq!(got.len(), 7, "all but the listed one");
+        assert!(!got.contains(&"10.0.0.3".parse().unwrap()));
+        // Two released: both come back, in walk order from where the walk stood, then none.
+        let last = p.cursor.unwrap();
+        let (five, six): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.5".parse().unwrap(), "10.0.0.6".parse().unwrap());
+        p.released(six);
+        p.released(five);
+        let first = p.next(&usable).unwrap();
+        let want_first = if crate::range::ip_to_key(six) > last && crate::range::ip_to_key(five) <= last {
+            six
+        } else {
+            five
+        };
+        assert_eq!(
+            first,
+            want_first,
+            "the walk moves on from {}",
+            super::address(last)
+        );
+        p.created(first);
+        let second = p.next(&usable).unwrap();
+        assert_eq!(
+            [first, second].into_iter().collect::<HashSet<_>>(),
+            [five, six].into()
+        );
+        p.created(second);
+        assert_eq!(p.next(&usable), None);
+    }
+
+    #[test]
+    fn a_lone_walk_starts_lowest_and_nodes_that_miss_there_jump_apart() {
+        let usable = set_of_entries(["10.0.0.0-10.0.3.255"]);
+        let lowest: std::net::IpAddr = "10.0.0.0".parse().unwrap();
+        let after_miss: HashSet<_> = (0..10)
+            .map(|i| {
+                let mut p = Placement::default();
+                p.listed([]);
+                let first = p.next(&usable).unwrap();
+                assert_eq!(first, lowest);
+                // Another node got it first.
+                assert_eq!(p.missed(first, &usable, &format!("node-{i}")), AfterMiss::TryNext);
+                p.next(&usable).unwrap()
+            })
+            .collect();
+        assert_eq!(after_miss.len(), 10, "{after_miss:?}");
+        let key = crate::range::ip_to_key;
+        assert!(
+            after_miss.iter().all(|ip| key(*ip) > key(lowest) + 1),
+            "jumped, not walked on: {after_miss:?}"
+        );
+    }
+
+    #[test]
+    fn misses_in_a_row_ask_for_a_list_and_a_full_pool_gives_none() {
+        let usable = set_of_entries(["10.0.0.1-10.0.0.40"]);
+        let mut p = Placement::default();
+        p.listed([]);
+        for i in 1..=LIST_AFTER_MISSES {
+            let ip = p.next(&usable).unwrap();
+            let after = p.missed(ip, &usable, "a");
+            assert_eq!(after == AfterMiss::ListFirst, i == LIST_AFTER_MISSES, "miss {i}");
+        }
+        let ip = p.next(&usable).unwrap();
+        p.abandoned(ip);
+        // Everything taken: none until a list shows some free again.
+        p.listed(
+            usable
+                .ranges()
+                .iter()
+                .flat_map(|r| r.start..=r.end)
+                .map(super::address),
+        );
+        assert_eq!(p.next(&usable), None);
+        p.listed(["10.0.0.1".parse().unwrap()]);
+        assert!(p.next(&usable).is_some());
+    }
+
+    #[test]
+    fn an_address_being_created_is_not_given_to_a_second_claim() {
+        let usable = set_of_entries(["10.0.0.1-10.0.0.2"]);
+        let mut p = Placement::default();
+        p.listed([]);
+        let a = p.next(&usable).unwrap();
+        let b = p.next(&usable).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(p.next(&usable), None);
+        p.abandoned(a);
+        assert_eq!(p.next(&usable), Some(a));
+    }
+}

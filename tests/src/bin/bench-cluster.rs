@@ -199,12 +199,15 @@ async fn spiderpool(
     dir: &std::path::Path,
 ) -> Result<(Peer, String)> {
     let pool = format!("bench-{}", unique());
-    let (first, last) = range_of(std::net::Ipv4Addr::new(10, 128, 0, 0), pods);
+    // Each of our peers its own range: the pool of the one before stays registered (no
+    // controller runs here to prune the registry).
+    let base = if name == "spiderpool" { 128 } else { 144 };
+    let (first, last) = range_of(std::net::Ipv4Addr::new(10, base, 0, 0), pods);
     let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
     let obj: SpiderIPPool = serde_json::from_value(json!({
         "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
         "metadata": {"name": pool},
-        "spec": {"subnet": "10.128.0.0/12", "ips": [format!("{first}-{last}")]}
+        "spec": {"subnet": format!("10.{base}.0.0/12"), "ips": [format!("{first}-{last}")]}
     }))?;
     api.create(&PostParams::default(), &obj).await?;
     let extra: &[&str] = if name == "spiderpool" {

@@ -30,6 +30,8 @@ struct Mine {
     ip: IpAddr,
     /// The claim object's UID: the precondition of its delete.
     uid: String,
+    /// A StatefulSet pod's: kept for the pod's name, released by the controller only.
+    stateful: bool,
 }
 
 impl Mine {
@@ -40,6 +42,7 @@ impl Mine {
             interface: obj.spec.interface.clone(),
             ip: claim_address(obj.metadata.name.as_deref()?)?,
             uid: obj.metadata.uid.clone()?,
+            stateful: obj.spec.owner_stateful_set.is_some(),
         })
     }
 
@@ -305,7 +308,9 @@ impl ClaimStore {
 
     async fn delete(&self, pool: &str, doomed: &[Mine]) -> Result<Vec<IpAddr>, ServiceError> {
         let mut released = Vec::new();
-        for m in doomed {
+        // A StatefulSet pod's address follows its name: the controller releases it once the
+        // StatefulSet no longer wants the pod (the own-node policy refuses an agent's delete).
+        for m in doomed.iter().filter(|m| !m.stateful) {
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: Some(m.uid.clone()),

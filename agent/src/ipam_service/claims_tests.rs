@@ -191,5 +191,14 @@ async fn a_stateful_set_pod_takes_its_claim_over_from_another_node() {
     assert_eq!(put["spec"]["node"], "n1");
     assert_eq!(put["spec"]["podUID"], "uid-new");
     assert_eq!(put["metadata"]["resourceVersion"], "8");
+    // Its release is the controller's: an agent's release leaves it.
+    let calls = api.calls().len();
+    assert!(
+        s.release("p", "uid-web-0", Some("eth0"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(api.calls().len(), calls, "no delete of a StatefulSet pod's claim");
     assert_eq!(api.unused(), 0);
 }

@@ -133,13 +133,27 @@ pub fn agent_node_policy(
                     ..Validation::default()
                 },
                 // A claim's node must be the writer's (for a delete: the claim's as it was); a
-                // claim moves to another node only if it is a StatefulSet pod's (the CRD's rule).
+                // claim moves to another node only if it is a StatefulSet pod's (the CRD's rule),
+                // and no agent deletes one of those: the controller releases them once the
+                // StatefulSet no longer wants the pod, so an agent that took one over by its
+                // name cannot free an address a live pod uses.
                 Validation {
                     expression: "request.resource.resource != 'spideripclaims' || \
                                  variables.target.spec.node == variables.node"
                         .into(),
                     message_expression: Some(
                         "'the agent of node ' + variables.node + ' may create, change and delete only SpiderIPClaims of its own node, not of ' + variables.target.spec.node".into(),
+                    ),
+                    reason: Some("Forbidden".into()),
+                    ..Validation::default()
+                },
+                Validation {
+                    expression: "request.resource.resource != 'spideripclaims' || \
+                                 request.operation != 'DELETE' || \
+                                 !has(oldObject.spec.ownerStatefulSet)"
+                        .into(),
+                    message: Some(
+                        "a StatefulSet pod's SpiderIPClaim is released by spiderpool-controller only".into(),
                     ),
                     reason: Some("Forbidden".into()),
                     ..Validation::default()

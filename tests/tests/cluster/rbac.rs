@@ -297,6 +297,14 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
         .replace(&taken.name_any(), &pp, &taken)
         .await
         .expect("a StatefulSet pod's claim moves to the node its pod runs on now");
+    let err = claims_a
+        .delete(&taken.name_any(), &DeleteParams::default())
+        .await
+        .expect_err("a StatefulSet pod's claim deleted by an agent");
+    assert!(
+        err.to_string().contains("released by spiderpool-controller only"),
+        "{err}"
+    );
     for name in [theirs.name_any(), sts.name_any()] {
         admin_claims
             .delete(&name, &DeleteParams::default())

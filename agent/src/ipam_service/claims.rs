@@ -21,6 +21,10 @@ use spiderpool_ipam::range::IpSet;
 use super::ServiceError;
 use super::metrics::IpamMetrics;
 
+/// Creates and lists one claim may take before the ADD is answered "try again later" (the pool
+/// changed under every list in between).
+const MOST_TRIES: usize = 256;
+
 /// One of this node's claims.
 #[derive(Debug, Clone)]
 struct Mine {
@@ -124,7 +128,7 @@ impl ClaimStore {
             return Ok(None);
         }
         let mut listed_now = false;
-        loop {
+        for _ in 0..MOST_TRIES {
             if self.placement(want.pool, |p| p.needs_list()) {
                 self.list(want.pool).await?;
                 listed_now = true;
@@ -149,7 +153,7 @@ impl ClaimStore {
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     self.metrics
-                        .conflicts
+                        .claim_misses
                         .get_or_create(&IpamMetrics::pool(want.pool))
                         .inc();
                     let after = self.placement(want.pool, |p| p.missed(ip, want.usable, &self.node));
@@ -167,6 +171,11 @@ impl ClaimStore {
                 }
             }
         }
+        // Other agents kept taking what the lists showed free: the plugin is told to try again.
+        Err(ServiceError::Conflict(format!(
+            "SpiderIPClaims of pool {}",
+            want.pool
+        )))
     }
 
     /// A StatefulSet pod's address follows its name: its claim in the pool, left by an earlier

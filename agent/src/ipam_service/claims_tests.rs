@@ -45,8 +45,12 @@ fn pool_listed(api: &MockApi, taken: &str) {
 }
 
 async fn store(api: &MockApi, mine: Vec<Value>) -> ClaimStore {
+    store_counting(api, mine, Arc::new(IpamMetrics::new())).await
+}
+
+async fn store_counting(api: &MockApi, mine: Vec<Value>, metrics: Arc<IpamMetrics>) -> ClaimStore {
     api.reply("GET", CLAIMS, 200, list(mine));
-    ClaimStore::start(api.client(), "n1", Arc::new(IpamMetrics::new()))
+    ClaimStore::start(api.client(), "n1", metrics)
         .await
         .expect("store starts")
 }
@@ -57,7 +61,8 @@ async fn store(api: &MockApi, mine: Vec<Value>) -> ClaimStore {
 #[tokio::test]
 async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() {
     let api = MockApi::new();
-    let s = store(&api, vec![]).await;
+    let metrics = Arc::new(IpamMetrics::new());
+    let s = store_counting(&api, vec![], metrics.clone()).await;
     let usable = set_of_entries(["10.0.0.10-10.0.0.12"]);
     pool_listed(&api, "10.0.0.10");
     api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
@@ -86,6 +91,11 @@ async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() 
     assert_eq!(got.to_string(), tried[1]);
     assert_eq!(seen[3].body.as_ref().unwrap()["spec"]["node"], "n1");
     assert_eq!(seen[3].body.as_ref().unwrap()["spec"]["podUID"], "uid-a");
+    let counted = metrics.render();
+    assert!(
+        counted.contains(r#"spiderpool_agent_ipam_claim_misses_total{pool="p"} 1"#),
+        "{counted}"
+    );
     let calls = api.calls().len();
     assert_eq!(s.claim(&want).await.unwrap(), Some(got), "a repeated ADD");
     assert_eq!(api.calls().len(), calls, "answered without a call");

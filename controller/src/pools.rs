@@ -173,7 +173,7 @@ async fn release_finalizer(pools: &Api<SpiderIPPool>, pool: &SpiderIPPool) -> Re
                 .limit(1),
         )
         .await
-        .map_err(|e| api_err(format!("SpiderIPClaims of pool {}", pool.name_any()))(e))?;
+        .map_err(api_err(format!("SpiderIPClaims of pool {}", pool.name_any())))?;
     if !left.items.is_empty() {
         return Ok(false);
     }

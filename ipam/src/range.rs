@@ -129,6 +129,11 @@ impl IpSet {
         IpSet { ranges: merged }
     }
 
+    /// The set of single addresses `keys`.
+    pub fn of_keys(keys: impl IntoIterator<Item = u128>) -> IpSet {
+        IpSet::from_ranges(keys.into_iter().map(|k| Range { start: k, end: k }).collect())
+    }
+
     pub fn ranges(&self) -> &[Range] {
         &self.ranges
     }

@@ -50,10 +50,16 @@ impl Mine {
         })
     }
 
+    /// `pod_uid`'s in `pool` on `interface` (on any interface when `None`).
     fn is(&self, pool: &str, pod_uid: &str, interface: Option<&str>) -> bool {
         self.pool == pool
             && self.pod_uid == pod_uid
             && (interface.is_none() || self.interface.as_deref() == interface)
+    }
+
+    /// `holder`'s claim in `pool`: its pod and exactly its interface.
+    fn holds(&self, pool: &str, holder: &PoolIPAllocation) -> bool {
+        self.pool == pool && self.pod_uid == holder.pod_uid && self.interface == holder.interface
     }
 }
 
@@ -110,11 +116,10 @@ impl ClaimStore {
     /// agent restarted before the endpoint was written, a StatefulSet pod recreated under the
     /// same name), else a free one; `None` when the pool has none.
     pub async fn claim(&self, want: &Want<'_>) -> Result<Option<IpAddr>, ServiceError> {
-        let interface = want.holder.interface.as_deref();
         let held = self
             .mine()
             .iter()
-            .find(|m| m.is(want.pool, &want.holder.pod_uid, interface) && m.interface.as_deref() == interface)
+            .find(|m| m.holds(want.pool, want.holder))
             .map(|m| m.ip);
         if held.is_some() {
             return Ok(held);
@@ -255,23 +260,10 @@ impl ClaimStore {
         pod_uid: &str,
         interface: Option<&str>,
     ) -> Result<Vec<IpAddr>, ServiceError> {
-        let known: Vec<Mine> = self
-            .mine()
-            .iter()
-            .filter(|m| m.is(pool, pod_uid, interface))
-            .cloned()
-            .collect();
-        let doomed = if known.is_empty() {
-            // Not this agent's: another agent of the node made it (a rolling update).
-            self.of_pod(pod_uid)
-                .await?
-                .into_iter()
-                .filter(|m| m.is(pool, pod_uid, interface))
-                .collect()
-        } else {
-            known
-        };
-        self.delete(pool, &doomed).await
+        let doomed = self
+            .of_pod_where(pod_uid, |m| m.is(pool, pod_uid, interface))
+            .await?;
+        self.delete(&doomed).await
     }
 
     /// Releases what `pod_uid` holds on `interface` in any pool, as far as this node made it.
@@ -280,25 +272,34 @@ impl ClaimStore {
         pod_uid: &str,
         interface: &str,
     ) -> Result<Vec<IpAddr>, ServiceError> {
-        let mut doomed: Vec<Mine> = self
+        let doomed = self
+            .of_pod_where(pod_uid, |m| m.interface.as_deref() == Some(interface))
+            .await?;
+        self.delete(&doomed).await
+    }
+
+    /// This agent's claims of `pod_uid` that `keep` accepts; when it has none, the node's from
+    /// the API server (another agent of the node made them: a rolling update).
+    async fn of_pod_where(
+        &self,
+        pod_uid: &str,
+        keep: impl Fn(&Mine) -> bool,
+    ) -> Result<Vec<Mine>, ServiceError> {
+        let known: Vec<Mine> = self
             .mine()
             .iter()
-            .filter(|m| m.pod_uid == pod_uid && m.interface.as_deref() == Some(interface))
+            .filter(|m| m.pod_uid == pod_uid && keep(m))
             .cloned()
             .collect();
-        if doomed.is_empty() {
-            doomed = self
-                .of_pod(pod_uid)
-                .await?
-                .into_iter()
-                .filter(|m| m.interface.as_deref() == Some(interface))
-                .collect();
+        if !known.is_empty() {
+            return Ok(known);
         }
-        let mut released = Vec::new();
-        for m in &doomed {
-            released.extend(self.delete(&m.pool, std::slice::from_ref(m)).await?);
-        }
-        Ok(released)
+        Ok(self
+            .of_pod(pod_uid)
+            .await?
+            .into_iter()
+            .filter(|m| keep(m))
+            .collect())
     }
 
     /// This node's claims of `pod_uid`, from the API server.
@@ -315,7 +316,7 @@ impl ClaimStore {
         Ok(listed.items.iter().filter_map(Mine::of).collect())
     }
 
-    async fn delete(&self, pool: &str, doomed: &[Mine]) -> Result<Vec<IpAddr>, ServiceError> {
+    async fn delete(&self, doomed: &[Mine]) -> Result<Vec<IpAddr>, ServiceError> {
         let mut released = Vec::new();
         // A StatefulSet pod's address follows its name: the controller releases it once the
         // StatefulSet no longer wants the pod (the own-node policy refuses an agent's delete).
@@ -339,7 +340,7 @@ impl ClaimStore {
                     ));
                 }
             }
-            self.placement(pool, |p| p.released(m.ip));
+            self.placement(&m.pool, |p| p.released(m.ip));
             self.mine().retain(|x| x.uid != m.uid);
         }
         Ok(released)

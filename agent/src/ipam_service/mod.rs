@@ -108,7 +108,12 @@ impl IpamService {
         let namespaces = cache::<Namespace>(Api::all(client.clone()), all.clone());
         let coordinators = cache::<SpiderCoordinator>(Api::all(client.clone()), all);
         let (pools, listed) = pool_cache::PoolCache::start(client.clone()).await?;
-        let with_spares = with_spares_of(&node, listed);
+        // Spares exist only where holders are in the pools' status.
+        let with_spares = if options.claims {
+            Vec::new()
+        } else {
+            with_spares_of(&node, listed)
+        };
         coordinators.wait_until_ready().await?;
         reserved.wait_until_ready().await?;
         registry.wait_until_ready().await?;
@@ -137,7 +142,6 @@ impl IpamService {
             claims,
             registered: Mutex::new(HashMap::new()),
         });
-        let with_spares = if options.claims { Vec::new() } else { with_spares };
         Ok((service, with_spares))
     }
 
@@ -239,7 +243,6 @@ impl IpamService {
         let pools = self.pools.clone();
         let name = pool.to_string();
         let (meta_pools, meta_name) = (self.pools.clone(), pool.to_string());
-        let registry = self.registry.clone();
         let sources = pool_writer::Sources {
             node: self.node.clone(),
             api: Api::all(self.client.clone()),
@@ -250,12 +253,7 @@ impl IpamService {
             spares: self.spares,
             right: self.right.clone(),
             registry: Api::all(self.client.clone()),
-            registered: Arc::new(move |uid, generation| {
-                registry
-                    .state()
-                    .iter()
-                    .any(|r| is_registered(&r.spec, uid, generation))
-            }),
+            registered: self.registered_fn(),
             metrics: self.metrics.clone(),
         };
         let w = if adopt {
@@ -265,6 +263,17 @@ impl IpamService {
         };
         writers.insert(pool.to_string(), w.clone());
         w
+    }
+
+    /// Whether the registry watch shows a pool `(uid, generation)` registered.
+    fn registered_fn(&self) -> pool_writer::RegisteredFn {
+        let registry = self.registry.clone();
+        Arc::new(move |uid, generation| {
+            registry
+                .state()
+                .iter()
+                .any(|r| is_registered(&r.spec, uid, generation))
+        })
     }
 
     /// At start: a writer for each pool `with_spares` (whose status holds spares of this node), so
@@ -369,15 +378,13 @@ impl IpamService {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(name)
                 .unwrap_or_default();
-            let registry = self.registry.clone();
-            let registered: pool_writer::RegisteredFn = Arc::new(move |uid, generation| {
-                registry
-                    .state()
-                    .iter()
-                    .any(|r| is_registered(&r.spec, uid, generation))
-            });
-            let verdict =
-                admission::admitted(&Api::all(self.client.clone()), &registered, &mut known, &obj).await;
+            let verdict = admission::admitted(
+                &Api::all(self.client.clone()),
+                &self.registered_fn(),
+                &mut known,
+                &obj,
+            )
+            .await;
             self.registered
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

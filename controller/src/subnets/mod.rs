@@ -350,16 +350,13 @@ async fn claimed(api: &Api<SpiderIPPool>, pool: &str) -> Result<IpSet, ApiError>
         .list_metadata(&ListParams::default().fields(&claim::of_pool(pool)))
         .await
         .map_err(api_err(format!("SpiderIPClaims of pool {pool}")))?;
-    let ranges = listed
-        .items
-        .iter()
-        .filter_map(|m| claim::claim_address(m.metadata.name.as_deref()?))
-        .map(|ip| {
-            let key = spiderpool_ipam::range::ip_to_key(ip);
-            spiderpool_ipam::range::Range { start: key, end: key }
-        })
-        .collect();
-    Ok(IpSet::from_ranges(ranges))
+    Ok(IpSet::of_keys(
+        listed
+            .items
+            .iter()
+            .filter_map(|m| claim::claim_address(m.metadata.name.as_deref()?))
+            .map(spiderpool_ipam::range::ip_to_key),
+    ))
 }
 
 /// Whether the controller found `pool`'s current spec overlapping a pool in use first.

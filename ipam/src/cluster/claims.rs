@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use crate::range::{IpSet, Range, ip_to_key, key_to_ip};
+use crate::range::{IpSet, ip_to_key, key_to_ip};
 
 /// Misses in a row after which the pool's claims are listed again.
 pub const LIST_AFTER_MISSES: u32 = 16;
@@ -87,13 +87,8 @@ impl Placement {
         self.pending.remove(&key);
         self.taken.insert(key);
         self.misses += 1;
-        let busy: Vec<Range> = self
-            .taken
-            .iter()
-            .chain(&self.pending)
-            .map(|k| Range { start: *k, end: *k })
-            .collect();
-        let free = usable.subtract(&IpSet::from_ranges(busy));
+        let busy = IpSet::of_keys(self.taken.iter().chain(&self.pending).copied());
+        let free = usable.subtract(&busy);
         if let Some(widest) = free.ranges().iter().max_by_key(|r| r.size()) {
             self.cursor = start_in(&IpSet::from_ranges(vec![*widest]), &format!("{node}/{key}"));
         }

@@ -12,7 +12,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -98,6 +98,25 @@ impl Cluster {
                     bail!("CRD {name} not established after 30 s");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A Node object of each of `names` (as a kubelet registers it; an existing one stays), with
+    /// `labels`.
+    pub async fn nodes(&self, names: &[String], labels: Value) -> Result<()> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        for name in names {
+            let node: Node = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": labels}
+            }))?;
+            match api.create(&PostParams::default(), &node).await {
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                other => {
+                    other.with_context(|| format!("creating Node {name}"))?;
+                }
             }
         }
         Ok(())

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
-use spiderpool_api::crd::PoolIPAllocation;
 use spiderpool_api::crd::claim::{self, IPClaimSpec, SpiderIPClaim, claim_address, claim_name};
+use spiderpool_api::crd::{IPPoolSpec, PoolIPAllocation};
 use spiderpool_ipam::cluster::claims::{AfterMiss, Placement};
 use spiderpool_ipam::range::IpSet;
 
 use super::ServiceError;
 use super::metrics::IpamMetrics;
+use super::roster::NodeRoster;
 
 /// Creates and lists one claim may take before the ADD is answered "try again later" (the pool
 /// changed under every list in between).
@@ -68,12 +69,17 @@ pub struct ClaimStore {
     node: String,
     placements: Mutex<HashMap<String, Placement>>,
     mine: Mutex<Vec<Mine>>,
+    roster: NodeRoster,
+    /// Held by a first list: the claims that come meanwhile wait for it instead of each listing.
+    first_list: tokio::sync::Mutex<()>,
     metrics: Arc<IpamMetrics>,
 }
 
 /// What a claim asks of a pool: `usable` is its addresses less the reserved ones.
 pub struct Want<'a> {
     pub pool: &'a str,
+    /// The pool's spec: the nodes it admits share it.
+    pub spec: &'a IPPoolSpec,
     pub usable: &'a IpSet,
     pub holder: &'a PoolIPAllocation,
     /// `false` for a terminating or refused pool: an address already held is still answered.
@@ -87,6 +93,7 @@ impl ClaimStore {
         node: &str,
         metrics: Arc<IpamMetrics>,
     ) -> Result<ClaimStore, ServiceError> {
+        let roster = NodeRoster::new(client.clone(), node);
         let api: Api<SpiderIPClaim> = Api::all(client);
         let listed = api
             .list(&ListParams::default().fields(&claim::of_node(node)))
@@ -99,8 +106,16 @@ impl ClaimStore {
             node: node.to_string(),
             placements: Mutex::new(HashMap::new()),
             mine: Mutex::new(mine),
+            roster,
+            first_list: tokio::sync::Mutex::new(()),
             metrics,
         })
+    }
+
+    /// Lists the nodes this node shares pools with (at the agent's start; a failure is logged,
+    /// and pools are then walked from their lowest address).
+    pub async fn prefetch_nodes(&self) {
+        self.roster.prefetch().await;
     }
 
     fn placement<T>(&self, pool: &str, f: impl FnOnce(&mut Placement) -> T) -> T {
@@ -135,7 +150,10 @@ impl ClaimStore {
         let mut listed_now = false;
         for _ in 0..MOST_TRIES {
             if self.placement(want.pool, |p| p.needs_list()) {
-                self.list(want.pool).await?;
+                let _one = self.first_list.lock().await;
+                if self.placement(want.pool, |p| p.needs_list()) {
+                    self.list(want, false).await?;
+                }
                 listed_now = true;
             }
             let Some(ip) = self.placement(want.pool, |p| p.next(want.usable)) else {
@@ -143,7 +161,7 @@ impl ClaimStore {
                     return Ok(None);
                 }
                 // Believed full: what others released since the last list may be free.
-                self.list(want.pool).await?;
+                self.list(want, true).await?;
                 listed_now = true;
                 continue;
             };
@@ -163,7 +181,7 @@ impl ClaimStore {
                         .inc();
                     let after = self.placement(want.pool, |p| p.missed(ip, want.usable, &self.node));
                     if after == AfterMiss::ListFirst {
-                        self.list(want.pool).await?;
+                        self.list(want, true).await?;
                         listed_now = true;
                     }
                 }
@@ -237,8 +255,11 @@ impl ClaimStore {
         SpiderIPClaim::new(&claim_name(ip), IPClaimSpec::of(pool, holder, &self.node))
     }
 
-    /// Reads which addresses of `pool` are claimed (names only).
-    async fn list(&self, pool: &str) -> Result<(), ServiceError> {
+    /// Reads which addresses of the pool are claimed (names only), and this node's share of it
+    /// (`missing`: after misses, which a node that joined or left may cause).
+    async fn list(&self, want: &Want<'_>, missing: bool) -> Result<(), ServiceError> {
+        let (rank, of) = self.roster.share(want.spec, missing).await;
+        let pool = want.pool;
         let listed = self
             .api
             .list_metadata(&ListParams::default().fields(&claim::of_pool(pool)))
@@ -249,7 +270,10 @@ impl ClaimStore {
             .iter()
             .filter_map(|m| claim_address(m.metadata.name.as_deref()?))
             .collect();
-        self.placement(pool, |p| p.listed(taken));
+        self.placement(pool, |p| {
+            p.share(rank, of);
+            p.listed(taken)
+        });
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use spiderpool_api::crd::PoolIPAllocation;
+use spiderpool_api::crd::{IPPoolSpec, PoolIPAllocation};
 use spiderpool_ipam::range::set_of_entries;
 
 use super::claims::{ClaimStore, Want};
@@ -39,9 +39,19 @@ fn holder(pod: &str, sts: Option<&str>) -> PoolIPAllocation {
     }
 }
 
-/// Scripts the pool's list: `taken` claimed by another node's pod.
-fn pool_listed(api: &MockApi, taken: &str) {
-    api.reply("GET", CLAIMS, 200, list(vec![claim(taken, "x", "n2", None, "5")]));
+/// Scripts the pool's list, `taken` claimed by another node's pod, and the Node list, `nodes`.
+fn pool_listed(api: &MockApi, taken: &str, nodes: &[&str]) {
+    let items: Vec<Value> = nodes
+        .iter()
+        .map(|n| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": n}}))
+        .collect();
+    api.reply("GET", CLAIMS, 200, list(vec![claim(taken, "x", "n2", None, "5")]))
+        .reply(
+            "GET",
+            "/api/v1/nodes",
+            200,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
+        );
 }
 
 async fn store(api: &MockApi, mine: Vec<Value>) -> ClaimStore {
@@ -55,42 +65,48 @@ async fn store_counting(api: &MockApi, mine: Vec<Value>, metrics: Arc<IpamMetric
         .expect("store starts")
 }
 
-/// The first claim lists the pool's claims (names only), skips what they hold, and creates; a
-/// create that finds the address taken goes on elsewhere; the same pod and interface again gets
-/// its address without a call.
+/// The first claim lists the nodes and the pool's claims (names only), starts in this node's
+/// share of the pool, skips what the claims hold, and creates; a create that finds the address
+/// taken goes on elsewhere; the same pod and interface again gets its address without a call.
 #[tokio::test]
 async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() {
     let api = MockApi::new();
     let metrics = Arc::new(IpamMetrics::new());
     let s = store_counting(&api, vec![], metrics.clone()).await;
+    let spec = IPPoolSpec::default();
     let usable = set_of_entries(["10.0.0.10-10.0.0.12"]);
-    pool_listed(&api, "10.0.0.10");
+    // n1 is the second of two nodes: its share starts at the second of three addresses.
+    pool_listed(&api, "10.0.0.10", &["n0", "n1"]);
     api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
         .reply("POST", CLAIMS, 201, claim("10.0.0.12", "a", "n1", None, "6"));
     let a = holder("a", None);
     let want = Want {
         pool: "p",
+        spec: &spec,
         usable: &usable,
         holder: &a,
         accept_new: true,
     };
     let got = s.claim(&want).await.unwrap().expect("an address");
     let seen = api.seen();
+    assert!(seen[1].uri.starts_with("/api/v1/nodes?"), "{}", seen[1].uri);
+    assert!(seen[1].uri.contains("resourceVersion=0"), "{}", seen[1].uri);
     assert!(
-        seen[1].uri.contains("fieldSelector=spec.pool%3Dp"),
+        seen[2].uri.contains("fieldSelector=spec.pool%3Dp"),
         "{}",
-        seen[1].uri
+        seen[2].uri
     );
-    let tried: Vec<&str> = seen[2..]
+    let tried: Vec<&str> = seen[3..]
         .iter()
         .map(|s| s.body.as_ref().unwrap()["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(tried.len(), 2);
+    assert_eq!(tried[0], "10.0.0.11", "this node's share");
     assert!(!tried.contains(&"10.0.0.10"), "listed as taken: {tried:?}");
     assert_ne!(tried[0], tried[1], "the missed address is not tried again");
     assert_eq!(got.to_string(), tried[1]);
-    assert_eq!(seen[3].body.as_ref().unwrap()["spec"]["node"], "n1");
-    assert_eq!(seen[3].body.as_ref().unwrap()["spec"]["podUID"], "uid-a");
+    assert_eq!(seen[4].body.as_ref().unwrap()["spec"]["node"], "n1");
+    assert_eq!(seen[4].body.as_ref().unwrap()["spec"]["podUID"], "uid-a");
     let counted = metrics.render();
     assert!(
         counted.contains(r#"spiderpool_agent_ipam_claim_misses_total{pool="p"} 1"#),
@@ -108,17 +124,19 @@ async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() 
 async fn a_pool_believed_full_is_listed_again_before_none() {
     let api = MockApi::new();
     let s = store(&api, vec![]).await;
+    let spec = IPPoolSpec::default();
     let usable = set_of_entries(["10.0.0.10"]);
-    pool_listed(&api, "10.0.0.10");
+    pool_listed(&api, "10.0.0.10", &[]);
     let a = holder("a", None);
     let want = Want {
         pool: "p",
+        spec: &spec,
         usable: &usable,
         holder: &a,
         accept_new: true,
     };
     assert_eq!(s.claim(&want).await.unwrap(), None);
-    assert_eq!(api.calls().len(), 2, "one list at start, one of the pool");
+    assert_eq!(api.calls().len(), 3, "one list at start, the nodes, the pool");
     // Later, believed full: one more list, which shows it free now.
     api.reply("GET", CLAIMS, 200, list(vec![])).reply(
         "POST",
@@ -130,6 +148,7 @@ async fn a_pool_believed_full_is_listed_again_before_none() {
     let b = holder("b", None);
     let refused = Want {
         pool: "p",
+        spec: &spec,
         usable: &usable,
         holder: &b,
         accept_new: false,
@@ -173,6 +192,7 @@ async fn a_release_deletes_by_uid_and_a_claim_listed_at_start_is_released_too() 
 async fn a_stateful_set_pod_takes_its_claim_over_from_another_node() {
     let api = MockApi::new();
     let s = store(&api, vec![]).await;
+    let spec = IPPoolSpec::default();
     let usable = set_of_entries(["10.0.0.10-10.0.0.20"]);
     let old = claim("10.0.0.15", "web-0", "n2", Some("web"), "8");
     let mut after = old.clone();
@@ -190,6 +210,7 @@ async fn a_stateful_set_pod_takes_its_claim_over_from_another_node() {
     web.pod_uid = "uid-new".into();
     let want = Want {
         pool: "p",
+        spec: &spec,
         usable: &usable,
         holder: &web,
         accept_new: true,
@@ -210,5 +231,43 @@ async fn a_stateful_set_pod_takes_its_claim_over_from_another_node() {
             .is_empty()
     );
     assert_eq!(api.calls().len(), calls, "no delete of a StatefulSet pod's claim");
+    assert_eq!(api.unused(), 0);
+}
+
+/// Claims that come while the pool's first list is under way wait for it instead of each
+/// listing (a burst's first ADDs on a node would otherwise list once each).
+#[tokio::test]
+async fn claims_at_once_share_the_first_list() {
+    let api = MockApi::new();
+    let s = store(&api, vec![]).await;
+    let spec = IPPoolSpec::default();
+    let usable = set_of_entries(["10.0.0.10-10.0.0.20"]);
+    api.reply_after(
+        "GET",
+        CLAIMS,
+        200,
+        list(vec![]),
+        std::time::Duration::from_millis(100),
+    )
+    .reply("GET", "/api/v1/nodes", 200, json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []}))
+    .reply("POST", CLAIMS, 201, claim("10.0.0.10", "a", "n1", None, "6"))
+    .reply("POST", CLAIMS, 201, claim("10.0.0.11", "b", "n1", None, "7"));
+    let (a, b) = (holder("a", None), holder("b", None));
+    let want = |h| Want {
+        pool: "p",
+        spec: &spec,
+        usable: &usable,
+        holder: h,
+        accept_new: true,
+    };
+    let (want_a, want_b) = (want(&a), want(&b));
+    let (got_a, got_b) = tokio::join!(s.claim(&want_a), s.claim(&want_b));
+    assert_ne!(got_a.unwrap(), got_b.unwrap());
+    let lists = api
+        .seen()
+        .iter()
+        .filter(|c| c.call() == format!("GET {CLAIMS}"))
+        .count();
+    assert_eq!(lists, 2, "one at start, one of the pool: {:?}", api.calls());
     assert_eq!(api.unused(), 0);
 }

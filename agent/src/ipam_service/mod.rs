@@ -23,6 +23,7 @@ pub(crate) mod mock_api;
 mod pool_cache;
 pub mod pool_writer;
 mod release;
+mod roster;
 pub mod server;
 #[cfg(test)]
 mod spares_tests;
@@ -74,7 +75,9 @@ pub struct IpamService {
     /// default), else the pool's status through its writer.
     claims: Option<claims::ClaimStore>,
     /// Per pool, the generation this agent found registered (claims only; writers keep theirs).
-    registered: Mutex<HashMap<String, admission::Registered>>,
+    /// Locked across a registration, so that the ADDs that come meanwhile wait for its answer
+    /// instead of each registering.
+    registered: Mutex<HashMap<String, Arc<tokio::sync::Mutex<admission::Registered>>>>,
 }
 
 /// How the service records holders.
@@ -121,7 +124,9 @@ impl IpamService {
         namespaces.wait_until_ready().await?;
         let metrics = Arc::new(metrics::IpamMetrics::new());
         let claims = if options.claims {
-            Some(claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await?)
+            let store = claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await?;
+            store.prefetch_nodes().await;
+            Some(store)
         } else {
             None
         };
@@ -372,27 +377,26 @@ impl IpamService {
         let refused = if terminating {
             None
         } else {
-            let mut known = self
+            let known = self
                 .registered
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(name)
-                .unwrap_or_default();
-            let verdict = admission::admitted(
+                .entry(name.to_string())
+                .or_default()
+                .clone();
+            let mut known = known.lock().await;
+            admission::admitted(
                 &Api::all(self.client.clone()),
                 &self.registered_fn(),
                 &mut known,
                 &obj,
             )
-            .await;
-            self.registered
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(name.to_string(), known);
-            verdict?.err()
+            .await?
+            .err()
         };
         let want = claims::Want {
             pool: name,
+            spec: &obj.spec,
             usable: &usable,
             holder,
             accept_new: !terminating && refused.is_none(),

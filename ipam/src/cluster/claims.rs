@@ -2,10 +2,12 @@
 //! (`spiderpool_api::crd::claim`): one object per address, so an agent learns that an address is
 //! taken from the API server's AlreadyExists, not from a shared copy of the pool.
 //!
-//! Each agent starts its walk at the pool's lowest address, as a lone agent hands addresses out
-//! in order. After a miss it jumps to a place of its own (a hash of its node and the address)
-//! inside the widest stretch it believes free: past a taken address another agent is likely
-//! walking the same way, so agents that allocate at once walk apart after their first miss. What it believes taken comes from a list of the pool's claims (at its first claim,
+//! Each agent starts its walk at its share of the pool: the `rank`th of `of` equal parts, its
+//! place among the nodes the pool admits ([`Placement::share`]), so agents that allocate at once
+//! start apart, and a lone node hands addresses out in order from the lowest. After a miss it
+//! jumps to a place of its own (a hash of its node and the address) inside the widest stretch it
+//! believes free: past a taken address another agent is likely walking the same way, so agents
+//! that met walk apart. What it believes taken comes from a list of the pool's claims (at its first claim,
 //! and again after [`LIST_AFTER_MISSES`] misses in a row or when it believes the pool full), its
 //! own creates and deletes, and its misses. An address it never saw released is not handed out
 //! until the next list, which costs a little reuse, never an address twice: the API server
@@ -34,6 +36,8 @@ pub struct Placement {
     fingerprint: Option<u64>,
     misses: u32,
     listed: bool,
+    /// This agent's part of the pool: `(rank, of)`; `None` is the whole pool, from the lowest.
+    share: Option<(u128, u128)>,
 }
 
 /// What to do after a miss.
@@ -56,13 +60,24 @@ impl Placement {
         self.misses = 0;
     }
 
+    /// This agent is the `rank`th (from 0) of `of` agents sharing the pool: a walk that starts
+    /// (the first, or after the pool's addresses changed) starts at the `rank`th of `of` equal
+    /// parts of it. A rank out of range is ignored.
+    pub fn share(&mut self, rank: usize, of: usize) {
+        self.share = (rank < of).then_some((rank as u128, of as u128));
+    }
+
     /// The next address of `usable` to try, marked as being created; `None` when every address
     /// is believed taken.
     pub fn next(&mut self, usable: &IpSet) -> Option<IpAddr> {
         let fingerprint = usable.fingerprint();
         if self.fingerprint != Some(fingerprint) {
             self.fingerprint = Some(fingerprint);
-            self.cursor = None;
+            self.cursor = self.share.and_then(|(rank, of)| {
+                let len = usable.len();
+                // len × rank / of, without overflowing for the widest IPv6 pools.
+                cursor_before(usable, len / of * rank + len % of * rank / of)
+            });
         }
         let busy: HashSet<u128> = self.taken.union(&self.pending).copied().collect();
         let mut last = self.cursor;
@@ -120,7 +135,11 @@ fn start_in(usable: &IpSet, salt: &str) -> Option<u128> {
     let hash = salt.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    let mut n = u128::from(hash) % len;
+    cursor_before(usable, u128::from(hash) % len)
+}
+
+/// The cursor from which a walk of `usable` starts at its `n`th address.
+fn cursor_before(usable: &IpSet, mut n: u128) -> Option<u128> {
     for r in usable.ranges() {
         if n < r.size() {
             // The walk starts after the cursor; at the set's first address, before it.
@@ -205,6 +224,43 @@ mod tests {
             after_miss.iter().all(|ip| key(*ip) > key(lowest) + 1),
             "jumped, not walked on: {after_miss:?}"
         );
+    }
+
+    #[test]
+    fn nodes_sharing_a_pool_start_in_their_own_parts_and_fill_it_without_meeting() {
+        // Two ranges: the parts count addresses, not the space between ranges.
+        let usable = set_of_entries(["10.0.0.0-10.0.0.9", "10.0.1.0-10.0.1.29"]);
+        let mut walks: Vec<Placement> = (0..4)
+            .map(|rank| {
+                let mut p = Placement::default();
+                p.share(rank, 4);
+                p.listed([]);
+                p
+            })
+            .collect();
+        let firsts: Vec<String> = walks
+            .iter_mut()
+            .map(|p| p.next(&usable).unwrap().to_string())
+            .collect();
+        assert_eq!(firsts, ["10.0.0.0", "10.0.1.0", "10.0.1.10", "10.0.1.20"]);
+        // Each takes its ten in order; none walks into another's part.
+        let mut all = HashSet::new();
+        for (rank, p) in walks.iter_mut().enumerate() {
+            let mut ip = firsts[rank].parse().unwrap();
+            for _ in 1..10 {
+                p.created(ip);
+                ip = p.next(&usable).unwrap();
+                assert!(all.insert(ip), "{ip} twice");
+            }
+        }
+        assert_eq!(all.len(), 36);
+        // A rank out of range, and one node alone, walk the whole pool from the lowest.
+        for (rank, of) in [(4, 4), (0, 1)] {
+            let mut p = Placement::default();
+            p.share(rank, of);
+            p.listed([]);
+            assert_eq!(p.next(&usable).unwrap().to_string(), "10.0.0.0");
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
-use spiderpool_api::crd::SpiderIPPool;
 use spiderpool_api::crd::auto_pool::is_auto_pool;
+use spiderpool_api::crd::{IPPoolSpec, SpiderIPPool};
 
 /// A pod's pool annotation that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,15 +202,8 @@ pub fn usable(pool: &SpiderIPPool, who: &Subject<'_>) -> Result<(), Unusable> {
         return Err(Unusable("terminating".into()));
     }
     let spec = &pool.spec;
-    if !spec.node_name.is_empty() && !spec.node_name.iter().any(|n| n == who.node) {
-        return Err(Unusable(format!("nodeName does not list {}", who.node)));
-    }
-    if let Some(sel) = &spec.node_affinity {
-        let empty = BTreeMap::new();
-        if !selector_matches(sel, who.node_labels.unwrap_or(&empty)) {
-            return Err(Unusable(format!("nodeAffinity does not match node {}", who.node)));
-        }
-    }
+    let empty = BTreeMap::new();
+    admits_node(spec, who.node, who.node_labels.unwrap_or(&empty))?;
     if !spec.namespace_name.is_empty() && !spec.namespace_name.iter().any(|n| n == who.namespace) {
         return Err(Unusable(format!("namespaceName does not list {}", who.namespace)));
     }
@@ -246,6 +239,19 @@ pub fn usable(pool: &SpiderIPPool, who: &Subject<'_>) -> Result<(), Unusable> {
                 who.network
             )));
         }
+    }
+    Ok(())
+}
+
+/// `Ok(())` when `spec`'s nodeName and nodeAffinity admit the node `node` with `labels`.
+pub fn admits_node(spec: &IPPoolSpec, node: &str, labels: &BTreeMap<String, String>) -> Result<(), Unusable> {
+    if !spec.node_name.is_empty() && !spec.node_name.iter().any(|n| n == node) {
+        return Err(Unusable(format!("nodeName does not list {node}")));
+    }
+    if let Some(sel) = &spec.node_affinity
+        && !selector_matches(sel, labels)
+    {
+        return Err(Unusable(format!("nodeAffinity does not match node {node}")));
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The agents' IPAM service: a pool of 1000 over ten agents, an agent killed mid-burst, pool choice,
 //! CNI GC per network.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
 /// 10 agents, each its own node, allocate 1000 addresses at once from one pool of exactly 1000.
@@ -138,6 +140,74 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
             .items
             .is_empty()
     );
+}
+
+/// Agents whose nodes are registered start each in its own part of a pool: the nodes the pool's
+/// nodeAffinity admits, by name, share it in equal parts, so a burst on four nodes fills the pool
+/// without two agents trying one address (each miss is a round trip to the API server).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
+async fn cluster_agents_of_registered_nodes_fill_their_own_parts_of_a_pool() {
+    const AGENTS: usize = 4;
+    const EACH: usize = 10;
+    let cluster = Cluster::connect().await.unwrap();
+    let u = unique();
+    // The pool admits these four nodes only (the tier's other tests register nodes too).
+    let nodes: Vec<String> = (0..AGENTS).map(|i| format!("share-{u}-{i}")).collect();
+    cluster
+        .nodes(&nodes, json!({"spiderpool.test/share": u.to_string()}))
+        .await
+        .unwrap();
+    let pool = format!("share-{u}");
+    create_pool(
+        &cluster,
+        &pool,
+        json!({"subnet": "10.216.0.0/24", "ips": ["10.216.0.1-10.216.0.40"],
+               "nodeAffinity": {"matchLabels": {"spiderpool.test/share": u.to_string()}}}),
+    )
+    .await
+    .unwrap();
+    let ns = cluster.namespace("share", json!({})).await.unwrap();
+    let uids = cluster
+        .pods(&ns, "p", AGENTS * EACH, |i| nodes[i % AGENTS].clone(), json!({}))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agents: Vec<Agent> = nodes
+        .iter()
+        .map(|n| Agent::start(&cluster.kubeconfig, n, dir.path()).unwrap())
+        .collect();
+    let confs: Vec<Value> = agents.iter().map(|a| netconf(&a.socket, &[&pool], &[])).collect();
+    let results = run_parallel(AGENTS * EACH, AGENTS * EACH, |i| {
+        let out = cni(
+            "ADD",
+            &confs[i % AGENTS],
+            &ns,
+            &format!("p-{i}"),
+            &uids[i],
+            "net1",
+        );
+        (first_ip(&out), out.stdout, out.stderr)
+    });
+    let mut parts: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); AGENTS];
+    for (i, (ip, stdout, stderr)) in results.iter().enumerate() {
+        let ip: std::net::Ipv4Addr = ip
+            .as_deref()
+            .unwrap_or_else(|| panic!("ADD of p-{i}: {stdout} {stderr}"))
+            .parse()
+            .unwrap();
+        parts[i % AGENTS].insert(ip.octets()[3].into());
+    }
+    for (rank, got) in parts.iter().enumerate() {
+        let own: BTreeSet<u32> = (1..=EACH as u32).map(|n| n + (rank * EACH) as u32).collect();
+        assert_eq!(
+            got,
+            &own,
+            "node {} (rank {rank}): {}",
+            nodes[rank],
+            agents[rank].log_text()
+        );
+    }
 }
 
 /// One of three agents is killed mid-burst and restarted; the runtime retries what failed.

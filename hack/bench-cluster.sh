@@ -3,8 +3,7 @@
 # ours and Whereabouts' side by side in one run (tests/src/bin/bench-cluster.rs): PODS pods over
 # AGENTS agents, CONCURRENCY plugin processes at a time, one range of exactly PODS addresses.
 # usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]
-#   PEERS default spiderpool,whereabouts (also: spiderpool-status, our agents with
-#   --ipam-claims=false, holders in the pool's status; floor, per pod one plugin process and one
+#   PEERS default spiderpool,whereabouts (also: floor, per pod one plugin process and one
 #   SpiderEndpoint, no IPAM: what the machine allows at all; floor-claim, the floor plus one small
 #   object per address, named by it: the least a claim-per-address IPAM costs); ACTIVE: the pods run on that many of
 #   the AGENTS' nodes (default all); the other agents only watch

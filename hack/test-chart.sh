@@ -136,7 +136,8 @@ can() { # can yes|no WHO VERB RESOURCE [flags...]
 for verb in get list watch; do
     run "agent may $verb spiderippools" can yes "$agent" "$verb" spiderippools.spiderpool.spidernet.io
 done
-run "agent may patch spiderippools/status" can yes "$agent" patch spiderippools.spiderpool.spidernet.io --subresource=status
+run "agent may read spiderippools/status" can yes "$agent" get spiderippools.spiderpool.spidernet.io --subresource=status
+run "agent may not patch spiderippools/status" can no "$agent" patch spiderippools.spiderpool.spidernet.io --subresource=status
 run "agent may update spiderippoolregistries" can yes "$agent" update spiderippoolregistries.spiderpool.spidernet.io
 run "agent may create spiderippoolregistries" can yes "$agent" create spiderippoolregistries.spiderpool.spidernet.io
 run "agent may not delete spiderippoolregistries" can no "$agent" delete spiderippoolregistries.spiderpool.spidernet.io

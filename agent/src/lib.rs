@@ -34,8 +34,6 @@ pub struct Config {
     pub node_name: String,
     /// The IPAM service's unix socket.
     pub socket: PathBuf,
-    /// How holders are recorded (`--ipam-claims`, `--ipam-spares`).
-    pub ipam: ipam_service::Options,
     /// `/healthz`, `/readyz` and `/metrics`, bound with SO_REUSEPORT (an update's successor binds
     /// beside us). Loopback by default: the host network is every pod's.
     pub health_addr: String,
@@ -86,7 +84,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let client = kube::Client::try_default().await.context("Kubernetes client")?;
     let (service, listener) =
-        ipam_service::IpamService::listen(client.clone(), &node, &config.socket, config.ipam).await?;
+        ipam_service::IpamService::listen(client.clone(), &node, &config.socket).await?;
     let _ = metrics.ipam.set(service.metrics());
     tokio::spawn(ipam_service::server::serve(listener, service));
     tracing::info!("agent of node {node}: health on {}", config.health_addr);

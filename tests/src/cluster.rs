@@ -270,7 +270,7 @@ impl Agent {
         Agent::start_with(kubeconfig, node, dir, log, &[])
     }
 
-    /// As [`Agent::start_logging`], with `extra` flags (e.g. `--ipam-claims=false`).
+    /// As [`Agent::start_logging`], with `extra` flags.
     pub fn start_with(kubeconfig: &Path, node: &str, dir: &Path, log: &str, extra: &[&str]) -> Result<Agent> {
         let mut agent = Agent {
             node: node.into(),
@@ -595,8 +595,8 @@ impl Scheduling {
     }
 }
 
-/// Address → holder of every address `pool` gives: its SpiderIPClaims (what the agents record by
-/// default) and the pods in its status (`--ipam-claims=false`); a node's spares are not listed.
+/// Address → holder of every address `pool` gives: its SpiderIPClaims, and the pods in its status
+/// (where agents from before claims recorded them; none here); an address in both is an error.
 pub async fn pool_holders(
     client: &Client,
     pool: &str,

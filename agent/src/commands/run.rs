@@ -80,7 +80,6 @@ pub fn exec(args: Args) -> Result<()> {
     });
     let config = Config {
         node_name,
-        ipam: args.ipam.options(),
         socket: args.ipam.socket,
         health_addr: args.health_addr,
         metrics_addr: args.metrics_addr,

@@ -16,7 +16,7 @@ use spiderpool_ipam::cluster::{auto_pool, pod_network, select};
 use spiderpool_ipam::range::Family;
 
 use super::app_pools;
-use super::pool_writer::Claimed;
+use super::Claimed;
 use super::{IpamService, ServiceError, pod_of};
 
 /// The StatefulSet that controls a pod, if any.
@@ -235,7 +235,7 @@ impl IpamService {
                 why.push(format!("{name}: {reason}"));
                 continue;
             }
-            match self.claim(name, entry.clone()).await {
+            match self.claim(name, entry).await {
                 Ok(Some(c)) => return Ok(c),
                 Ok(None) => why.push(format!("{name}: no free address")),
                 Err(ServiceError::InvalidPool(e)) => why.push(format!("{name}: {e}")),

@@ -9,7 +9,9 @@ use spiderpool_ipam::cluster::register::{self, Outcome as Registration};
 use spiderpool_ipam::cluster::registry;
 
 use super::ServiceError;
-use super::pool_writer::RegisteredFn;
+
+/// Whether the registry watch shows a pool `(uid, generation)` registered.
+pub type RegisteredFn = std::sync::Arc<dyn Fn(&str, i64) -> bool + Send + Sync>;
 
 /// The pool `(uid, generation)` the caller registered or found registered, so later claims need
 /// no read of the registry before the watch brings it.

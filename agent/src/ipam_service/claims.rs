@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 use spiderpool_api::crd::claim::{self, IPClaimSpec, SpiderIPClaim, claim_address, claim_name};
-use spiderpool_api::crd::{IPPoolSpec, PoolIPAllocation};
+use spiderpool_api::crd::{IPPoolSpec, PoolIPAllocation, SpiderIPPool};
 use spiderpool_ipam::cluster::claims::{AfterMiss, Placement};
 use spiderpool_ipam::range::IpSet;
 
@@ -66,6 +66,7 @@ impl Mine {
 
 pub struct ClaimStore {
     api: Api<SpiderIPClaim>,
+    pools: Api<SpiderIPPool>,
     node: String,
     placements: Mutex<HashMap<String, Placement>>,
     mine: Mutex<Vec<Mine>>,
@@ -94,6 +95,7 @@ impl ClaimStore {
         metrics: Arc<IpamMetrics>,
     ) -> Result<ClaimStore, ServiceError> {
         let roster = NodeRoster::new(client.clone(), node);
+        let pools = Api::all(client.clone());
         let api: Api<SpiderIPClaim> = Api::all(client);
         let listed = api
             .list(&ListParams::default().fields(&claim::of_node(node)))
@@ -103,6 +105,7 @@ impl ClaimStore {
         tracing::info!(node, claims = mine.len(), "this node's SpiderIPClaims listed");
         Ok(ClaimStore {
             api,
+            pools,
             node: node.to_string(),
             placements: Mutex::new(HashMap::new()),
             mine: Mutex::new(mine),
@@ -110,6 +113,21 @@ impl ClaimStore {
             first_list: tokio::sync::Mutex::new(()),
             metrics,
         })
+    }
+
+    /// A store of node `node` that knows no claim of its own (tests).
+    #[cfg(test)]
+    pub fn empty(client: Client, node: &str, metrics: Arc<IpamMetrics>) -> ClaimStore {
+        ClaimStore {
+            api: Api::all(client.clone()),
+            pools: Api::all(client.clone()),
+            node: node.to_string(),
+            placements: Mutex::new(HashMap::new()),
+            mine: Mutex::new(Vec::new()),
+            roster: NodeRoster::new(client, node),
+            first_list: tokio::sync::Mutex::new(()),
+            metrics,
+        }
     }
 
     /// Lists the nodes this node shares pools with (at the agent's start; a failure is logged,
@@ -255,21 +273,30 @@ impl ClaimStore {
         SpiderIPClaim::new(&claim_name(ip), IPClaimSpec::of(pool, holder, &self.node))
     }
 
-    /// Reads which addresses of the pool are claimed (names only), and this node's share of it
-    /// (`missing`: after misses, which a node that joined or left may cause).
+    /// Reads which addresses of the pool are claimed (names only) or held in its status by an
+    /// agent from before claims, and this node's share of the pool (`missing`: after misses,
+    /// which a node that joined or left may cause).
     async fn list(&self, want: &Want<'_>, missing: bool) -> Result<(), ServiceError> {
         let (rank, of) = self.roster.share(want.spec, missing).await;
         let pool = want.pool;
-        let listed = self
-            .api
-            .list_metadata(&ListParams::default().fields(&claim::of_pool(pool)))
-            .await
-            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaims of pool {pool}")))?;
-        let taken: Vec<IpAddr> = listed
+        let fields = ListParams::default().fields(&claim::of_pool(pool));
+        // The pool's status is read beside its claims, not after: one round trip, not two.
+        let (listed, status) = tokio::join!(self.api.list_metadata(&fields), self.pools.get_status(pool));
+        let listed =
+            listed.map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaims of pool {pool}")))?;
+        let mut taken: Vec<IpAddr> = listed
             .items
             .iter()
             .filter_map(|m| claim_address(m.metadata.name.as_deref()?))
             .collect();
+        // No agent writes holders into the status any more: the controller releases those that
+        // agents from before claims left there, and until then they are not handed out.
+        let legacy = match status {
+            Ok(p) => p.status.and_then(|s| s.allocations().ok()).map(|a| a.view(None)),
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
+            Err(e) => return Err(ServiceError::from_kube(e, &format!("SpiderIPPool {pool}"))),
+        };
+        taken.extend(legacy.iter().flat_map(|held| held.keys()).filter_map(|ip| ip.parse().ok()));
         self.placement(pool, |p| {
             p.share(rank, of);
             p.listed(taken)

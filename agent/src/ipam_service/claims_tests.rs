@@ -11,13 +11,13 @@ use super::claims::{ClaimStore, Want};
 use super::metrics::IpamMetrics;
 use super::mock_api::{MockApi, status_body};
 
-const CLAIMS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spideripclaims";
+pub(super) const CLAIMS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spideripclaims";
 
-fn list(items: Vec<Value>) -> Value {
+pub(super) fn list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPClaimList", "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
-fn claim(ip: &str, pod: &str, node: &str, sts: Option<&str>, version: &str) -> Value {
+pub(super) fn claim(ip: &str, pod: &str, node: &str, sts: Option<&str>, version: &str) -> Value {
     let mut spec = json!({"pool": "p", "pod": format!("ns/{pod}"), "podUID": format!("uid-{pod}"), "interface": "eth0", "node": node});
     if let Some(sts) = sts {
         spec["ownerStatefulSet"] = json!(sts);

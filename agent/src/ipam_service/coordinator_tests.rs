@@ -2,8 +2,7 @@
 //! `ipam.spidernet.io/default-route-nic` in place of `podDefaultRouteNIC`, and the pod's
 //! `ipam.spidernet.io/dns` as `podDns`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{reflector, watcher};
@@ -42,23 +41,7 @@ fn pod(name: &str, annotations: serde_json::Value) -> Pod {
 }
 
 fn service(api: &MockApi, pods: Vec<Pod>, coordinators: Vec<SpiderCoordinator>) -> Arc<IpamService> {
-    Arc::new(IpamService {
-        client: api.client(),
-        node: "n1".into(),
-        pools: super::pool_cache::PoolCache::empty(),
-        reserved: reflector::store().0,
-        registry: reflector::store().0,
-        pods: store_of(pods),
-        namespaces: reflector::store().0,
-        coordinators: store_of(coordinators),
-        writers: Mutex::new(HashMap::new()),
-        metrics: Arc::new(super::metrics::IpamMetrics::new()),
-        spares: true,
-        right: super::lend_right::test_support::held(),
-        written: Default::default(),
-        claims: None,
-        registered: Default::default(),
-    })
+    super::tests::service_with(api, store_of(pods), store_of(coordinators))
 }
 
 fn default_coordinator() -> SpiderCoordinator {

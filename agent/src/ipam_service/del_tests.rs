@@ -2,10 +2,9 @@
 //! earlier one, another node's pod, and after this agent's own ADD (nothing read).
 
 use super::IpamService;
+use super::claims_tests::CLAIMS;
 use super::mock_api::MockApi;
-use super::tests::{
-    ENDPOINTS, POOLS, assert_calls, body_of, detail, endpoint, pod, pool, request, service, wait_for_flush,
-};
+use super::tests::{ENDPOINTS, detail, endpoint, pod, pod_claims, request, service};
 use spiderpool_cni::agent::IpamVerb;
 
 /// A DEL that is not the current holder's releases nothing: a late DEL of an earlier sandbox of
@@ -33,7 +32,7 @@ async fn a_del_of_an_earlier_sandbox_or_another_node_s_pod_releases_nothing() {
     }
 }
 
-/// The sandbox that holds the addresses releases them: pool write, then the endpoint goes.
+/// The sandbox that holds the addresses releases them: the claim, then the endpoint goes.
 #[tokio::test]
 async fn a_del_of_the_current_sandbox_releases_its_address() {
     let api = MockApi::new();
@@ -44,37 +43,33 @@ async fn a_del_of_the_current_sandbox_releases_its_address() {
         endpoint("a", "n1", "c1", "10.0.0.10", "3"),
     )
     .reply(
-        "GET",
-        &format!("{POOLS}/p/status"),
-        200,
-        pool("5", &[("10.0.0.10", "a")]),
-    )
-    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]))
-    .reply(
         "DELETE",
         &format!("{ENDPOINTS}/a"),
         200,
         endpoint("a", "n1", "c1", "10.0.0.10", "4"),
     );
+    pod_claims(&api, "a", &["10.0.0.10"]);
     let svc = service(&api);
     svc.handle(request(IpamVerb::Del, "a", "c1"))
         .await
         .expect("DEL succeeds");
-    // The release is written within FLUSH_AFTER, not before the DEL answers.
-    wait_for_flush().await;
-    assert_calls(
-        &api,
-        &[format!("GET {ENDPOINTS}/a"), format!("GET {POOLS}/p/status")],
-        &[format!("DELETE {ENDPOINTS}/a"), format!("PATCH {POOLS}/p/status")],
+    assert_eq!(
+        api.calls(),
+        [
+            format!("GET {ENDPOINTS}/a"),
+            format!("GET {CLAIMS}"),
+            format!("DELETE {CLAIMS}/10.0.0.10"),
+            format!("DELETE {ENDPOINTS}/a"),
+        ]
     );
-    assert_eq!(body_of(&api, "PATCH")["status"]["allocatedIPCount"], 0);
+    assert_eq!(api.unused(), 0);
 }
 
-/// Scripts this agent's ADD of `name` at `ip` (the endpoint created at `version`) and the pool
-/// read of its DEL.
+/// Scripts this agent's ADD of `name` at `ip` (the endpoint created at `version`) and the claim
+/// list and delete of its DEL.
 fn scripted_add(api: &MockApi, name: &str, ip: &str, version: &str) {
-    api.reply("POST", ENDPOINTS, 201, endpoint(name, "n1", "c1", ip, version))
-        .reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[(ip, name)]));
+    api.reply("POST", ENDPOINTS, 201, endpoint(name, "n1", "c1", ip, version));
+    pod_claims(api, name, &[ip]);
 }
 
 /// This agent's ADD of `name` at `ip` (its endpoint written), then its DEL, written.
@@ -86,7 +81,6 @@ async fn add_then_del(api: &MockApi, name: &str, ip: &str) {
     svc.handle(request(IpamVerb::Del, name, "c1"))
         .await
         .expect("DEL succeeds");
-    wait_for_flush().await;
 }
 
 /// After this agent's own ADD, a DEL takes the endpoint it wrote: no read, and the delete is
@@ -101,15 +95,21 @@ async fn a_del_after_this_agent_s_add_reads_no_endpoint_and_a_stale_one_is_read_
         &format!("{ENDPOINTS}/a"),
         200,
         endpoint("a", "n1", "c1", "10.0.0.10", "4"),
-    )
-    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
-    add_then_del(&api, "a", "10.0.0.10").await;
-    assert_calls(
-        &api,
-        &[format!("POST {ENDPOINTS}"), format!("GET {POOLS}/p/status")],
-        &[format!("DELETE {ENDPOINTS}/a"), format!("PATCH {POOLS}/p/status")],
     );
-    assert_eq!(body_of(&api, "DELETE")["preconditions"]["resourceVersion"], "3");
+    add_then_del(&api, "a", "10.0.0.10").await;
+    assert_eq!(
+        api.calls(),
+        [
+            format!("POST {ENDPOINTS}"),
+            format!("GET {CLAIMS}"),
+            format!("DELETE {CLAIMS}/10.0.0.10"),
+            format!("DELETE {ENDPOINTS}/a"),
+        ]
+    );
+    assert_eq!(
+        api.seen()[3].body.as_ref().unwrap()["preconditions"]["resourceVersion"],
+        "3"
+    );
 
     // Written by this agent, then changed behind its back: the guarded delete fails.
     let api = MockApi::new();
@@ -118,13 +118,12 @@ async fn a_del_after_this_agent_s_add_reads_no_endpoint_and_a_stale_one_is_read_
     let read = endpoint("b", "n1", "c1", "10.0.0.11", "9");
     api.reply("DELETE", &format!("{ENDPOINTS}/b"), 409, stale)
         .reply("GET", &format!("{ENDPOINTS}/b"), 200, read.clone())
-        .reply("DELETE", &format!("{ENDPOINTS}/b"), 200, read)
-        .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
+        .reply("DELETE", &format!("{ENDPOINTS}/b"), 200, read);
     add_then_del(&api, "b", "10.0.0.11").await;
     let deletes: Vec<serde_json::Value> = api
         .seen()
         .iter()
-        .filter(|s| s.method == "DELETE")
+        .filter(|s| s.call().starts_with(&format!("DELETE {ENDPOINTS}")))
         .map(|s| s.body.clone().unwrap()["preconditions"]["resourceVersion"].clone())
         .collect();
     assert_eq!(deletes, ["7", "9"], "the stale version, then the one read");

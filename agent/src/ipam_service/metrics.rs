@@ -33,10 +33,6 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-fn batch_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1.0, 2.0, 12))
-}
-
 pub struct IpamMetrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter<u64, AtomicU64>>,
@@ -45,9 +41,7 @@ pub struct IpamMetrics {
     pub released: Family<PoolLabel, Counter<u64, AtomicU64>>,
     pub exhausted: Family<PoolLabel, Counter<u64, AtomicU64>>,
     pub refused: Family<PoolLabel, Counter<u64, AtomicU64>>,
-    pub conflicts: Family<PoolLabel, Counter<u64, AtomicU64>>,
     pub claim_misses: Family<PoolLabel, Counter<u64, AtomicU64>>,
-    pub batch: Family<PoolLabel, Histogram, fn() -> Histogram>,
 }
 
 impl IpamMetrics {
@@ -60,9 +54,7 @@ impl IpamMetrics {
             released: Family::default(),
             exhausted: Family::default(),
             refused: Family::default(),
-            conflicts: Family::default(),
             claim_misses: Family::default(),
-            batch: Family::new_with_constructor(batch_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -88,19 +80,9 @@ impl IpamMetrics {
             m.refused.clone(),
         );
         registry.register(
-            "pool_write_conflicts",
-            "Pool status writes that lost to another writer and were decided again",
-            m.conflicts.clone(),
-        );
-        registry.register(
             "claim_misses",
             "SpiderIPClaims not created because the address was claimed already (another was tried)",
             m.claim_misses.clone(),
-        );
-        registry.register(
-            "pool_write_batch_size",
-            "Requests decided together in one pool status write",
-            m.batch.clone(),
         );
         IpamMetrics { registry, ..m }
     }
@@ -148,16 +130,14 @@ mod tests {
         m.observe("ADD", 0, 0.004);
         m.observe("ADD", 18, 0.02);
         m.allocated.get_or_create(&IpamMetrics::pool("p")).inc();
-        m.conflicts.get_or_create(&IpamMetrics::pool("p")).inc();
-        m.batch.get_or_create(&IpamMetrics::pool("p")).observe(3.0);
+        m.claim_misses.get_or_create(&IpamMetrics::pool("p")).inc();
         let text = m.render();
         for line in [
             r#"spiderpool_agent_ipam_requests_total{verb="ADD",code="0"} 1"#,
             r#"spiderpool_agent_ipam_requests_total{verb="ADD",code="18"} 1"#,
             r#"spiderpool_agent_ipam_request_duration_seconds_count{verb="ADD"} 2"#,
             r#"spiderpool_agent_ipam_allocated_total{pool="p"} 1"#,
-            r#"spiderpool_agent_ipam_pool_write_conflicts_total{pool="p"} 1"#,
-            r#"spiderpool_agent_ipam_pool_write_batch_size_count{pool="p"} 1"#,
+            r#"spiderpool_agent_ipam_claim_misses_total{pool="p"} 1"#,
         ] {
             assert!(text.contains(line), "{line} not in:\n{text}");
         }

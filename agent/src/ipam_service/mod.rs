@@ -1,8 +1,7 @@
 //! The agent's IPAM service (cluster mode): the `spiderpool` plugin's verbs answered from
-//! SpiderIPPool objects. Addresses are recorded as one SpiderIPClaim each (see [`claims`]; with
-//! `--ipam-claims=false` in the pool's status, see [`pool_writer`]) and in the pod's
-//! SpiderEndpoint; the Kubernetes API is the only state, so the agent can be killed and
-//! restarted at any point.
+//! SpiderIPPool objects. Addresses are recorded as one SpiderIPClaim each (see [`claims`]) and
+//! in the pod's SpiderEndpoint; the Kubernetes API is the only state, so the agent can be killed
+//! and restarted at any point.
 
 mod add;
 mod admission;
@@ -16,17 +15,13 @@ mod coordinator_tests;
 mod del_tests;
 mod endpoint;
 mod error;
-pub mod lend_right;
 pub mod metrics;
 #[cfg(test)]
 pub(crate) mod mock_api;
 mod pool_cache;
-pub mod pool_writer;
 mod release;
 mod roster;
 pub mod server;
-#[cfg(test)]
-mod spares_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,12 +42,15 @@ use spiderpool_api::coordinator::SpiderCoordinator;
 use spiderpool_api::crd::{PoolIPAllocation, SpiderIPPool, SpiderIPPoolRegistry, SpiderReservedIP};
 use spiderpool_cni::agent::{CoordinatorRequest, IpamRequest, IpamVerb, PodRef};
 use spiderpool_cni::{CniError, CniResult};
-use spiderpool_ipam::cluster::decide::{Decision, Op};
 use spiderpool_ipam::cluster::registry::is_registered;
-use spiderpool_ipam::cluster::reserved_set;
-use tokio::sync::{mpsc, oneshot};
+use spiderpool_ipam::cluster::{Pool, reserved_set};
 
-use pool_writer::{Answer, Claimed, PoolOp};
+/// An address given, with the pool as it was decided with (its prefix, gateway and routes go to
+/// the pod).
+pub struct Claimed {
+    pub ip: IpAddr,
+    pub pool: Arc<Pool>,
+}
 
 pub struct IpamService {
     client: Client,
@@ -63,41 +61,19 @@ pub struct IpamService {
     pods: reflector::Store<Pod>,
     namespaces: reflector::Store<Namespace>,
     coordinators: reflector::Store<SpiderCoordinator>,
-    writers: Mutex<HashMap<String, mpsc::UnboundedSender<PoolOp>>>,
     metrics: Arc<metrics::IpamMetrics>,
-    /// Whether pool writers lend spares (`--ipam-spares`).
-    spares: bool,
-    /// Whether this agent may touch its node's spares (another agent of the node may).
-    right: Arc<lend_right::LendRight>,
     /// The endpoints this agent last wrote (DEL reads none of them again).
     written: endpoint::Written,
-    /// Where holders are recorded: one SpiderIPClaim per address (`--ipam-claims`, the
-    /// default), else the pool's status through its writer.
-    claims: Option<claims::ClaimStore>,
-    /// Per pool, the generation this agent found registered (claims only; writers keep theirs).
-    /// Locked across a registration, so that the ADDs that come meanwhile wait for its answer
+    /// Where holders are recorded: one SpiderIPClaim per address.
+    claims: claims::ClaimStore,
+    /// Per pool, the generation this agent found registered. Locked across a registration, so that the ADDs that come meanwhile wait for its answer
     /// instead of each registering.
     registered: Mutex<HashMap<String, Arc<tokio::sync::Mutex<admission::Registered>>>>,
 }
 
-/// How the service records holders.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// One SpiderIPClaim per address (`--ipam-claims`).
-    pub claims: bool,
-    /// Without claims: whether pool writers lend spares (`--ipam-spares`).
-    pub spares: bool,
-}
-
 impl IpamService {
-    /// Starts the caches and waits until each has listed once; also the pools whose status holds
-    /// spares of this node (see [`IpamService::adopt_spares`]).
-    pub async fn start(
-        client: Client,
-        node: String,
-        options: Options,
-        right: Arc<lend_right::LendRight>,
-    ) -> anyhow::Result<(Arc<IpamService>, Vec<String>)> {
+    /// Starts the caches and waits until each has listed once.
+    pub async fn start(client: Client, node: String) -> anyhow::Result<Arc<IpamService>> {
         let all = watcher::Config::default();
         let reserved = cache::<SpiderReservedIP>(Api::all(client.clone()), all.clone());
         let registry = cache::<SpiderIPPoolRegistry>(Api::all(client.clone()), all.clone());
@@ -110,26 +86,15 @@ impl IpamService {
         );
         let namespaces = cache::<Namespace>(Api::all(client.clone()), all.clone());
         let coordinators = cache::<SpiderCoordinator>(Api::all(client.clone()), all);
-        let (pools, listed) = pool_cache::PoolCache::start(client.clone()).await?;
-        // Spares exist only where holders are in the pools' status.
-        let with_spares = if options.claims {
-            Vec::new()
-        } else {
-            with_spares_of(&node, listed)
-        };
+        let pools = pool_cache::PoolCache::start(client.clone()).await?;
         coordinators.wait_until_ready().await?;
         reserved.wait_until_ready().await?;
         registry.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         namespaces.wait_until_ready().await?;
         let metrics = Arc::new(metrics::IpamMetrics::new());
-        let claims = if options.claims {
-            let store = claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await?;
-            store.prefetch_nodes().await;
-            Some(store)
-        } else {
-            None
-        };
+        let claims = claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await?;
+        claims.prefetch_nodes().await;
         let service = Arc::new(IpamService {
             client,
             node,
@@ -139,15 +104,12 @@ impl IpamService {
             pods,
             namespaces,
             coordinators,
-            writers: Mutex::new(HashMap::new()),
             metrics,
-            spares: options.spares,
-            right,
             written: endpoint::Written::default(),
             claims,
             registered: Mutex::new(HashMap::new()),
         });
-        Ok((service, with_spares))
+        Ok(service)
     }
 
     /// The service with its caches filled and its socket bound, ready to serve.
@@ -155,21 +117,11 @@ impl IpamService {
         client: Client,
         node: &str,
         socket: &Path,
-        options: Options,
     ) -> anyhow::Result<(Arc<IpamService>, tokio::net::UnixListener)> {
-        let right = lend_right::LendRight::new(socket);
-        let (service, with_spares) = IpamService::start(client, node.to_string(), options, right.clone())
+        let service = IpamService::start(client, node.to_string())
             .await
             .context("pool caches")?;
         let listener = server::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
-        if !options.claims {
-            right
-                .bound()
-                .with_context(|| format!("spares lock beside {}", socket.display()))?;
-            tokio::spawn(right.keep());
-        }
-        // Once the right to the spares is settled: a round under no right touches none of them.
-        service.adopt_spares(&with_spares);
         tracing::info!("IPAM service of node {node} listening on {}", socket.display());
         Ok((service, listener))
     }
@@ -234,44 +186,8 @@ impl IpamService {
         settings
     }
 
-    fn writer(&self, pool: &str) -> mpsc::UnboundedSender<PoolOp> {
-        self.writer_adopting(pool, false)
-    }
-
-    /// The pool's writer; a new one with `adopt` reads the pool at once ([`pool_writer::adopt`]).
-    fn writer_adopting(&self, pool: &str, adopt: bool) -> mpsc::UnboundedSender<PoolOp> {
-        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = writers.get(pool).filter(|w| !w.is_closed()) {
-            return w.clone();
-        }
-        let store = self.reserved.clone();
-        let pools = self.pools.clone();
-        let name = pool.to_string();
-        let (meta_pools, meta_name) = (self.pools.clone(), pool.to_string());
-        let sources = pool_writer::Sources {
-            node: self.node.clone(),
-            api: Api::all(self.client.clone()),
-            reserved: Arc::new(move || reserved_set(store.state().iter().map(|r| &**r))),
-            latest: Arc::new(move || pools.version(&name)),
-            meta: Arc::new(move || meta_pools.generation(&meta_name)),
-            endpoints: Api::all(self.client.clone()),
-            spares: self.spares,
-            right: self.right.clone(),
-            registry: Api::all(self.client.clone()),
-            registered: self.registered_fn(),
-            metrics: self.metrics.clone(),
-        };
-        let w = if adopt {
-            pool_writer::adopt(sources, pool.to_string())
-        } else {
-            pool_writer::spawn(sources, pool.to_string())
-        };
-        writers.insert(pool.to_string(), w.clone());
-        w
-    }
-
     /// Whether the registry watch shows a pool `(uid, generation)` registered.
-    fn registered_fn(&self) -> pool_writer::RegisteredFn {
+    fn registered_fn(&self) -> admission::RegisteredFn {
         let registry = self.registry.clone();
         Arc::new(move |uid, generation| {
             registry
@@ -281,54 +197,6 @@ impl IpamService {
         })
     }
 
-    /// At start: a writer for each pool `with_spares` (whose status holds spares of this node), so
-    /// that they go back even if no pod of the pool comes to this node again
-    /// ([`pool_writer::adopt`]). Found by a failing test: an agent killed mid-burst and restarted
-    /// kept its spares of a full pool, and the other nodes' last claims failed waiting for them.
-    fn adopt_spares(&self, with_spares: &[String]) {
-        for pool in with_spares {
-            tracing::info!(%pool, "this node has spares here: its writer starts");
-            self.writer_adopting(pool, true);
-        }
-    }
-
-    /// Queues `op` at the pool's writer and waits for its answer.
-    async fn ask(&self, pool: &str, op: Op) -> Result<Answer, ServiceError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer(pool)
-            .send(PoolOp::new(op, reply))
-            .map_err(|_| ServiceError::Internal(format!("writer of pool {pool} stopped")))?;
-        rx.await
-            .map_err(|_| ServiceError::Internal(format!("writer of pool {pool} dropped a request")))?
-    }
-
-    /// An address of `pool` for `entry` (see [`Op::Claim`]); `None` when the pool has none free,
-    /// [`ServiceError::InvalidPool`] when it gives none because it is not registered.
-    async fn claim(&self, pool: &str, entry: PoolIPAllocation) -> Result<Option<Claimed>, ServiceError> {
-        if let Some(store) = &self.claims {
-            return self.claim_object(store, pool, &entry).await;
-        }
-        match self.ask(pool, Op::Claim(entry)).await? {
-            Answer {
-                decision: Decision::Claim(Some(ip)),
-                pool,
-                ..
-            } => Ok(Some(Claimed { ip, pool })),
-            Answer {
-                decision: Decision::Claim(None),
-                refused: Some(why),
-                ..
-            } => Err(ServiceError::InvalidPool(format!("not in use: {why}"))),
-            Answer {
-                decision: Decision::Claim(None),
-                ..
-            } => Ok(None),
-            Answer { decision, .. } => Err(ServiceError::Internal(format!(
-                "writer of pool {pool} answered a claim with {decision:?}"
-            ))),
-        }
-    }
-
     /// Releases what `pod_uid` holds in `pool` on `interface` (every interface when `None`).
     async fn release(
         &self,
@@ -336,34 +204,20 @@ impl IpamService {
         pod_uid: &str,
         interface: Option<&str>,
     ) -> Result<Vec<IpAddr>, ServiceError> {
-        if let Some(store) = &self.claims {
-            let released = store.release(pool, pod_uid, interface).await?;
-            let label = metrics::IpamMetrics::pool(pool);
-            self.metrics
-                .released
-                .get_or_create(&label)
-                .inc_by(released.len() as u64);
-            return Ok(released);
-        }
-        let op = Op::Release {
-            pod_uid: pod_uid.to_string(),
-            interface: interface.map(str::to_string),
-        };
-        match self.ask(pool, op).await? {
-            Answer {
-                decision: Decision::Release(ips),
-                ..
-            } => Ok(ips),
-            Answer { decision, .. } => Err(ServiceError::Internal(format!(
-                "writer of pool {pool} answered a release with {decision:?}"
-            ))),
-        }
+        let released = self.claims.release(pool, pod_uid, interface).await?;
+        let label = metrics::IpamMetrics::pool(pool);
+        self.metrics
+            .released
+            .get_or_create(&label)
+            .inc_by(released.len() as u64);
+        Ok(released)
     }
 
-    /// [`IpamService::claim`] by a SpiderIPClaim: the pool from the cache, checked registered.
-    async fn claim_object(
+    /// An address of pool `name` for `holder` (its SpiderIPClaim): the one it holds already,
+    /// else a free one; `None` when the pool has none free, [`ServiceError::InvalidPool`] when it
+    /// gives none because it is not registered.
+    async fn claim(
         &self,
-        store: &claims::ClaimStore,
         name: &str,
         holder: &PoolIPAllocation,
     ) -> Result<Option<Claimed>, ServiceError> {
@@ -402,7 +256,7 @@ impl IpamService {
             accept_new: !terminating && refused.is_none(),
         };
         let label = metrics::IpamMetrics::pool(name);
-        match store.claim(&want).await? {
+        match self.claims.claim(&want).await? {
             Some(ip) => {
                 self.metrics.allocated.get_or_create(&label).inc();
                 Ok(Some(Claimed { ip, pool }))
@@ -452,19 +306,4 @@ fn pod_of(req: &IpamRequest) -> Result<&PodRef, ServiceError> {
     req.pod
         .as_ref()
         .ok_or_else(|| ServiceError::BadRequest(format!("{verb} without a pod")))
-}
-
-/// The names of the pools of `listed` whose status holds spares of `node`.
-fn with_spares_of(node: &str, listed: Vec<SpiderIPPool>) -> Vec<String> {
-    listed
-        .into_iter()
-        .filter(|pool| {
-            let allocations = pool.status.as_ref().and_then(|s| s.allocations().ok());
-            allocations.is_some_and(|a| {
-                a.of_node(node)
-                    .is_some_and(|own| own.values().any(PoolIPAllocation::is_spare))
-            })
-        })
-        .map(|pool| pool.name_any())
-        .collect()
 }

@@ -3,8 +3,7 @@
 //! agent writes; a full watch sent all of it to every agent each time, so the API server's
 //! traffic grew with nodes × pool size. Here the agent watches pool metadata only (a few hundred
 //! bytes per write, whatever the pool holds) and reads a pool's spec when it appears or its
-//! generation changes. Its pool writers read the status themselves when they need it (a
-//! newer version than their copy, a lost round): only agents that allocate from a pool read it.
+//! generation changes. Holders are SpiderIPClaims, not the status.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -28,9 +27,8 @@ pub struct PoolCache {
 }
 
 impl PoolCache {
-    /// Starts the metadata watch, fills the specs with one list, and keeps them current. Also
-    /// returns that list whole, statuses included, for a look at start (then dropped).
-    pub async fn start(client: Client) -> anyhow::Result<(PoolCache, Vec<SpiderIPPool>)> {
+    /// Starts the metadata watch, fills the specs with one list, and keeps them current.
+    pub async fn start(client: Client) -> anyhow::Result<PoolCache> {
         let wake = Arc::new(Notify::new());
         let meta = cache_waking(
             Api::<PartialObjectMeta<SpiderIPPool>>::all(client.clone()),
@@ -43,8 +41,8 @@ impl PoolCache {
         let listed = api.list(&ListParams::default()).await?.items;
         {
             let mut objs = objects.write().unwrap_or_else(|e| e.into_inner());
-            for p in &listed {
-                objs.insert(p.name_any(), Arc::new(without_status(p.clone())));
+            for p in listed {
+                objs.insert(p.name_any(), Arc::new(without_status(p)));
             }
         }
         let cache = PoolCache { meta, objects };
@@ -55,7 +53,7 @@ impl PoolCache {
                 wake.notified().await;
             }
         });
-        Ok((cache, listed))
+        Ok(cache)
     }
 
     /// A cache that knows no pool (tests).

@@ -68,28 +68,9 @@ impl IpamService {
         Ok(())
     }
 
+    /// No endpoint says where: the pod's claims on this node say.
     async fn release_everywhere(&self, uid: &str, ifname: &str) -> Result<(), ServiceError> {
-        if let Some(store) = &self.claims {
-            store.release_everywhere(uid, ifname).await?;
-            return Ok(());
-        }
-        // No endpoint says where. The pools this agent writes are searched, each by its writer on
-        // its own copy (no read when it holds nothing of the pod): only this node's agent gives
-        // this node's pods addresses. One written before an agent restart and never recorded in
-        // an endpoint is left to the controller's GC (the pod is gone by then).
-        let holding: Vec<String> = self
-            .writers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        for pool in holding {
-            match self.release(&pool, uid, Some(ifname)).await {
-                Ok(_) | Err(ServiceError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.claims.release_everywhere(uid, ifname).await?;
         Ok(())
     }
 
@@ -112,7 +93,6 @@ impl IpamService {
             .iter()
             .find(|d| d.interface == req.ifname)
             .ok_or_else(unknown)?;
-        let pools: Api<SpiderIPPool> = Api::all(self.client.clone());
         for (addr, pool) in [
             (&detail.ipv4, &detail.ipv4_pool),
             (&detail.ipv6, &detail.ipv6_pool),
@@ -121,16 +101,9 @@ impl IpamService {
                 continue;
             };
             let ip = addr.split('/').next().unwrap_or_default();
-            let holder = if self.claims.is_some() {
-                self.claim_holder(pool, ip).await?
-            } else {
-                let obj = pools
-                    .get_status(pool)
-                    .await
-                    .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {pool}")))?;
-                obj.status
-                    .and_then(|s| s.allocations().ok())
-                    .and_then(|a| a.view(Some(&self.node)).remove(ip))
+            let holder = match self.claim_holder(pool, ip).await? {
+                Some(h) => Some(h),
+                None => self.legacy_holder(pool, ip).await?,
             };
             if holder.as_ref().map(|h| h.pod_uid.as_str()) != Some(status.current.uid.as_str()) {
                 return Err(ServiceError::Mismatch(format!(
@@ -155,6 +128,20 @@ impl IpamService {
             .await
             .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaim {name}")))?;
         Ok(found.filter(|c| c.spec.pool == pool).map(|c| c.spec.holder()))
+    }
+
+    /// The holder of `ip` in `pool`'s status, where agents from before SpiderIPClaims recorded
+    /// this node's holders (the controller releases those once their pods are gone).
+    async fn legacy_holder(&self, pool: &str, ip: &str) -> Result<Option<PoolIPAllocation>, ServiceError> {
+        let pools: Api<SpiderIPPool> = Api::all(self.client.clone());
+        let obj = pools
+            .get_status(pool)
+            .await
+            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {pool}")))?;
+        Ok(obj
+            .status
+            .and_then(|s| s.allocations().ok())
+            .and_then(|a| a.view(Some(&self.node)).remove(ip)))
     }
 
     /// CNI GC of one network: release what this node's endpoints hold on that network for

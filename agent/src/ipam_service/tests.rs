@@ -1,24 +1,21 @@
 //! The IPAM service's API calls against a scripted API server ([`super::mock_api`]): the exact
-//! requests of a batched pool write, of a lost round (409), of a SpiderEndpoint's creation and of
-//! a GC release. The decisions themselves are tested in `spiderpool_ipam::cluster`.
+//! requests of a SpiderEndpoint's creation, of a GC release and of a pool's registration. The
+//! claim store's own calls are in `claims_tests`; the decisions in `spiderpool_ipam::cluster`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use kube::runtime::reflector;
 use serde_json::{Value, json};
+use spiderpool_api::coordinator::SpiderCoordinator;
 use spiderpool_api::crd::{Allocations, IPAllocationDetail, PoolIPAllocation};
 use spiderpool_cni::Attachment;
 use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
-use spiderpool_ipam::cluster::decide::{Decision, Op};
-use tokio::sync::oneshot;
 
 use super::IpamService;
+use super::claims_tests::{CLAIMS, claim, list};
 use super::mock_api::{MockApi, status_body};
-use super::pool_writer::{self, PoolOp, Sources};
 
 pub(super) const POOLS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools";
 const REGISTRY: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippoolregistries/ipv4";
@@ -35,7 +32,8 @@ pub(super) fn entry(pod: &str) -> PoolIPAllocation {
     }
 }
 
-/// The pool `p` (10.0.0.10–10.0.0.20) at `version`, holding `held` (address → pod).
+/// The pool `p` (10.0.0.10–10.0.0.20) at `version`, its status holding `held` (address → pod),
+/// as agents from before SpiderIPClaims recorded holders.
 pub(super) fn pool(version: &str, held: &[(&str, &str)]) -> Value {
     let allocated: BTreeMap<String, PoolIPAllocation> = held
         .iter()
@@ -43,223 +41,51 @@ pub(super) fn pool(version: &str, held: &[(&str, &str)]) -> Value {
         .collect();
     json!({
         "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
-        "metadata": {"name": "p", "resourceVersion": version},
+        "metadata": {"name": "p", "resourceVersion": version, "uid": "up", "generation": 1},
         "spec": {"subnet": "10.0.0.0/24", "ips": ["10.0.0.10-10.0.0.20"], "gateway": "10.0.0.1"},
         "status": {"allocatedIPsByNode": Allocations::from_view(&allocated).encoded(), "allocatedIPCount": held.len()}
     })
 }
 
-/// The merge patch a writer of node n1 sends for `held` on top of `version`: n1's string only.
-fn expected_patch(version: &str, held: &[(&str, &str)]) -> Value {
-    let allocated: BTreeMap<String, PoolIPAllocation> = held
-        .iter()
-        .map(|(ip, pod)| (ip.to_string(), entry(pod)))
-        .collect();
-    json!({
-        "metadata": {"resourceVersion": version},
-        "status": {
-            "allocatedIPsByNode": Allocations::from_view(&allocated).encoded(),
-            "allocatedIPCount": held.len(),
-            "totalIPCount": 11,
-        }
-    })
-}
-
-/// A writer of pool `p` whose registry watch already lists the pool.
-fn writer(api: &MockApi) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
-    writer_with(api, true)
-}
-
-fn writer_with(api: &MockApi, registered: bool) -> tokio::sync::mpsc::UnboundedSender<PoolOp> {
-    let mut sources = sources(api, Arc::default());
-    sources.registered = Arc::new(move |_, _| registered);
-    pool_writer::spawn(sources, "p".into())
-}
-
-/// What a writer of node n1 reads, talking to `api`, with spares, the pool registered, and
-/// `latest` as the newest version its watch has seen.
-pub(super) fn sources(api: &MockApi, latest: Arc<Mutex<Option<u64>>>) -> Sources {
-    Sources {
-        node: "n1".into(),
-        api: Api::all(api.client()),
-        reserved: Arc::new(spiderpool_ipam::range::IpSet::default),
-        latest: Arc::new(move || *latest.lock().unwrap()),
-        meta: Arc::new(|| None),
-        endpoints: Api::all(api.client()),
-        registry: Api::all(api.client()),
-        registered: Arc::new(|_, _| true),
-        metrics: Arc::new(super::metrics::IpamMetrics::new()),
-        spares: true,
-        right: super::lend_right::test_support::held(),
-    }
-}
-
-pub(super) fn claim(
-    tx: &tokio::sync::mpsc::UnboundedSender<PoolOp>,
-    pod: &str,
-) -> oneshot::Receiver<Result<pool_writer::Answer, super::ServiceError>> {
-    let (reply, rx) = oneshot::channel();
-    tx.send(PoolOp::new(Op::Claim(entry(pod)), reply)).unwrap();
-    rx
-}
-
-pub(super) fn claimed(answer: Result<pool_writer::Answer, super::ServiceError>) -> IpAddr {
-    match answer.unwrap().decision {
-        Decision::Claim(Some(ip)) => ip,
-        other => panic!("not a claimed address: {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn claims_queued_together_are_one_status_patch_guarded_by_the_read_version() {
-    let api = MockApi::new();
-    api.reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[]))
-        .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
-    let tx = writer(&api);
-    // Queued before the writer runs: one batch.
-    let replies = [claim(&tx, "a"), claim(&tx, "b"), claim(&tx, "c")];
-    let mut ips = Vec::new();
-    for r in replies {
-        ips.push(claimed(r.await.unwrap()).to_string());
-    }
-    assert_eq!(ips, ["10.0.0.10", "10.0.0.11", "10.0.0.12"]);
-    assert_eq!(
-        api.calls(),
-        [format!("GET {POOLS}/p/status"), format!("PATCH {POOLS}/p/status")]
-    );
-    let patch = api.seen()[1].body.clone();
-    assert_eq!(
-        patch,
-        Some(expected_patch(
-            "5",
-            &[("10.0.0.10", "a"), ("10.0.0.11", "b"), ("10.0.0.12", "c")]
-        ))
-    );
-}
-
-#[tokio::test]
-async fn a_lost_round_reads_the_winner_s_version_and_decides_again() {
-    let api = MockApi::new();
-    api.reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[]))
-        .reply(
-            "PATCH",
-            &format!("{POOLS}/p/status"),
-            409,
-            status_body(409, "the object has been modified"),
-        )
-        // Another agent gave .10 to pod x meanwhile.
-        .reply(
-            "GET",
-            &format!("{POOLS}/p/status"),
+/// Scripts the claims of pod `pod` on node n1 as listed by a release (`held`: its addresses),
+/// and the delete of each.
+pub(super) fn pod_claims(api: &MockApi, pod: &str, held: &[&str]) {
+    let items = held.iter().map(|ip| claim(ip, pod, "n1", None, "5")).collect();
+    api.reply("GET", CLAIMS, 200, list(items));
+    for ip in held {
+        api.reply(
+            "DELETE",
+            &format!("{CLAIMS}/{ip}"),
             200,
-            pool("6", &[("10.0.0.10", "x")]),
-        )
-        .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("7", &[]));
-    let tx = writer(&api);
-    let ip = claimed(claim(&tx, "a").await.unwrap());
-    assert_eq!(ip.to_string(), "10.0.0.11", "never the winner's address");
-    assert_eq!(api.calls().len(), 4);
-    assert_eq!(
-        api.seen()[3].body,
-        Some(expected_patch("6", &[("10.0.0.10", "x"), ("10.0.0.11", "a")]))
-    );
-    assert_eq!(api.unused(), 0);
-}
-
-/// A pool whose spec grew (an auto-pool scaled up) while the writer kept its last copy: once the
-/// (metadata) watch shows a newer version, the writer reads the pool before deciding, instead of
-/// finding no free address on its own copy and, writing nothing, never learning better.
-#[tokio::test]
-async fn a_copy_the_watch_has_overtaken_is_read_again_before_deciding() {
-    let api = MockApi::new();
-    let one = |version: &str, held: &[(&str, &str)], ips: &str| {
-        let mut p = pool(version, held);
-        p["spec"]["ips"] = json!([ips]);
-        p
-    };
-    let grown = "10.0.0.10-10.0.0.11";
-    api.reply(
-        "GET",
-        &format!("{POOLS}/p/status"),
-        200,
-        one("5", &[], "10.0.0.10"),
-    )
-    .reply(
-        "PATCH",
-        &format!("{POOLS}/p/status"),
-        200,
-        one("6", &[("10.0.0.10", "a")], "10.0.0.10"),
-    )
-    .reply(
-        "GET",
-        &format!("{POOLS}/p/status"),
-        200,
-        one("7", &[("10.0.0.10", "a")], grown),
-    )
-    .reply(
-        "PATCH",
-        &format!("{POOLS}/p/status"),
-        200,
-        one("8", &[("10.0.0.10", "a"), ("10.0.0.11", "b")], grown),
-    );
-    let latest: Arc<Mutex<Option<u64>>> = Arc::default();
-    let tx = pool_writer::spawn(sources(&api, latest.clone()), "p".into());
-    assert_eq!(claimed(claim(&tx, "a").await.unwrap()).to_string(), "10.0.0.10");
-    // Its own write: nothing newer, no read.
-    *latest.lock().unwrap() = Some(6);
-    // The controller grows the pool; the watch shows version 7.
-    *latest.lock().unwrap() = Some(7);
-    assert_eq!(claimed(claim(&tx, "b").await.unwrap()).to_string(), "10.0.0.11");
-    assert_eq!(
-        api.calls(),
-        [
-            format!("GET {POOLS}/p/status"),
-            format!("PATCH {POOLS}/p/status"),
-            format!("GET {POOLS}/p/status"),
-            format!("PATCH {POOLS}/p/status"),
-        ]
-    );
-    assert_eq!(
-        api.seen()[3].body.as_ref().unwrap()["metadata"]["resourceVersion"],
-        "7",
-        "guarded by the version read"
-    );
-}
-
-#[tokio::test]
-async fn an_api_error_reaches_every_op_of_the_batch() {
-    let api = MockApi::new();
-    api.reply(
-        "GET",
-        &format!("{POOLS}/p/status"),
-        404,
-        status_body(404, "not found"),
-    );
-    let tx = writer(&api);
-    let replies = [claim(&tx, "a"), claim(&tx, "b")];
-    for r in replies {
-        let err = r.await.unwrap().unwrap_err();
-        assert!(matches!(err, super::ServiceError::NotFound(_)), "{err:?}");
+            status_body(200, "deleted"),
+        );
     }
 }
 
 /// A service for node `n1` with empty caches, talking to `api`.
 pub(super) fn service(api: &MockApi) -> Arc<IpamService> {
+    service_with(api, reflector::store().0, reflector::store().0)
+}
+
+/// A service for node `n1` with the pods and coordinators of `pods` and `coordinators`.
+pub(super) fn service_with(
+    api: &MockApi,
+    pods: reflector::Store<Pod>,
+    coordinators: reflector::Store<SpiderCoordinator>,
+) -> Arc<IpamService> {
+    let metrics = Arc::new(super::metrics::IpamMetrics::new());
     Arc::new(IpamService {
         client: api.client(),
         node: "n1".into(),
         pools: super::pool_cache::PoolCache::empty(),
         reserved: reflector::store().0,
         registry: reflector::store().0,
-        pods: reflector::store().0,
+        pods,
         namespaces: reflector::store().0,
-        coordinators: reflector::store().0,
-        writers: Mutex::new(HashMap::new()),
-        metrics: Arc::new(super::metrics::IpamMetrics::new()),
-        spares: true,
-        right: super::lend_right::test_support::held(),
+        coordinators,
+        metrics: metrics.clone(),
         written: Default::default(),
-        claims: None,
+        claims: super::claims::ClaimStore::empty(api.client(), "n1", metrics),
         registered: Default::default(),
     })
 }
@@ -420,21 +246,12 @@ async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_
         endpoint("b", "n1", "c2", "10.0.0.11", "7"),
     )
     .reply(
-        "GET",
-        &format!("{POOLS}/p/status"),
-        200,
-        pool(
-            "20",
-            &[("10.0.0.10", "a"), ("10.0.0.11", "b"), ("10.0.0.12", "c")],
-        ),
-    )
-    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("21", &[]))
-    .reply(
         "DELETE",
         &format!("{ENDPOINTS}/b"),
         200,
         status_body(200, "deleted"),
     );
+    pod_claims(&api, "b", &["10.0.0.11"]);
     let svc = service(&api);
     let mut gc = request(IpamVerb::Gc, "", "");
     gc.pod = None;
@@ -443,22 +260,26 @@ async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_
         ifname: "eth0".into(),
     }];
     svc.gc(&gc).await.unwrap();
-    wait_for_flush().await;
     // a (valid), c (another node), d (another network) and e (network not recorded) are left alone.
-    assert_calls(
-        &api,
-        &[
+    assert_eq!(
+        api.calls(),
+        [
             format!("GET {all}"),
             format!("GET {ENDPOINTS}/b"),
-            format!("GET {POOLS}/p/status"),
-        ],
-        &[format!("DELETE {ENDPOINTS}/b"), format!("PATCH {POOLS}/p/status")],
+            format!("GET {CLAIMS}"),
+            format!("DELETE {CLAIMS}/10.0.0.11"),
+            format!("DELETE {ENDPOINTS}/b"),
+        ]
     );
-    assert_eq!(
-        body_of(&api, "PATCH"),
-        expected_patch("20", &[("10.0.0.10", "a"), ("10.0.0.12", "c")])
-    );
-    assert_eq!(body_of(&api, "DELETE")["preconditions"]["resourceVersion"], "7");
+    assert!(api.seen()[2].uri.contains("spec.podUID%3Duid-b"), "{}", api.seen()[2].uri);
+    let deletes: Vec<Value> = api
+        .seen()
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.body.clone().unwrap()["preconditions"].clone())
+        .collect();
+    assert_eq!(deletes[0]["uid"], "cuid-10.0.0.11", "the claim's by its UID");
+    assert_eq!(deletes[1]["resourceVersion"], "7", "the endpoint's by its version");
 }
 
 /// The IPv4 registry at `version` with one entry.
@@ -470,119 +291,95 @@ fn registry(version: &str, name: &str, uid: &str, ips: &[&str]) -> Value {
     })
 }
 
+/// The calls to the registry, in order.
+fn registry_calls(api: &MockApi) -> Vec<String> {
+    api.calls()
+        .into_iter()
+        .filter(|c| c.contains("spiderippoolregistries"))
+        .collect()
+}
+
 #[tokio::test]
 async fn an_unregistered_pool_is_registered_before_it_hands_out_and_only_once() {
     let api = MockApi::new();
-    api.reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[]))
+    api.reply("GET", &format!("{POOLS}/p"), 200, pool("5", &[]))
         .reply("GET", REGISTRY, 404, status_body(404, "not found"))
         .reply(
             "POST",
             REGISTRIES,
             201,
-            registry("1", "p", "", &["10.0.0.10-10.0.0.20"]),
+            registry("1", "p", "up", &["10.0.0.10-10.0.0.20"]),
         )
-        .reply(
-            "PATCH",
-            &format!("{POOLS}/p/status"),
-            200,
-            pool("6", &[("10.0.0.10", "a")]),
-        )
-        .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("7", &[]));
-    let tx = writer_with(&api, false);
-    assert_eq!(claimed(claim(&tx, "a").await.unwrap()).to_string(), "10.0.0.10");
-    // The next batch relies on the registration this writer made: no second registry read.
-    assert_eq!(claimed(claim(&tx, "b").await.unwrap()).to_string(), "10.0.0.11");
+        .reply("GET", "/api/v1/nodes", 200, json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []}))
+        .reply("GET", CLAIMS, 200, list(vec![]))
+        .reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[]))
+        .reply("POST", CLAIMS, 201, claim("10.0.0.10", "a", "n1", None, "6"))
+        .reply("GET", &format!("{POOLS}/p"), 200, pool("5", &[]))
+        .reply("POST", CLAIMS, 201, claim("10.0.0.11", "b", "n1", None, "7"));
+    let svc = service(&api);
+    let got = svc.claim("p", &entry("a")).await.unwrap().expect("an address");
+    assert_eq!(got.ip.to_string(), "10.0.0.10");
+    // The next claim relies on the registration this agent made: no second registry read.
+    let got = svc.claim("p", &entry("b")).await.unwrap().expect("an address");
+    assert_eq!(got.ip.to_string(), "10.0.0.11");
     assert_eq!(
-        api.calls(),
-        [
-            format!("GET {POOLS}/p/status"),
-            format!("GET {REGISTRY}"),
-            format!("POST {REGISTRIES}"),
-            format!("PATCH {POOLS}/p/status"),
-            format!("PATCH {POOLS}/p/status"),
-        ]
+        registry_calls(&api),
+        [format!("GET {REGISTRY}"), format!("POST {REGISTRIES}")]
     );
-    let created = api.seen()[2].body.clone().unwrap();
+    let created = api
+        .seen()
+        .into_iter()
+        .find(|s| s.call() == format!("POST {REGISTRIES}"))
+        .and_then(|s| s.body)
+        .unwrap();
     assert_eq!(created["metadata"]["name"], "ipv4");
     assert_eq!(
         created["spec"]["pools"],
-        json!([{"name": "p", "uid": "", "generation": 0, "ips": ["10.0.0.10-10.0.0.20"]}])
+        json!([{"name": "p", "uid": "up", "generation": 1, "ips": ["10.0.0.10-10.0.0.20"]}])
     );
+    assert_eq!(api.unused(), 0);
 }
 
 #[tokio::test]
 async fn a_pool_whose_addresses_another_pool_registered_first_hands_out_nothing_but_still_releases() {
     let api = MockApi::new();
-    api.reply(
-        "GET",
-        &format!("{POOLS}/p/status"),
-        200,
-        pool("5", &[("10.0.0.12", "old")]),
-    )
-    // Lost the registry race: q was written between our read and our write.
-    .reply("GET", REGISTRY, 200, registry("1", "r", "ur", &["10.1.0.1"]))
-    .reply(
-        "PUT",
-        REGISTRY,
-        409,
-        status_body(409, "the object has been modified"),
-    )
-    .reply(
-        "GET",
-        REGISTRY,
-        200,
-        registry("2", "q", "uq", &["10.0.0.15-10.0.0.30"]),
-    )
-    .reply("PATCH", &format!("{POOLS}/p/status"), 200, pool("6", &[]));
-    let tx = writer_with(&api, false);
-    let (reply, release) = oneshot::channel();
-    let claim_reply = claim(&tx, "a");
-    tx.send(PoolOp::new(
-        Op::Release {
-            pod_uid: "uid-old".into(),
-            interface: None,
-        },
-        reply,
-    ))
-    .unwrap();
-    let answer = claim_reply.await.unwrap().unwrap();
-    assert_eq!(answer.decision, Decision::Claim(None));
-    let why = answer.refused.expect("refused with a reason");
-    assert!(why.contains("belong to pool q"), "{why}");
-    assert!(why.contains("10.0.0.15-10.0.0.20"), "{why}");
-    let released = release.await.unwrap().unwrap().decision;
-    assert_eq!(released, Decision::Release(vec!["10.0.0.12".parse().unwrap()]));
+    api.reply("GET", &format!("{POOLS}/p"), 200, pool("5", &[]))
+        // Lost the registry race: q was written between our read and our write.
+        .reply("GET", REGISTRY, 200, registry("1", "r", "ur", &["10.1.0.1"]))
+        .reply(
+            "PUT",
+            REGISTRY,
+            409,
+            status_body(409, "the object has been modified"),
+        )
+        .reply(
+            "GET",
+            REGISTRY,
+            200,
+            registry("2", "q", "uq", &["10.0.0.15-10.0.0.30"]),
+        );
+    let svc = service(&api);
+    let err = match svc.claim("p", &entry("a")).await {
+        Err(super::ServiceError::InvalidPool(why)) => why,
+        Err(e) => panic!("not refused as a pool not in use: {e:?}"),
+        Ok(_) => panic!("an address from a refused pool"),
+    };
+    assert!(err.contains("belong to pool q"), "{err}");
+    assert!(err.contains("10.0.0.15-10.0.0.20"), "{err}");
     let put = api.seen()[2].body.clone().unwrap();
     assert_eq!(
         put["metadata"]["resourceVersion"], "1",
         "the registry write is guarded by its read"
     );
-    wait_for_flush().await;
-    assert_eq!(api.unused(), 0, "the release written");
+    assert!(
+        !api.calls().iter().any(|c| c.contains("spideripclaims")),
+        "nothing claimed: {:?}",
+        api.calls()
+    );
+    // What a pod already holds there is still released.
+    pod_claims(&api, "old", &["10.0.0.12"]);
+    let released = svc.release("p", "uid-old", None).await.unwrap();
+    assert_eq!(released, ["10.0.0.12".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(api.unused(), 0);
 }
 
-/// The calls were `first` in this order, then `then` in any order: the pool write is the
-/// writer's, at once in a nearly full pool (as the test pool is) or within FLUSH_AFTER, so it
-/// may come before or after the endpoint's delete.
-pub(super) fn assert_calls(api: &MockApi, first: &[String], then: &[String]) {
-    let calls = api.calls();
-    assert_eq!(calls.len(), first.len() + then.len(), "{calls:?}");
-    assert_eq!(&calls[..first.len()], first, "{calls:?}");
-    let mut rest = calls[first.len()..].to_vec();
-    let mut want = then.to_vec();
-    rest.sort();
-    want.sort();
-    assert_eq!(rest, want, "{calls:?}");
-}
-
-/// The body of the one call of `method`.
-pub(super) fn body_of(api: &MockApi, method: &str) -> serde_json::Value {
-    let seen: Vec<_> = api.seen().into_iter().filter(|s| s.method == method).collect();
-    assert_eq!(seen.len(), 1, "one {method}");
-    seen[0].body.clone().expect("a body")
-}
-
-/// Waits until a writer's pending releases are written.
-pub(super) async fn wait_for_flush() {
-    tokio::time::sleep(pool_writer::FLUSH_AFTER + std::time::Duration::from_millis(300)).await;
-}

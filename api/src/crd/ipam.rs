@@ -182,8 +182,9 @@ pub struct PoolIPAllocation {
     pub owner_stateful_set: Option<String>,
 }
 
-/// The `podUID` of an entry that holds an address for its node rather than for a pod (a spare:
-/// see `spiderpool_ipam::cluster::spares`). No pod has it: pod UIDs are UUIDs.
+/// The `podUID` of an entry that holds an address for its node rather than for a pod (a spare,
+/// set aside by agents before SpiderIPClaims; the controller releases those left). No pod has
+/// it: pod UIDs are UUIDs.
 pub const SPARE_POD_UID: &str = "spare";
 
 impl PoolIPAllocation {

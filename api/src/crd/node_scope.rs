@@ -4,9 +4,9 @@
 //! to the pod and its node, and the API server hands the node's name to admission as the user's
 //! extra `authentication.kubernetes.io/node-name` (Kubernetes 1.32 and later; beta and on by
 //! default since 1.30). So a compromised agent, or a pod that stole its token, cannot rewrite another
-//! node's inventory, take the SpiderEndpoints of pods elsewhere, or release or rewrite the pool
-//! entries or SpiderIPClaims of pods on other nodes: a pool's holders are stored one string per node
-//! ([`super::Allocations`]) so that this policy can compare each node's string before and after.
+//! node's inventory, take the SpiderEndpoints of pods elsewhere, or release or rewrite the
+//! SpiderIPClaims of pods on other nodes. (Agents do not write pools at all: RBAC grants them no
+//! write of a pool or its status.)
 
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
@@ -56,7 +56,6 @@ pub fn agent_node_policy(
                     "spidernodeinventories",
                     "spidernodeinventories/status",
                     "spiderendpoints",
-                    "spiderippools/status",
                     "spideripclaims",
                 ],
             ))),
@@ -72,16 +71,6 @@ pub fn agent_node_policy(
                          && size(request.userInfo.extra['{NODE_NAME_EXTRA}']) > 0 \
                          ? request.userInfo.extra['{NODE_NAME_EXTRA}'][0] : ''"
                     ),
-                },
-                // A pool's holders, node → string, before and after (lazily evaluated: only the
-                // pool rule reads them).
-                Variable {
-                    name: "oldHolders".into(),
-                    expression: "oldObject.?status.?allocatedIPsByNode.orValue({})".into(),
-                },
-                Variable {
-                    name: "newHolders".into(),
-                    expression: "object.?status.?allocatedIPsByNode.orValue({})".into(),
                 },
                 Variable {
                     name: "target".into(),
@@ -154,19 +143,6 @@ pub fn agent_node_policy(
                         .into(),
                     message: Some(
                         "a StatefulSet pod's SpiderIPClaim is released by spiderpool-controller only".into(),
-                    ),
-                    reason: Some("Forbidden".into()),
-                    ..Validation::default()
-                },
-                Validation {
-                    expression: "request.resource.resource != 'spiderippools' || \
-                                 (variables.newHolders.all(n, n == variables.node || \
-                                    (n in variables.oldHolders && variables.oldHolders[n] == variables.newHolders[n])) && \
-                                  variables.oldHolders.all(n, n == variables.node || n in variables.newHolders) && \
-                                  object.?status.?conditions.orValue([]) == oldObject.?status.?conditions.orValue([]))"
-                        .into(),
-                    message_expression: Some(
-                        "'the agent of node ' + variables.node + ' may change only the entries of its own node in a SpiderIPPool (status.allocatedIPsByNode[' + variables.node + ']), not those of other nodes or its conditions'".into(),
                     ),
                     reason: Some("Forbidden".into()),
                     ..Validation::default()

@@ -93,9 +93,14 @@ async fn gc_pool(
     let mut doomed: Vec<(String, PoolIPAllocation, &'static str)> = Vec::new();
     if let Ok(stored) = pool.status.clone().unwrap_or_default().allocations() {
         let mut by_ip: BTreeMap<&String, Vec<&PoolIPAllocation>> = BTreeMap::new();
-        // A node's spares are its agent's to hand out or give back (`ipam::cluster::spares`).
-        for (ip, entry) in stored.entries().filter(|(_, e)| !e.is_spare()) {
-            by_ip.entry(ip).or_default().push(entry);
+        for (ip, entry) in stored.entries() {
+            if entry.is_spare() {
+                // Set aside for a node by an agent from before SpiderIPClaims: no agent gives
+                // it back now.
+                doomed.push((ip.clone(), entry.clone(), "a spare of an agent before claims"));
+            } else {
+                by_ip.entry(ip).or_default().push(entry);
+            }
         }
         for (ip, holders) in &by_ip {
             for entry in holders {

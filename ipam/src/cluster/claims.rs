@@ -13,8 +13,8 @@
 //! until the next list, which costs a little reuse, never an address twice: the API server
 //! decides that.
 //!
-//! As in [`super::decide`], the walk moves on from the last address it gave, so an address just
-//! released is reused only after the others had their turn.
+//! The walk moves on from the last address it gave, so an address just released is reused only
+//! after the others had their turn.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -81,7 +81,7 @@ impl Placement {
         }
         let busy: HashSet<u128> = self.taken.union(&self.pending).copied().collect();
         let mut last = self.cursor;
-        let ip = super::decide::next_free(usable, &busy, &mut last)?;
+        let ip = next_free(usable, &busy, &mut last)?;
         self.cursor = last;
         self.pending.insert(ip_to_key(ip));
         Some(ip)
@@ -146,6 +146,34 @@ fn cursor_before(usable: &IpSet, mut n: u128) -> Option<u128> {
             return (r.start + n).checked_sub(1);
         }
         n -= r.size();
+    }
+    None
+}
+
+/// The first free address of `usable` after `last`, wrapping around to its start once; moves
+/// `last` to it.
+fn next_free(usable: &IpSet, taken: &HashSet<u128>, last: &mut Option<u128>) -> Option<IpAddr> {
+    let free = |key: &u128| !taken.contains(key);
+    let start = *last;
+    let mut walk = start;
+    // Ahead of the cursor, then from the start up to and including it.
+    while let Some(key) = usable.next_after(walk) {
+        if free(&key) {
+            *last = Some(key);
+            return Some(key_to_ip(key));
+        }
+        walk = Some(key);
+    }
+    let mut walk = None;
+    while let Some(key) = usable.next_after(walk) {
+        if start.is_some_and(|s| key > s) {
+            break;
+        }
+        if free(&key) {
+            *last = Some(key);
+            return Some(key_to_ip(key));
+        }
+        walk = Some(key);
     }
     None
 }

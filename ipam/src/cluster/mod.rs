@@ -1,16 +1,14 @@
 //! Cluster mode's decisions, pure and testable without an API server: which pools a pod's
-//! interface may use ([`select`]), which address a pool gives ([`decide`]), a SpiderIPPool
+//! interface may use ([`select`]), where an agent looks for a free address ([`claims`]), a SpiderIPPool
 //! object as a [`Pool`], and the SpiderReservedIP addresses as range keys. The agent's IPAM
 //! service and the controller do the I/O around them.
 
 pub mod auto_pool;
 pub mod claims;
-pub mod decide;
 pub mod pod_network;
 pub mod register;
 pub mod registry;
 pub mod select;
-pub mod spares;
 
 use spiderpool_api::crd::{SpiderIPPool, SpiderReservedIP};
 

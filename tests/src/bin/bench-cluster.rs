@@ -189,19 +189,15 @@ fn range_of(base: std::net::Ipv4Addr, n: usize) -> (std::net::Ipv4Addr, std::net
     )
 }
 
-/// Our agents: `spiderpool` with SpiderIPClaims (the default), `spiderpool-status` with the
-/// holders in the pool's status (`--ipam-claims=false`, spares on).
+/// Our agents, as installed: each address one SpiderIPClaim.
 async fn spiderpool(
     cluster: &Cluster,
-    name: &'static str,
     pods: usize,
     (agents_n, active): (usize, usize),
     dir: &std::path::Path,
 ) -> Result<(Peer, String)> {
     let pool = format!("bench-{}", unique());
-    // Each of our peers its own range: the pool of the one before stays registered (no
-    // controller runs here to prune the registry).
-    let base = if name == "spiderpool" { 128 } else { 144 };
+    let base = 128;
     let (first, last) = range_of(std::net::Ipv4Addr::new(10, base, 0, 0), pods);
     let api: Api<SpiderIPPool> = Api::all(cluster.client.clone());
     let obj: SpiderIPPool = serde_json::from_value(json!({
@@ -210,20 +206,15 @@ async fn spiderpool(
         "spec": {"subnet": format!("10.{base}.0.0/12"), "ips": [format!("{first}-{last}")]}
     }))?;
     api.create(&PostParams::default(), &obj).await?;
-    let extra: &[&str] = if name == "spiderpool" {
-        &[]
-    } else {
-        &["--ipam-claims=false"]
-    };
     let log = std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into());
     let agents: Vec<Agent> = (0..agents_n)
-        .map(|i| Agent::start_with(&cluster.kubeconfig, &format!("node-{i}"), dir, &log, extra))
+        .map(|i| Agent::start_with(&cluster.kubeconfig, &format!("node-{i}"), dir, &log, &[]))
         .collect::<Result<_>>()?;
     let confs = (0..pods)
         .map(|i| netconf(&agents[i % active].socket, &[&pool], &[]))
         .collect();
     let peer = Peer {
-        name,
+        name: "spiderpool",
         plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
         confs,
         _agents: agents,
@@ -370,7 +361,7 @@ fn floor_op(
 /// How long after a phase's last answer its costs are read.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-/// Waits (up to 30 s) until the pool's claims or status hold `want` pods' addresses; how long it
+/// Waits (up to 30 s) until the pool's claims hold `want` pods' addresses; how long it
 /// waited.
 async fn settled(cluster: &Cluster, pool: &str, want: usize) -> Result<Duration> {
     let started = Instant::now();
@@ -403,7 +394,6 @@ async fn still_held(cluster: &Cluster, peer: &str, pool: &str, ns: &str) -> Resu
         return Ok(api.list(&ListParams::default()).await?.items.len() + claimed);
     }
     if peer.starts_with("spiderpool") {
-        // Addresses agents set aside as spares are no pod's (they go back when a node idles).
         return Ok(pool_holders(&cluster.client, pool).await?.len());
     }
     let pools: Api<DynamicObject> =
@@ -471,10 +461,7 @@ async fn main() -> Result<()> {
             .pods(&ns, "p", pods, |i| format!("node-{}", i % active), json!({}))
             .await?;
         let (peer, pool) = match peer_name.as_str() {
-            "spiderpool" => spiderpool(&cluster, "spiderpool", pods, (agents_n, active), &dir).await?,
-            "spiderpool-status" => {
-                spiderpool(&cluster, "spiderpool-status", pods, (agents_n, active), &dir).await?
-            }
+            "spiderpool" => spiderpool(&cluster, pods, (agents_n, active), &dir).await?,
             "whereabouts" => {
                 let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
                 (whereabouts(&cluster, pods, wb.into(), &dir).await?, String::new())
@@ -489,7 +476,7 @@ async fn main() -> Result<()> {
                 String::new(),
             ),
             other => anyhow::bail!(
-                "unknown peer {other} (spiderpool, spiderpool-status, whereabouts, floor, floor-claim)"
+                "unknown peer {other} (spiderpool, whereabouts, floor, floor-claim)"
             ),
         };
         // Agents list their caches at start: the phases count only what the pods cost.
@@ -544,7 +531,7 @@ async fn main() -> Result<()> {
                 let want = if verb == "ADD" { pods - failed } else { failed };
                 let waited = settled(&cluster, &pool, want).await?;
                 println!(
-                    "{:<12} {:<9} its claims or pool status showed every pod {:.1} s after the last answer",
+                    "{:<12} {:<9} its claims showed every pod {:.1} s after the last answer",
                     peer.name,
                     label,
                     (SETTLE + waited).as_secs_f64()

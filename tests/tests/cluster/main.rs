@@ -24,6 +24,7 @@ mod controller;
 mod crds;
 mod dra;
 mod ipam;
+mod legacy;
 mod multus;
 mod overlap;
 mod policies;
@@ -44,9 +45,8 @@ async fn create_pool(cluster: &Cluster, name: &str, spec: Value) -> kube::Result
     api.create(&PostParams::default(), &pool).await
 }
 
-/// The pods holding addresses of `pool` (its SpiderIPClaims, and its status's entries once what
-/// agents without claims lent and released is written, within their writers' FLUSH_AFTER of
-/// 500 ms); a node's spares are not listed.
+/// The pods holding addresses of `pool` (its SpiderIPClaims; see `pool_holders`), after
+/// [`settle`].
 async fn allocations(cluster: &Cluster, pool: &str) -> BTreeMap<String, PoolIPAllocation> {
     settle().await;
     spiderpool_e2e::cluster::pool_holders(&cluster.client, pool)
@@ -54,7 +54,7 @@ async fn allocations(cluster: &Cluster, pool: &str) -> BTreeMap<String, PoolIPAl
         .expect("pool holders read")
 }
 
-/// Waits past the agents' pool writers' FLUSH_AFTER (500 ms) and a write.
+/// Waits until the agents' watches have seen a change just made (a pool edit, a registration).
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
 }

@@ -266,7 +266,7 @@ async fn cluster_a_pool_edited_to_overlap_one_in_use_never_gives_its_addresses()
     for i in (0..10).chain(16..18) {
         assert!(cni("DEL", &in_a, &ns, &format!("p-{i}"), &uids[i], "net1").success);
     }
-    // The releases are written within the writer's FLUSH_AFTER.
+    // The controller sees the claims gone.
     settle().await;
     controller_once(&cluster);
     assert!(pools.get_opt(&a).await.unwrap().is_none(), "a goes once empty");

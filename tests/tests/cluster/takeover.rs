@@ -1,10 +1,7 @@
 //! An agent update with maxSurge: the new agent of a node starts beside the old one, takes the
 //! IPAM socket over mid-burst, and both run for a while. No address is ever held twice, through
-//! the takeover and after the old agent is gone: with SpiderIPClaims (the default) because the
-//! API server creates each address's claim once; with holders in the pool's status
-//! (`--ipam-claims=false`) spares are lent without a pool write, so only one of the two may lend
-//! at a time (a lock beside the socket): the old one finishes what it has, writes what it lent
-//! and gives its spares back before the new one lends.
+//! the takeover and after the old agent is gone, because the API server creates each address's
+//! SpiderIPClaim once.
 
 use super::*;
 
@@ -25,18 +22,8 @@ fn no_address_twice(answered: &Answered) {
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "control-plane tier: needs hack/control-plane.sh up"]
-async fn cluster_agent_update_with_two_agents_of_one_node_never_lends_one_address_twice() {
-    agent_update(false, "10.213").await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
 async fn cluster_agent_update_with_claims_never_gives_one_address_twice() {
-    agent_update(true, "10.214").await;
-}
-
-/// The update on a pool of `net`.0.0/23, with claims or with spares.
-async fn agent_update(claims: bool, net: &str) {
+    let net = "10.214";
     const PODS: usize = 400;
     let cluster = Cluster::connect().await.expect("set up");
     let u = unique();
@@ -56,17 +43,16 @@ async fn agent_update(claims: bool, net: &str) {
         .await
         .expect("set up");
     let dir = tempfile::tempdir().expect("set up");
-    let log = "warn,spiderpool_agent::ipam_service::lend_right=info";
-    let extra: &[&str] = if claims { &[] } else { &["--ipam-claims=false"] };
-    let mut old = Agent::start_with(&cluster.kubeconfig, &node, dir.path(), log, extra).expect("set up");
+    let log = "warn";
+    let mut old = Agent::start_with(&cluster.kubeconfig, &node, dir.path(), log, &[]).expect("set up");
     let conf = netconf(&old.socket, &[&pool], &[]);
     let add = |i: usize| {
         let out = cni("ADD", &conf, &ns, &format!("p-{i}"), &uids[i], "net1");
         (out.success, first_ip(&out), out.stdout)
     };
 
-    // The old agent lends; a quarter into the burst the new one takes the socket over, while
-    // ADDs the old one accepted are still under way.
+    // A quarter into the burst the new agent takes the socket over, while ADDs the old one
+    // accepted are still under way.
     let done = std::sync::atomic::AtomicUsize::new(0);
     let new: Mutex<Option<Agent>> = Mutex::new(None);
     let first = std::thread::scope(|s| {
@@ -94,13 +80,8 @@ async fn agent_update(claims: bool, net: &str) {
         .collect();
     no_address_twice(&answered);
 
-    // The old agent lets go once it has written everything; the update then stops it and the
-    // new one lends.
-    if claims {
-        old.kill();
-    } else {
-        lends_after_let_go(&mut old, &new).await;
-    }
+    // The update stops the old agent.
+    old.kill();
 
     // Half the pods go and as many new ones come, through the new agent alone.
     let gone: Vec<usize> = (0..PODS).filter(|i| i % 2 == 0).collect();
@@ -141,22 +122,4 @@ async fn agent_update(claims: bool, net: &str) {
     );
     assert_eq!(held.len(), PODS, "one holder per live pod");
     drop(new);
-}
-
-/// With spares: the old agent lets go of them once it has written everything, and once it is
-/// stopped the new one lends.
-async fn lends_after_let_go(old: &mut Agent, new: &Agent) {
-    let old_log = || old.log_text();
-    let let_go = eventually(Duration::from_secs(20), || async {
-        old_log().contains("spares let go").then_some(())
-    })
-    .await;
-    assert!(let_go.is_some(), "the old agent never let go: {}", old_log());
-    assert!(old_log().contains("taken over by a newer agent"), "{}", old_log());
-    old.kill();
-    let lends = eventually(Duration::from_secs(10), || async {
-        new.log_text().contains("this agent lends").then_some(())
-    })
-    .await;
-    assert!(lends.is_some(), "the new agent never lent: {}", new.log_text());
 }

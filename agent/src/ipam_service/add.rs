@@ -15,8 +15,8 @@ use spiderpool_cni::{CniError, CniResult, IpConfig};
 use spiderpool_ipam::cluster::{auto_pool, pod_network, select};
 use spiderpool_ipam::range::Family;
 
-use super::app_pools;
 use super::Claimed;
+use super::app_pools;
 use super::{IpamService, ServiceError, pod_of};
 
 /// The StatefulSet that controls a pod, if any.

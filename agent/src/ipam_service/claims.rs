@@ -296,7 +296,12 @@ impl ClaimStore {
             Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(e) => return Err(ServiceError::from_kube(e, &format!("SpiderIPPool {pool}"))),
         };
-        taken.extend(legacy.iter().flat_map(|held| held.keys()).filter_map(|ip| ip.parse().ok()));
+        taken.extend(
+            legacy
+                .iter()
+                .flat_map(|held| held.keys())
+                .filter_map(|ip| ip.parse::<IpAddr>().ok()),
+        );
         self.placement(pool, |p| {
             p.share(rank, of);
             p.listed(taken)

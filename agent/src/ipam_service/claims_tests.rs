@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use spiderpool_api::crd::{IPPoolSpec, PoolIPAllocation};
-use spiderpool_ipam::range::set_of_entries;
+use spiderpool_ipam::range::{IpSet, set_of_entries};
 
 use super::claims::{ClaimStore, Want};
 use super::metrics::IpamMetrics;
@@ -39,8 +39,21 @@ fn holder(pod: &str, sts: Option<&str>) -> PoolIPAllocation {
     }
 }
 
-/// Scripts the pool's list, `taken` claimed by another node's pod, and the Node list, `nodes`.
+/// Scripts the read of pool `p`'s status that comes with each list of its claims (no holders
+/// there).
+fn pool_status(api: &MockApi) {
+    api.reply(
+        "GET",
+        &format!("{}/p/status", super::tests::POOLS),
+        200,
+        super::tests::pool("3", &[]),
+    );
+}
+
+/// Scripts the pool's list, `taken` claimed by another node's pod, its status, and the Node list,
+/// `nodes`.
 fn pool_listed(api: &MockApi, taken: &str, nodes: &[&str]) {
+    pool_status(api);
     let items: Vec<Value> = nodes
         .iter()
         .map(|n| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": n}}))
@@ -52,6 +65,17 @@ fn pool_listed(api: &MockApi, taken: &str, nodes: &[&str]) {
             200,
             json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
         );
+}
+
+/// A claim in pool `p` for `holder`, new addresses accepted.
+fn want_of<'a>(spec: &'a IPPoolSpec, usable: &'a IpSet, holder: &'a PoolIPAllocation) -> Want<'a> {
+    Want {
+        pool: "p",
+        spec,
+        usable,
+        holder,
+        accept_new: true,
+    }
 }
 
 async fn store(api: &MockApi, mine: Vec<Value>) -> ClaimStore {
@@ -80,23 +104,17 @@ async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() 
     api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
         .reply("POST", CLAIMS, 201, claim("10.0.0.12", "a", "n1", None, "6"));
     let a = holder("a", None);
-    let want = Want {
-        pool: "p",
-        spec: &spec,
-        usable: &usable,
-        holder: &a,
-        accept_new: true,
-    };
+    let want = want_of(&spec, &usable, &a);
     let got = s.claim(&want).await.unwrap().expect("an address");
     let seen = api.seen();
     assert!(seen[1].uri.starts_with("/api/v1/nodes?"), "{}", seen[1].uri);
     assert!(seen[1].uri.contains("resourceVersion=0"), "{}", seen[1].uri);
-    assert!(
-        seen[2].uri.contains("fieldSelector=spec.pool%3Dp"),
-        "{}",
-        seen[2].uri
-    );
-    let tried: Vec<&str> = seen[3..]
+    // The pool's claims and its status, read side by side.
+    let mut reads: Vec<String> = seen[2..4].iter().map(|s| s.uri.clone()).collect();
+    reads.sort();
+    assert!(reads[0].contains("fieldSelector=spec.pool%3Dp"), "{reads:?}");
+    assert!(reads[1].ends_with("/spiderippools/p/status"), "{reads:?}");
+    let tried: Vec<&str> = seen[4..]
         .iter()
         .map(|s| s.body.as_ref().unwrap()["metadata"]["name"].as_str().unwrap())
         .collect();
@@ -105,8 +123,8 @@ async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() 
     assert!(!tried.contains(&"10.0.0.10"), "listed as taken: {tried:?}");
     assert_ne!(tried[0], tried[1], "the missed address is not tried again");
     assert_eq!(got.to_string(), tried[1]);
-    assert_eq!(seen[4].body.as_ref().unwrap()["spec"]["node"], "n1");
-    assert_eq!(seen[4].body.as_ref().unwrap()["spec"]["podUID"], "uid-a");
+    assert_eq!(seen[5].body.as_ref().unwrap()["spec"]["node"], "n1");
+    assert_eq!(seen[5].body.as_ref().unwrap()["spec"]["podUID"], "uid-a");
     let counted = metrics.render();
     assert!(
         counted.contains(r#"spiderpool_agent_ipam_claim_misses_total{pool="p"} 1"#),
@@ -115,6 +133,28 @@ async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() 
     let calls = api.calls().len();
     assert_eq!(s.claim(&want).await.unwrap(), Some(got), "a repeated ADD");
     assert_eq!(api.calls().len(), calls, "answered without a call");
+    assert_eq!(api.unused(), 0);
+}
+
+/// Holders that agents before claims left in the pool's status are not tried.
+#[tokio::test]
+async fn holders_left_in_the_pool_s_status_are_taken() {
+    let api = MockApi::new();
+    let s = store(&api, vec![]).await;
+    let spec = IPPoolSpec::default();
+    let usable = set_of_entries(["10.0.0.10-10.0.0.12"]);
+    api.reply(
+        "GET",
+        &format!("{}/p/status", super::tests::POOLS),
+        200,
+        super::tests::pool("3", &[("10.0.0.10", "old"), ("10.0.0.11", "older")]),
+    )
+    .reply("GET", CLAIMS, 200, list(vec![]))
+    .reply("GET", "/api/v1/nodes", 200, list(vec![]))
+    .reply("POST", CLAIMS, 201, claim("10.0.0.12", "a", "n1", None, "6"));
+    let a = holder("a", None);
+    let want = want_of(&spec, &usable, &a);
+    assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.12".parse().unwrap()));
     assert_eq!(api.unused(), 0);
 }
 
@@ -128,16 +168,15 @@ async fn a_pool_believed_full_is_listed_again_before_none() {
     let usable = set_of_entries(["10.0.0.10"]);
     pool_listed(&api, "10.0.0.10", &[]);
     let a = holder("a", None);
-    let want = Want {
-        pool: "p",
-        spec: &spec,
-        usable: &usable,
-        holder: &a,
-        accept_new: true,
-    };
+    let want = want_of(&spec, &usable, &a);
     assert_eq!(s.claim(&want).await.unwrap(), None);
-    assert_eq!(api.calls().len(), 3, "one list at start, the nodes, the pool");
+    assert_eq!(
+        api.calls().len(),
+        4,
+        "one list at start, the nodes, the pool's claims and status"
+    );
     // Later, believed full: one more list, which shows it free now.
+    pool_status(&api);
     api.reply("GET", CLAIMS, 200, list(vec![])).reply(
         "POST",
         CLAIMS,
@@ -147,11 +186,8 @@ async fn a_pool_believed_full_is_listed_again_before_none() {
     assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.10".parse().unwrap()));
     let b = holder("b", None);
     let refused = Want {
-        pool: "p",
-        spec: &spec,
-        usable: &usable,
-        holder: &b,
         accept_new: false,
+        ..want_of(&spec, &usable, &b)
     };
     let calls = api.calls().len();
     assert_eq!(s.claim(&refused).await.unwrap(), None);
@@ -208,13 +244,7 @@ async fn a_stateful_set_pod_takes_its_claim_over_from_another_node() {
         .reply("PUT", &format!("{CLAIMS}/10.0.0.15"), 200, after);
     let mut web = holder("web-0", Some("web"));
     web.pod_uid = "uid-new".into();
-    let want = Want {
-        pool: "p",
-        spec: &spec,
-        usable: &usable,
-        holder: &web,
-        accept_new: true,
-    };
+    let want = want_of(&spec, &usable, &web);
     assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.15".parse().unwrap()));
     let seen = api.seen();
     assert!(seen[1].uri.contains("spec.pod%3Dns%2Fweb-0"), "{}", seen[1].uri);
@@ -252,14 +282,9 @@ async fn claims_at_once_share_the_first_list() {
     .reply("GET", "/api/v1/nodes", 200, json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []}))
     .reply("POST", CLAIMS, 201, claim("10.0.0.10", "a", "n1", None, "6"))
     .reply("POST", CLAIMS, 201, claim("10.0.0.11", "b", "n1", None, "7"));
+    pool_status(&api);
     let (a, b) = (holder("a", None), holder("b", None));
-    let want = |h| Want {
-        pool: "p",
-        spec: &spec,
-        usable: &usable,
-        holder: h,
-        accept_new: true,
-    };
+    let want = |h| want_of(&spec, &usable, h);
     let (want_a, want_b) = (want(&a), want(&b));
     let (got_a, got_b) = tokio::join!(s.claim(&want_a), s.claim(&want_b));
     assert_ne!(got_a.unwrap(), got_b.unwrap());

@@ -7,9 +7,10 @@ use super::mock_api::MockApi;
 use super::tests::{ENDPOINTS, detail, endpoint, pod, pod_claims, request, service};
 use spiderpool_cni::agent::IpamVerb;
 
-/// A DEL that is not the current holder's releases nothing: a late DEL of an earlier sandbox of
-/// the pod (its container ID differs from the endpoint's), or a DEL for a pod of the same name
-/// whose endpoint is another node's. Only the endpoint read happens.
+/// A DEL that is not the current holder's releases nothing of the holder's: a late DEL of an
+/// earlier sandbox of the pod (its container ID differs from the endpoint's) reads only the
+/// endpoint; a DEL for a pod whose endpoint is another node's (a newer pod of the name) releases
+/// only what this node's claims show of the DEL's own pod UID, here nothing.
 #[tokio::test]
 async fn a_del_of_an_earlier_sandbox_or_another_node_s_pod_releases_nothing() {
     for (endpoint_node, endpoint_container, del_container) in [("n1", "c-new", "c-old"), ("n2", "c1", "c1")] {
@@ -20,15 +21,24 @@ async fn a_del_of_an_earlier_sandbox_or_another_node_s_pod_releases_nothing() {
             200,
             endpoint("a", endpoint_node, endpoint_container, "10.0.0.10", "3"),
         );
+        let mut want = vec![format!("GET {ENDPOINTS}/a")];
+        if endpoint_node == "n2" {
+            pod_claims(&api, "a", &[]);
+            want.push(format!("GET {CLAIMS}"));
+        }
         let svc = service(&api);
         svc.handle(request(IpamVerb::Del, "a", del_container))
             .await
             .expect("DEL succeeds");
         assert_eq!(
             api.calls(),
-            [format!("GET {ENDPOINTS}/a")],
+            want,
             "endpoint on {endpoint_node} of {endpoint_container}, DEL of {del_container}"
         );
+        if endpoint_node == "n2" {
+            let asked = &api.seen()[1].uri;
+            assert!(asked.contains("spec.node%3Dn1"), "{asked}");
+        }
     }
 }
 

@@ -39,7 +39,6 @@ struct Reply {
 pub struct MockApi {
     script: Arc<Mutex<VecDeque<Reply>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
-    answered: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl MockApi {
@@ -69,11 +68,6 @@ impl MockApi {
             delay,
         });
         self
-    }
-
-    /// How many requests have had their answer.
-    pub fn answered(&self) -> usize {
-        self.answered.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -117,7 +111,6 @@ impl MockApi {
                     }
                     None => (500, status_body(500, "unexpected request")),
                 };
-                me.answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let response = http::Response::builder()
                     .status(status)
                     .header("content-type", "application/json")

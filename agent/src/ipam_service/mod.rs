@@ -43,7 +43,8 @@ use spiderpool_api::crd::{PoolIPAllocation, SpiderIPPool, SpiderIPPoolRegistry, 
 use spiderpool_cni::agent::{CoordinatorRequest, IpamRequest, IpamVerb, PodRef};
 use spiderpool_cni::{CniError, CniResult};
 use spiderpool_ipam::cluster::registry::is_registered;
-use spiderpool_ipam::cluster::{Pool, reserved_set};
+use spiderpool_ipam::cluster::reserved_set;
+use spiderpool_ipam::pool::Pool;
 
 /// An address given, with the pool as it was decided with (its prefix, gateway and routes go to
 /// the pod).
@@ -216,11 +217,7 @@ impl IpamService {
     /// An address of pool `name` for `holder` (its SpiderIPClaim): the one it holds already,
     /// else a free one; `None` when the pool has none free, [`ServiceError::InvalidPool`] when it
     /// gives none because it is not registered.
-    async fn claim(
-        &self,
-        name: &str,
-        holder: &PoolIPAllocation,
-    ) -> Result<Option<Claimed>, ServiceError> {
+    async fn claim(&self, name: &str, holder: &PoolIPAllocation) -> Result<Option<Claimed>, ServiceError> {
         let obj = self.pool(name).await?;
         let pool = Arc::new(
             spiderpool_ipam::cluster::pool_of(&obj).map_err(|e| ServiceError::InvalidPool(e.to_string()))?,

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use spiderpool_api::crd::SpiderIPPool;
@@ -81,23 +81,6 @@ impl PoolCache {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
-    }
-
-    /// The newest resourceVersion the watch has seen of pool `name`.
-    pub fn version(&self, name: &str) -> Option<u64> {
-        self.meta
-            .get(&ObjectRef::new(name))?
-            .metadata
-            .resource_version
-            .as_deref()?
-            .parse()
-            .ok()
-    }
-
-    /// The generation of pool `name` and whether it is being deleted, as the watch last saw.
-    pub fn generation(&self, name: &str) -> Option<(Option<i64>, bool)> {
-        let m = self.meta.get(&ObjectRef::new(name))?;
-        Some((m.metadata.generation, m.metadata.deletion_timestamp.is_some()))
     }
 
     /// Brings the specs up to the metadata: a pool gone is dropped, one new or of a new
@@ -193,7 +176,6 @@ mod tests {
             cache.sync(&pools).await;
         }
         assert_eq!(api.calls().len(), 1, "status writes cost no read");
-        assert_eq!(cache.version("p"), Some(8));
         assert_eq!(
             cache.get("p").unwrap().metadata.resource_version.as_deref(),
             Some("8")

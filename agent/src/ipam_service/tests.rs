@@ -271,7 +271,11 @@ async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_
             format!("DELETE {ENDPOINTS}/b"),
         ]
     );
-    assert!(api.seen()[2].uri.contains("spec.podUID%3Duid-b"), "{}", api.seen()[2].uri);
+    assert!(
+        api.seen()[2].uri.contains("spec.podUID%3Duid-b"),
+        "{}",
+        api.seen()[2].uri
+    );
     let deletes: Vec<Value> = api
         .seen()
         .iter()
@@ -279,7 +283,10 @@ async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_
         .map(|s| s.body.clone().unwrap()["preconditions"].clone())
         .collect();
     assert_eq!(deletes[0]["uid"], "cuid-10.0.0.11", "the claim's by its UID");
-    assert_eq!(deletes[1]["resourceVersion"], "7", "the endpoint's by its version");
+    assert_eq!(
+        deletes[1]["resourceVersion"], "7",
+        "the endpoint's by its version"
+    );
 }
 
 /// The IPv4 registry at `version` with one entry.
@@ -382,4 +389,3 @@ async fn a_pool_whose_addresses_another_pool_registered_first_hands_out_nothing_
     assert_eq!(released, ["10.0.0.12".parse::<std::net::IpAddr>().unwrap()]);
     assert_eq!(api.unused(), 0);
 }
-

@@ -475,9 +475,7 @@ async fn main() -> Result<()> {
                 },
                 String::new(),
             ),
-            other => anyhow::bail!(
-                "unknown peer {other} (spiderpool, whereabouts, floor, floor-claim)"
-            ),
+            other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts, floor, floor-claim)"),
         };
         // Agents list their caches at start: the phases count only what the pods cost.
         tokio::time::sleep(Duration::from_secs(2)).await;

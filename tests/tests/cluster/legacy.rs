@@ -69,7 +69,11 @@ async fn cluster_holders_left_in_a_pool_status_are_not_handed_out_until_the_cont
         .collect();
     got.sort();
     assert_eq!(got, ["10.217.0.2", "10.217.0.3"]);
-    assert_eq!(add(3).error_code(), Some(100), "10.217.0.1 is still the live pod's");
+    assert_eq!(
+        add(3).error_code(),
+        Some(100),
+        "10.217.0.1 is still the live pod's"
+    );
     let holders = allocations(&cluster, &pool).await;
     assert_eq!(holders["10.217.0.1"].pod_uid, live[0]);
     assert_eq!(holders.len(), 4);

@@ -322,7 +322,10 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
     .await
     .unwrap();
     let pools_a: Api<SpiderIPPool> = Api::all(agent_a.clone());
-    pools_a.get_status(&pool).await.expect("the agent reads a pool's status");
+    pools_a
+        .get_status(&pool)
+        .await
+        .expect("the agent reads a pool's status");
     let holder = json!({"10.252.0.10": {"pod": format!("{ns}/pa"), "podUid": "pa"}}).to_string();
     let err = pools_a
         .patch_status(
@@ -358,7 +361,9 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
     let _ = Api::<ValidatingAdmissionPolicy>::all(cluster.client.clone())
         .delete(&format!("own-node-{u}"), &dp)
         .await;
-    let _ = admin_pools.delete(&pool, &dp).await;
+    let _ = Api::<SpiderIPPool>::all(cluster.client.clone())
+        .delete(&pool, &dp)
+        .await;
     for node in &node_names {
         let _ = nodes.delete(node, &dp).await;
         let _ = Api::<SpiderNodeInventory>::all(cluster.client.clone())

@@ -104,7 +104,7 @@ impl Cluster {
     }
 
     /// A Node object of each of `names` (as a kubelet registers it; an existing one stays), with
-    /// `labels`.
+    /// `labels`; see [`Cluster::delete_nodes`].
     pub async fn nodes(&self, names: &[String], labels: Value) -> Result<()> {
         let api: Api<Node> = Api::all(self.client.clone());
         for name in names {
@@ -116,6 +116,22 @@ impl Cluster {
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 other => {
                     other.with_context(|| format!("creating Node {name}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the Node objects `names` (gone already is fine). A test deletes the nodes it
+    /// registered: a DaemonSet installed later on the same API server would get a pod on each,
+    /// never scheduled.
+    pub async fn delete_nodes(&self, names: &[String]) -> Result<()> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        for name in names {
+            match api.delete(name, &DeleteParams::default()).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                other => {
+                    other.with_context(|| format!("deleting Node {name}"))?;
                 }
             }
         }

@@ -189,6 +189,8 @@ async fn cluster_agents_of_registered_nodes_fill_their_own_parts_of_a_pool() {
         );
         (first_ip(&out), out.stdout, out.stderr)
     });
+    // Gone before any assertion: a DaemonSet of a later test would put a pod on each.
+    cluster.delete_nodes(&nodes).await.unwrap();
     let mut parts: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); AGENTS];
     for (i, (ip, stdout, stderr)) in results.iter().enumerate() {
         let ip: std::net::Ipv4Addr = ip

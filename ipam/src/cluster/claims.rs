@@ -4,10 +4,12 @@
 //!
 //! Each agent starts its walk at its share of the pool: the `rank`th of `of` equal parts, its
 //! place among the nodes the pool admits ([`Placement::share`]), so agents that allocate at once
-//! start apart, and a lone node hands addresses out in order from the lowest. After a miss it
-//! jumps to a place of its own (a hash of its node and the address) inside the widest stretch it
-//! believes free: past a taken address another agent is likely walking the same way, so agents
-//! that met walk apart. What it believes taken comes from a list of the pool's claims (at its first claim,
+//! start apart, and a lone node hands addresses out in order from the lowest. After a miss (past
+//! a taken address another agent is likely walking the same way) it jumps: with a share, to its
+//! part moved by 1/2, then 1/4, 3/4, 1/8 … of the pool (the van der Corput sequence), skipping
+//! places it believes taken, so agents that overflow their parts at once land apart; without one,
+//! to a place of its own (a hash of its node and the address) inside the widest stretch it
+//! believes free. What it believes taken comes from a list of the pool's claims (at its first claim,
 //! and again after [`LIST_AFTER_MISSES`] misses in a row or when it believes the pool full), its
 //! own creates and deletes, and its misses. An address it never saw released is not handed out
 //! until the next list, which costs a little reuse, never an address twice: the API server
@@ -24,6 +26,9 @@ use crate::range::{IpSet, ip_to_key, key_to_ip};
 /// Misses in a row after which the pool's claims are listed again.
 pub const LIST_AFTER_MISSES: u32 = 16;
 
+/// Places of its share's sequence an agent tries per miss before it jumps by hash instead.
+const MOST_JUMPS: u32 = 64;
+
 /// One agent's knowledge of one pool's claims and its walk.
 #[derive(Debug, Default)]
 pub struct Placement {
@@ -38,6 +43,8 @@ pub struct Placement {
     listed: bool,
     /// This agent's part of the pool: `(rank, of)`; `None` is the whole pool, from the lowest.
     share: Option<(u128, u128)>,
+    /// Jumps made from the share: the next one's place in the van der Corput sequence.
+    jumps: u32,
 }
 
 /// What to do after a miss.
@@ -73,11 +80,9 @@ impl Placement {
         let fingerprint = usable.fingerprint();
         if self.fingerprint != Some(fingerprint) {
             self.fingerprint = Some(fingerprint);
-            self.cursor = self.share.and_then(|(rank, of)| {
-                let len = usable.len();
-                // len × rank / of, without overflowing for the widest IPv6 pools.
-                cursor_before(usable, len / of * rank + len % of * rank / of)
-            });
+            self.cursor = self
+                .share
+                .and_then(|(rank, of)| cursor_before(usable, fraction_of(usable.len(), rank, of)));
         }
         let busy: HashSet<u128> = self.taken.union(&self.pending).copied().collect();
         let mut last = self.cursor;
@@ -102,16 +107,43 @@ impl Placement {
         self.pending.remove(&key);
         self.taken.insert(key);
         self.misses += 1;
-        let busy = IpSet::of_keys(self.taken.iter().chain(&self.pending).copied());
-        let free = usable.subtract(&busy);
-        if let Some(widest) = free.ranges().iter().max_by_key(|r| r.size()) {
-            self.cursor = start_in(&IpSet::from_ranges(vec![*widest]), &format!("{node}/{key}"));
+        if !self.jump_from_share(usable) {
+            let busy = IpSet::of_keys(self.taken.iter().chain(&self.pending).copied());
+            let free = usable.subtract(&busy);
+            if let Some(widest) = free.ranges().iter().max_by_key(|r| r.size()) {
+                self.cursor = start_in(&IpSet::from_ranges(vec![*widest]), &format!("{node}/{key}"));
+            }
         }
         if self.misses.is_multiple_of(LIST_AFTER_MISSES) {
             AfterMiss::ListFirst
         } else {
             AfterMiss::TryNext
         }
+    }
+
+    /// Moves the cursor to the next place of the share's sequence not believed taken (at most
+    /// [`MOST_JUMPS`] tried); `false` without a share of more than one part, or when every place
+    /// tried is taken.
+    fn jump_from_share(&mut self, usable: &IpSet) -> bool {
+        let Some((rank, of)) = self.share.filter(|(_, of)| *of > 1) else {
+            return false;
+        };
+        let len = usable.len();
+        let start = fraction_of(len, rank, of);
+        for _ in 0..MOST_JUMPS {
+            self.jumps = self.jumps.wrapping_add(1).max(1);
+            let (num, den) = van_der_corput(self.jumps);
+            let at = (start + fraction_of(len, num, den)) % len;
+            let cursor = cursor_before(usable, at);
+            let free = usable
+                .next_after(cursor)
+                .is_some_and(|k| !self.taken.contains(&k) && !self.pending.contains(&k));
+            if free {
+                self.cursor = cursor;
+                return true;
+            }
+        }
+        false
     }
 
     /// Creating the claim of `ip` failed for another reason: nothing is known of it.
@@ -123,6 +155,19 @@ impl Placement {
     pub fn released(&mut self, ip: IpAddr) {
         self.taken.remove(&ip_to_key(ip));
     }
+}
+
+/// `len × num / den`, rounded down, without overflowing for the widest IPv6 pools (`num < den`).
+fn fraction_of(len: u128, num: u128, den: u128) -> u128 {
+    len / den * num + len % den * num / den
+}
+
+/// The `n`th (from 1) of 1/2, 1/4, 3/4, 1/8, 5/8, … as `(numerator, denominator)`: `n`'s bits
+/// mirrored behind the binary point.
+fn van_der_corput(n: u32) -> (u128, u128) {
+    let bits = u32::BITS - n.leading_zeros();
+    let mirrored = n.reverse_bits() >> (u32::BITS - bits);
+    (u128::from(mirrored), 1u128 << bits)
 }
 
 /// Where `salt` starts walking `usable`: the cursor just before a hashed place in it.
@@ -289,6 +334,36 @@ mod tests {
             p.listed([]);
             assert_eq!(p.next(&usable).unwrap().to_string(), "10.0.0.0");
         }
+    }
+
+    #[test]
+    fn agents_that_overflow_their_parts_at_once_jump_to_places_apart() {
+        assert_eq!(super::van_der_corput(1), (1, 2));
+        assert_eq!(super::van_der_corput(2), (1, 4));
+        assert_eq!(super::van_der_corput(3), (3, 4));
+        assert_eq!(super::van_der_corput(5), (5, 8));
+        let usable = set_of_entries(["10.0.0.0-10.0.0.79"]);
+        let key = |ip: std::net::IpAddr| crate::range::ip_to_key(ip) as u32 & 0xff;
+        // Four of eight parts; each agent misses at the start of the next part.
+        let jumped: Vec<u32> = (0..4)
+            .map(|rank| {
+                let mut p = Placement::default();
+                p.share(rank, 8);
+                p.listed([]);
+                assert_eq!(key(p.next(&usable).unwrap()), 10 * rank as u32);
+                let next_part = format!("10.0.0.{}", 10 * (rank + 1)).parse().unwrap();
+                p.missed(next_part, &usable, "n");
+                key(p.next(&usable).unwrap())
+            })
+            .collect();
+        assert_eq!(jumped, [40, 50, 60, 70], "half the pool on, each its own place");
+        // A place believed taken is skipped: the next in the sequence (a quarter on).
+        let mut p = Placement::default();
+        p.share(0, 8);
+        p.listed(["10.0.0.40".parse().unwrap()]);
+        p.next(&usable).unwrap();
+        p.missed("10.0.0.10".parse().unwrap(), &usable, "n");
+        assert_eq!(key(p.next(&usable).unwrap()), 20);
     }
 
     #[test]

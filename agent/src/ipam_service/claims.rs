@@ -94,29 +94,19 @@ impl ClaimStore {
         node: &str,
         metrics: Arc<IpamMetrics>,
     ) -> Result<ClaimStore, ServiceError> {
-        let roster = NodeRoster::new(client.clone(), node);
-        let pools = Api::all(client.clone());
-        let api: Api<SpiderIPClaim> = Api::all(client);
-        let listed = api
+        let store = ClaimStore::empty(client, node, metrics);
+        let listed = store
+            .api
             .list(&ListParams::default().fields(&claim::of_node(node)))
             .await
             .map_err(|e| ServiceError::from_kube(e, "SpiderIPClaims of this node"))?;
         let mine: Vec<Mine> = listed.items.iter().filter_map(Mine::of).collect();
         tracing::info!(node, claims = mine.len(), "this node's SpiderIPClaims listed");
-        Ok(ClaimStore {
-            api,
-            pools,
-            node: node.to_string(),
-            placements: Mutex::new(HashMap::new()),
-            mine: Mutex::new(mine),
-            roster,
-            first_list: tokio::sync::Mutex::new(()),
-            metrics,
-        })
+        *store.mine() = mine;
+        Ok(store)
     }
 
-    /// A store of node `node` that knows no claim of its own (tests).
-    #[cfg(test)]
+    /// A store of node `node` that knows no claim of its own yet.
     pub fn empty(client: Client, node: &str, metrics: Arc<IpamMetrics>) -> ClaimStore {
         ClaimStore {
             api: Api::all(client.clone()),
@@ -292,7 +282,7 @@ impl ClaimStore {
         // No agent writes holders into the status any more: the controller releases those that
         // agents from before claims left there, and until then they are not handed out.
         let legacy = match status {
-            Ok(p) => p.status.and_then(|s| s.allocations().ok()).map(|a| a.view(None)),
+            Ok(p) => p.status.and_then(|s| s.held().ok()),
             Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(e) => return Err(ServiceError::from_kube(e, &format!("SpiderIPPool {pool}"))),
         };
@@ -307,6 +297,32 @@ impl ClaimStore {
             p.listed(taken)
         });
         Ok(())
+    }
+
+    /// The holder of `ip` in `pool`: its SpiderIPClaim's, if the claim is `pool`'s, else the one
+    /// an agent from before claims recorded for this node in the pool's status (the controller
+    /// releases those once their pods are gone).
+    pub async fn holder(&self, pool: &str, ip: &str) -> Result<Option<PoolIPAllocation>, ServiceError> {
+        if let Ok(addr) = ip.parse::<IpAddr>() {
+            let name = claim_name(addr);
+            let found = self
+                .api
+                .get_opt(&name)
+                .await
+                .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaim {name}")))?;
+            if let Some(c) = found.filter(|c| c.spec.pool == pool) {
+                return Ok(Some(c.spec.holder()));
+            }
+        }
+        let obj = self
+            .pools
+            .get_status(pool)
+            .await
+            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {pool}")))?;
+        Ok(obj
+            .status
+            .and_then(|s| s.allocations().ok())
+            .and_then(|a| a.view(Some(&self.node)).remove(ip)))
     }
 
     /// Releases what `pod_uid` holds in `pool` on `interface` (every interface when `None`).

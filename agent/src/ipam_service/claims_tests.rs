@@ -50,21 +50,26 @@ fn pool_status(api: &MockApi) {
     );
 }
 
-/// Scripts the pool's list, `taken` claimed by another node's pod, its status, and the Node list,
-/// `nodes`.
-fn pool_listed(api: &MockApi, taken: &str, nodes: &[&str]) {
-    pool_status(api);
+/// Scripts the Node list (metadata only): `nodes`.
+pub(super) fn nodes_listed(api: &MockApi, nodes: &[&str]) {
     let items: Vec<Value> = nodes
         .iter()
         .map(|n| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": n}}))
         .collect();
-    api.reply("GET", CLAIMS, 200, list(vec![claim(taken, "x", "n2", None, "5")]))
-        .reply(
-            "GET",
-            "/api/v1/nodes",
-            200,
-            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
-        );
+    api.reply(
+        "GET",
+        "/api/v1/nodes",
+        200,
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
+    );
+}
+
+/// Scripts the pool's list, `taken` claimed by another node's pod, its status, and the Node list,
+/// `nodes`.
+fn pool_listed(api: &MockApi, taken: &str, nodes: &[&str]) {
+    pool_status(api);
+    api.reply("GET", CLAIMS, 200, list(vec![claim(taken, "x", "n2", None, "5")]));
+    nodes_listed(api, nodes);
 }
 
 /// A claim in pool `p` for `holder`, new addresses accepted.
@@ -150,8 +155,8 @@ async fn holders_left_in_the_pool_s_status_are_taken() {
         super::tests::pool("3", &[("10.0.0.10", "old"), ("10.0.0.11", "older")]),
     )
     .reply("GET", CLAIMS, 200, list(vec![]))
-    .reply("GET", "/api/v1/nodes", 200, list(vec![]))
     .reply("POST", CLAIMS, 201, claim("10.0.0.12", "a", "n1", None, "6"));
+    nodes_listed(&api, &[]);
     let a = holder("a", None);
     let want = want_of(&spec, &usable, &a);
     assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.12".parse().unwrap()));
@@ -279,9 +284,9 @@ async fn claims_at_once_share_the_first_list() {
         list(vec![]),
         std::time::Duration::from_millis(100),
     )
-    .reply("GET", "/api/v1/nodes", 200, json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []}))
     .reply("POST", CLAIMS, 201, claim("10.0.0.10", "a", "n1", None, "6"))
     .reply("POST", CLAIMS, 201, claim("10.0.0.11", "b", "n1", None, "7"));
+    nodes_listed(&api, &[]);
     pool_status(&api);
     let (a, b) = (holder("a", None), holder("b", None));
     let want = |h| want_of(&spec, &usable, h);

@@ -5,8 +5,7 @@ use std::collections::HashSet;
 
 use kube::ResourceExt;
 use kube::api::Api;
-use spiderpool_api::crd::claim;
-use spiderpool_api::crd::{PoolIPAllocation, SpiderEndpoint, SpiderIPPool};
+use spiderpool_api::crd::SpiderEndpoint;
 use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
 use spiderpool_cni::{CniError, ErrorCode};
 
@@ -101,10 +100,7 @@ impl IpamService {
                 continue;
             };
             let ip = addr.split('/').next().unwrap_or_default();
-            let holder = match self.claim_holder(pool, ip).await? {
-                Some(h) => Some(h),
-                None => self.legacy_holder(pool, ip).await?,
-            };
+            let holder = self.claims.holder(pool, ip).await?;
             if holder.as_ref().map(|h| h.pod_uid.as_str()) != Some(status.current.uid.as_str()) {
                 return Err(ServiceError::Mismatch(format!(
                     "{ip} of {what} is not held for it in pool {pool} (holder: {})",
@@ -114,34 +110,6 @@ impl IpamService {
             }
         }
         Ok(())
-    }
-
-    /// The holder of `ip` by its SpiderIPClaim, if the claim is `pool`'s.
-    async fn claim_holder(&self, pool: &str, ip: &str) -> Result<Option<PoolIPAllocation>, ServiceError> {
-        let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
-            return Ok(None);
-        };
-        let name = claim::claim_name(addr);
-        let api: Api<claim::SpiderIPClaim> = Api::all(self.client.clone());
-        let found = api
-            .get_opt(&name)
-            .await
-            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaim {name}")))?;
-        Ok(found.filter(|c| c.spec.pool == pool).map(|c| c.spec.holder()))
-    }
-
-    /// The holder of `ip` in `pool`'s status, where agents from before SpiderIPClaims recorded
-    /// this node's holders (the controller releases those once their pods are gone).
-    async fn legacy_holder(&self, pool: &str, ip: &str) -> Result<Option<PoolIPAllocation>, ServiceError> {
-        let pools: Api<SpiderIPPool> = Api::all(self.client.clone());
-        let obj = pools
-            .get_status(pool)
-            .await
-            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPPool {pool}")))?;
-        Ok(obj
-            .status
-            .and_then(|s| s.allocations().ok())
-            .and_then(|a| a.view(Some(&self.node)).remove(ip)))
     }
 
     /// CNI GC of one network: release what this node's endpoints hold on that network for

@@ -14,7 +14,7 @@ use spiderpool_cni::Attachment;
 use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
 
 use super::IpamService;
-use super::claims_tests::{CLAIMS, claim, list};
+use super::claims_tests::{CLAIMS, claim, list, nodes_listed};
 use super::mock_api::{MockApi, status_body};
 
 pub(super) const POOLS: &str = "/apis/spiderpool.spidernet.io/v2beta1/spiderippools";
@@ -317,12 +317,12 @@ async fn an_unregistered_pool_is_registered_before_it_hands_out_and_only_once() 
             201,
             registry("1", "p", "up", &["10.0.0.10-10.0.0.20"]),
         )
-        .reply("GET", "/api/v1/nodes", 200, json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []}))
         .reply("GET", CLAIMS, 200, list(vec![]))
         .reply("GET", &format!("{POOLS}/p/status"), 200, pool("5", &[]))
         .reply("POST", CLAIMS, 201, claim("10.0.0.10", "a", "n1", None, "6"))
         .reply("GET", &format!("{POOLS}/p"), 200, pool("5", &[]))
         .reply("POST", CLAIMS, 201, claim("10.0.0.11", "b", "n1", None, "7"));
+    nodes_listed(&api, &[]);
     let svc = service(&api);
     let got = svc.claim("p", &entry("a")).await.unwrap().expect("an address");
     assert_eq!(got.ip.to_string(), "10.0.0.10");

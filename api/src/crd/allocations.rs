@@ -76,16 +76,6 @@ impl Allocations {
             .len()
     }
 
-    /// How many nodes hold entries.
-    pub fn nodes(&self) -> usize {
-        self.by_node.len()
-    }
-
-    /// `node`'s own string (address → entry), if it holds anything.
-    pub fn of_node(&self, node: &str) -> Option<&BTreeMap<String, PoolIPAllocation>> {
-        self.by_node.get(node)
-    }
-
     /// Carries the change from the view `before` to the view `after` into the node strings: an
     /// entry that went leaves its node's string, an entry that came joins its own node's.
     /// `writer`: the agent's node, which leaves other nodes' entries in place (an admission
@@ -147,11 +137,6 @@ impl Allocations {
             }
         }
         out
-    }
-
-    /// `node`'s string as stored, `None` when it holds nothing.
-    pub fn encoded_node(&self, node: &str) -> Option<String> {
-        self.by_node.get(node).map(encode)
     }
 
     /// `status.allocatedIPsByNode` holding `self` in full.

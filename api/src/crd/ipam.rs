@@ -188,17 +188,6 @@ pub struct PoolIPAllocation {
 pub const SPARE_POD_UID: &str = "spare";
 
 impl PoolIPAllocation {
-    /// An address `node`'s agent has set aside to hand out without a write of the pool.
-    pub fn spare(node: &str) -> PoolIPAllocation {
-        PoolIPAllocation {
-            pod: String::new(),
-            pod_uid: SPARE_POD_UID.into(),
-            interface: None,
-            node: Some(node.to_string()),
-            owner_stateful_set: None,
-        }
-    }
-
     /// Whether the entry is a node's spare, not a pod's.
     pub fn is_spare(&self) -> bool {
         self.pod_uid == SPARE_POD_UID && self.pod.is_empty()

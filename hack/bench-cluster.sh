@@ -4,9 +4,10 @@
 # AGENTS agents, CONCURRENCY plugin processes at a time, one range of exactly PODS addresses.
 # usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]
 #   PEERS default spiderpool,whereabouts (also: floor, per pod one plugin process and one
-#   SpiderEndpoint, no IPAM: what the machine allows at all; floor-claim, the floor plus one small
+#   SpiderEndpoint, no IPAM, over the agents' HTTP/2 client: what the machine allows at all; floor-claim, the floor plus one small
 #   object per address, named by it: the least a claim-per-address IPAM costs); ACTIVE: the pods run on that many of
 #   the AGENTS' nodes (default all); the other agents only watch
+# SPIDERPOOL_BENCH_PPROF=DIR saves the API server's CPU profile of each phase (go tool pprof -top);
 # SPIDERPOOL_BENCH_TRACE=FILE appends one line per call (peer verb index start-ms latency-ms ok);
 # SPIDERPOOL_BENCH_KEEP=1 keeps the agents' logs (SPIDERPOOL_TEST_AGENT_LOG sets their filter).
 # Each run starts a fresh control plane (hack/control-plane.sh down, then up): one already running stops.

@@ -82,7 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             _ => Response::not_found(),
         }));
     }
-    let client = kube::Client::try_default().await.context("Kubernetes client")?;
+    let client = spiderpool_daemon::kube_client::kube_client().await?;
     let (service, listener) =
         ipam_service::IpamService::listen(client.clone(), &node, &config.socket).await?;
     let _ = metrics.ipam.set(service.metrics());

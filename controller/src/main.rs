@@ -81,7 +81,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let client = kube::Client::try_default().await.context("Kubernetes client")?;
+    let client = spiderpool_daemon::kube_client::kube_client().await?;
     let metrics = Arc::new(Metrics::new());
     if cli.apply_crds {
         let applied = spiderpool_controller::crds::apply_all(&client)

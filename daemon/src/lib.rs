@@ -1,8 +1,9 @@
 //! What the agent and the controller share as long-running processes: the tokio runtime, logging,
 //! the shutdown signal, the plain-HTTP endpoint kubelet probes and Prometheus scrapes, and the
-//! watch caches their loops wake on.
+//! watch caches their loops wake on, and their Kubernetes client (HTTP/2).
 
 pub mod http;
+pub mod kube_client;
 pub mod watch;
 
 /// Completes on SIGTERM (kubelet stopping the container; we may be PID 1, where the kernel

@@ -43,16 +43,23 @@ fn crds() -> Vec<CustomResourceDefinition> {
     all
 }
 
+/// The client configuration of the running control plane (its kubeconfig).
+pub async fn config() -> Result<Config> {
+    let kc = Kubeconfig::read_from(kubeconfig_path()).context("read kubeconfig")?;
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    // The bursts below are the point of the tier; the client must not be the bottleneck.
+    config.read_timeout = Some(Duration::from_secs(60));
+    Ok(config)
+}
+
 impl Cluster {
     /// Connects and makes sure the project's CRDs are installed and established.
     pub async fn connect() -> Result<Cluster> {
-        let kubeconfig = kubeconfig_path();
-        let kc = Kubeconfig::read_from(&kubeconfig).context("read kubeconfig")?;
-        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-        // The bursts below are the point of the tier; the client must not be the bottleneck.
-        config.read_timeout = Some(Duration::from_secs(60));
-        let client = Client::try_from(config)?;
-        let cluster = Cluster { client, kubeconfig };
+        let client = Client::try_from(config().await?)?;
+        let cluster = Cluster {
+            client,
+            kubeconfig: kubeconfig_path(),
+        };
         cluster.install_crds().await?;
         Ok(cluster)
     }

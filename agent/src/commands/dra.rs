@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use spiderpool_device_plugin::allocate::DEVINFO_DIR;
 use spiderpool_dra::slices::{DEFAULT_RDMA_SLOTS, Options, devices};
 use spiderpool_linux::sysfs::DEFAULT_SYSFS_ROOT;
@@ -57,7 +57,7 @@ pub struct Args {
 pub fn exec(args: Args) -> Result<()> {
     let node = crate::node::node_name(args.node)?;
     spiderpool_daemon::runtime()?.block_on(async move {
-        let client = kube::Client::try_default().await.context("Kubernetes client")?;
+        let client = spiderpool_daemon::kube_client::kube_client().await?;
         let root = args.sysfs_root;
         if args.once {
             let inventory = scan_node(&root);

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::ipam_service::{IpamService, server};
 use crate::node::node_name;
@@ -22,7 +22,7 @@ pub struct Args {
 pub fn exec(args: Args) -> Result<()> {
     let node = node_name(args.node_name.clone())?;
     spiderpool_daemon::runtime()?.block_on(async move {
-        let client = kube::Client::try_default().await.context("Kubernetes client")?;
+        let client = spiderpool_daemon::kube_client::kube_client().await?;
         let (service, listener) = IpamService::listen(client, &node, &args.socket).await?;
         tokio::select! {
             () = server::serve(listener, service) => {}

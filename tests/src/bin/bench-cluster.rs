@@ -19,6 +19,8 @@
 //! IPAM costs that claims each address as an object of its own, unique by name, as Kubernetes'
 //! IPAddress API does for Service IPs (no shared object to fight over, one more write per pod).
 //!
+//! SPIDERPOOL_BENCH_PPROF=DIR writes the API server's CPU profile of each phase's first seconds there.
+//!
 //! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts,floor,floor-claim;
 //! ACTIVE: how many of the AGENTS' nodes the pods run on, default all: the others' agents only
 //! watch, which is what a pool's writes cost the nodes that do not use it)
@@ -101,6 +103,26 @@ fn machine_cpu_seconds() -> f64 {
         .sum();
     busy / 100.0
 }
+
+/// SPIDERPOOL_BENCH_PPROF=DIR: the API server's CPU profile over a phase's first seconds (its
+/// `/debug/pprof`, on by default), for `go tool pprof -top FILE`: where its cost per write goes.
+async fn api_server_profile(client: kube::Client, path: PathBuf) -> Result<()> {
+    let req = http::Request::get(format!("/debug/pprof/profile?seconds={PROFILE_SECONDS}"))
+        .body(kube::client::Body::empty())?;
+    let res = client.send(req).await.context("GET /debug/pprof/profile")?;
+    anyhow::ensure!(
+        res.status().is_success(),
+        "GET /debug/pprof/profile: {}",
+        res.status()
+    );
+    let bytes = res.into_body().collect_bytes().await?;
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("API server profile: {}", path.display());
+    Ok(())
+}
+
+/// How long a phase's profile runs: the phases here last 2 s or more.
+const PROFILE_SECONDS: u32 = 2;
 
 /// A label's value in a metric line's `{...}`.
 fn label_value<'a>(labels: &'a str, key: &str) -> &'a str {
@@ -423,8 +445,11 @@ async fn main() -> Result<()> {
         .collect();
     let active = num(4, agents_n).clamp(1, agents_n);
     let cluster = Cluster::connect().await?;
-    // The floor's API calls are made from the plugin-process threads through this runtime.
+    // The floor's API calls are made from the plugin-process threads through this runtime, with
+    // the client the agents use (HTTP/2): the floor is the least an IPAM's own writes cost.
     let handle = tokio::runtime::Handle::current();
+    let floor_client = spiderpool_daemon::kube_client::client_for(spiderpool_e2e::cluster::config().await?)?;
+    let pprof = std::env::var_os("SPIDERPOOL_BENCH_PPROF").map(PathBuf::from);
     let tmp = tempfile::tempdir()?;
     // SPIDERPOOL_BENCH_KEEP: the agents' logs stay (in this directory) for reading afterwards.
     let (_removed_at_end, dir) = if std::env::var_os("SPIDERPOOL_BENCH_KEEP").is_some() {
@@ -481,13 +506,19 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         for (verb, label) in [("ADD", "allocate"), ("DEL", "release")] {
             let before = server_cost(&cluster).await?;
+            let profile = pprof.as_ref().map(|dir| {
+                tokio::spawn(api_server_profile(
+                    cluster.client.clone(),
+                    dir.join(format!("{}-{label}.pprof", peer.name)),
+                ))
+            });
             let started = Instant::now();
             let results = run_parallel(concurrency, pods, |i| {
                 let t = Instant::now();
                 let began = t - started;
                 if peer.name.starts_with("floor") {
                     let plugin = (peer.plugin.as_path(), peer.name == "floor-claim");
-                    let (ok, out, err) = floor_op(&handle, &cluster.client, plugin, verb, (&ns, i, &uids[i]));
+                    let (ok, out, err) = floor_op(&handle, &floor_client, plugin, verb, (&ns, i, &uids[i]));
                     return (ok, t.elapsed(), out, err, began);
                 }
                 let out = cni_with(
@@ -502,6 +533,9 @@ async fn main() -> Result<()> {
                 (out.success, t.elapsed(), out.stdout, out.stderr, began)
             });
             let wall = started.elapsed();
+            if let Some(profile) = profile {
+                profile.await??;
+            }
             if let Some(path) = &trace {
                 // SPIDERPOOL_BENCH_TRACE: one line per call, to see when the slow ones started.
                 let lines: String = results

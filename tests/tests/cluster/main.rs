@@ -20,6 +20,7 @@ use spiderpool_e2e::cluster::{
 };
 
 mod agent;
+mod client;
 mod controller;
 mod crds;
 mod dra;

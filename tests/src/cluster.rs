@@ -43,6 +43,59 @@ fn crds() -> Vec<CustomResourceDefinition> {
     all
 }
 
+/// Node objects a test registered ([`Cluster::nodes`]): deleted by [`RegisteredNodes::delete`],
+/// or when dropped.
+pub struct RegisteredNodes {
+    names: Vec<String>,
+    client: Client,
+}
+
+impl RegisteredNodes {
+    /// Deletes the Nodes (gone already is fine).
+    pub async fn delete(mut self) -> Result<()> {
+        delete_nodes(&self.client, std::mem::take(&mut self.names)).await
+    }
+}
+
+impl Drop for RegisteredNodes {
+    /// A guard dropped in a test that failed (or forgot): its own thread and runtime, since Drop
+    /// cannot wait on the test's, and a client of its own (the test's may be bound to that runtime).
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.names);
+        if names.is_empty() {
+            return;
+        }
+        let deleted = std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = Client::try_from(config().await?)?;
+                delete_nodes(&client, names).await
+            })
+        })
+        .join();
+        match deleted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("deleting the test's Nodes: {e:#}"),
+            Err(_) => eprintln!("deleting the test's Nodes panicked"),
+        }
+    }
+}
+
+async fn delete_nodes(client: &Client, names: Vec<String>) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    for name in names {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            other => {
+                other.with_context(|| format!("deleting Node {name}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The client configuration of the running control plane (its kubeconfig).
 pub async fn config() -> Result<Config> {
     let kc = Kubeconfig::read_from(kubeconfig_path()).context("read kubeconfig")?;
@@ -110,10 +163,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// A Node object of each of `names` (as a kubelet registers it; an existing one stays), with
-    /// `labels`; see [`Cluster::delete_nodes`].
-    pub async fn nodes(&self, names: &[String], labels: Value) -> Result<()> {
+    /// Registers Node objects `names` with `labels` (already there is fine), as kubelets would.
+    /// They are deleted when the returned guard is, even when a test fails before it deletes them:
+    /// a DaemonSet installed later on the same API server would get a pod on each, never scheduled.
+    pub async fn nodes(&self, names: &[String], labels: Value) -> Result<RegisteredNodes> {
         let api: Api<Node> = Api::all(self.client.clone());
+        let mut registered = RegisteredNodes {
+            names: Vec::new(),
+            client: self.client.clone(),
+        };
         for name in names {
             let node: Node = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Node",
@@ -125,24 +183,9 @@ impl Cluster {
                     other.with_context(|| format!("creating Node {name}"))?;
                 }
             }
+            registered.names.push(name.clone());
         }
-        Ok(())
-    }
-
-    /// Deletes the Node objects `names` (gone already is fine). A test deletes the nodes it
-    /// registered: a DaemonSet installed later on the same API server would get a pod on each,
-    /// never scheduled.
-    pub async fn delete_nodes(&self, names: &[String]) -> Result<()> {
-        let api: Api<Node> = Api::all(self.client.clone());
-        for name in names {
-            match api.delete(name, &DeleteParams::default()).await {
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                other => {
-                    other.with_context(|| format!("deleting Node {name}"))?;
-                }
-            }
-        }
-        Ok(())
+        Ok(registered)
     }
 
     /// A fresh namespace named `<prefix>-<unique>`, with `annotations`.

@@ -479,7 +479,7 @@ async fn main() -> Result<()> {
     );
     // The agents' nodes registered, as kubelets do: ours share pools by them.
     let node_names: Vec<String> = (0..agents_n).map(|i| format!("node-{i}")).collect();
-    cluster.nodes(&node_names, json!({})).await?;
+    let _registered = cluster.nodes(&node_names, json!({})).await?;
     for peer_name in &peers {
         let ns = cluster.namespace("bench", json!({})).await?;
         let uids = cluster

@@ -145,6 +145,27 @@ async fn cluster_ten_agents_allocate_a_pool_of_1000_exactly() {
 /// Agents whose nodes are registered start each in its own part of a pool: the nodes the pool's
 /// nodeAffinity admits, by name, share it in equal parts, so a burst on four nodes fills the pool
 /// without two agents trying one address (each miss is a round trip to the API server).
+/// The Nodes a test registers go when their guard is dropped, as when the test fails before it
+/// deletes them: a later test's DaemonSet would get a pod on each, never scheduled.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "control-plane tier: needs hack/control-plane.sh up"]
+async fn cluster_registered_nodes_go_with_their_guard() {
+    let cluster = Cluster::connect().await.unwrap();
+    let names: Vec<String> = (0..2).map(|i| format!("guarded-{}-{i}", unique())).collect();
+    let registered = cluster.nodes(&names, json!({})).await.unwrap();
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    for name in &names {
+        assert!(api.get_opt(name).await.unwrap().is_some(), "{name} registered");
+    }
+    drop(registered);
+    for name in &names {
+        assert!(
+            api.get_opt(name).await.unwrap().is_none(),
+            "{name} deleted by the guard"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "control-plane tier: needs hack/control-plane.sh up"]
 async fn cluster_agents_of_registered_nodes_fill_their_own_parts_of_a_pool() {
@@ -154,7 +175,7 @@ async fn cluster_agents_of_registered_nodes_fill_their_own_parts_of_a_pool() {
     let u = unique();
     // The pool admits these four nodes only (the tier's other tests register nodes too).
     let nodes: Vec<String> = (0..AGENTS).map(|i| format!("share-{u}-{i}")).collect();
-    cluster
+    let registered = cluster
         .nodes(&nodes, json!({"spiderpool.test/share": u.to_string()}))
         .await
         .unwrap();
@@ -189,8 +210,8 @@ async fn cluster_agents_of_registered_nodes_fill_their_own_parts_of_a_pool() {
         );
         (first_ip(&out), out.stdout, out.stderr)
     });
-    // Gone before any assertion: a DaemonSet of a later test would put a pod on each.
-    cluster.delete_nodes(&nodes).await.unwrap();
+    // Deleted here, not only by the guard at the end, so that the delete itself is checked.
+    registered.delete().await.unwrap();
     let mut parts: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); AGENTS];
     for (i, (ip, stdout, stderr)) in results.iter().enumerate() {
         let ip: std::net::Ipv4Addr = ip

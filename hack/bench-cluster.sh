@@ -10,7 +10,7 @@
 # SPIDERPOOL_BENCH_PPROF=DIR saves the API server's CPU profile of each phase (go tool pprof -top);
 # SPIDERPOOL_BENCH_TRACE=FILE appends one line per call (peer verb index start-ms latency-ms ok);
 # SPIDERPOOL_BENCH_KEEP=1 keeps the agents' logs (SPIDERPOOL_TEST_AGENT_LOG sets their filter).
-# Each run starts a fresh control plane (hack/control-plane.sh down, then up): one already running stops.
+# Each peer runs on a fresh control plane (hack/control-plane.sh down, then up): one already running stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same build cache as .ci/run: a release build beside it would be a second multi-GB target.
@@ -23,9 +23,14 @@ if [[ ,$peers, == *,whereabouts,* ]]; then
     WHEREABOUTS_DIR=$(hack/control-plane.sh whereabouts)
     export WHEREABOUTS_DIR
 fi
-# A fresh API server and etcd: an earlier run's pools would hold the range (and its registry entries).
-hack/control-plane.sh down >/dev/null
-kubeconfig=$(hack/control-plane.sh up)
 echo "$(nproc) CPUs; kube-apiserver $(basename "$(hack/control-plane.sh bin)") on loopback"
-SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="${bin_dir:-$target_dir/release}" \
-    "$target_dir/release/bench-cluster" "${1:-1000}" "${2:-10}" "${3:-${1:-1000}}" "$peers" "${5:-${2:-10}}"
+# A fresh API server and etcd for each peer: an earlier peer's pools would hold the range, and a
+# server that has served one peer's burst (its heap, its watch cache, etcd's history) costs the
+# next peer more (measured: the second of two equal peers 0.1-0.4 ms/op more API server CPU).
+IFS=, read -ra each <<<"$peers"
+for peer in "${each[@]}"; do
+    hack/control-plane.sh down >/dev/null
+    kubeconfig=$(hack/control-plane.sh up)
+    SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="${bin_dir:-$target_dir/release}" \
+        "$target_dir/release/bench-cluster" "${1:-1000}" "${2:-10}" "${3:-${1:-1000}}" "$peer" "${5:-${2:-10}}"
+done

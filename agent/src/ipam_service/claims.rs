@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, GetParams, ListParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 use spiderpool_api::crd::claim::{self, IPClaimSpec, SpiderIPClaim, claim_address, claim_name};
 use spiderpool_api::crd::{IPPoolSpec, PoolIPAllocation, SpiderIPPool};
@@ -25,6 +25,17 @@ use super::roster::NodeRoster;
 /// Creates and lists one claim may take before the ADD is answered "try again later" (the pool
 /// changed under every list in between).
 const MOST_TRIES: usize = 256;
+
+/// Where a list of a pool's claims is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The API server's watch cache (`resourceVersion=0`): no etcd read and no decoding of every
+    /// claim, for a node's first list of a pool, which each of a hundred agents makes in a burst.
+    /// A claim it does not show yet costs a miss; it never makes an address wrong.
+    Cache,
+    /// etcd: after misses, and before the pool is called full.
+    Quorum,
+}
 
 /// One of this node's claims.
 #[derive(Debug, Clone)]
@@ -155,22 +166,22 @@ impl ClaimStore {
         if !want.accept_new {
             return Ok(None);
         }
-        let mut listed_now = false;
+        let mut listed_fresh = false;
         for _ in 0..MOST_TRIES {
             if self.placement(want.pool, |p| p.needs_list()) {
                 let _one = self.first_list.lock().await;
                 if self.placement(want.pool, |p| p.needs_list()) {
-                    self.list(want, false).await?;
+                    self.list(want, false, Read::Cache).await?;
                 }
-                listed_now = true;
             }
             let Some(ip) = self.placement(want.pool, |p| p.next(want.usable)) else {
-                if listed_now {
+                if listed_fresh {
                     return Ok(None);
                 }
-                // Believed full: what others released since the last list may be free.
-                self.list(want, true).await?;
-                listed_now = true;
+                // Believed full, from the cache's view or from before what others released since:
+                // only a list read from etcd may say so.
+                self.list(want, true, Read::Quorum).await?;
+                listed_fresh = true;
                 continue;
             };
             let obj = self.object(ip, want.pool, want.holder);
@@ -189,8 +200,8 @@ impl ClaimStore {
                         .inc();
                     let after = self.placement(want.pool, |p| p.missed(ip, want.usable, &self.node));
                     if after == AfterMiss::ListFirst {
-                        self.list(want, true).await?;
-                        listed_now = true;
+                        self.list(want, true, Read::Quorum).await?;
+                        listed_fresh = true;
                     }
                 }
                 Err(e) => {
@@ -265,13 +276,18 @@ impl ClaimStore {
 
     /// Reads which addresses of the pool are claimed (names only) or held in its status by an
     /// agent from before claims, and this node's share of the pool (`missing`: after misses,
-    /// which a node that joined or left may cause).
-    async fn list(&self, want: &Want<'_>, missing: bool) -> Result<(), ServiceError> {
+    /// which a node that joined or left may cause), from where `read` says.
+    async fn list(&self, want: &Want<'_>, missing: bool, read: Read) -> Result<(), ServiceError> {
         let (rank, of) = self.roster.share(want.spec, missing).await;
         let pool = want.pool;
-        let fields = ListParams::default().fields(&claim::of_pool(pool));
+        let mut fields = ListParams::default().fields(&claim::of_pool(pool));
+        let mut get = GetParams::default();
+        if read == Read::Cache {
+            fields = fields.match_any();
+            get = GetParams::any();
+        }
         // The pool's status is read beside its claims, not after: one round trip, not two.
-        let (listed, status) = tokio::join!(self.api.list_metadata(&fields), self.pools.get_status(pool));
+        let (listed, status) = tokio::join!(self.api.list_metadata(&fields), self.pools.get_with(pool, &get));
         let listed =
             listed.map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaims of pool {pool}")))?;
         let mut taken: Vec<IpAddr> = listed

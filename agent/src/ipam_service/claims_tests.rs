@@ -39,12 +39,12 @@ fn holder(pod: &str, sts: Option<&str>) -> PoolIPAllocation {
     }
 }
 
-/// Scripts the read of pool `p`'s status that comes with each list of its claims (no holders
-/// there).
+/// Scripts the read of pool `p` (for its status) that comes with each list of its claims (no
+/// holders there).
 fn pool_status(api: &MockApi) {
     api.reply(
         "GET",
-        &format!("{}/p/status", super::tests::POOLS),
+        &format!("{}/p", super::tests::POOLS),
         200,
         super::tests::pool("3", &[]),
     );
@@ -117,8 +117,11 @@ async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() 
     // The pool's claims and its status, read side by side.
     let mut reads: Vec<String> = seen[2..4].iter().map(|s| s.uri.clone()).collect();
     reads.sort();
+    // Both from the API server's cache: the first list of a pool is every agent's in a burst.
     assert!(reads[0].contains("fieldSelector=spec.pool%3Dp"), "{reads:?}");
-    assert!(reads[1].ends_with("/spiderippools/p/status"), "{reads:?}");
+    assert!(reads[0].contains("resourceVersion=0"), "{reads:?}");
+    assert!(reads[1].contains("/spiderippools/p?"), "{reads:?}");
+    assert!(reads[1].contains("resourceVersion=0"), "{reads:?}");
     let tried: Vec<&str> = seen[4..]
         .iter()
         .map(|s| s.body.as_ref().unwrap()["metadata"]["name"].as_str().unwrap())
@@ -150,7 +153,7 @@ async fn holders_left_in_the_pool_s_status_are_taken() {
     let usable = set_of_entries(["10.0.0.10-10.0.0.12"]);
     api.reply(
         "GET",
-        &format!("{}/p/status", super::tests::POOLS),
+        &format!("{}/p", super::tests::POOLS),
         200,
         super::tests::pool("3", &[("10.0.0.10", "old"), ("10.0.0.11", "older")]),
     )
@@ -163,8 +166,9 @@ async fn holders_left_in_the_pool_s_status_are_taken() {
     assert_eq!(api.unused(), 0);
 }
 
-/// A full pool: listed again before it says so, and a refused or terminating pool
-/// (`accept_new: false`) creates nothing.
+/// A full pool: listed again, from etcd, before it says so (the first list, from the API
+/// server's cache, may be behind), and a refused or terminating pool (`accept_new: false`)
+/// creates nothing.
 #[tokio::test]
 async fn a_pool_believed_full_is_listed_again_before_none() {
     let api = MockApi::new();
@@ -172,14 +176,25 @@ async fn a_pool_believed_full_is_listed_again_before_none() {
     let spec = IPPoolSpec::default();
     let usable = set_of_entries(["10.0.0.10"]);
     pool_listed(&api, "10.0.0.10", &[]);
+    pool_status(&api);
+    api.reply(
+        "GET",
+        CLAIMS,
+        200,
+        list(vec![claim("10.0.0.10", "x", "n2", None, "5")]),
+    );
     let a = holder("a", None);
     let want = want_of(&spec, &usable, &a);
     assert_eq!(s.claim(&want).await.unwrap(), None);
+    let seen = api.seen();
     assert_eq!(
-        api.calls().len(),
-        4,
-        "one list at start, the nodes, the pool's claims and status"
+        seen.len(),
+        6,
+        "one list at start, the nodes, the pool's claims and the pool from the cache, then from etcd"
     );
+    let from_cache = |i: usize| seen[i].uri.contains("resourceVersion=0");
+    assert!(from_cache(2) && from_cache(3), "{seen:?}");
+    assert!(!from_cache(4) && !from_cache(5), "{seen:?}");
     // Later, believed full: one more list, which shows it free now.
     pool_status(&api);
     api.reply("GET", CLAIMS, 200, list(vec![])).reply(

@@ -29,8 +29,15 @@ pub async fn kube_client() -> anyhow::Result<kube::Client> {
     client_for(config)
 }
 
-/// A client for `config`, HTTP/2 when the server's ALPN offers it, HTTP/1.1 otherwise.
+/// A client for `config`, HTTP/2 when the server's ALPN offers it, HTTP/1.1 otherwise. A proxy
+/// (the kubeconfig's `proxy-url`) is refused, as kube's own client built without its
+/// `http-proxy` feature refuses it, rather than bypassed.
 pub fn client_for(config: kube::Config) -> anyhow::Result<kube::Client> {
+    if let Some(proxy) = &config.proxy_url {
+        anyhow::bail!(
+            "the Kubernetes client configuration names a proxy ({proxy}): not supported, connect to the API server directly"
+        );
+    }
     let tls = config.rustls_client_config().context("TLS configuration")?;
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
@@ -66,4 +73,22 @@ pub fn client_for(config: kube::Config) -> anyhow::Result<kube::Client> {
         .map_err(BoxError::from)
         .service(http);
     Ok(kube::client::ClientBuilder::new(service, config.default_namespace).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> kube::Config {
+        kube::Config::new("https://127.0.0.1:6443".parse().expect("a URL"))
+    }
+
+    #[tokio::test]
+    async fn a_direct_configuration_gives_a_client_and_a_proxy_is_refused_by_name() {
+        assert!(client_for(config()).is_ok());
+        let mut proxied = config();
+        proxied.proxy_url = Some("http://proxy.example:3128".parse().expect("a URL"));
+        let err = client_for(proxied).err().expect("refused").to_string();
+        assert!(err.contains("proxy.example:3128"), "{err}");
+    }
 }

@@ -16,11 +16,8 @@ use spiderpool_api::crd::claim::{IPClaimSpec, SpiderIPClaim, claim_name};
 use super::*;
 
 /// A client that authenticates with `token` instead of the kubeconfig's credentials.
-async fn client_with_token(cluster: &Cluster, token: &str) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("kubeconfig");
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
+async fn client_with_token(token: &str) -> kube::Client {
+    let mut config = spiderpool_e2e::cluster::config().await.expect("config");
     config.auth_info = kube::config::AuthInfo {
         token: Some(token.to_string().into()),
         ..Default::default()
@@ -142,7 +139,7 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
             .unwrap();
         tokens.push(issued.status.expect("a token").token);
     }
-    let agent_a = client_with_token(&cluster, &tokens[0]).await;
+    let agent_a = client_with_token(&tokens[0]).await;
     let (node_a, node_b) = (&node_names[0], &node_names[1]);
 
     // The policy takes a moment to be in force: wait for the first refusal.
@@ -341,7 +338,7 @@ async fn cluster_an_agent_token_writes_only_its_own_node_s_objects() {
     );
 
     // The other agent is held to its node the same way.
-    let agent_b = client_with_token(&cluster, &tokens[1]).await;
+    let agent_b = client_with_token(&tokens[1]).await;
     let inventories_b: Api<SpiderNodeInventory> = Api::all(agent_b.clone());
     assert!(
         inventories_b

@@ -34,6 +34,8 @@ pub struct Config {
     pub node_name: String,
     /// The IPAM service's unix socket.
     pub socket: PathBuf,
+    /// ADDs and DELs doing API work at once (0: no limit).
+    pub ipam_in_flight: usize,
     /// `/healthz`, `/readyz` and `/metrics`, bound with SO_REUSEPORT (an update's successor binds
     /// beside us). Loopback by default: the host network is every pod's.
     pub health_addr: String,
@@ -84,7 +86,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let client = spiderpool_daemon::kube_client::kube_client().await?;
     let (service, listener) =
-        ipam_service::IpamService::listen(client.clone(), &node, &config.socket).await?;
+        ipam_service::IpamService::listen(client.clone(), &node, &config.socket, config.ipam_in_flight)
+            .await?;
     let _ = metrics.ipam.set(service.metrics());
     tokio::spawn(ipam_service::server::serve(listener, service));
     tracing::info!("agent of node {node}: health on {}", config.health_addr);

@@ -81,6 +81,7 @@ pub fn exec(args: Args) -> Result<()> {
     let config = Config {
         node_name,
         socket: args.ipam.socket,
+        ipam_in_flight: args.ipam.ipam_in_flight,
         health_addr: args.health_addr,
         metrics_addr: args.metrics_addr,
         sysfs_root: args.sysfs_root.clone(),

@@ -119,6 +119,8 @@ impl IpamService {
             ))
             .into());
         }
+        // From here on the ADD works at the API server: it waits for its turn.
+        let mut _turn = self.turn().await;
         let node_labels = self.node_labels_if_needed(&chosen).await?;
         let subject = select::Subject {
             node: &self.node,
@@ -142,15 +144,20 @@ impl IpamService {
                 continue;
             }
             let claimed = loop {
-                match self
+                let got = self
                     .claim_from(family, names, &subject, &entry, chosen.source)
-                    .await
-                {
-                    // The controller grows an auto-pool as its application scales.
-                    Err(ServiceError::Exhausted(_))
-                        if subnet_choice.is_some() && app_pools::wait_for_growth(deadline).await => {}
-                    other => break other,
+                    .await;
+                // The controller grows an auto-pool as its application scales. Waiting for it is
+                // not API work: the turn goes to others meanwhile.
+                if subnet_choice.is_some() && matches!(got, Err(ServiceError::Exhausted(_))) {
+                    drop(_turn.take());
+                    let grew = app_pools::wait_for_growth(deadline).await;
+                    _turn = self.turn().await;
+                    if grew {
+                        continue;
+                    }
                 }
+                break got;
             };
             match claimed {
                 Ok(c) => got.push((family, c)),

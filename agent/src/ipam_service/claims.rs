@@ -82,8 +82,9 @@ pub struct ClaimStore {
     placements: Mutex<HashMap<String, Placement>>,
     mine: Mutex<Vec<Mine>>,
     roster: NodeRoster,
-    /// Held by a first list: the claims that come meanwhile wait for it instead of each listing.
-    first_list: tokio::sync::Mutex<()>,
+    /// Per pool, held by its first list: the claims that come meanwhile wait for it instead of
+    /// each listing (other pools' claims do not wait).
+    first_lists: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<IpamMetrics>,
 }
 
@@ -126,7 +127,7 @@ impl ClaimStore {
             placements: Mutex::new(HashMap::new()),
             mine: Mutex::new(Vec::new()),
             roster: NodeRoster::new(client, node),
-            first_list: tokio::sync::Mutex::new(()),
+            first_lists: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -140,6 +141,11 @@ impl ClaimStore {
     fn placement<T>(&self, pool: &str, f: impl FnOnce(&mut Placement) -> T) -> T {
         let mut all = self.placements.lock().unwrap_or_else(|e| e.into_inner());
         f(all.entry(pool.to_string()).or_default())
+    }
+
+    fn first_list(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut all = self.first_lists.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(pool.to_string()).or_default().clone()
     }
 
     fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Mine>> {
@@ -169,7 +175,8 @@ impl ClaimStore {
         let mut listed_fresh = false;
         for _ in 0..MOST_TRIES {
             if self.placement(want.pool, |p| p.needs_list()) {
-                let _one = self.first_list.lock().await;
+                let first_list = self.first_list(want.pool);
+                let _one = first_list.lock().await;
                 if self.placement(want.pool, |p| p.needs_list()) {
                     self.list(want, false, Read::Cache).await?;
                 }
@@ -417,7 +424,14 @@ impl ClaimStore {
                 ..DeleteParams::default()
             };
             match self.api.delete(&claim_name(m.ip), &params).await {
-                Ok(_) => released.push(m.ip),
+                Ok(_) => {
+                    // Counted here, where every release path (DEL by endpoint, by UID, GC) meets.
+                    self.metrics
+                        .released
+                        .get_or_create(&IpamMetrics::pool(&m.pool))
+                        .inc();
+                    released.push(m.ip);
+                }
                 // Gone already (a second DEL, the controller's GC), or the address now another
                 // pod's claim: either way not this pod's any more.
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}

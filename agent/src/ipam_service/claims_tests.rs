@@ -242,6 +242,33 @@ async fn a_release_deletes_by_uid_and_a_claim_listed_at_start_is_released_too() 
     assert_eq!(api.unused(), 0);
 }
 
+/// A release without an endpoint (by the pod's UID, in every pool) is counted as released too.
+#[tokio::test]
+async fn a_release_everywhere_is_counted_by_pool() {
+    let api = MockApi::new();
+    let metrics = Arc::new(IpamMetrics::new());
+    let s = store_counting(
+        &api,
+        vec![claim("10.0.0.11", "a", "n1", None, "3")],
+        metrics.clone(),
+    )
+    .await;
+    api.reply(
+        "DELETE",
+        &format!("{CLAIMS}/10.0.0.11"),
+        200,
+        status_body(200, "deleted"),
+    );
+    let released = s.release_everywhere("uid-a", "eth0").await.unwrap();
+    assert_eq!(released, ["10.0.0.11".parse::<std::net::IpAddr>().unwrap()]);
+    let counted = metrics.render();
+    assert!(
+        counted.contains(r#"spiderpool_agent_ipam_released_total{pool="p"} 1"#),
+        "{counted}"
+    );
+    assert_eq!(api.unused(), 0);
+}
+
 /// A StatefulSet pod recreated on this node takes its name's claim over from the node it ran
 /// on, guarded by the claim's resourceVersion; a conflict reads again.
 #[tokio::test]

@@ -4,7 +4,7 @@
 use super::IpamService;
 use super::claims_tests::CLAIMS;
 use super::mock_api::MockApi;
-use super::tests::{ENDPOINTS, detail, endpoint, pod, pod_claims, request, service};
+use super::tests::{ENDPOINTS, detail, endpoint, pod, pod_claims, request, service, service_limited};
 use spiderpool_cni::agent::IpamVerb;
 
 /// A DEL that is not the current holder's releases nothing of the holder's: a late DEL of an
@@ -138,4 +138,38 @@ async fn a_del_after_this_agent_s_add_reads_no_endpoint_and_a_stale_one_is_read_
         .collect();
     assert_eq!(deletes, ["7", "9"], "the stale version, then the one read");
     assert_eq!(api.unused(), 0);
+}
+
+/// With one request at work at a time, a DEL waits while another holds the turn, asks the API
+/// server nothing meanwhile, and goes as soon as the turn is free.
+#[tokio::test]
+async fn a_del_waits_for_its_turn() {
+    let api = MockApi::new();
+    let svc = service_limited(
+        &api,
+        kube::runtime::reflector::store().0,
+        kube::runtime::reflector::store().0,
+        1,
+    );
+    let held = svc.turn().await.expect("a limited service gives turns");
+    let waiting = {
+        let svc = svc.clone();
+        tokio::spawn(async move { svc.handle(request(IpamVerb::Del, "a", "c1")).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "the DEL waits for the turn");
+    assert!(api.calls().is_empty(), "nothing asked while waiting");
+    api.reply(
+        "GET",
+        &format!("{ENDPOINTS}/a"),
+        404,
+        super::mock_api::status_body(404, "not found"),
+    );
+    pod_claims(&api, "a", &[]);
+    drop(held);
+    waiting.await.expect("joined").expect("DEL succeeds");
+    assert_eq!(
+        api.calls(),
+        [format!("GET {ENDPOINTS}/a"), format!("GET {CLAIMS}")]
+    );
 }

@@ -70,11 +70,15 @@ pub struct IpamService {
     /// Per pool, the generation this agent found registered. Locked across a registration, so that the ADDs that come meanwhile wait for its answer
     /// instead of each registering.
     registered: Mutex<HashMap<String, Arc<tokio::sync::Mutex<admission::Registered>>>>,
+    /// ADDs and DELs doing API work at once; the others wait their turn in arrival order
+    /// (`None`: no limit).
+    in_flight: Option<tokio::sync::Semaphore>,
 }
 
 impl IpamService {
-    /// Starts the caches and waits until each has listed once.
-    pub async fn start(client: Client, node: String) -> anyhow::Result<Arc<IpamService>> {
+    /// Starts the caches and waits until each has listed once; `in_flight`: ADDs and DELs doing
+    /// API work at once (0: no limit).
+    pub async fn start(client: Client, node: String, in_flight: usize) -> anyhow::Result<Arc<IpamService>> {
         let all = watcher::Config::default();
         let reserved = cache::<SpiderReservedIP>(Api::all(client.clone()), all.clone());
         let registry = cache::<SpiderIPPoolRegistry>(Api::all(client.clone()), all.clone());
@@ -109,6 +113,7 @@ impl IpamService {
             written: endpoint::Written::default(),
             claims,
             registered: Mutex::new(HashMap::new()),
+            in_flight: (in_flight > 0).then(|| tokio::sync::Semaphore::new(in_flight)),
         });
         Ok(service)
     }
@@ -118,8 +123,9 @@ impl IpamService {
         client: Client,
         node: &str,
         socket: &Path,
+        in_flight: usize,
     ) -> anyhow::Result<(Arc<IpamService>, tokio::net::UnixListener)> {
-        let service = IpamService::start(client, node.to_string())
+        let service = IpamService::start(client, node.to_string(), in_flight)
             .await
             .context("pool caches")?;
         let listener = server::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
@@ -138,6 +144,16 @@ impl IpamService {
         let code = result.as_ref().map_or_else(|e| e.code, |_| 0);
         self.metrics.observe(verb, code, started.elapsed().as_secs_f64());
         result
+    }
+
+    /// This request's turn at the API server: under load, ADDs and DELs go in the order they came
+    /// (tokio's semaphore is fair), not in whatever order a saturated API server answers a
+    /// crowd. A turn spans a request's writes, so none waits twice.
+    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match &self.in_flight {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        }
     }
 
     /// The service's Prometheus metrics.
@@ -205,13 +221,7 @@ impl IpamService {
         pod_uid: &str,
         interface: Option<&str>,
     ) -> Result<Vec<IpAddr>, ServiceError> {
-        let released = self.claims.release(pool, pod_uid, interface).await?;
-        let label = metrics::IpamMetrics::pool(pool);
-        self.metrics
-            .released
-            .get_or_create(&label)
-            .inc_by(released.len() as u64);
-        Ok(released)
+        self.claims.release(pool, pod_uid, interface).await
     }
 
     /// An address of pool `name` for `holder` (its SpiderIPClaim): the one it holds already,

@@ -73,6 +73,16 @@ pub(super) fn service_with(
     pods: reflector::Store<Pod>,
     coordinators: reflector::Store<SpiderCoordinator>,
 ) -> Arc<IpamService> {
+    service_limited(api, pods, coordinators, 0)
+}
+
+/// As [`service_with`], with at most `in_flight` ADDs and DELs at work at once (0: no limit).
+pub(super) fn service_limited(
+    api: &MockApi,
+    pods: reflector::Store<Pod>,
+    coordinators: reflector::Store<SpiderCoordinator>,
+    in_flight: usize,
+) -> Arc<IpamService> {
     let metrics = Arc::new(super::metrics::IpamMetrics::new());
     Arc::new(IpamService {
         client: api.client(),
@@ -87,6 +97,7 @@ pub(super) fn service_with(
         written: Default::default(),
         claims: super::claims::ClaimStore::empty(api.client(), "n1", metrics),
         registered: Default::default(),
+        in_flight: (in_flight > 0).then(|| tokio::sync::Semaphore::new(in_flight)),
     })
 }
 

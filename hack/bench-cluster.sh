@@ -5,11 +5,13 @@
 # usage: hack/bench-cluster.sh [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]
 #   PEERS default spiderpool,whereabouts (also: floor, per pod one plugin process and one
 #   SpiderEndpoint, no IPAM, over the agents' HTTP/2 client: what the machine allows at all; floor-claim, the floor plus one small
-#   object per address, named by it: the least a claim-per-address IPAM costs); ACTIVE: the pods run on that many of
+#   object per address, named by it: the least a claim-per-address IPAM costs; floor-objects, the agent's own
+#   claim and endpoint written by one client: our objects' cost without our agents'); ACTIVE: the pods run on that many of
 #   the AGENTS' nodes (default all); the other agents only watch
 # SPIDERPOOL_BENCH_PPROF=DIR saves the API server's CPU profile of each phase (go tool pprof -top);
 # SPIDERPOOL_BENCH_TRACE=FILE appends one line per call (peer verb index start-ms latency-ms ok);
 # SPIDERPOOL_BENCH_KEEP=1 keeps the agents' logs (SPIDERPOOL_TEST_AGENT_LOG sets their filter).
+# SPIDERPOOL_BENCH_IN_FLIGHT=N starts our agents with --ipam-in-flight N (default: theirs, 8; 0: no limit).
 # Each peer runs on a fresh control plane (hack/control-plane.sh down, then up): one already running stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."

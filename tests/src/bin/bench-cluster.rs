@@ -18,10 +18,14 @@
 //! SpiderReservedIP stands in), created before the endpoint and deleted after it: the least an
 //! IPAM costs that claims each address as an object of its own, unique by name, as Kubernetes'
 //! IPAddress API does for Service IPs (no shared object to fight over, one more write per pod).
+//! `floor-objects` writes, from this one process, exactly the two objects our agent writes per pod
+//! (its SpiderIPClaim and its SpiderEndpoint with owner reference): what separates our objects'
+//! cost from our agents' (their processes, connections and watches).
 //!
+//! SPIDERPOOL_BENCH_IN_FLIGHT=N starts our agents with `--ipam-in-flight N` (0: no limit).
 //! SPIDERPOOL_BENCH_PPROF=DIR writes the API server's CPU profile of each phase's first seconds there.
 //!
-//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts,floor,floor-claim;
+//! usage: bench-cluster [PODS] [AGENTS] [CONCURRENCY] [PEERS] [ACTIVE]   (PEERS: spiderpool,whereabouts,floor,floor-claim,floor-objects;
 //! ACTIVE: how many of the AGENTS' nodes the pods run on, default all: the others' agents only
 //! watch, which is what a pool's writes cost the nodes that do not use it)
 //! Whereabouts' plugin and CRDs: the directory in WHEREABOUTS_DIR (`hack/control-plane.sh
@@ -37,7 +41,7 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use serde_json::{Value, json};
 use spiderpool_api::crd::{
     EndpointStatus, IPAllocationDetail, PodIPAllocation, ReservedIPSpec, SpiderEndpoint, SpiderEndpointSpec,
-    SpiderIPPool, SpiderReservedIP,
+    SpiderIPPool, SpiderReservedIP, claim::IPClaimSpec, claim::SpiderIPClaim,
 };
 use spiderpool_e2e::cluster::{Agent, Cluster, cni_with, netconf, pool_holders, run_parallel, unique};
 
@@ -229,8 +233,13 @@ async fn spiderpool(
     }))?;
     api.create(&PostParams::default(), &obj).await?;
     let log = std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into());
+    // SPIDERPOOL_BENCH_IN_FLIGHT: the agents' --ipam-in-flight (their default otherwise).
+    let extra: Vec<String> = std::env::var("SPIDERPOOL_BENCH_IN_FLIGHT")
+        .map(|n| vec!["--ipam-in-flight".to_string(), n])
+        .unwrap_or_default();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let agents: Vec<Agent> = (0..agents_n)
-        .map(|i| Agent::start_with(&cluster.kubeconfig, &format!("node-{i}"), dir, &log, &[]))
+        .map(|i| Agent::start_with(&cluster.kubeconfig, &format!("node-{i}"), dir, &log, &extra))
         .collect::<Result<_>>()?;
     let confs = (0..pods)
         .map(|i| netconf(&agents[i % active].socket, &[&pool], &[]))
@@ -299,12 +308,22 @@ fn claim_name(addr: std::net::Ipv4Addr) -> String {
     format!("floor-{}", addr.to_string().replace('.', "-"))
 }
 
+/// What a floor writes per pod besides the endpoint.
+#[derive(Clone, Copy, PartialEq)]
+enum FloorClaim {
+    None,
+    /// A SpiderReservedIP named after the address.
+    Small,
+    /// The agent's own SpiderIPClaim, and its endpoint's owner reference.
+    Ours,
+}
+
 /// The floor's ADD or DEL of pod `i`: the plugin process, then its SpiderEndpoint written or
 /// deleted, and with `claim` its address's object before or after (success, stdout, stderr).
 fn floor_op(
     handle: &tokio::runtime::Handle,
     client: &kube::Client,
-    (plugin, claim): (&Path, bool),
+    (plugin, claim): (&Path, FloorClaim),
     verb: &str,
     (ns, i, uid): (&str, usize, &str),
 ) -> (bool, String, String) {
@@ -325,8 +344,23 @@ fn floor_op(
     // Pod i's address, as the spiderpool peer's pool would give it.
     let (_, addr) = range_of(std::net::Ipv4Addr::new(10, 160, 0, 0), i + 1);
     let claims: Api<SpiderReservedIP> = Api::all(client.clone());
+    let ours: Api<SpiderIPClaim> = Api::all(client.clone());
     let written = if verb == "ADD" {
-        if claim {
+        if claim == FloorClaim::Ours {
+            let spec = IPClaimSpec {
+                pool: "floor".into(),
+                pod: format!("{ns}/{name}"),
+                pod_uid: uid.to_string(),
+                interface: Some("net1".into()),
+                node: "node-0".into(),
+                owner_stateful_set: None,
+            };
+            let obj = SpiderIPClaim::new(&spiderpool_api::crd::claim::claim_name(addr.into()), spec);
+            if let Err(e) = handle.block_on(ours.create(&PostParams::default(), &obj)) {
+                return (false, String::new(), format!("ADD claim of {addr}: {e}"));
+            }
+        }
+        if claim == FloorClaim::Small {
             let obj = SpiderReservedIP::new(
                 &claim_name(addr),
                 ReservedIPSpec {
@@ -340,6 +374,17 @@ fn floor_op(
         }
         let mut ep = SpiderEndpoint::new(&name, SpiderEndpointSpec {});
         ep.metadata.namespace = Some(ns.to_string());
+        if claim == FloorClaim::Ours {
+            ep.metadata.owner_references = Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    name: name.clone(),
+                    uid: uid.to_string(),
+                    ..Default::default()
+                },
+            ]);
+        }
         ep.status = Some(EndpointStatus {
             current: PodIPAllocation {
                 uid: uid.to_string(),
@@ -350,6 +395,7 @@ fn floor_op(
                     ipv4: Some(format!("{addr}/12")),
                     ipv4_pool: Some("floor".into()),
                     network: Some("bench".into()),
+                    clean_gateway: (claim == FloorClaim::Ours).then_some(false),
                     ..Default::default()
                 }],
             },
@@ -361,13 +407,17 @@ fn floor_op(
         handle
             .block_on(api.delete(&name, &DeleteParams::default()))
             .map(drop)
-            .and_then(|()| {
-                if !claim {
-                    return Ok(());
-                }
-                handle
+            .and_then(|()| match claim {
+                FloorClaim::None => Ok(()),
+                FloorClaim::Small => handle
                     .block_on(claims.delete(&claim_name(addr), &DeleteParams::default()))
-                    .map(drop)
+                    .map(drop),
+                FloorClaim::Ours => handle
+                    .block_on(ours.delete(
+                        &spiderpool_api::crd::claim::claim_name(addr.into()),
+                        &DeleteParams::default(),
+                    ))
+                    .map(drop),
             })
     };
     match written {
@@ -412,7 +462,12 @@ async fn still_held(cluster: &Cluster, peer: &str, pool: &str, ns: &str) -> Resu
                     .as_deref()
                     .is_some_and(|n| n.starts_with("floor-"))
             })
-            .count();
+            .count()
+            + Api::<SpiderIPClaim>::all(cluster.client.clone())
+                .list(&ListParams::default().fields("spec.pool=floor"))
+                .await?
+                .items
+                .len();
         return Ok(api.list(&ListParams::default()).await?.items.len() + claimed);
     }
     if peer.starts_with("spiderpool") {
@@ -491,16 +546,22 @@ async fn main() -> Result<()> {
                 let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
                 (whereabouts(&cluster, pods, wb.into(), &dir).await?, String::new())
             }
-            floor @ ("floor" | "floor-claim") => (
+            floor @ ("floor" | "floor-claim" | "floor-objects") => (
                 Peer {
-                    name: if floor == "floor" { "floor" } else { "floor-claim" },
+                    name: match floor {
+                        "floor" => "floor",
+                        "floor-claim" => "floor-claim",
+                        _ => "floor-objects",
+                    },
                     plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
                     confs: Vec::new(),
                     _agents: Vec::new(),
                 },
                 String::new(),
             ),
-            other => anyhow::bail!("unknown peer {other} (spiderpool, whereabouts, floor, floor-claim)"),
+            other => anyhow::bail!(
+                "unknown peer {other} (spiderpool, whereabouts, floor, floor-claim, floor-objects)"
+            ),
         };
         // Agents list their caches at start: the phases count only what the pods cost.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -517,7 +578,12 @@ async fn main() -> Result<()> {
                 let t = Instant::now();
                 let began = t - started;
                 if peer.name.starts_with("floor") {
-                    let plugin = (peer.plugin.as_path(), peer.name == "floor-claim");
+                    let claim = match peer.name {
+                        "floor-claim" => FloorClaim::Small,
+                        "floor-objects" => FloorClaim::Ours,
+                        _ => FloorClaim::None,
+                    };
+                    let plugin = (peer.plugin.as_path(), claim);
                     let (ok, out, err) = floor_op(&handle, &floor_client, plugin, verb, (&ns, i, &uids[i]));
                     return (ok, t.elapsed(), out, err, began);
                 }

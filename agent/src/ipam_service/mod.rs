@@ -91,15 +91,24 @@ impl IpamService {
         );
         let namespaces = cache::<Namespace>(Api::all(client.clone()), all.clone());
         let coordinators = cache::<SpiderCoordinator>(Api::all(client.clone()), all);
-        let pools = pool_cache::PoolCache::start(client.clone()).await?;
-        coordinators.wait_until_ready().await?;
-        reserved.wait_until_ready().await?;
-        registry.wait_until_ready().await?;
-        pods.wait_until_ready().await?;
-        namespaces.wait_until_ready().await?;
         let metrics = Arc::new(metrics::IpamMetrics::new());
-        let claims = claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await?;
-        claims.prefetch_nodes().await;
+        // This node's claims and the Node list are read while the caches fill, not after: a
+        // restarted agent (a node back from power loss) serves its waiting pods sooner.
+        let caches_filled = async {
+            let pools = pool_cache::PoolCache::start(client.clone()).await?;
+            coordinators.wait_until_ready().await?;
+            reserved.wait_until_ready().await?;
+            registry.wait_until_ready().await?;
+            pods.wait_until_ready().await?;
+            namespaces.wait_until_ready().await?;
+            anyhow::Ok(pools)
+        };
+        let claims_read = async {
+            let claims = claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await?;
+            claims.prefetch_nodes().await;
+            anyhow::Ok(claims)
+        };
+        let (pools, claims) = tokio::try_join!(caches_filled, claims_read)?;
         let service = Arc::new(IpamService {
             client,
             node,

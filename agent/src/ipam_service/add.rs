@@ -120,7 +120,7 @@ impl IpamService {
             .into());
         }
         // From here on the ADD works at the API server: it waits for its turn.
-        let mut _turn = self.turn().await;
+        let mut _turn = self.turn().await?;
         let node_labels = self.node_labels_if_needed(&chosen).await?;
         let subject = select::Subject {
             node: &self.node,
@@ -151,10 +151,15 @@ impl IpamService {
                 // not API work: the turn goes to others meanwhile.
                 if subnet_choice.is_some() && matches!(got, Err(ServiceError::Exhausted(_))) {
                     drop(_turn.take());
-                    let grew = app_pools::wait_for_growth(deadline).await;
-                    _turn = self.turn().await;
-                    if grew {
-                        continue;
+                    if app_pools::wait_for_growth(deadline).await {
+                        match self.turn().await {
+                            Ok(turn) => {
+                                _turn = turn;
+                                continue;
+                            }
+                            // What the other family got is released below.
+                            Err(e) => break Err(e),
+                        }
                     }
                 }
                 break got;

@@ -140,10 +140,11 @@ async fn a_del_after_this_agent_s_add_reads_no_endpoint_and_a_stale_one_is_read_
     assert_eq!(api.unused(), 0);
 }
 
-/// With one request at work at a time, a DEL waits while another holds the turn, asks the API
-/// server nothing meanwhile, and goes as soon as the turn is free.
+/// With one request at work at a time, a DEL waits while another holds the turn and asks the API
+/// server nothing meanwhile; one that gets no turn in time (here 200 ms; 30 s in the agent) tells
+/// the runtime to try again later; one that gets the turn goes as soon as it is free.
 #[tokio::test]
-async fn a_del_waits_for_its_turn() {
+async fn a_del_waits_for_its_turn_and_without_one_in_time_is_told_to_try_again() {
     let api = MockApi::new();
     let svc = service_limited(
         &api,
@@ -151,14 +152,28 @@ async fn a_del_waits_for_its_turn() {
         kube::runtime::reflector::store().0,
         1,
     );
-    let held = svc.turn().await.expect("a limited service gives turns");
-    let waiting = {
+    let held = svc
+        .turn()
+        .await
+        .expect("a turn")
+        .expect("a limited service gives turns");
+    let del = || {
         let svc = svc.clone();
         tokio::spawn(async move { svc.handle(request(IpamVerb::Del, "a", "c1")).await })
     };
+    let late = del();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    assert!(!waiting.is_finished(), "the DEL waits for the turn");
-    assert!(api.calls().is_empty(), "nothing asked while waiting");
+    assert!(!late.is_finished(), "the DEL waits for the turn");
+    let err = late.await.expect("joined").expect_err("no turn in time");
+    assert_eq!(
+        err.code,
+        spiderpool_cni::ErrorCode::TryAgainLater as u32,
+        "{}",
+        err.msg
+    );
+    assert!(err.msg.contains("no turn"), "{}", err.msg);
+    assert!(api.calls().is_empty(), "nothing asked without a turn");
+    let waiting = del();
     api.reply(
         "GET",
         &format!("{ENDPOINTS}/a"),

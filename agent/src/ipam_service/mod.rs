@@ -24,6 +24,7 @@ mod roster;
 pub mod server;
 #[cfg(test)]
 mod tests;
+mod turns;
 
 pub use error::ServiceError;
 
@@ -70,9 +71,8 @@ pub struct IpamService {
     /// Per pool, the generation this agent found registered. Locked across a registration, so that the ADDs that come meanwhile wait for its answer
     /// instead of each registering.
     registered: Mutex<HashMap<String, Arc<tokio::sync::Mutex<admission::Registered>>>>,
-    /// ADDs and DELs doing API work at once; the others wait their turn in arrival order
-    /// (`None`: no limit).
-    in_flight: Option<tokio::sync::Semaphore>,
+    /// ADDs' and DELs' turns at the API server.
+    turns: turns::Turns,
 }
 
 impl IpamService {
@@ -104,7 +104,19 @@ impl IpamService {
             anyhow::Ok(pools)
         };
         let claims_read = async {
-            let claims = claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await?;
+            // Tried again, as the caches' watches are, while the API server cannot be reached
+            // yet (a node back from power loss may come up before its control plane does).
+            let mut pause = std::time::Duration::from_millis(200);
+            let claims = loop {
+                match claims::ClaimStore::start(client.clone(), &node, metrics.clone()).await {
+                    Ok(claims) => break claims,
+                    Err(e) => {
+                        tracing::warn!("{e}; trying again in {} ms", pause.as_millis());
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            };
             claims.prefetch_nodes().await;
             anyhow::Ok(claims)
         };
@@ -122,7 +134,7 @@ impl IpamService {
             written: endpoint::Written::default(),
             claims,
             registered: Mutex::new(HashMap::new()),
-            in_flight: (in_flight > 0).then(|| tokio::sync::Semaphore::new(in_flight)),
+            turns: turns::Turns::new(in_flight, turns::TURN_WAIT),
         });
         Ok(service)
     }
@@ -155,14 +167,10 @@ impl IpamService {
         result
     }
 
-    /// This request's turn at the API server: under load, ADDs and DELs go in the order they came
-    /// (tokio's semaphore is fair), not in whatever order a saturated API server answers a
-    /// crowd. A turn spans a request's writes, so none waits twice.
-    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        match &self.in_flight {
-            Some(s) => s.acquire().await.ok(),
-            None => None,
-        }
+    /// This request's turn at the API server ([`turns`]); it spans the request's writes, so none
+    /// waits twice.
+    async fn turn(&self) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, ServiceError> {
+        self.turns.take().await
     }
 
     /// The service's Prometheus metrics.

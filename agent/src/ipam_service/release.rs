@@ -14,7 +14,7 @@ use super::{IpamService, ServiceError, pod_of};
 impl IpamService {
     pub(super) async fn del(&self, req: &IpamRequest) -> Result<(), CniError> {
         let pod_ref = pod_of(req)?;
-        let _turn = self.turn().await;
+        let _turn = self.turn().await?;
         let (api, ep) = self.endpoint_for_del(pod_ref).await?;
         let Some(ep) = ep else {
             // No endpoint: ADD never finished, or this is the second DEL. Pools may still hold

@@ -97,7 +97,7 @@ pub(super) fn service_limited(
         written: Default::default(),
         claims: super::claims::ClaimStore::empty(api.client(), "n1", metrics),
         registered: Default::default(),
-        in_flight: (in_flight > 0).then(|| tokio::sync::Semaphore::new(in_flight)),
+        turns: super::turns::Turns::new(in_flight, std::time::Duration::from_millis(200)),
     })
 }
 

@@ -120,7 +120,7 @@ impl IpamService {
             .into());
         }
         // From here on the ADD works at the API server: it waits for its turn.
-        let mut _turn = self.turn().await?;
+        let mut turn = self.turns.take().await?;
         let node_labels = self.node_labels_if_needed(&chosen).await?;
         let subject = select::Subject {
             node: &self.node,
@@ -150,11 +150,11 @@ impl IpamService {
                 // The controller grows an auto-pool as its application scales. Waiting for it is
                 // not API work: the turn goes to others meanwhile.
                 if subnet_choice.is_some() && matches!(got, Err(ServiceError::Exhausted(_))) {
-                    drop(_turn.take());
+                    drop(turn.take());
                     if app_pools::wait_for_growth(deadline).await {
-                        match self.turn().await {
-                            Ok(turn) => {
-                                _turn = turn;
+                        match self.turns.take().await {
+                            Ok(again) => {
+                                turn = again;
                                 continue;
                             }
                             // What the other family got is released below.
@@ -169,7 +169,7 @@ impl IpamService {
                 Err(e) => {
                     // All or nothing: give back what the other family got.
                     for (_, c) in &got {
-                        let _ = self.release(&c.pool.name, &uid, Some(&req.ifname)).await;
+                        let _ = self.claims.release(&c.pool.name, &uid, Some(&req.ifname)).await;
                     }
                     return Err(e.into());
                 }
@@ -178,7 +178,7 @@ impl IpamService {
         let detail = detail_of(req, &got, chosen.clean_gateway);
         if let Err(e) = self.record_endpoint(&pod, req, detail, sts).await {
             for (_, c) in &got {
-                let _ = self.release(&c.pool.name, &uid, Some(&req.ifname)).await;
+                let _ = self.claims.release(&c.pool.name, &uid, Some(&req.ifname)).await;
             }
             return Err(e.into());
         }

@@ -20,6 +20,7 @@ use spiderpool_ipam::range::IpSet;
 
 use super::ServiceError;
 use super::metrics::IpamMetrics;
+use super::per_pool::PerPool;
 use super::roster::NodeRoster;
 
 /// Creates and lists one claim may take before the ADD is answered "try again later" (the pool
@@ -83,8 +84,8 @@ pub struct ClaimStore {
     mine: Mutex<Vec<Mine>>,
     roster: NodeRoster,
     /// Per pool, held by its first list: the claims that come meanwhile wait for it instead of
-    /// each listing (other pools' claims do not wait).
-    first_lists: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// each listing.
+    first_lists: PerPool<()>,
     metrics: Arc<IpamMetrics>,
 }
 
@@ -127,7 +128,7 @@ impl ClaimStore {
             placements: Mutex::new(HashMap::new()),
             mine: Mutex::new(Vec::new()),
             roster: NodeRoster::new(client, node),
-            first_lists: Mutex::new(HashMap::new()),
+            first_lists: PerPool::default(),
             metrics,
         }
     }
@@ -141,11 +142,6 @@ impl ClaimStore {
     fn placement<T>(&self, pool: &str, f: impl FnOnce(&mut Placement) -> T) -> T {
         let mut all = self.placements.lock().unwrap_or_else(|e| e.into_inner());
         f(all.entry(pool.to_string()).or_default())
-    }
-
-    fn first_list(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut all = self.first_lists.lock().unwrap_or_else(|e| e.into_inner());
-        all.entry(pool.to_string()).or_default().clone()
     }
 
     fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Mine>> {
@@ -175,7 +171,7 @@ impl ClaimStore {
         let mut listed_fresh = false;
         for _ in 0..MOST_TRIES {
             if self.placement(want.pool, |p| p.needs_list()) {
-                let first_list = self.first_list(want.pool);
+                let first_list = self.first_lists.of(want.pool);
                 let _one = first_list.lock().await;
                 if self.placement(want.pool, |p| p.needs_list()) {
                     self.list(want, false, Read::Cache).await?;

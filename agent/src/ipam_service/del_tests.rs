@@ -153,7 +153,8 @@ async fn a_del_waits_for_its_turn_and_without_one_in_time_is_told_to_try_again()
         1,
     );
     let held = svc
-        .turn()
+        .turns
+        .take()
         .await
         .expect("a turn")
         .expect("a limited service gives turns");

@@ -18,6 +18,7 @@ mod error;
 pub mod metrics;
 #[cfg(test)]
 pub(crate) mod mock_api;
+mod per_pool;
 mod pool_cache;
 mod release;
 mod roster;
@@ -28,10 +29,9 @@ mod turns;
 
 pub use error::ServiceError;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -70,8 +70,9 @@ pub struct IpamService {
     claims: claims::ClaimStore,
     /// Per pool, the generation this agent found registered. Locked across a registration, so that the ADDs that come meanwhile wait for its answer
     /// instead of each registering.
-    registered: Mutex<HashMap<String, Arc<tokio::sync::Mutex<admission::Registered>>>>,
-    /// ADDs' and DELs' turns at the API server.
+    registered: per_pool::PerPool<admission::Registered>,
+    /// ADDs' and DELs' turns at the API server; a turn spans a request's writes, so none waits
+    /// twice.
     turns: turns::Turns,
 }
 
@@ -133,7 +134,7 @@ impl IpamService {
             metrics,
             written: endpoint::Written::default(),
             claims,
-            registered: Mutex::new(HashMap::new()),
+            registered: per_pool::PerPool::default(),
             turns: turns::Turns::new(in_flight, turns::TURN_WAIT),
         });
         Ok(service)
@@ -165,12 +166,6 @@ impl IpamService {
         let code = result.as_ref().map_or_else(|e| e.code, |_| 0);
         self.metrics.observe(verb, code, started.elapsed().as_secs_f64());
         result
-    }
-
-    /// This request's turn at the API server ([`turns`]); it spans the request's writes, so none
-    /// waits twice.
-    async fn turn(&self) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, ServiceError> {
-        self.turns.take().await
     }
 
     /// The service's Prometheus metrics.
@@ -231,16 +226,6 @@ impl IpamService {
         })
     }
 
-    /// Releases what `pod_uid` holds in `pool` on `interface` (every interface when `None`).
-    async fn release(
-        &self,
-        pool: &str,
-        pod_uid: &str,
-        interface: Option<&str>,
-    ) -> Result<Vec<IpAddr>, ServiceError> {
-        self.claims.release(pool, pod_uid, interface).await
-    }
-
     /// An address of pool `name` for `holder` (its SpiderIPClaim): the one it holds already,
     /// else a free one; `None` when the pool has none free, [`ServiceError::InvalidPool`] when it
     /// gives none because it is not registered.
@@ -255,13 +240,7 @@ impl IpamService {
         let refused = if terminating {
             None
         } else {
-            let known = self
-                .registered
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(name.to_string())
-                .or_default()
-                .clone();
+            let known = self.registered.of(name);
             let mut known = known.lock().await;
             admission::admitted(
                 &Api::all(self.client.clone()),

@@ -14,7 +14,7 @@ use super::{IpamService, ServiceError, pod_of};
 impl IpamService {
     pub(super) async fn del(&self, req: &IpamRequest) -> Result<(), CniError> {
         let pod_ref = pod_of(req)?;
-        let _turn = self.turn().await?;
+        let _turn = self.turns.take().await?;
         let (api, ep) = self.endpoint_for_del(pod_ref).await?;
         let Some(ep) = ep else {
             // No endpoint: ADD never finished, or this is the second DEL. Pools may still hold
@@ -57,7 +57,7 @@ impl IpamService {
         let uid = status.current.uid.clone();
         for d in status.current.ips.iter().filter(|d| d.interface == req.ifname) {
             for pool in [&d.ipv4_pool, &d.ipv6_pool].into_iter().flatten() {
-                match self.release(pool, &uid, Some(&req.ifname)).await {
+                match self.claims.release(pool, &uid, Some(&req.ifname)).await {
                     Ok(_) | Err(ServiceError::NotFound(_)) => {}
                     Err(e) => return Err(e.into()),
                 }

@@ -396,7 +396,7 @@ async fn a_pool_whose_addresses_another_pool_registered_first_hands_out_nothing_
     );
     // What a pod already holds there is still released.
     pod_claims(&api, "old", &["10.0.0.12"]);
-    let released = svc.release("p", "uid-old", None).await.unwrap();
+    let released = svc.claims.release("p", "uid-old", None).await.unwrap();
     assert_eq!(released, ["10.0.0.12".parse::<std::net::IpAddr>().unwrap()]);
     assert_eq!(api.unused(), 0);
 }

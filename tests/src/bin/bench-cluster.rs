@@ -40,8 +40,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spiderpool_api::crd::{
-    EndpointStatus, IPAllocationDetail, PodIPAllocation, ReservedIPSpec, SpiderEndpoint, SpiderEndpointSpec,
-    SpiderIPPool, SpiderReservedIP, claim::IPClaimSpec, claim::SpiderIPClaim,
+    EndpointStatus, IPAllocationDetail, PodIPAllocation, PoolIPAllocation, ReservedIPSpec, SpiderEndpoint,
+    SpiderEndpointSpec, SpiderIPPool, SpiderReservedIP, claim::IPClaimSpec, claim::SpiderIPClaim,
 };
 use spiderpool_e2e::cluster::{Agent, Cluster, cni_with, netconf, pool_holders, run_parallel, unique};
 
@@ -204,6 +204,8 @@ struct Peer {
     /// The netconf the i-th pod's ADD and DEL use.
     confs: Vec<Value>,
     _agents: Vec<Agent>,
+    /// A floor peer (no IPAM; this process writes per pod), and what it writes besides the endpoint.
+    floor: Option<FloorClaim>,
 }
 
 /// The first and last address of a range of `n` from `base`.
@@ -249,6 +251,7 @@ async fn spiderpool(
         plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
         confs,
         _agents: agents,
+        floor: None,
     };
     Ok((peer, pool))
 }
@@ -300,6 +303,7 @@ async fn whereabouts(
         plugin: plugin_dir.join("whereabouts"),
         confs: vec![conf; pods],
         _agents: Vec::new(),
+        floor: None,
     })
 }
 
@@ -316,6 +320,17 @@ enum FloorClaim {
     Small,
     /// The agent's own SpiderIPClaim, and its endpoint's owner reference.
     Ours,
+}
+
+/// A floor peer: our plugin exec'd per pod, the API writes made by this process.
+fn floor_peer(name: &'static str, claim: FloorClaim) -> Peer {
+    Peer {
+        name,
+        plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
+        confs: Vec::new(),
+        _agents: Vec::new(),
+        floor: Some(claim),
+    }
 }
 
 /// The floor's ADD or DEL of pod `i`: the plugin process, then its SpiderEndpoint written or
@@ -345,17 +360,18 @@ fn floor_op(
     let (_, addr) = range_of(std::net::Ipv4Addr::new(10, 160, 0, 0), i + 1);
     let claims: Api<SpiderReservedIP> = Api::all(client.clone());
     let ours: Api<SpiderIPClaim> = Api::all(client.clone());
+    let our_name = spiderpool_api::crd::claim::claim_name(addr.into());
     let written = if verb == "ADD" {
         if claim == FloorClaim::Ours {
-            let spec = IPClaimSpec {
-                pool: "floor".into(),
+            // As the agent makes it (`ClaimStore::object`).
+            let holder = PoolIPAllocation {
                 pod: format!("{ns}/{name}"),
                 pod_uid: uid.to_string(),
                 interface: Some("net1".into()),
-                node: "node-0".into(),
+                node: Some("node-0".into()),
                 owner_stateful_set: None,
             };
-            let obj = SpiderIPClaim::new(&spiderpool_api::crd::claim::claim_name(addr.into()), spec);
+            let obj = SpiderIPClaim::new(&our_name, IPClaimSpec::of("floor", &holder, "node-0"));
             if let Err(e) = handle.block_on(ours.create(&PostParams::default(), &obj)) {
                 return (false, String::new(), format!("ADD claim of {addr}: {e}"));
             }
@@ -413,10 +429,7 @@ fn floor_op(
                     .block_on(claims.delete(&claim_name(addr), &DeleteParams::default()))
                     .map(drop),
                 FloorClaim::Ours => handle
-                    .block_on(ours.delete(
-                        &spiderpool_api::crd::claim::claim_name(addr.into()),
-                        &DeleteParams::default(),
-                    ))
+                    .block_on(ours.delete(&our_name, &DeleteParams::default()))
                     .map(drop),
             })
     };
@@ -546,19 +559,9 @@ async fn main() -> Result<()> {
                 let wb = std::env::var("WHEREABOUTS_DIR").context("WHEREABOUTS_DIR")?;
                 (whereabouts(&cluster, pods, wb.into(), &dir).await?, String::new())
             }
-            floor @ ("floor" | "floor-claim" | "floor-objects") => (
-                Peer {
-                    name: match floor {
-                        "floor" => "floor",
-                        "floor-claim" => "floor-claim",
-                        _ => "floor-objects",
-                    },
-                    plugin: spiderpool_e2e::bin_dir().join("spiderpool"),
-                    confs: Vec::new(),
-                    _agents: Vec::new(),
-                },
-                String::new(),
-            ),
+            "floor" => (floor_peer("floor", FloorClaim::None), String::new()),
+            "floor-claim" => (floor_peer("floor-claim", FloorClaim::Small), String::new()),
+            "floor-objects" => (floor_peer("floor-objects", FloorClaim::Ours), String::new()),
             other => anyhow::bail!(
                 "unknown peer {other} (spiderpool, whereabouts, floor, floor-claim, floor-objects)"
             ),
@@ -577,12 +580,7 @@ async fn main() -> Result<()> {
             let results = run_parallel(concurrency, pods, |i| {
                 let t = Instant::now();
                 let began = t - started;
-                if peer.name.starts_with("floor") {
-                    let claim = match peer.name {
-                        "floor-claim" => FloorClaim::Small,
-                        "floor-objects" => FloorClaim::Ours,
-                        _ => FloorClaim::None,
-                    };
+                if let Some(claim) = peer.floor {
                     let plugin = (peer.plugin.as_path(), claim);
                     let (ok, out, err) = floor_op(&handle, &floor_client, plugin, verb, (&ns, i, &uids[i]));
                     return (ok, t.elapsed(), out, err, began);

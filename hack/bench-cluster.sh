@@ -9,6 +9,7 @@
 #   claim and endpoint written by one client: our objects' cost without our agents'); ACTIVE: the pods run on that many of
 #   the AGENTS' nodes (default all); the other agents only watch
 # SPIDERPOOL_BENCH_PPROF=DIR saves the API server's CPU profile of each phase (go tool pprof -top);
+# SPIDERPOOL_BENCH_PERF=DIR records the whole machine with perf during each phase (perf report -i DIR/PEER-PHASE.perf.data --sort comm);
 # SPIDERPOOL_BENCH_TRACE=FILE appends one line per call (peer verb index start-ms latency-ms ok);
 # SPIDERPOOL_BENCH_KEEP=1 keeps the agents' logs (SPIDERPOOL_TEST_AGENT_LOG sets their filter).
 # SPIDERPOOL_BENCH_IN_FLIGHT=N starts our agents with --ipam-in-flight N (default: theirs, 8; 0: no limit).
@@ -17,9 +18,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same build cache as .ci/run: a release build beside it would be a second multi-GB target.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
+source hack/lib.sh
 cargo build --release --quiet --locked -p spiderpool-agent -p spiderpool-ipam -p spiderpool-e2e --bins
-bin_dir=${SPIDERPOOL_BENCH_BIN_DIR:-}
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+# The plugin as it ships (static), unless SPIDERPOOL_BENCH_BIN_DIR names other binaries.
+bin_dir=${SPIDERPOOL_BENCH_BIN_DIR:-}
+if [ -z "$bin_dir" ]; then
+    plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" release)
+    bin_dir=$(with_static_plugins "$target_dir/release" "$plugins" "$target_dir/shipped/release")
+fi
 peers=${4:-spiderpool,whereabouts}
 if [[ ,$peers, == *,whereabouts,* ]]; then
     WHEREABOUTS_DIR=$(hack/control-plane.sh whereabouts)
@@ -33,6 +40,6 @@ IFS=, read -ra each <<<"$peers"
 for peer in "${each[@]}"; do
     hack/control-plane.sh down >/dev/null
     kubeconfig=$(hack/control-plane.sh up)
-    SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="${bin_dir:-$target_dir/release}" \
+    SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="$bin_dir" \
         "$target_dir/release/bench-cluster" "${1:-1000}" "${2:-10}" "${3:-${1:-1000}}" "$peer" "${5:-${2:-10}}"
 done

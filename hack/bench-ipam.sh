@@ -9,5 +9,8 @@ source hack/lib.sh
 apt_install containernetworking-plugins
 cargo build --release --quiet --locked -p spiderpool-ipam -p spiderpool-e2e --bins
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+# The plugin as it ships (static; Debian builds host-local dynamically linked, upstream's release
+# binaries are static).
+plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" release)
 echo "$(nproc) CPUs, $(uname -r), data dirs on $(df -T "${TMPDIR:-/tmp}" | awk 'NR==2{print $2}')"
-exec "$target_dir/release/bench-ipam" "$target_dir/release/spiderpool" /usr/lib/cni/host-local "${1:-1000}"
+exec "$target_dir/release/bench-ipam" "$plugins/spiderpool" /usr/lib/cni/host-local "${1:-1000}"

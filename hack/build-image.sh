@@ -6,7 +6,7 @@
 # `podman load` read the result; a registry push keeps the index, so one tag serves both.
 #   hack/build-image.sh [--bin-dir DIR] [--arm64-bin-dir DIR] [--tag NAME:TAG] [--out FILE]
 #   hack/build-image.sh --rootfs DIR --entrypoint JSON --tag NAME:TAG --out FILE
-# Defaults: the release binaries of this workspace for x86_64 and aarch64 (both built first; the
+# Defaults: the release binaries of this workspace for x86_64 and aarch64, the CNI plugins static (all built first; the
 # aarch64 ones with Debian's cross toolchain, installed by hack/arm64.sh), an index of amd64 and
 # arm64, tagged ghcr.io/spidernet-io/spiderpool-rs:<version>, written to ./spiderpool-rs-image.tar.
 # --bin-dir alone (the tests' debug binaries) makes an index of amd64 only; with --arm64-bin-dir
@@ -43,8 +43,11 @@ if [ -z "$bin_dir" ] && [ -z "$rootfs" ]; then
     target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
     cargo build --release --quiet --locked $(printf -- '--bin %s ' "${bins[@]}")
     cargo build --release --quiet --locked --target "$ARM64_TARGET" $(printf -- '--bin %s ' "${bins[@]}")
-    bin_dir=$target_dir/release
-    arm64_bin_dir=$target_dir/$ARM64_TARGET/release
+    # The CNI plugins as they ship: static (hack/lib.sh static_plugins).
+    plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" release)
+    arm64_plugins=$(static_plugins "$ARM64_TARGET" release)
+    bin_dir=$(with_static_plugins "$target_dir/release" "$plugins" "$target_dir/shipped/release")
+    arm64_bin_dir=$(with_static_plugins "$target_dir/$ARM64_TARGET/release" "$arm64_plugins" "$target_dir/shipped/$ARM64_TARGET/release")
 fi
 
 work=$(mktemp -d)
@@ -59,11 +62,13 @@ blob() { # blob FILE MEDIATYPE: moves FILE into blobs/, prints a descriptor
     printf '{"mediaType":"%s","digest":"sha256:%s","size":%s}' "$2" "$digest" "$size"
 }
 
-# shared_libs ARCH BIN...: the loader and libraries the binaries link, as host paths, one per line.
+# shared_libs ARCH BIN...: the loader and libraries the binaries link, as host paths, one per line
+# (none for a static one: the CNI plugins).
 shared_libs() {
     local arch=$1; shift
     if [ "$arch" = amd64 ]; then
         for b in "$@"; do
+            LC_ALL=C readelf -l "$b" | grep -q 'program interpreter' || continue
             ldd "$b" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}'
         done
         return

@@ -39,3 +39,64 @@ apt_install() {
     echo "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# The CNI plugins. A container runtime execs them on the host (the agent's install-cni copies them
+# there), whatever glibc that host has (a dynamic build here asked for 2.34 or newer), once per pod
+# and verb. So they are built as static executables: glibc linked in, still position-independent
+# (ASLR stays), which also halves an exec's CPU (no loader, no relocations against libraries). A
+# cargo target directory of their own keeps those flags from rebuilding anything else.
+CNI_PLUGINS=(spiderpool coordinator ifacer rdma)
+
+# static_plugins TRIPLE PROFILE: builds the plugins for TRIPLE (PROFILE debug or release) and
+# prints their directory. Cross triples need their toolchain's environment (arm64_env) first.
+static_plugins() {
+    local triple=$1 profile=$2 target_dir var release=()
+    apt_install libc6-dev >&2 || return 1
+    target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    var=CARGO_TARGET_$(echo "$triple" | tr '[:lower:]-' '[:upper:]_')_RUSTFLAGS
+    [ "$profile" = release ] && release=(--release)
+    # Named --target: the flags reach only the plugins and their libraries, not build scripts or
+    # proc-macros (which cannot be static).
+    env "$var=-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir/static" \
+        cargo build --quiet --locked --target "$triple" "${release[@]}" $(printf -- '--bin %s ' "${CNI_PLUGINS[@]}") >&2 || return 1
+    echo "$target_dir/static/$triple/$profile"
+}
+
+# with_static_plugins BIN_DIR PLUGIN_DIR OUT: OUT links every executable of BIN_DIR, the plugins
+# to PLUGIN_DIR's instead: the binaries as they ship. Prints OUT.
+with_static_plugins() {
+    local bin_dir=$1 plugin_dir=$2 out=$3 f p
+    rm -rf "$out" && mkdir -p "$out"
+    for f in "$bin_dir"/*; do
+        [ -f "$f" ] && [ -x "$f" ] && ln -s "$(realpath "$f")" "$out/$(basename "$f")"
+    done
+    for p in "${CNI_PLUGINS[@]}"; do
+        [ -x "$plugin_dir/$p" ] || { echo "no $plugin_dir/$p" >&2; return 1; }
+        ln -sfn "$(realpath "$plugin_dir/$p")" "$out/$p"
+    done
+    echo "$out"
+}
+
+# check_static_plugins DIR [no-run]: every plugin in DIR has no program interpreter (it needs no
+# loader and no library of the host) and, unless no-run (a foreign architecture), answers VERSION
+# alone in an empty root: no /lib, no /etc, nothing but itself.
+check_static_plugins() {
+    local dir=$1 mode=${2:-run} p root out chroot
+    # By path: the plugin runs with an empty environment, as runtimes run plugins.
+    chroot=("$(command -v chroot)")
+    is_root || chroot=("$(command -v unshare)" -r "${chroot[0]}")
+    for p in "${CNI_PLUGINS[@]}"; do
+        if LC_ALL=C readelf -l "$dir/$p" | grep -q 'program interpreter'; then
+            echo "FAILED: $dir/$p is dynamically linked (it would need the host's loader and glibc)" >&2
+            exit 1
+        fi
+        [ "$mode" = no-run ] && continue
+        root=$(mktemp -d)
+        cp "$(realpath "$dir/$p")" "$root/$p"
+        out=$(echo '{"cniVersion":"1.0.0"}' | env -i CNI_COMMAND=VERSION "${chroot[@]}" "$root" "/$p" 2>&1) || true
+        rm -rf "$root"
+        grep -q '"supportedVersions"' <<<"$out" ||
+            { echo "FAILED: $p alone in an empty root answered VERSION with: $out" >&2; exit 1; }
+    done
+    echo "plugins in $dir: static (no program interpreter)$([ "$mode" = no-run ] || echo "; each answered VERSION alone in an empty root")"
+}

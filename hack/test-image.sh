@@ -44,11 +44,20 @@ for m in blob(top[0])["manifests"]:
         names = sorted(e.name.removeprefix("./usr/local/bin/") for e in bins)
         assert names == ["coordinator", "ifacer", "rdma", "spiderpool", "spiderpool-agent", "spiderpool-controller"], names
         for e in bins:
-            machine = int.from_bytes(t.extractfile(e).read(20)[18:20], "little")
+            f = t.extractfile(e)
+            elf = f.read(64)
+            machine = int.from_bytes(elf[18:20], "little")
             assert machine == {"amd64": 0x3e, "arm64": 0xb7}[config["architecture"]], (e.name, hex(machine))
+            # The CNI plugins run on the host, whatever its glibc: no PT_INTERP (3) program header.
+            phoff, phentsize, phnum = (int.from_bytes(elf[a:b], "little") for a, b in ((32, 40), (54, 56), (56, 58)))
+            f.seek(phoff)
+            headers = f.read(phentsize * phnum)
+            types = [int.from_bytes(headers[i * phentsize:][:4], "little") for i in range(phnum)]
+            plugin = e.name.removeprefix("./usr/local/bin/") in ("spiderpool", "coordinator", "ifacer", "rdma")
+            assert not plugin or 3 not in types, (e.name, "a CNI plugin with a program interpreter")
     platforms.append(m["platform"]["architecture"])
 assert platforms == ["amd64", "arm64"], platforms
-print("archive: an image index of", ", ".join(platforms), "manifests; each config names its architecture, each layer holds its binaries")
+print("archive: an image index of", ", ".join(platforms), "manifests; each config names its architecture, each layer holds its binaries, the CNI plugins static")
 PY
 
 cat >"$work/config.toml" <<CONF

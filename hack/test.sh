@@ -27,7 +27,15 @@ rm -rf "$crd_tmp"
 step "build: every binary (the tiers exec them)"
 cargo build --workspace --bins --locked
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-export SPIDERPOOL_BIN_DIR="$target_dir/debug"
+host_triple=$(rustc -vV | sed -n 's/^host: //p')
+
+step "plugins: spiderpool, coordinator, ifacer and rdma as static executables (as they ship); each runs alone in an empty root"
+# Every tier below runs the plugins as they ship: SPIDERPOOL_BIN_DIR links the workspace's debug
+# binaries and the plugins' static builds.
+plugin_dir=$(static_plugins "$host_triple" debug)
+SPIDERPOOL_BIN_DIR=$(with_static_plugins "$target_dir/debug" "$plugin_dir" "$target_dir/shipped/debug")
+export SPIDERPOOL_BIN_DIR
+check_static_plugins "$SPIDERPOOL_BIN_DIR"
 
 step "unit: cargo test (allocator, parsing, versions, store; plugin processes: verbs, bad input, concurrency, kill -9)"
 cargo test --workspace --locked
@@ -41,7 +49,9 @@ if reason=$(arm64_run_ready); then
     arm64=true
     arm64_env
     cargo build --workspace --bins --locked --target "$ARM64_TARGET"
-    arm64_bin="$target_dir/$ARM64_TARGET/debug"
+    arm64_plugins=$(static_plugins "$ARM64_TARGET" debug)
+    arm64_bin=$(with_static_plugins "$target_dir/$ARM64_TARGET/debug" "$arm64_plugins" "$target_dir/shipped/$ARM64_TARGET/debug")
+    check_static_plugins "$arm64_bin"
     for bin in spiderpool-agent spiderpool-controller spiderpool coordinator ifacer rdma; do
         machine=$(LC_ALL=C readelf -h "$arm64_bin/$bin" | sed -n 's/^ *Machine: *//p')
         [ "$machine" = AArch64 ] || { echo "FAILED: $arm64_bin/$bin is for '$machine', not AArch64" >&2; exit 1; }
@@ -141,7 +151,7 @@ image_ready() {
     $arm64 || { echo "no arm64 binaries (see the arm64 step above)"; return 1; }
 }
 if reason=$(image_ready); then
-    hack/test-image.sh "$target_dir/debug" "$target_dir/$ARM64_TARGET/debug"
+    hack/test-image.sh "$SPIDERPOOL_BIN_DIR" "$arm64_bin"
 else
     skip image "$reason"
 fi
@@ -164,7 +174,7 @@ if is_root; then
     vm_bin="$target_dir/vm-bin"
     rm -rf "$vm_bin" && mkdir -p "$vm_bin"
     for bin in spiderpool-agent spiderpool ifacer coordinator rdma fake-kubelet; do
-        strip -o "$vm_bin/$bin" "$target_dir/debug/$bin"
+        strip -o "$vm_bin/$bin" "$SPIDERPOOL_BIN_DIR/$bin"
     done
     # The agent with the `verbs` and `udev` features too (tests/vm/verbs-udev.sh runs both). The
     # default build is put back at once: switching features only relinks, and later steps use it.
@@ -186,7 +196,7 @@ if is_root; then
     done
     echo "--- hack/vm-arm64-test.sh: Debian's arm64 kernel under qemu-system-aarch64, igb VFs, the aarch64 agent's inventory"
     if $arm64; then
-        hack/vm-arm64-test.sh "$target_dir/$ARM64_TARGET/debug"
+        hack/vm-arm64-test.sh "$arm64_bin"
     else
         skip vm-arm64 "no arm64 binaries (see the arm64 step above)"
     fi

@@ -2,12 +2,15 @@
 //! exact CNI code, none creating, reading or connecting to anything outside the directories the
 //! plugin trusts, and no error quoting a file it was pointed at.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use spiderpool_cni::exec::{Invocation, Output};
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_spiderpool");
+/// The plugin as it ships under hack/test.sh (static), else cargo's build of it.
+fn plugin() -> PathBuf {
+    spiderpool_testing::process::shipped_or("spiderpool", env!("CARGO_BIN_EXE_spiderpool"))
+}
 const SECRET: &str = "SECRET-TOKEN-4711";
 
 /// A scratch tree: `trusted/` is what the plugin trusts; `outside/` holds a secret it must never
@@ -134,7 +137,7 @@ fn run(tree: &Tree, c: &Case) -> Output {
         Body::Json(v) => v.to_string().into_bytes(),
         Body::Raw(b) => b.clone(),
     };
-    inv.run(Path::new(PLUGIN), &bytes).expect("plugin runs")
+    inv.run(&plugin(), &bytes).expect("plugin runs")
 }
 
 #[test]
@@ -339,7 +342,7 @@ fn a_corrupted_store_lets_del_through_and_add_says_how_to_recover() {
         let del = Invocation::new("DEL", "c1", netns, "eth0")
             .with_path(vec![PathBuf::from("/usr/lib/cni")])
             .with_trusted_dirs(vec![tree.p("trusted")])
-            .run(Path::new(PLUGIN), conf.to_string().as_bytes())
+            .run(&plugin(), conf.to_string().as_bytes())
             .expect("plugin runs");
         assert!(del.success, "DEL of a corrupted store: {}", del.stdout);
     }

@@ -15,8 +15,6 @@ use spiderpool_cni::exec::{Invocation, Output};
 use spiderpool_ipam::allocator::Slot;
 use spiderpool_ipam::store::{LOCK_TIMEOUT, Store, StoreError};
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_spiderpool");
-
 /// Calls per lane in the concurrency tests: `full`, or a tenth of it under user-mode emulation
 /// (`SPIDERPOOL_TEST_EMULATED=1`, the arm64 tier), where one plugin exec costs ~0.6 s instead of
 /// milliseconds; the lanes still race on one store.
@@ -28,8 +26,9 @@ fn calls_per_lane(full: usize) -> usize {
     }
 }
 
-fn plugin() -> &'static Path {
-    Path::new(PLUGIN)
+/// The plugin as it ships under hack/test.sh (static), else cargo's build of it.
+fn plugin() -> PathBuf {
+    spiderpool_testing::process::shipped_or("spiderpool", env!("CARGO_BIN_EXE_spiderpool"))
 }
 
 fn conf(version: &str, data_dir: &Path, ipam_extra: Value) -> Value {
@@ -53,7 +52,7 @@ fn call(cmd: &str, id: &str, netconf: &Value) -> Output {
         .with_path(vec![PathBuf::from("/usr/lib/cni")])
         .with_trusted_dirs(vec![std::env::temp_dir()])
         .with_args("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;IgnoreUnknown=1")
-        .run(plugin(), netconf.to_string().as_bytes())
+        .run(&plugin(), netconf.to_string().as_bytes())
         .expect("plugin runs")
 }
 
@@ -98,7 +97,7 @@ fn add_repeated_add_check_del_twice_in_every_version() {
         let out = Invocation::new("DEL", "c1", "", "eth0")
             .with_path(vec![PathBuf::from("/usr/lib/cni")])
             .with_trusted_dirs(vec![std::env::temp_dir()])
-            .run(plugin(), c.to_string().as_bytes())
+            .run(&plugin(), c.to_string().as_bytes())
             .unwrap();
         assert!(out.success, "{}", out.stdout);
         let store = open(dir.path());
@@ -356,7 +355,7 @@ fn bad_input_gets_the_right_error_code() {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let out = inv.run(plugin(), body.as_bytes()).unwrap();
+        let out = inv.run(&plugin(), body.as_bytes()).unwrap();
         assert_eq!(
             out.error_code(),
             Some(want),
@@ -498,7 +497,7 @@ fn processes_killed_at_random_points_leave_a_consistent_store() {
                     let inv = Invocation::new("ADD", &id, "/var/run/netns/x", "eth0")
                         .with_path(vec![PathBuf::from("/usr/lib/cni")])
                         .with_trusted_dirs(vec![std::env::temp_dir()]);
-                    let mut cmd = inv.command(plugin());
+                    let mut cmd = inv.command(&plugin());
                     cmd.stdin(Stdio::piped());
                     let mut child = cmd.spawn().unwrap();
                     {

@@ -23,3 +23,10 @@ pub fn bin_dir() -> PathBuf {
     );
     dir
 }
+
+/// The binary `name` as it ships when `SPIDERPOOL_BIN_DIR` is set (hack/test.sh: the CNI plugins'
+/// static builds), else `built`, the one cargo built for the calling test (`CARGO_BIN_EXE_<name>`).
+pub fn shipped_or(name: &str, built: &str) -> PathBuf {
+    std::env::var_os("SPIDERPOOL_BIN_DIR")
+        .map_or_else(|| PathBuf::from(built), |dir| PathBuf::from(dir).join(name))
+}

@@ -518,6 +518,7 @@ async fn main() -> Result<()> {
     let handle = tokio::runtime::Handle::current();
     let floor_client = spiderpool_daemon::kube_client::client_for(spiderpool_e2e::cluster::config().await?)?;
     let pprof = std::env::var_os("SPIDERPOOL_BENCH_PPROF").map(PathBuf::from);
+    let perf = std::env::var_os("SPIDERPOOL_BENCH_PERF").map(PathBuf::from);
     let tmp = tempfile::tempdir()?;
     // SPIDERPOOL_BENCH_KEEP: the agents' logs stay (in this directory) for reading afterwards.
     let (_removed_at_end, dir) = if std::env::var_os("SPIDERPOOL_BENCH_KEEP").is_some() {
@@ -576,6 +577,20 @@ async fn main() -> Result<()> {
                     dir.join(format!("{}-{label}.pprof", peer.name)),
                 ))
             });
+            // SPIDERPOOL_BENCH_PERF: the whole machine's CPU profile of the phase (every process,
+            // the kernel included: on one machine the agents compete with the API server).
+            let machine_profile = match &perf {
+                Some(dir) => Some(
+                    std::process::Command::new("perf")
+                        .args(["record", "-a", "-g", "-F", "499", "-q", "-o"])
+                        .arg(dir.join(format!("{}-{label}.perf.data", peer.name)))
+                        .args(["--", "sleep", &PROFILE_SECONDS.to_string()])
+                        .stdout(std::process::Stdio::null())
+                        .spawn()
+                        .context("perf record (SPIDERPOOL_BENCH_PERF)")?,
+                ),
+                None => None,
+            };
             let started = Instant::now();
             let results = run_parallel(concurrency, pods, |i| {
                 let t = Instant::now();
@@ -599,6 +614,9 @@ async fn main() -> Result<()> {
             let wall = started.elapsed();
             if let Some(profile) = profile {
                 profile.await??;
+            }
+            if let Some(mut perf) = machine_profile {
+                perf.wait()?;
             }
             if let Some(path) = &trace {
                 // SPIDERPOOL_BENCH_TRACE: one line per call, to see when the slow ones started.

@@ -9,12 +9,16 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
 cargo build --quiet --locked --workspace --bins
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+# The binaries as hack/test.sh runs them: the CNI plugins static, as they ship.
+source hack/lib.sh
+plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" debug)
+bin_dir=$(with_static_plugins "$target_dir/debug" "$plugins" "$target_dir/shipped/debug")
 hack/control-plane.sh scheduling >/dev/null
 containerd=$(hack/control-plane.sh containerd)
 kubelet=$(K8S_VERSION=${2:-1.34.3} hack/control-plane.sh kubelet)
 kubeconfig=$(hack/control-plane.sh up)
 echo "$(nproc) CPUs; $("$kubelet" --version); $("$containerd/containerd" --version)"
-SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$kubelet SPIDERPOOL_BIN_DIR="$target_dir/debug" \
+SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_TEST_KUBELET=$kubelet SPIDERPOOL_BIN_DIR="$bin_dir" \
     SPIDERPOOL_TEST_CONTAINERD_CDI=$containerd SPIDERPOOL_BENCH_PODS=${1:-20} \
     cargo test --quiet --locked -p spiderpool-e2e --features control-plane --test kubelet -- \
     --ignored --nocapture --exact bench::bench_pod_startup_dra_vf_vs_device_plugin_vf 2>&1 |

@@ -10,7 +10,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
 cargo build --quiet --locked -p spiderpool-agent -p spiderpool-ipam --bins
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
-for b in spiderpool-agent spiderpool; do strip -o "$bin/$b" "$CARGO_TARGET_DIR/debug/$b"; done
+source hack/lib.sh
+# The plugin static, as it ships.
+plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" debug)
+strip -o "$bin/spiderpool-agent" "$CARGO_TARGET_DIR/debug/spiderpool-agent"
+strip -o "$bin/spiderpool" "$plugins/spiderpool"
 cp /usr/lib/cni/macvlan "$bin/" 2>/dev/null || { echo "bench-rdma: no /usr/lib/cni/macvlan (apt-get install containernetworking-plugins)" >&2; exit 1; }
 log=$(mktemp)
 SPIDERPOOL_BIN_DIR=$bin VM_KERNEL=7.2 VM_TIMEOUT=1200 hack/vm-test.sh hack/vm/bench-rdma.sh "${1:-5}" "${2:-300}" | tee "$log" |

@@ -4,9 +4,9 @@
 # Needs no root: the store goes to a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p spiderpool-ipam --bin spiderpool
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-plugin="$target_dir/release/spiderpool"
+source hack/lib.sh
+# The plugin as it ships: static.
+plugin="$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" release)/spiderpool"
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
 

@@ -50,15 +50,22 @@ CNI_PLUGINS=(spiderpool coordinator ifacer rdma)
 # static_plugins TRIPLE PROFILE: builds the plugins for TRIPLE (PROFILE debug or release) and
 # prints their directory. Cross triples need their toolchain's environment (arm64_env) first.
 static_plugins() {
-    local triple=$1 profile=$2 target_dir var release=()
+    local triple=$1 profile=$2 target_dir var release=() p
     apt_install libc6-dev >&2 || return 1
     target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    [ -n "$target_dir" ] || { echo "cargo metadata named no target directory" >&2; return 1; }
     var=CARGO_TARGET_$(echo "$triple" | tr '[:lower:]-' '[:upper:]_')_RUSTFLAGS
     [ "$profile" = release ] && release=(--release)
     # Named --target: the flags reach only the plugins and their libraries, not build scripts or
-    # proc-macros (which cannot be static).
-    env "$var=-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir/static" \
+    # proc-macros (which cannot be static). RUSTFLAGS would override them: unset here.
+    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS "$var=-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir/static" \
         cargo build --quiet --locked --target "$triple" "${release[@]}" $(printf -- '--bin %s ' "${CNI_PLUGINS[@]}") >&2 || return 1
+    for p in "${CNI_PLUGINS[@]}"; do
+        if LC_ALL=C readelf -l "$target_dir/static/$triple/$profile/$p" | grep -q 'program interpreter'; then
+            echo "$target_dir/static/$triple/$profile/$p came out dynamically linked" >&2
+            return 1
+        fi
+    done
     echo "$target_dir/static/$triple/$profile"
 }
 
@@ -82,9 +89,13 @@ with_static_plugins() {
 # alone in an empty root: no /lib, no /etc, nothing but itself.
 check_static_plugins() {
     local dir=$1 mode=${2:-run} p root out chroot
-    # By path: the plugin runs with an empty environment, as runtimes run plugins.
-    chroot=("$(command -v chroot)")
-    is_root || chroot=("$(command -v unshare)" -r "${chroot[0]}")
+    # By path: the plugin runs with an empty environment, as runtimes run plugins (and a user's
+    # PATH may lack /usr/sbin).
+    chroot=("$(PATH=$PATH:/usr/sbin:/sbin command -v chroot)") || { echo "FAILED: no chroot" >&2; exit 1; }
+    if ! is_root; then
+        chroot=("$(PATH=$PATH:/usr/sbin:/sbin command -v unshare)" -r "${chroot[0]}") ||
+            { echo "FAILED: no unshare (running a plugin in an empty root needs chroot, as root or in a user namespace)" >&2; exit 1; }
+    fi
     for p in "${CNI_PLUGINS[@]}"; do
         if LC_ALL=C readelf -l "$dir/$p" | grep -q 'program interpreter'; then
             echo "FAILED: $dir/$p is dynamically linked (it would need the host's loader and glibc)" >&2

@@ -13,6 +13,8 @@
 # SPIDERPOOL_BENCH_TRACE=FILE appends one line per call (peer verb index start-ms latency-ms ok);
 # SPIDERPOOL_BENCH_KEEP=1 keeps the agents' logs (SPIDERPOOL_TEST_AGENT_LOG sets their filter).
 # SPIDERPOOL_BENCH_IN_FLIGHT=N starts our agents with --ipam-in-flight N (default: theirs, 8; 0: no limit).
+# SPIDERPOOL_BENCH_ROUNDS=N runs the peers N times, every other round in reverse order, and ends with
+# each peer's and phase's wall time and p99/p50 as min/median/max (one run here varies by ±15 %).
 # Each peer runs on a fresh control plane (hack/control-plane.sh down, then up): one already running stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,9 +39,38 @@ echo "$(nproc) CPUs; kube-apiserver $(basename "$(hack/control-plane.sh bin)") o
 # server that has served one peer's burst (its heap, its watch cache, etcd's history) costs the
 # next peer more (measured: the second of two equal peers 0.1-0.4 ms/op more API server CPU).
 IFS=, read -ra each <<<"$peers"
-for peer in "${each[@]}"; do
-    hack/control-plane.sh down >/dev/null
-    kubeconfig=$(hack/control-plane.sh up)
-    SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="$bin_dir" \
-        "$target_dir/release/bench-cluster" "${1:-1000}" "${2:-10}" "${3:-${1:-1000}}" "$peer" "${5:-${2:-10}}"
+rounds=${SPIDERPOOL_BENCH_ROUNDS:-1}
+results=$(mktemp)
+trap 'rm -f "$results" "$results.rows"' EXIT
+for ((round = 1; round <= rounds; round++)); do
+    order=("${each[@]}")
+    # Reversed every other round: a machine that speeds up or slows down during the rounds favours
+    # no peer.
+    if ((round % 2 == 0)); then
+        order=()
+        for ((i = ${#each[@]} - 1; i >= 0; i--)); do order+=("${each[i]}"); done
+    fi
+    ((rounds == 1)) || echo "--- round $round of $rounds: ${order[*]}"
+    for peer in "${order[@]}"; do
+        hack/control-plane.sh down >/dev/null
+        kubeconfig=$(hack/control-plane.sh up)
+        SPIDERPOOL_TEST_KUBECONFIG=$kubeconfig SPIDERPOOL_BIN_DIR="$bin_dir" \
+            "$target_dir/release/bench-cluster" "${1:-1000}" "${2:-10}" "${3:-${1:-1000}}" "$peer" "${5:-${2:-10}}" |
+            tee -a "$results"
+    done
 done
+((rounds > 1)) || exit 0
+# min/median/max of column 3 (wall s) and 4 (p99/p50) of the lines "PEER PHASE wall ratio".
+echo "--- over $rounds rounds"
+printf '%-13s %-9s %22s %22s\n' ipam phase "wall s min/med/max" "p99/p50 min/med/max"
+# The table's rows: "PEER PHASE wall per-s p50 p99 max failed cpu KiB".
+awk '($2 == "allocate" || $2 == "release") && $3 ~ /^[0-9.]+$/ && $5 > 0 {printf "%s %s %s %.2f\n", $1, $2, $3, $6 / $5}' "$results" >"$results.rows"
+spread() { # min/median/max of the numbers on stdin
+    sort -n | awk '{v[NR] = $1} END {printf "%s/%s/%s", v[1], v[int((NR + 1) / 2)], v[NR]}'
+}
+for key in $(awk '{print $1 "," $2}' "$results.rows" | sort -u); do
+    rows=$(awk -v p="${key%,*}" -v f="${key#*,}" '$1 == p && $2 == f' "$results.rows")
+    printf '%-13s %-9s %22s %22s\n' "${key%,*}" "${key#*,}" \
+        "$(awk '{print $3}' <<<"$rows" | spread)" "$(awk '{print $4}' <<<"$rows" | spread)"
+done
+rm -f "$results.rows"

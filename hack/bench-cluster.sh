@@ -26,8 +26,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_d
 # The plugin as it ships (static), unless SPIDERPOOL_BENCH_BIN_DIR names other binaries.
 bin_dir=${SPIDERPOOL_BENCH_BIN_DIR:-}
 if [ -z "$bin_dir" ]; then
-    plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" release)
-    bin_dir=$(with_static_plugins "$target_dir/release" "$plugins" "$target_dir/shipped/release")
+    bin_dir=$(shipped_bins release)
 fi
 peers=${4:-spiderpool,whereabouts}
 if [[ ,$peers, == *,whereabouts,* ]]; then
@@ -73,4 +72,3 @@ for key in $(awk '{print $1 "," $2}' "$results.rows" | sort -u); do
     printf '%-13s %-9s %22s %22s\n' "${key%,*}" "${key#*,}" \
         "$(awk '{print $3}' <<<"$rows" | spread)" "$(awk '{print $4}' <<<"$rows" | spread)"
 done
-rm -f "$results.rows"

@@ -11,6 +11,6 @@ cargo build --release --quiet --locked -p spiderpool-ipam -p spiderpool-e2e --bi
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 # The plugin as it ships (static; Debian builds host-local dynamically linked, upstream's release
 # binaries are static).
-plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" release)
+plugins=$(static_plugins release)
 echo "$(nproc) CPUs, $(uname -r), data dirs on $(df -T "${TMPDIR:-/tmp}" | awk 'NR==2{print $2}')"
 exec "$target_dir/release/bench-ipam" "$plugins/spiderpool" /usr/lib/cni/host-local "${1:-1000}"

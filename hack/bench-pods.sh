@@ -8,11 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
 cargo build --quiet --locked --workspace --bins
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 # The binaries as hack/test.sh runs them: the CNI plugins static, as they ship.
 source hack/lib.sh
-plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" debug)
-bin_dir=$(with_static_plugins "$target_dir/debug" "$plugins" "$target_dir/shipped/debug")
+bin_dir=$(shipped_bins debug)
 for what in helm scheduling multus; do hack/control-plane.sh "$what" >/dev/null; done
 kubelet=$(K8S_VERSION=${2:-1.34.3} hack/control-plane.sh kubelet)
 kubeconfig=$(hack/control-plane.sh up)

@@ -12,7 +12,7 @@ bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 source hack/lib.sh
 # The plugin static, as it ships.
-plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" debug)
+plugins=$(static_plugins debug)
 strip -o "$bin/spiderpool-agent" "$CARGO_TARGET_DIR/debug/spiderpool-agent"
 strip -o "$bin/spiderpool" "$plugins/spiderpool"
 cp /usr/lib/cni/macvlan "$bin/" 2>/dev/null || { echo "bench-rdma: no /usr/lib/cni/macvlan (apt-get install containernetworking-plugins)" >&2; exit 1; }

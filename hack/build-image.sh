@@ -40,14 +40,11 @@ bins=(spiderpool-agent spiderpool-controller spiderpool coordinator ifacer rdma)
 if [ -z "$bin_dir" ] && [ -z "$rootfs" ]; then
     reason=$(arm64_build_ready) || { echo "cannot cross-build for arm64: $reason" >&2; exit 1; }
     arm64_env
-    target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
     cargo build --release --quiet --locked $(printf -- '--bin %s ' "${bins[@]}")
     cargo build --release --quiet --locked --target "$ARM64_TARGET" $(printf -- '--bin %s ' "${bins[@]}")
     # The CNI plugins as they ship: static (hack/lib.sh static_plugins).
-    plugins=$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" release)
-    arm64_plugins=$(static_plugins "$ARM64_TARGET" release)
-    bin_dir=$(with_static_plugins "$target_dir/release" "$plugins" "$target_dir/shipped/release")
-    arm64_bin_dir=$(with_static_plugins "$target_dir/$ARM64_TARGET/release" "$arm64_plugins" "$target_dir/shipped/$ARM64_TARGET/release")
+    bin_dir=$(shipped_bins release)
+    arm64_bin_dir=$(shipped_bins release "$ARM64_TARGET")
 fi
 
 work=$(mktemp -d)
@@ -68,7 +65,7 @@ shared_libs() {
     local arch=$1; shift
     if [ "$arch" = amd64 ]; then
         for b in "$@"; do
-            LC_ALL=C readelf -l "$b" | grep -q 'program interpreter' || continue
+            has_interpreter "$b" || continue
             ldd "$b" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}'
         done
         return

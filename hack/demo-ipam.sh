@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
 # The plugin as it ships: static.
-plugin="$(static_plugins "$(rustc -vV | sed -n 's/^host: //p')" release)/spiderpool"
+plugin="$(static_plugins release)/spiderpool"
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
 

@@ -47,13 +47,25 @@ apt_install() {
 # cargo target directory of their own keeps those flags from rebuilding anything else.
 CNI_PLUGINS=(spiderpool coordinator ifacer rdma)
 
-# static_plugins TRIPLE PROFILE: builds the plugins for TRIPLE (PROFILE debug or release) and
-# prints their directory. Cross triples need their toolchain's environment (arm64_env) first.
+# cargo_target_dir: where cargo builds this workspace (CARGO_TARGET_DIR or ./target).
+cargo_target_dir() {
+    local dir
+    dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    [ -n "$dir" ] || { echo "cargo metadata named no target directory" >&2; return 1; }
+    echo "$dir"
+}
+
+# has_interpreter FILE: whether the ELF file asks for a program interpreter (a dynamic loader).
+has_interpreter() { LC_ALL=C readelf -l "$1" | grep -q 'program interpreter'; }
+
+# static_plugins PROFILE [TRIPLE]: builds the plugins (PROFILE debug or release) for TRIPLE (default
+# the host's) and prints their directory. Cross triples need their toolchain's environment
+# (arm64_env) first.
 static_plugins() {
-    local triple=$1 profile=$2 target_dir var release=() p
+    local profile=$1 triple=${2:-} target_dir var release=() p
+    [ -n "$triple" ] || triple=$(rustc -vV | sed -n 's/^host: //p')
     apt_install libc6-dev >&2 || return 1
-    target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    [ -n "$target_dir" ] || { echo "cargo metadata named no target directory" >&2; return 1; }
+    target_dir=$(cargo_target_dir) || return 1
     var=CARGO_TARGET_$(echo "$triple" | tr '[:lower:]-' '[:upper:]_')_RUSTFLAGS
     [ "$profile" = release ] && release=(--release)
     # Named --target: the flags reach only the plugins and their libraries, not build scripts or
@@ -61,7 +73,7 @@ static_plugins() {
     env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS "$var=-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir/static" \
         cargo build --quiet --locked --target "$triple" "${release[@]}" $(printf -- '--bin %s ' "${CNI_PLUGINS[@]}") >&2 || return 1
     for p in "${CNI_PLUGINS[@]}"; do
-        if LC_ALL=C readelf -l "$target_dir/static/$triple/$profile/$p" | grep -q 'program interpreter'; then
+        if has_interpreter "$target_dir/static/$triple/$profile/$p"; then
             echo "$target_dir/static/$triple/$profile/$p came out dynamically linked" >&2
             return 1
         fi
@@ -69,17 +81,21 @@ static_plugins() {
     echo "$target_dir/static/$triple/$profile"
 }
 
-# with_static_plugins BIN_DIR PLUGIN_DIR OUT: OUT links every executable of BIN_DIR, the plugins
-# to PLUGIN_DIR's instead: the binaries as they ship. Prints OUT.
-with_static_plugins() {
-    local bin_dir=$1 plugin_dir=$2 out=$3 f p
+# shipped_bins PROFILE [TRIPLE]: the workspace's binaries as they ship, the plugins static: a
+# directory of links to every executable cargo built for PROFILE (and TRIPLE, if named), the
+# plugins to static_plugins' builds instead. Builds the plugins, prints the directory.
+shipped_bins() {
+    local profile=$1 triple=${2:-} target_dir plugin_dir built out f p
+    target_dir=$(cargo_target_dir) || return 1
+    plugin_dir=$(static_plugins "$profile" "$triple") || return 1
+    built=$target_dir/${triple:+$triple/}$profile
+    out=$target_dir/shipped/${triple:+$triple/}$profile
     rm -rf "$out" && mkdir -p "$out"
-    for f in "$bin_dir"/*; do
+    for f in "$built"/*; do
         [ -f "$f" ] && [ -x "$f" ] && ln -s "$(realpath "$f")" "$out/$(basename "$f")"
     done
     for p in "${CNI_PLUGINS[@]}"; do
-        [ -x "$plugin_dir/$p" ] || { echo "no $plugin_dir/$p" >&2; return 1; }
-        ln -sfn "$(realpath "$plugin_dir/$p")" "$out/$p"
+        ln -sfn "$plugin_dir/$p" "$out/$p"
     done
     echo "$out"
 }
@@ -97,7 +113,7 @@ check_static_plugins() {
             { echo "FAILED: no unshare (running a plugin in an empty root needs chroot, as root or in a user namespace)" >&2; exit 1; }
     fi
     for p in "${CNI_PLUGINS[@]}"; do
-        if LC_ALL=C readelf -l "$dir/$p" | grep -q 'program interpreter'; then
+        if has_interpreter "$dir/$p"; then
             echo "FAILED: $dir/$p is dynamically linked (it would need the host's loader and glibc)" >&2
             exit 1
         fi

@@ -27,13 +27,11 @@ rm -rf "$crd_tmp"
 step "build: every binary (the tiers exec them)"
 cargo build --workspace --bins --locked
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-host_triple=$(rustc -vV | sed -n 's/^host: //p')
 
 step "plugins: spiderpool, coordinator, ifacer and rdma as static executables (as they ship); each runs alone in an empty root"
 # Every tier below runs the plugins as they ship: SPIDERPOOL_BIN_DIR links the workspace's debug
 # binaries and the plugins' static builds.
-plugin_dir=$(static_plugins "$host_triple" debug)
-SPIDERPOOL_BIN_DIR=$(with_static_plugins "$target_dir/debug" "$plugin_dir" "$target_dir/shipped/debug")
+SPIDERPOOL_BIN_DIR=$(shipped_bins debug)
 export SPIDERPOOL_BIN_DIR
 check_static_plugins "$SPIDERPOOL_BIN_DIR"
 
@@ -49,8 +47,7 @@ if reason=$(arm64_run_ready); then
     arm64=true
     arm64_env
     cargo build --workspace --bins --locked --target "$ARM64_TARGET"
-    arm64_plugins=$(static_plugins "$ARM64_TARGET" debug)
-    arm64_bin=$(with_static_plugins "$target_dir/$ARM64_TARGET/debug" "$arm64_plugins" "$target_dir/shipped/$ARM64_TARGET/debug")
+    arm64_bin=$(shipped_bins debug "$ARM64_TARGET")
     check_static_plugins "$arm64_bin"
     for bin in spiderpool-agent spiderpool-controller spiderpool coordinator ifacer rdma; do
         machine=$(LC_ALL=C readelf -h "$arm64_bin/$bin" | sed -n 's/^ *Machine: *//p')

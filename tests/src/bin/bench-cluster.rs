@@ -616,7 +616,8 @@ async fn main() -> Result<()> {
                 profile.await??;
             }
             if let Some(mut perf) = machine_profile {
-                perf.wait()?;
+                let status = perf.wait()?;
+                anyhow::ensure!(status.success(), "perf record (SPIDERPOOL_BENCH_PERF): {status}");
             }
             if let Some(path) = &trace {
                 // SPIDERPOOL_BENCH_TRACE: one line per call, to see when the slow ones started.

@@ -15,18 +15,23 @@ use super::IpamService;
 /// A request is a few hundred bytes; anything past this is not ours.
 const MAX_REQUEST: u64 = 1 << 20;
 
-/// Binds `path` (replacing a stale socket left by a killed agent) with mode 0600.
+/// Binds `path` with mode 0600, replacing whatever socket is there (a killed agent's, or the
+/// previous agent's during an update). The socket listens, with its mode set, under a temporary
+/// name first and is then renamed over `path`: a plugin connecting meanwhile reaches the old socket
+/// or the new one, never a missing path, a socket not yet listening, or one open to all.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let staged = dir.join(format!(".{name}.{}", std::process::id()));
+    match std::fs::remove_file(&staged) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(&staged)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&staged, path)?;
     Ok(listener)
 }
 

@@ -11,6 +11,9 @@ ARM64_TARGET=aarch64-unknown-linux-gnu
 # arm64_env: what cargo and the emulated binaries need (no installation).
 arm64_env() {
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+    # The plugins' musl build (hack/lib.sh static_plugins) links with rustup's own musl crt and
+    # libc; gcc only drives the link.
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
     export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
     export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 }

@@ -45,8 +45,9 @@ pub fn hardware_address(ifname: &str) -> io::Result<Mac> {
     for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
         *dst = src as libc::c_char;
     }
-    // SAFETY: `req` is a valid ifreq for this ioctl, which fills ifr_hwaddr.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) })?;
+    // SAFETY: `req` is a valid ifreq for this ioctl, which fills ifr_hwaddr. The request's type
+    // is c_ulong in glibc and c_int in musl (the plugins ship built with musl): the cast fits both.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut req) })?;
     // SAFETY: SIOCGIFHWADDR succeeded, so the union holds ifru_hwaddr.
     let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
     let mut mac = [0u8; 6];
@@ -68,9 +69,10 @@ pub fn ifindex(ifname: &str) -> io::Result<u32> {
 }
 
 fn set_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    // The fields' own types (`as _`): musl's libc marks their aliases deprecated.
     let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros().max(1) as libc::suseconds_t,
+        tv_sec: timeout.as_secs() as _,
+        tv_usec: timeout.subsec_micros().max(1) as _,
     };
     // SAFETY: a timeval option of the right size.
     check(unsafe {

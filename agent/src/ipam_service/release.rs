@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use kube::ResourceExt;
-use kube::api::Api;
-use spiderpool_api::crd::SpiderEndpoint;
+use kube::api::{Api, ListParams};
+use spiderpool_api::crd::{SpiderEndpoint, endpoints_of_node};
 use spiderpool_cni::agent::{IpamRequest, IpamVerb, PodRef};
 use spiderpool_cni::{CniError, ErrorCode};
 
@@ -122,10 +122,17 @@ impl IpamService {
             .map(|a| (a.container_id.clone(), a.ifname.clone()))
             .collect();
         let api: Api<SpiderEndpoint> = Api::all(self.client.clone());
+        // This node's endpoints only, and from the API server's watch cache: a node's GC costs
+        // its own pods, not the cluster's. A stale entry is safe: each DEL below reads the
+        // endpoint again and releases nothing of a newer sandbox.
         let list = api
-            .list(&Default::default())
+            .list(
+                &ListParams::default()
+                    .fields(&endpoints_of_node(&self.node))
+                    .match_any(),
+            )
             .await
-            .map_err(|e| ServiceError::from_kube(e, "SpiderEndpoints"))?;
+            .map_err(|e| ServiceError::from_kube(e, "SpiderEndpoints of this node"))?;
         for ep in list {
             let Some(status) = ep.status.clone() else { continue };
             if status.current.node != self.node

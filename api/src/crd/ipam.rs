@@ -274,7 +274,9 @@ pub struct ReservedIPSpec {
 }
 
 /// A pod's addresses, one object per pod, named like the pod in the pod's namespace. The agent
-/// writes it in the same call that creates it (no status subresource).
+/// writes it in the same call that creates it (no status subresource). `status.current.node` is a
+/// selectable field (`kubectl get se -A --field-selector status.current.node=NODE`): a node's CNI GC
+/// reads its own pods' endpoints, not the cluster's.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[kube(
     group = "spiderpool.spidernet.io",
@@ -286,10 +288,16 @@ pub struct ReservedIPSpec {
     printcolumn = r#"{"name": "INTERFACE", "type": "string", "jsonPath": ".status.current.ips[0].interface"}"#,
     printcolumn = r#"{"name": "IPV4", "type": "string", "jsonPath": ".status.current.ips[0].ipv4"}"#,
     printcolumn = r#"{"name": "IPV6", "type": "string", "jsonPath": ".status.current.ips[0].ipv6"}"#,
-    printcolumn = r#"{"name": "NODE", "type": "string", "jsonPath": ".status.current.node"}"#
+    printcolumn = r#"{"name": "NODE", "type": "string", "jsonPath": ".status.current.node"}"#,
+    selectable = ".status.current.node"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpiderEndpointSpec {}
+
+/// The field selector of the endpoints of pods on `node`.
+pub fn endpoints_of_node(node: &str) -> String {
+    format!("status.current.node={node}")
+}
 
 /// The fields of upstream's SpiderEndpoint `status`, kept at the same path.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -23,7 +23,7 @@ pub use allocations::Allocations;
 pub use ipam::{
     EndpointStatus, IPAllocationDetail, IPPoolSpec, IPPoolStatus, PodIPAllocation, PoolCondition,
     PoolIPAllocation, ReservedIPSpec, Route, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
-    SpiderReservedIP, SpiderSubnet, SubnetSpec, SubnetStatus,
+    SpiderReservedIP, SpiderSubnet, SubnetSpec, SubnetStatus, endpoints_of_node,
 };
 pub use registry::{IPPoolRegistrySpec, RegisteredPool, SpiderIPPoolRegistry, registry_name};
 

@@ -37,13 +37,16 @@ impl IpamService {
             .pods
             .get(&reflector::ObjectRef::new(&pod_ref.name).within(&pod_ref.namespace))
             .filter(|p| pod_ref.uid.is_empty() || p.metadata.uid.as_deref() == Some(pod_ref.uid.as_str()));
+        // The cache's own object, not a copy: a pod's spec is hundreds of allocations.
         let pod = match cached {
-            Some(p) => (*p).clone(),
+            Some(p) => p,
             None => {
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod_ref.namespace);
-                pods.get(&pod_ref.name)
-                    .await
-                    .map_err(|e| ServiceError::from_kube(e, &what))?
+                Arc::new(
+                    pods.get(&pod_ref.name)
+                        .await
+                        .map_err(|e| ServiceError::from_kube(e, &what))?,
+                )
             }
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -55,19 +58,19 @@ impl IpamService {
             .into());
         }
         let sts = stateful_set_of(&pod);
-        let namespace = match self
-            .namespaces
-            .get(&reflector::ObjectRef::new(&pod_ref.namespace))
-        {
-            Some(n) => (*n).clone(),
-            None => {
-                let namespaces: Api<Namespace> = Api::all(self.client.clone());
-                namespaces
-                    .get(&pod_ref.namespace)
-                    .await
-                    .map_err(|e| ServiceError::from_kube(e, &format!("namespace {}", pod_ref.namespace)))?
-            }
-        };
+        let namespace =
+            match self
+                .namespaces
+                .get(&reflector::ObjectRef::new(&pod_ref.namespace))
+            {
+                Some(n) => n,
+                None => {
+                    let namespaces: Api<Namespace> = Api::all(self.client.clone());
+                    Arc::new(namespaces.get(&pod_ref.namespace).await.map_err(|e| {
+                        ServiceError::from_kube(e, &format!("namespace {}", pod_ref.namespace))
+                    })?)
+                }
+            };
         let empty = BTreeMap::new();
         let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
         // Read before anything is claimed: a bad value fails the ADD with nothing to undo.

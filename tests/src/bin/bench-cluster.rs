@@ -56,6 +56,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 struct ServerCost {
     cpu_seconds: f64,
     bytes_sent: f64,
+    /// Bytes sent, by "watch|response resource": which objects the bytes were.
+    sent: BTreeMap<String, f64>,
     /// Requests served, by "VERB resource[/subresource]".
     requests: BTreeMap<String, f64>,
     /// The whole machine's CPU seconds (every process: API server, etcd, agents, plugins).
@@ -154,7 +156,19 @@ async fn server_cost(cluster: &Cluster) -> Result<ServerCost> {
         match metric {
             "process_cpu_seconds_total" => cost.cpu_seconds += value,
             // Every response body and every watch event the server sent.
-            "apiserver_response_sizes_sum" | "apiserver_watch_events_sizes_sum" => cost.bytes_sent += value,
+            "apiserver_response_sizes_sum" | "apiserver_watch_events_sizes_sum" => {
+                cost.bytes_sent += value;
+                let labels = name.split_once('{').map_or("", |(_, l)| l.trim_end_matches('}'));
+                let how = if metric == "apiserver_watch_events_sizes_sum" {
+                    "watch"
+                } else {
+                    "response"
+                };
+                *cost
+                    .sent
+                    .entry(format!("{how} {}", label_value(labels, "resource")))
+                    .or_default() += value;
+            }
             "apiserver_request_total" => {
                 let labels = name.split_once('{').map_or("", |(_, l)| l.trim_end_matches('}'));
                 let sub = label_value(labels, "subresource");
@@ -638,10 +652,11 @@ async fn main() -> Result<()> {
                 std::io::Write::write_all(&mut f, lines.as_bytes())?;
             }
             let failed = results.iter().filter(|r| !r.0).count();
-            // Costs are counted past the last answer: our agents write what they lent and
-            // released a while after it (500 ms per 10 nodes). Every peer gets SETTLE; ours
-            // until the pool shows every allocation (or none after the release), and how long.
+            // Costs are counted past the last answer, for anything a peer does after it; every
+            // peer gets SETTLE. They are read before ours is checked: that check's list of
+            // every claim is the bench's, not the IPAM's, cost.
             tokio::time::sleep(SETTLE).await;
+            let after = server_cost(&cluster).await?;
             if peer.name.starts_with("spiderpool") {
                 let want = if verb == "ADD" { pods - failed } else { failed };
                 let waited = settled(&cluster, &pool, want).await?;
@@ -652,14 +667,14 @@ async fn main() -> Result<()> {
                     (SETTLE + waited).as_secs_f64()
                 );
             }
-            let after = server_cost(&cluster).await?;
             println!(
-                "{:<12} {:<9} machine CPU {:.2} ms/op ({}); requests/op: {}",
+                "{:<12} {:<9} machine CPU {:.2} ms/op ({}); requests/op: {}; KiB sent/op: {}",
                 peer.name,
                 label,
                 (after.machine_cpu_seconds - before.machine_cpu_seconds) * 1e3 / pods as f64,
                 most_per_op(&before.by_process, &after.by_process, pods, (5, 1e3)),
-                most_per_op(&before.requests, &after.requests, pods, (8, 1.0))
+                most_per_op(&before.requests, &after.requests, pods, (8, 1.0)),
+                most_per_op(&before.sent, &after.sent, pods, (4, 1.0 / 1024.0))
             );
             if let Some((_, _, out, err, _)) = results.iter().find(|r| !r.0) {
                 eprintln!("{} {verb} failed, e.g.: {out} {err}", peer.name);

@@ -122,17 +122,18 @@ impl IpamService {
             .map(|a| (a.container_id.clone(), a.ifname.clone()))
             .collect();
         let api: Api<SpiderEndpoint> = Api::all(self.client.clone());
-        // This node's endpoints only, and from the API server's watch cache: a node's GC costs
-        // its own pods, not the cluster's. A stale entry is safe: each DEL below reads the
-        // endpoint again and releases nothing of a newer sandbox.
-        let list = api
-            .list(
-                &ListParams::default()
-                    .fields(&endpoints_of_node(&self.node))
-                    .match_any(),
-            )
-            .await
-            .map_err(|e| ServiceError::from_kube(e, "SpiderEndpoints of this node"))?;
+        // This node's endpoints only: a node's GC costs its own pods, not the cluster's.
+        let of_node = ListParams::default().fields(&endpoints_of_node(&self.node));
+        let list = match api.list(&of_node).await {
+            Ok(list) => list,
+            // A SpiderEndpoint CRD from before the selectable field (agents updated before the
+            // controller applied the new CRDs) refuses the selector: every endpoint, filtered below.
+            Err(kube::Error::Api(s)) if s.code == 400 => api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| ServiceError::from_kube(e, "SpiderEndpoints"))?,
+            Err(e) => return Err(ServiceError::from_kube(e, "SpiderEndpoints of this node").into()),
+        };
         for ep in list {
             let Some(status) = ep.status.clone() else { continue };
             if status.current.node != self.node

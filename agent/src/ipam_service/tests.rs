@@ -283,6 +283,13 @@ async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_
         ]
     );
     assert!(
+        api.seen()[0]
+            .uri
+            .contains("fieldSelector=status.current.node%3Dn1"),
+        "this node's endpoints only: {}",
+        api.seen()[0].uri
+    );
+    assert!(
         api.seen()[2].uri.contains("spec.podUID%3Duid-b"),
         "{}",
         api.seen()[2].uri
@@ -297,6 +304,45 @@ async fn gc_releases_only_this_node_s_attachments_of_its_network_the_runtime_no_
     assert_eq!(
         deletes[1]["resourceVersion"], "7",
         "the endpoint's by its version"
+    );
+}
+
+/// An API server whose SpiderEndpoint CRD predates the selectable field refuses the selector
+/// (agents updated before the controller applied the CRDs): GC lists every endpoint and keeps
+/// this node's.
+#[tokio::test]
+async fn gc_falls_back_to_every_endpoint_when_the_node_selector_is_refused() {
+    let api = MockApi::new();
+    let all = "/apis/spiderpool.spidernet.io/v2beta1/spiderendpoints";
+    api.reply(
+        "GET",
+        all,
+        400,
+        status_body(400, "field label not supported: status.current.node"),
+    )
+    .reply(
+        "GET",
+        all,
+        200,
+        json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderEndpointList", "metadata": {},
+            "items": [endpoint("c", "n2", "c3", "10.0.0.12", "9")]
+        }),
+    );
+    let svc = service(&api);
+    let mut gc = request(IpamVerb::Gc, "", "");
+    gc.pod = None;
+    svc.gc(&gc).await.unwrap();
+    assert_eq!(api.calls(), [format!("GET {all}"), format!("GET {all}")]);
+    assert!(
+        api.seen()[0].uri.contains("fieldSelector"),
+        "{}",
+        api.seen()[0].uri
+    );
+    assert!(
+        !api.seen()[1].uri.contains("fieldSelector"),
+        "{}",
+        api.seen()[1].uri
     );
 }
 

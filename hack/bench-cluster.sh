@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
 source hack/lib.sh
 cargo build --release --quiet --locked -p spiderpool-agent -p spiderpool-ipam -p spiderpool-e2e --bins
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+target_dir=$(cargo_target_dir)
 # The plugin as it ships (static), unless SPIDERPOOL_BENCH_BIN_DIR names other binaries.
 bin_dir=${SPIDERPOOL_BENCH_BIN_DIR:-}
 if [ -z "$bin_dir" ]; then

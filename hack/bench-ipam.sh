@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/spiderpool-rs/target}
 source hack/lib.sh
 apt_install containernetworking-plugins
 cargo build --release --quiet --locked -p spiderpool-ipam -p spiderpool-e2e --bins
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+target_dir=$(cargo_target_dir)
 # The plugin as it ships (static; Debian builds host-local dynamically linked, upstream's release
 # binaries are static).
 plugins=$(static_plugins release)

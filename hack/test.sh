@@ -26,7 +26,7 @@ rm -rf "$crd_tmp"
 
 step "build: every binary (the tiers exec them)"
 cargo build --workspace --bins --locked
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+target_dir=$(cargo_target_dir)
 
 step "plugins: spiderpool, coordinator, ifacer and rdma as static executables (as they ship); each runs alone in an empty root"
 # Every tier below runs the plugins as they ship: SPIDERPOOL_BIN_DIR links the workspace's debug

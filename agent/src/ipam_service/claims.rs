@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use kube::api::{Api, DeleteParams, GetParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 use spiderpool_api::crd::claim::{self, IPClaimSpec, SpiderIPClaim, claim_address, claim_name};
 use spiderpool_api::crd::{IPPoolSpec, PoolIPAllocation, SpiderIPPool};
@@ -31,7 +31,7 @@ const MOST_TRIES: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Read {
     /// The API server's watch cache (`resourceVersion=0`): no etcd read and no decoding of every
-    /// claim, for a node's first list of a pool, which each of a hundred agents makes in a burst.
+    /// claim, for a node's first list of a pool, which agents that start at once may all make.
     /// A claim it does not show yet costs a miss; it never makes an address wrong.
     Cache,
     /// etcd: after misses, and before the pool is called full.
@@ -98,6 +98,8 @@ pub struct Want<'a> {
     pub holder: &'a PoolIPAllocation,
     /// `false` for a terminating or refused pool: an address already held is still answered.
     pub accept_new: bool,
+    /// What agents from before claims hold in the pool's status ([`super::pool_cache::legacy_holders`]).
+    pub legacy: &'a [IpAddr],
 }
 
 impl ClaimStore {
@@ -168,15 +170,11 @@ impl ClaimStore {
         if !want.accept_new {
             return Ok(None);
         }
+        if !self.placement(want.pool, |p| p.is_started()) {
+            self.start_walk(want).await;
+        }
         let mut listed_fresh = false;
         for _ in 0..MOST_TRIES {
-            if self.placement(want.pool, |p| p.needs_list()) {
-                let first_list = self.first_lists.of(want.pool);
-                let _one = first_list.lock().await;
-                if self.placement(want.pool, |p| p.needs_list()) {
-                    self.list(want, false, Read::Cache).await?;
-                }
-            }
             let Some(ip) = self.placement(want.pool, |p| p.next(want.usable)) else {
                 if listed_fresh {
                     return Ok(None);
@@ -201,10 +199,16 @@ impl ClaimStore {
                         .claim_misses
                         .get_or_create(&IpamMetrics::pool(want.pool))
                         .inc();
-                    let after = self.placement(want.pool, |p| p.missed(ip, want.usable, &self.node));
+                    let (after, first) = self.placement(want.pool, |p| {
+                        (p.missed(ip, want.usable, &self.node), !p.has_listed())
+                    });
                     if after == AfterMiss::ListFirst {
-                        self.list(want, true, Read::Quorum).await?;
-                        listed_fresh = true;
+                        if first {
+                            self.first_list(want).await?;
+                        } else {
+                            self.list(want, true, Read::Quorum).await?;
+                            listed_fresh = true;
+                        }
                     }
                 }
                 Err(e) => {
@@ -273,44 +277,63 @@ impl ClaimStore {
         )))
     }
 
+    /// Starts the pool's walk in this node's share, past what this node claimed of it and what
+    /// agents from before claims hold, without a list (claims that come meanwhile wait for it).
+    async fn start_walk(&self, want: &Want<'_>) {
+        let first = self.first_lists.of(want.pool);
+        let _one = first.lock().await;
+        if self.placement(want.pool, |p| p.is_started()) {
+            return;
+        }
+        let (rank, of) = self.roster.share(want.spec, false).await;
+        let known: Vec<IpAddr> = self
+            .mine()
+            .iter()
+            .filter(|m| m.pool == want.pool)
+            .map(|m| m.ip)
+            .chain(want.legacy.iter().copied())
+            .collect();
+        self.placement(want.pool, |p| {
+            p.share(rank, of);
+            p.start(known)
+        });
+    }
+
+    /// The pool's first list, at the walk's first miss; claims missing meanwhile wait for it
+    /// instead of each listing.
+    async fn first_list(&self, want: &Want<'_>) -> Result<(), ServiceError> {
+        let first = self.first_lists.of(want.pool);
+        let _one = first.lock().await;
+        if self.placement(want.pool, |p| p.has_listed()) {
+            return Ok(());
+        }
+        self.list(want, true, Read::Cache).await
+    }
+
     fn object(&self, ip: IpAddr, pool: &str, holder: &PoolIPAllocation) -> SpiderIPClaim {
         SpiderIPClaim::new(&claim_name(ip), IPClaimSpec::of(pool, holder, &self.node))
     }
 
-    /// Reads which addresses of the pool are claimed (names only) or held in its status by an
-    /// agent from before claims, and this node's share of the pool (`missing`: after misses,
-    /// which a node that joined or left may cause), from where `read` says.
+    /// Reads which addresses of the pool are claimed (names only), from where `read` says, and
+    /// this node's share of the pool (`missing`: after misses, which a node that joined or left
+    /// may cause). What agents from before claims hold comes with `want`, from the pool cache.
     async fn list(&self, want: &Want<'_>, missing: bool, read: Read) -> Result<(), ServiceError> {
         let (rank, of) = self.roster.share(want.spec, missing).await;
         let pool = want.pool;
         let mut fields = ListParams::default().fields(&claim::of_pool(pool));
-        let mut get = GetParams::default();
         if read == Read::Cache {
             fields = fields.match_any();
-            get = GetParams::any();
         }
-        // The pool's status is read beside its claims, not after: one round trip, not two.
-        let (listed, status) = tokio::join!(self.api.list_metadata(&fields), self.pools.get_with(pool, &get));
-        let listed =
-            listed.map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaims of pool {pool}")))?;
-        let mut taken: Vec<IpAddr> = listed
+        let listed = self
+            .api
+            .list_metadata(&fields)
+            .await
+            .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaims of pool {pool}")))?;
+        let taken = listed
             .items
             .iter()
             .filter_map(|m| claim_address(m.metadata.name.as_deref()?))
-            .collect();
-        // No agent writes holders into the status any more: the controller releases those that
-        // agents from before claims left there, and until then they are not handed out.
-        let legacy = match status {
-            Ok(p) => p.status.and_then(|s| s.held().ok()),
-            Err(kube::Error::Api(s)) if s.code == 404 => None,
-            Err(e) => return Err(ServiceError::from_kube(e, &format!("SpiderIPPool {pool}"))),
-        };
-        taken.extend(
-            legacy
-                .iter()
-                .flat_map(|held| held.keys())
-                .filter_map(|ip| ip.parse::<IpAddr>().ok()),
-        );
+            .chain(want.legacy.iter().copied());
         self.placement(pool, |p| {
             p.share(rank, of);
             p.listed(taken)

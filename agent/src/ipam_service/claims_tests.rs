@@ -39,17 +39,6 @@ fn holder(pod: &str, sts: Option<&str>) -> PoolIPAllocation {
     }
 }
 
-/// Scripts the read of pool `p` (for its status) that comes with each list of its claims (no
-/// holders there).
-fn pool_status(api: &MockApi) {
-    api.reply(
-        "GET",
-        &format!("{}/p", super::tests::POOLS),
-        200,
-        super::tests::pool("3", &[]),
-    );
-}
-
 /// Scripts the Node list (metadata only): `nodes`.
 pub(super) fn nodes_listed(api: &MockApi, nodes: &[&str]) {
     let items: Vec<Value> = nodes
@@ -64,12 +53,9 @@ pub(super) fn nodes_listed(api: &MockApi, nodes: &[&str]) {
     );
 }
 
-/// Scripts the pool's list, `taken` claimed by another node's pod, its status, and the Node list,
-/// `nodes`.
-fn pool_listed(api: &MockApi, taken: &str, nodes: &[&str]) {
-    pool_status(api);
+/// Scripts the pool's list, `taken` claimed by another node's pod.
+fn pool_listed(api: &MockApi, taken: &str) {
     api.reply("GET", CLAIMS, 200, list(vec![claim(taken, "x", "n2", None, "5")]));
-    nodes_listed(api, nodes);
 }
 
 /// A claim in pool `p` for `holder`, new addresses accepted.
@@ -80,6 +66,7 @@ fn want_of<'a>(spec: &'a IPPoolSpec, usable: &'a IpSet, holder: &'a PoolIPAlloca
         usable,
         holder,
         accept_new: true,
+        legacy: &[],
     }
 }
 
@@ -94,45 +81,58 @@ async fn store_counting(api: &MockApi, mine: Vec<Value>, metrics: Arc<IpamMetric
         .expect("store starts")
 }
 
-/// The first claim lists the nodes and the pool's claims (names only), starts in this node's
-/// share of the pool, skips what the claims hold, and creates; a create that finds the address
-/// taken goes on elsewhere; the same pod and interface again gets its address without a call.
+/// The first claim lists the nodes, starts in this node's share of the pool past what this node
+/// claimed of it (listed at start), and creates without a list; its first miss lists the pool's
+/// claims (names only, from the API server's cache) and it jumps on, past what they hold; the same
+/// pod and interface again gets its address without a call.
 #[tokio::test]
-async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() {
+async fn a_claim_lists_at_its_first_miss_skips_what_it_knows_and_a_repeat_costs_nothing() {
     let api = MockApi::new();
     let metrics = Arc::new(IpamMetrics::new());
-    let s = store_counting(&api, vec![], metrics.clone()).await;
+    let s = store_counting(
+        &api,
+        vec![claim("10.0.0.14", "old", "n1", None, "4")],
+        metrics.clone(),
+    )
+    .await;
     let spec = IPPoolSpec::default();
-    let usable = set_of_entries(["10.0.0.10-10.0.0.12"]);
-    // n1 is the second of two nodes: its share starts at the second of three addresses.
-    pool_listed(&api, "10.0.0.10", &["n0", "n1"]);
-    api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
-        .reply("POST", CLAIMS, 201, claim("10.0.0.12", "a", "n1", None, "6"));
+    let usable = set_of_entries(["10.0.0.10-10.0.0.17"]);
+    // n1 is the second of two nodes: its share starts at the fifth of eight addresses, 10.0.0.14,
+    // which its own claim holds.
+    nodes_listed(&api, &["n0", "n1"]);
+    api.reply("POST", CLAIMS, 409, status_body(409, "already exists"));
+    pool_listed(&api, "10.0.0.10");
+    api.reply("POST", CLAIMS, 201, claim("10.0.0.11", "a", "n1", None, "6"));
     let a = holder("a", None);
     let want = want_of(&spec, &usable, &a);
     let got = s.claim(&want).await.unwrap().expect("an address");
     let seen = api.seen();
     assert!(seen[1].uri.starts_with("/api/v1/nodes?"), "{}", seen[1].uri);
     assert!(seen[1].uri.contains("resourceVersion=0"), "{}", seen[1].uri);
-    // The pool's claims and its status, read side by side.
-    let mut reads: Vec<String> = seen[2..4].iter().map(|s| s.uri.clone()).collect();
-    reads.sort();
-    // Both from the API server's cache: the first list of a pool is every agent's in a burst.
-    assert!(reads[0].contains("fieldSelector=spec.pool%3Dp"), "{reads:?}");
-    assert!(reads[0].contains("resourceVersion=0"), "{reads:?}");
-    assert!(reads[1].contains("/spiderippools/p?"), "{reads:?}");
-    assert!(reads[1].contains("resourceVersion=0"), "{reads:?}");
-    let tried: Vec<&str> = seen[4..]
-        .iter()
-        .map(|s| s.body.as_ref().unwrap()["metadata"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(tried.len(), 2);
-    assert_eq!(tried[0], "10.0.0.11", "this node's share");
-    assert!(!tried.contains(&"10.0.0.10"), "listed as taken: {tried:?}");
-    assert_ne!(tried[0], tried[1], "the missed address is not tried again");
-    assert_eq!(got.to_string(), tried[1]);
-    assert_eq!(seen[5].body.as_ref().unwrap()["spec"]["node"], "n1");
-    assert_eq!(seen[5].body.as_ref().unwrap()["spec"]["podUID"], "uid-a");
+    let name = |i: usize| {
+        seen[i].body.as_ref().unwrap()["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        name(2),
+        "10.0.0.15",
+        "this node's share past its claim, before any list"
+    );
+    // The pool's claims, at the first miss, from the API server's cache.
+    assert!(
+        seen[3].uri.contains("fieldSelector=spec.pool%3Dp"),
+        "{}",
+        seen[3].uri
+    );
+    assert!(seen[3].uri.contains("resourceVersion=0"), "{}", seen[3].uri);
+    // Missed: half the pool on (10.0.0.10), past what the list shows taken there.
+    assert_eq!(name(4), "10.0.0.11");
+    assert_eq!(got.to_string(), "10.0.0.11");
+    assert_eq!(seen[4].body.as_ref().unwrap()["spec"]["node"], "n1");
+    assert_eq!(seen[4].body.as_ref().unwrap()["spec"]["podUID"], "uid-a");
+    assert_eq!(seen.len(), 5, "no read of the pool: {seen:?}");
     let counted = metrics.render();
     assert!(
         counted.contains(r#"spiderpool_agent_ipam_claim_misses_total{pool="p"} 1"#),
@@ -144,59 +144,71 @@ async fn a_claim_skips_listed_and_missed_addresses_and_a_repeat_costs_nothing() 
     assert_eq!(api.unused(), 0);
 }
 
-/// Holders that agents before claims left in the pool's status are not tried.
+/// Holders that agents before claims left in the pool's status (`Want::legacy`, from the pool
+/// cache) are not tried, before a list and after one.
 #[tokio::test]
 async fn holders_left_in_the_pool_s_status_are_taken() {
     let api = MockApi::new();
     let s = store(&api, vec![]).await;
     let spec = IPPoolSpec::default();
-    let usable = set_of_entries(["10.0.0.10-10.0.0.12"]);
-    api.reply(
-        "GET",
-        &format!("{}/p", super::tests::POOLS),
-        200,
-        super::tests::pool("3", &[("10.0.0.10", "old"), ("10.0.0.11", "older")]),
-    )
-    .reply("GET", CLAIMS, 200, list(vec![]))
-    .reply("POST", CLAIMS, 201, claim("10.0.0.12", "a", "n1", None, "6"));
+    let usable = set_of_entries(["10.0.0.10-10.0.0.13"]);
     nodes_listed(&api, &[]);
+    api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
+        .reply(
+            "GET",
+            CLAIMS,
+            200,
+            list(vec![claim("10.0.0.12", "x", "n2", None, "5")]),
+        )
+        .reply("POST", CLAIMS, 201, claim("10.0.0.13", "a", "n1", None, "6"));
     let a = holder("a", None);
-    let want = want_of(&spec, &usable, &a);
-    assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.12".parse().unwrap()));
+    let legacy = ["10.0.0.10".parse().unwrap(), "10.0.0.11".parse().unwrap()];
+    let want = Want {
+        legacy: &legacy,
+        ..want_of(&spec, &usable, &a)
+    };
+    assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.13".parse().unwrap()));
+    let tried: Vec<_> = api
+        .seen()
+        .iter()
+        .filter(|c| c.method == "POST")
+        .map(|c| {
+            c.body.as_ref().unwrap()["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(tried, ["10.0.0.12", "10.0.0.13"]);
     assert_eq!(api.unused(), 0);
 }
 
-/// A full pool: listed again, from etcd, before it says so (the first list, from the API
-/// server's cache, may be behind), and a refused or terminating pool (`accept_new: false`)
-/// creates nothing.
+/// A full pool: after the first list (at the first miss, from the API server's cache, which
+/// may be behind) listed again from etcd before it says so; a refused or terminating pool
+/// (`accept_new: false`) creates nothing.
 #[tokio::test]
 async fn a_pool_believed_full_is_listed_again_before_none() {
     let api = MockApi::new();
     let s = store(&api, vec![]).await;
     let spec = IPPoolSpec::default();
     let usable = set_of_entries(["10.0.0.10"]);
-    pool_listed(&api, "10.0.0.10", &[]);
-    pool_status(&api);
-    api.reply(
-        "GET",
-        CLAIMS,
-        200,
-        list(vec![claim("10.0.0.10", "x", "n2", None, "5")]),
-    );
+    nodes_listed(&api, &[]);
+    api.reply("POST", CLAIMS, 409, status_body(409, "already exists"));
+    pool_listed(&api, "10.0.0.10");
+    pool_listed(&api, "10.0.0.10");
     let a = holder("a", None);
     let want = want_of(&spec, &usable, &a);
     assert_eq!(s.claim(&want).await.unwrap(), None);
     let seen = api.seen();
     assert_eq!(
         seen.len(),
-        6,
-        "one list at start, the nodes, the pool's claims and the pool from the cache, then from etcd"
+        5,
+        "one list at start, the nodes, the miss, the pool's claims from the cache, then from etcd"
     );
     let from_cache = |i: usize| seen[i].uri.contains("resourceVersion=0");
-    assert!(from_cache(2) && from_cache(3), "{seen:?}");
-    assert!(!from_cache(4) && !from_cache(5), "{seen:?}");
-    // Later, believed full: one more list, which shows it free now.
-    pool_status(&api);
+    assert!(from_cache(3), "{seen:?}");
+    assert!(!from_cache(4), "{seen:?}");
+    // Later, believed full: one more list, from etcd, which shows it free now.
     api.reply("GET", CLAIMS, 200, list(vec![])).reply(
         "POST",
         CLAIMS,
@@ -204,6 +216,7 @@ async fn a_pool_believed_full_is_listed_again_before_none() {
         claim("10.0.0.10", "a", "n1", None, "7"),
     );
     assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.10".parse().unwrap()));
+    assert!(!api.seen()[5].uri.contains("resourceVersion=0"));
     let b = holder("b", None);
     let refused = Want {
         accept_new: false,
@@ -311,35 +324,42 @@ async fn a_stateful_set_pod_takes_its_claim_over_from_another_node() {
     assert_eq!(api.unused(), 0);
 }
 
-/// Claims that come while the pool's first list is under way wait for it instead of each
-/// listing (a burst's first ADDs on a node would otherwise list once each).
+/// Claims that miss while the pool's first list is under way wait for it instead of each
+/// listing (a burst's first ADDs on a node would otherwise list once each), and claims that
+/// come while the walk starts wait for its one Node list.
 #[tokio::test]
 async fn claims_at_once_share_the_first_list() {
     let api = MockApi::new();
     let s = store(&api, vec![]).await;
     let spec = IPPoolSpec::default();
     let usable = set_of_entries(["10.0.0.10-10.0.0.20"]);
-    api.reply_after(
-        "GET",
-        CLAIMS,
-        200,
-        list(vec![]),
-        std::time::Duration::from_millis(100),
-    )
-    .reply("POST", CLAIMS, 201, claim("10.0.0.10", "a", "n1", None, "6"))
-    .reply("POST", CLAIMS, 201, claim("10.0.0.11", "b", "n1", None, "7"));
     nodes_listed(&api, &[]);
-    pool_status(&api);
+    api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
+        .reply("POST", CLAIMS, 409, status_body(409, "already exists"))
+        .reply_after(
+            "GET",
+            CLAIMS,
+            200,
+            list(vec![
+                claim("10.0.0.10", "x", "n2", None, "5"),
+                claim("10.0.0.11", "y", "n2", None, "5"),
+            ]),
+            std::time::Duration::from_millis(100),
+        )
+        .reply("POST", CLAIMS, 201, claim("10.0.0.12", "a", "n1", None, "6"))
+        .reply("POST", CLAIMS, 201, claim("10.0.0.13", "b", "n1", None, "7"));
     let (a, b) = (holder("a", None), holder("b", None));
     let want = |h| want_of(&spec, &usable, h);
     let (want_a, want_b) = (want(&a), want(&b));
     let (got_a, got_b) = tokio::join!(s.claim(&want_a), s.claim(&want_b));
     assert_ne!(got_a.unwrap(), got_b.unwrap());
-    let lists = api
-        .seen()
-        .iter()
-        .filter(|c| c.call() == format!("GET {CLAIMS}"))
-        .count();
-    assert_eq!(lists, 2, "one at start, one of the pool: {:?}", api.calls());
+    let count = |call: &str| api.seen().iter().filter(|c| c.call() == call).count();
+    assert_eq!(
+        count(&format!("GET {CLAIMS}")),
+        2,
+        "one at start, one of the pool: {:?}",
+        api.calls()
+    );
+    assert_eq!(count("GET /api/v1/nodes"), 1, "{:?}", api.calls());
     assert_eq!(api.unused(), 0);
 }

@@ -251,12 +251,14 @@ impl IpamService {
             .await?
             .err()
         };
+        let legacy = pool_cache::legacy_holders(&obj);
         let want = claims::Want {
             pool: name,
             spec: &obj.spec,
             usable: &usable,
             holder,
             accept_new: !terminating && refused.is_none(),
+            legacy: &legacy,
         };
         let label = metrics::IpamMetrics::pool(name);
         match self.claims.claim(&want).await? {

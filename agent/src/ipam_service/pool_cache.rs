@@ -3,7 +3,9 @@
 //! agent writes; a full watch sent all of it to every agent each time, so the API server's
 //! traffic grew with nodes × pool size. Here the agent watches pool metadata only (a few hundred
 //! bytes per write, whatever the pool holds) and reads a pool's spec when it appears or its
-//! generation changes. Holders are SpiderIPClaims, not the status.
+//! generation changes. Holders are SpiderIPClaims, not the status; a status is kept only while
+//! it still holds addresses that agents from before claims recorded there ([`legacy_holders`]),
+//! and such a pool is read again at each change until the controller has released them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -19,7 +21,8 @@ use tokio::sync::Notify;
 
 type Objects = Arc<RwLock<HashMap<String, Arc<SpiderIPPool>>>>;
 
-/// Every pool's spec, labels and deletion mark (no status), and its newest resourceVersion.
+/// Every pool's spec, labels and deletion mark (no status but legacy holders), and its newest
+/// resourceVersion.
 #[derive(Clone)]
 pub struct PoolCache {
     meta: Store<PartialObjectMeta<SpiderIPPool>>,
@@ -42,7 +45,7 @@ impl PoolCache {
         {
             let mut objs = objects.write().unwrap_or_else(|e| e.into_inner());
             for p in listed {
-                objs.insert(p.name_any(), Arc::new(without_status(p)));
+                objs.insert(p.name_any(), Arc::new(with_legacy_status_only(p)));
             }
         }
         let cache = PoolCache { meta, objects };
@@ -94,9 +97,12 @@ impl PoolCache {
             objs.retain(|name, _| live.contains(name));
             for m in &metas {
                 match objs.get_mut(&m.name_any()) {
+                    // A status with legacy holders changes without a new generation.
                     Some(o)
                         if o.metadata.uid == m.metadata.uid
-                            && o.metadata.generation == m.metadata.generation =>
+                            && o.metadata.generation == m.metadata.generation
+                            && (o.status.is_none()
+                                || o.metadata.resource_version == m.metadata.resource_version) =>
                     {
                         if o.metadata.resource_version != m.metadata.resource_version {
                             let mut fresh = (**o).clone();
@@ -112,7 +118,7 @@ impl PoolCache {
             match api.get_opt(&name).await {
                 Ok(Some(p)) => {
                     let mut objs = self.objects.write().unwrap_or_else(|e| e.into_inner());
-                    objs.insert(name, Arc::new(without_status(p)));
+                    objs.insert(name, Arc::new(with_legacy_status_only(p)));
                 }
                 Ok(None) => {}
                 // The next change, or the next pool read by a request, tries again.
@@ -122,13 +128,27 @@ impl PoolCache {
     }
 }
 
-fn without_status(mut p: SpiderIPPool) -> SpiderIPPool {
-    p.status = None;
+/// `p` with its status only if that holds legacy holders.
+fn with_legacy_status_only(mut p: SpiderIPPool) -> SpiderIPPool {
+    if legacy_holders(&p).is_empty() {
+        p.status = None;
+    }
     p
+}
+
+/// The addresses agents from before claims recorded as held in `pool`'s status (spares
+/// included): never handed out while they stay there.
+pub fn legacy_holders(pool: &SpiderIPPool) -> Vec<std::net::IpAddr> {
+    pool.status
+        .as_ref()
+        .and_then(|s| s.held().ok())
+        .map(|held| held.keys().filter_map(|ip| ip.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
+    use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
     use serde_json::json;
 
@@ -154,6 +174,22 @@ mod tests {
         })
     }
 
+    /// An empty cache whose metadata `writer` feeds, and the pools' API.
+    fn cache_of(
+        api: &MockApi,
+    ) -> (
+        PoolCache,
+        Writer<PartialObjectMeta<SpiderIPPool>>,
+        Api<SpiderIPPool>,
+    ) {
+        let (meta, writer) = kube::runtime::reflector::store();
+        let cache = PoolCache {
+            meta,
+            objects: Arc::default(),
+        };
+        (cache, writer, Api::all(api.client()))
+    }
+
     /// A status write (a new resourceVersion, same generation) costs no read; a new generation
     /// costs one; the cache keeps no status.
     #[tokio::test]
@@ -161,12 +197,7 @@ mod tests {
         let api = MockApi::new();
         api.reply("GET", POOL, 200, full(1, "5"))
             .reply("GET", POOL, 200, full(2, "9"));
-        let (store, mut writer) = kube::runtime::reflector::store();
-        let cache = PoolCache {
-            meta: store,
-            objects: Arc::default(),
-        };
-        let pools: Api<SpiderIPPool> = Api::all(api.client());
+        let (cache, mut writer, pools) = cache_of(&api);
         writer.apply_watcher_event(&Event::Apply(meta(1, "5")));
         cache.sync(&pools).await;
         let p = cache.get("p").expect("read when it appeared");
@@ -187,5 +218,36 @@ mod tests {
         writer.apply_watcher_event(&Event::Delete(meta(2, "10")));
         cache.sync(&pools).await;
         assert!(cache.state().is_empty(), "a deleted pool is dropped");
+    }
+
+    /// A pool whose status holds addresses of agents from before claims keeps them, and is read
+    /// again at each change (its status changes without a new generation) until they are gone.
+    #[tokio::test]
+    async fn legacy_holders_are_kept_and_followed_until_released() {
+        let api = MockApi::new();
+        let legacy = |version: &str, held: &[(&str, &str)]| {
+            let mut p = crate::ipam_service::tests::pool(version, held);
+            p["metadata"]["uid"] = json!("u");
+            p
+        };
+        api.reply("GET", POOL, 200, legacy("5", &[("10.0.0.12", "old")]))
+            .reply("GET", POOL, 200, legacy("6", &[]));
+        let (cache, mut writer, pools) = cache_of(&api);
+        writer.apply_watcher_event(&Event::Apply(meta(1, "5")));
+        cache.sync(&pools).await;
+        let held = legacy_holders(&cache.get("p").unwrap());
+        assert_eq!(held, ["10.0.0.12".parse::<std::net::IpAddr>().unwrap()]);
+        writer.apply_watcher_event(&Event::Apply(meta(1, "6")));
+        cache.sync(&pools).await;
+        assert_eq!(api.calls().len(), 2, "a status change of such a pool is read");
+        assert!(legacy_holders(&cache.get("p").unwrap()).is_empty());
+        assert!(
+            cache.get("p").unwrap().status.is_none(),
+            "released: no status kept"
+        );
+        writer.apply_watcher_event(&Event::Apply(meta(1, "7")));
+        cache.sync(&pools).await;
+        assert_eq!(api.calls().len(), 2, "and then no more");
+        assert_eq!(api.unused(), 0);
     }
 }

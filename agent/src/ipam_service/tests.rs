@@ -374,8 +374,6 @@ async fn an_unregistered_pool_is_registered_before_it_hands_out_and_only_once() 
             201,
             registry("1", "p", "up", &["10.0.0.10-10.0.0.20"]),
         )
-        .reply("GET", CLAIMS, 200, list(vec![]))
-        .reply("GET", &format!("{POOLS}/p"), 200, pool("5", &[]))
         .reply("POST", CLAIMS, 201, claim("10.0.0.10", "a", "n1", None, "6"))
         .reply("GET", &format!("{POOLS}/p"), 200, pool("5", &[]))
         .reply("POST", CLAIMS, 201, claim("10.0.0.11", "b", "n1", None, "7"));

@@ -9,11 +9,14 @@
 //! part moved by 1/2, then 1/4, 3/4, 1/8 … of the pool (the van der Corput sequence), skipping
 //! places it believes taken, so agents that overflow their parts at once land apart; without one,
 //! to a place of its own (a hash of its node and the address) inside the widest stretch it
-//! believes free. What it believes taken comes from a list of the pool's claims (at its first claim,
-//! and again after [`LIST_AFTER_MISSES`] misses in a row or when it believes the pool full), its
-//! own creates and deletes, and its misses. An address it never saw released is not handed out
-//! until the next list, which costs a little reuse, never an address twice: the API server
-//! decides that.
+//! believes free. What it believes taken comes from what the agent knew when it started the walk
+//! ([`Placement::start`]: its own claims of the pool), a list of the pool's claims (at its first
+//! miss, again after [`LIST_AFTER_MISSES`] misses in a row, and when it believes the pool full),
+//! its own creates and deletes, and its misses. A pool's first claims need no list: in its own
+//! part an agent rarely finds another's claim, and a list is read when it does (of a hundred
+//! agents starting at once, each reading the pool's claims cost more than the misses it saved).
+//! An address it never saw released is not handed out until the next list, which costs a little
+//! reuse, never an address twice: the API server decides that.
 //!
 //! The walk moves on from the last address it gave, so an address just released is reused only
 //! after the others had their turn.
@@ -40,6 +43,9 @@ pub struct Placement {
     cursor: Option<u128>,
     fingerprint: Option<u64>,
     misses: u32,
+    /// Whether the walk has what it starts from ([`Placement::start`] or a list).
+    started: bool,
+    /// Whether the pool's claims were ever listed.
     listed: bool,
     /// This agent's part of the pool: `(rank, of)`; `None` is the whole pool, from the lowest.
     share: Option<(u128, u128)>,
@@ -55,15 +61,29 @@ pub enum AfterMiss {
 }
 
 impl Placement {
-    /// Whether the pool's claims must be listed before the next pick (never listed yet).
-    pub fn needs_list(&self) -> bool {
-        !self.listed
+    /// Whether the walk has started: [`Placement::start`] or [`Placement::listed`] came first.
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Starts the walk without a list: what the agent knows is held (its own claims of the pool)
+    /// is `known`; the rest is believed free until a miss says otherwise.
+    pub fn start(&mut self, known: impl IntoIterator<Item = IpAddr>) {
+        self.taken.extend(known.into_iter().map(ip_to_key));
+        self.started = true;
+    }
+
+    /// Whether the pool's claims were ever listed (a first list may come from the API server's
+    /// cache; later ones, after misses, from etcd).
+    pub fn has_listed(&self) -> bool {
+        self.listed
     }
 
     /// The pool's claims as listed: every address in `taken` is held.
     pub fn listed(&mut self, taken: impl IntoIterator<Item = IpAddr>) {
         self.taken = taken.into_iter().map(ip_to_key).collect();
         self.listed = true;
+        self.started = true;
         self.misses = 0;
     }
 
@@ -114,7 +134,8 @@ impl Placement {
                 self.cursor = start_in(&IpSet::from_ranges(vec![*widest]), &format!("{node}/{key}"));
             }
         }
-        if self.misses.is_multiple_of(LIST_AFTER_MISSES) {
+        // The first miss of a walk started without a list: what else is taken is unknown.
+        if !self.listed || self.misses.is_multiple_of(LIST_AFTER_MISSES) {
             AfterMiss::ListFirst
         } else {
             AfterMiss::TryNext
@@ -239,8 +260,9 @@ mod tests {
     fn a_walk_gives_every_address_once_then_none_and_moves_on_after_a_release() {
         let usable = set_of_entries(["10.0.0.1-10.0.0.8"]);
         let mut p = Placement::default();
-        assert!(p.needs_list());
+        assert!(!p.is_started());
         p.listed(["10.0.0.3".parse().unwrap()]);
+        assert!(p.is_started() && p.has_listed());
         let mut got = HashSet::new();
         while let Some(ip) = p.next(&usable) {
             p.created(ip);
@@ -402,5 +424,32 @@ mod tests {
         assert_eq!(p.next(&usable), None);
         p.abandoned(a);
         assert_eq!(p.next(&usable), Some(a));
+    }
+
+    #[test]
+    fn a_walk_started_without_a_list_skips_what_it_knows_and_asks_for_one_at_its_first_miss() {
+        let usable = set_of_entries(["10.0.0.1-10.0.0.8"]);
+        let mut p = Placement::default();
+        p.share(1, 2);
+        p.start(["10.0.0.5".parse().unwrap()]);
+        assert!(p.is_started() && !p.has_listed());
+        assert_eq!(
+            p.next(&usable).unwrap().to_string(),
+            "10.0.0.6",
+            "its part, past its own claim"
+        );
+        let ip = p.next(&usable).unwrap();
+        assert_eq!(
+            p.missed(ip, &usable, "n"),
+            AfterMiss::ListFirst,
+            "the first miss lists"
+        );
+        p.listed(["10.0.0.5".parse().unwrap(), ip]);
+        let next = p.next(&usable).unwrap();
+        assert_eq!(
+            p.missed(next, &usable, "n"),
+            AfterMiss::TryNext,
+            "listed: misses go on"
+        );
     }
 }

@@ -44,6 +44,7 @@ use spiderpool_api::crd::{
     SpiderEndpointSpec, SpiderIPPool, SpiderReservedIP, claim::IPClaimSpec, claim::SpiderIPClaim,
 };
 use spiderpool_e2e::cluster::{Agent, Cluster, cni_with, netconf, pool_holders, run_parallel, unique};
+use spiderpool_ipam::cluster::register::{Outcome, register};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -55,7 +56,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[derive(Debug, Clone, Default)]
 struct ServerCost {
     cpu_seconds: f64,
-    bytes_sent: f64,
     /// Bytes sent, by "watch|response resource": which objects the bytes were.
     sent: BTreeMap<String, f64>,
     /// Requests served, by "VERB resource[/subresource]".
@@ -65,6 +65,13 @@ struct ServerCost {
     /// CPU seconds of the processes running now, by command name (a process that exited counts
     /// in its parent's children time only once waited for: the plugins are not here).
     by_process: BTreeMap<String, f64>,
+}
+
+impl ServerCost {
+    /// Every response body and every watch event the server sent.
+    fn bytes_sent(&self) -> f64 {
+        self.sent.values().sum()
+    }
 }
 
 /// CPU seconds by command name of every process now running (/proc/PID/stat: utime + stime).
@@ -152,13 +159,12 @@ async fn server_cost(cluster: &Cluster) -> Result<ServerCost> {
             continue;
         };
         let value: f64 = value.parse().unwrap_or(0.0);
-        let metric = name.split('{').next().unwrap_or_default();
+        let (metric, labels) = name
+            .split_once('{')
+            .map_or((name, ""), |(m, l)| (m, l.trim_end_matches('}')));
         match metric {
             "process_cpu_seconds_total" => cost.cpu_seconds += value,
-            // Every response body and every watch event the server sent.
             "apiserver_response_sizes_sum" | "apiserver_watch_events_sizes_sum" => {
-                cost.bytes_sent += value;
-                let labels = name.split_once('{').map_or("", |(_, l)| l.trim_end_matches('}'));
                 let how = if metric == "apiserver_watch_events_sizes_sum" {
                     "watch"
                 } else {
@@ -170,7 +176,6 @@ async fn server_cost(cluster: &Cluster) -> Result<ServerCost> {
                     .or_default() += value;
             }
             "apiserver_request_total" => {
-                let labels = name.split_once('{').map_or("", |(_, l)| l.trim_end_matches('}'));
                 let sub = label_value(labels, "subresource");
                 let key = format!(
                     "{} {}{}{}",
@@ -247,7 +252,18 @@ async fn spiderpool(
         "metadata": {"name": pool},
         "spec": {"subnet": format!("10.{base}.0.0/12"), "ips": [format!("{first}-{last}")]}
     }))?;
-    api.create(&PostParams::default(), &obj).await?;
+    let created = api.create(&PostParams::default(), &obj).await?;
+    // Registered as the controller registers a pool when it appears (pools are made before the
+    // pods that use them): without a controller here, each agent's first ADD would race the others
+    // to register it, a cost a cluster pays once per pool, not per agent and burst.
+    let cand = spiderpool_ipam::cluster::registry::candidate_of(&created).map_err(anyhow::Error::msg)?;
+    match register(&Api::all(cluster.client.clone()), &cand)
+        .await
+        .with_context(|| format!("register pool {pool}"))?
+    {
+        Outcome::Registered => {}
+        Outcome::Refused(why) => anyhow::bail!("pool {pool} refused by the registry: {why}"),
+    }
     let log = std::env::var("SPIDERPOOL_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into());
     // SPIDERPOOL_BENCH_IN_FLIGHT: the agents' --ipam-in-flight (their default otherwise).
     let extra: Vec<String> = std::env::var("SPIDERPOOL_BENCH_IN_FLIGHT")
@@ -693,7 +709,7 @@ async fn main() -> Result<()> {
                 lat.last().map_or(0.0, |d| ms(*d)),
                 failed,
                 (after.cpu_seconds - before.cpu_seconds) * 1e3 / pods as f64,
-                (after.bytes_sent - before.bytes_sent) / 1024.0 / pods as f64,
+                (after.bytes_sent() - before.bytes_sent()) / 1024.0 / pods as f64,
             );
         }
         println!(

@@ -62,8 +62,8 @@ struct ServerCost {
     requests: BTreeMap<String, f64>,
     /// The whole machine's CPU seconds (every process: API server, etcd, agents, plugins).
     machine_cpu_seconds: f64,
-    /// CPU seconds of the processes running now, by command name (a process that exited counts
-    /// in its parent's children time only once waited for: the plugins are not here).
+    /// CPU seconds of the processes running now, by command name, and of the plugin processes
+    /// this one ran ("plugins": its waited-for children).
     by_process: BTreeMap<String, f64>,
 }
 
@@ -92,6 +92,11 @@ fn cpu_by_process() -> BTreeMap<String, f64> {
         let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         *out.entry(comm).or_default() += (ticks(11) + ticks(12)) / 100.0;
+        // This process's children that exited and were waited for (cutime, cstime): the plugin
+        // processes (the agents, its other children, run until the peer ends).
+        if entry.file_name().to_str() == Some(&std::process::id().to_string()) {
+            *out.entry("plugins".to_string()).or_default() += (ticks(13) + ticks(14)) / 100.0;
+        }
     }
     out
 }

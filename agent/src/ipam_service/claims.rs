@@ -287,16 +287,24 @@ impl ClaimStore {
         }
         let (rank, of) = self.roster.share(want.spec, false).await;
         let known: Vec<IpAddr> = self
-            .mine()
-            .iter()
-            .filter(|m| m.pool == want.pool)
-            .map(|m| m.ip)
+            .own_in(want.pool)
             .chain(want.legacy.iter().copied())
             .collect();
         self.placement(want.pool, |p| {
             p.share(rank, of);
             p.start(known)
         });
+    }
+
+    /// The addresses this agent holds claims of in `pool`.
+    fn own_in(&self, pool: &str) -> std::vec::IntoIter<IpAddr> {
+        let own: Vec<IpAddr> = self
+            .mine()
+            .iter()
+            .filter(|m| m.pool == pool)
+            .map(|m| m.ip)
+            .collect();
+        own.into_iter()
     }
 
     /// The pool's first list, at the walk's first miss; claims missing meanwhile wait for it
@@ -316,7 +324,8 @@ impl ClaimStore {
 
     /// Reads which addresses of the pool are claimed (names only), from where `read` says, and
     /// this node's share of the pool (`missing`: after misses, which a node that joined or left
-    /// may cause). What agents from before claims hold comes with `want`, from the pool cache.
+    /// may cause). What agents from before claims hold comes with `want`, from the pool cache, and
+    /// what this agent claimed from its own record.
     async fn list(&self, want: &Want<'_>, missing: bool, read: Read) -> Result<(), ServiceError> {
         let (rank, of) = self.roster.share(want.spec, missing).await;
         let pool = want.pool;
@@ -329,11 +338,14 @@ impl ClaimStore {
             .list_metadata(&fields)
             .await
             .map_err(|e| ServiceError::from_kube(e, &format!("SpiderIPClaims of pool {pool}")))?;
+        // This agent's own claims too: a list from the cache may not show the newest yet.
+        let own = self.own_in(pool);
         let taken = listed
             .items
             .iter()
             .filter_map(|m| claim_address(m.metadata.name.as_deref()?))
-            .chain(want.legacy.iter().copied());
+            .chain(want.legacy.iter().copied())
+            .chain(own);
         self.placement(pool, |p| {
             p.share(rank, of);
             p.listed(taken)

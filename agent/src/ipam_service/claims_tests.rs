@@ -145,7 +145,8 @@ async fn a_claim_lists_at_its_first_miss_skips_what_it_knows_and_a_repeat_costs_
 }
 
 /// Holders that agents before claims left in the pool's status (`Want::legacy`, from the pool
-/// cache) are not tried, before a list and after one.
+/// cache; they have no claim the API server would refuse a create of) are not tried, before a
+/// list and after one: here the pool's only other address is such a holder, so it is full.
 #[tokio::test]
 async fn holders_left_in_the_pool_s_status_are_taken() {
     let api = MockApi::new();
@@ -153,21 +154,24 @@ async fn holders_left_in_the_pool_s_status_are_taken() {
     let spec = IPPoolSpec::default();
     let usable = set_of_entries(["10.0.0.10-10.0.0.13"]);
     nodes_listed(&api, &[]);
-    api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
-        .reply(
-            "GET",
-            CLAIMS,
-            200,
-            list(vec![claim("10.0.0.12", "x", "n2", None, "5")]),
+    let others = || {
+        list(
+            ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
+                .iter()
+                .map(|ip| claim(ip, "x", "n2", None, "5"))
+                .collect(),
         )
-        .reply("POST", CLAIMS, 201, claim("10.0.0.13", "a", "n1", None, "6"));
+    };
+    api.reply("POST", CLAIMS, 409, status_body(409, "already exists"))
+        .reply("GET", CLAIMS, 200, others())
+        .reply("GET", CLAIMS, 200, others());
     let a = holder("a", None);
-    let legacy = ["10.0.0.10".parse().unwrap(), "10.0.0.11".parse().unwrap()];
+    let legacy = ["10.0.0.10".parse().unwrap()];
     let want = Want {
         legacy: &legacy,
         ..want_of(&spec, &usable, &a)
     };
-    assert_eq!(s.claim(&want).await.unwrap(), Some("10.0.0.13".parse().unwrap()));
+    assert_eq!(s.claim(&want).await.unwrap(), None);
     let tried: Vec<_> = api
         .seen()
         .iter()
@@ -179,7 +183,7 @@ async fn holders_left_in_the_pool_s_status_are_taken() {
                 .to_string()
         })
         .collect();
-    assert_eq!(tried, ["10.0.0.12", "10.0.0.13"]);
+    assert_eq!(tried, ["10.0.0.11"], "the lowest address is a legacy holder's");
     assert_eq!(api.unused(), 0);
 }
 

@@ -1,5 +1,5 @@
 //! One async lock per pool: the requests for a pool that come while one of them does the pool's
-//! one-time work (its first list of claims, its registration) wait for that answer instead of each
+//! one-time work (the start of its walk, its first list of claims, its registration) wait for that answer instead of each
 //! doing it again, and other pools' requests do not wait.
 
 use std::collections::HashMap;

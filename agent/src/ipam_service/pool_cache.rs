@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use kube::api::{Api, ListParams};
+use kube::api::{Api, GetParams, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -87,7 +87,8 @@ impl PoolCache {
     }
 
     /// Brings the specs up to the metadata: a pool gone is dropped, one new or of a new
-    /// generation read, the others' metadata replaced.
+    /// generation read, one with legacy holders read again from the API server's cache (they only
+    /// go, so a read behind the metadata errs on the safe side), the others' metadata replaced.
     async fn sync(&self, api: &Api<SpiderIPPool>) {
         let metas = self.meta.state();
         let mut stale = Vec::new();
@@ -97,30 +98,33 @@ impl PoolCache {
             objs.retain(|name, _| live.contains(name));
             for m in &metas {
                 match objs.get_mut(&m.name_any()) {
-                    // A status with legacy holders changes without a new generation.
                     Some(o)
                         if o.metadata.uid == m.metadata.uid
-                            && o.metadata.generation == m.metadata.generation
-                            && (o.status.is_none()
-                                || o.metadata.resource_version == m.metadata.resource_version) =>
+                            && o.metadata.generation == m.metadata.generation =>
                     {
-                        if o.metadata.resource_version != m.metadata.resource_version {
-                            let mut fresh = (**o).clone();
-                            fresh.metadata = m.metadata.clone();
-                            *o = Arc::new(fresh);
+                        if o.metadata.resource_version == m.metadata.resource_version {
+                            continue;
                         }
+                        // A status with legacy holders changes without a new generation.
+                        if o.status.is_some() {
+                            stale.push((m.name_any(), GetParams::any()));
+                            continue;
+                        }
+                        let mut fresh = (**o).clone();
+                        fresh.metadata = m.metadata.clone();
+                        *o = Arc::new(fresh);
                     }
-                    _ => stale.push(m.name_any()),
+                    _ => stale.push((m.name_any(), GetParams::default())),
                 }
             }
         }
-        for name in stale {
-            match api.get_opt(&name).await {
-                Ok(Some(p)) => {
+        for (name, params) in stale {
+            match api.get_with(&name, &params).await {
+                Ok(p) => {
                     let mut objs = self.objects.write().unwrap_or_else(|e| e.into_inner());
                     objs.insert(name, Arc::new(with_legacy_status_only(p)));
                 }
-                Ok(None) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
                 // The next change, or the next pool read by a request, tries again.
                 Err(e) => tracing::debug!(pool = %name, "read pool spec: {e}"),
             }
@@ -240,6 +244,11 @@ mod tests {
         writer.apply_watcher_event(&Event::Apply(meta(1, "6")));
         cache.sync(&pools).await;
         assert_eq!(api.calls().len(), 2, "a status change of such a pool is read");
+        let reread = &api.seen()[1].uri;
+        assert!(
+            reread.contains("resourceVersion=0"),
+            "from the API server's cache: {reread}"
+        );
         assert!(legacy_holders(&cache.get("p").unwrap()).is_empty());
         assert!(
             cache.get("p").unwrap().status.is_none(),

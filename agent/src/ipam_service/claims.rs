@@ -286,10 +286,8 @@ impl ClaimStore {
             return;
         }
         let (rank, of) = self.roster.share(want.spec, false).await;
-        let known: Vec<IpAddr> = self
-            .own_in(want.pool)
-            .chain(want.legacy.iter().copied())
-            .collect();
+        let mut known = self.own_in(want.pool);
+        known.extend_from_slice(want.legacy);
         self.placement(want.pool, |p| {
             p.share(rank, of);
             p.start(known)
@@ -297,14 +295,12 @@ impl ClaimStore {
     }
 
     /// The addresses this agent holds claims of in `pool`.
-    fn own_in(&self, pool: &str) -> std::vec::IntoIter<IpAddr> {
-        let own: Vec<IpAddr> = self
-            .mine()
+    fn own_in(&self, pool: &str) -> Vec<IpAddr> {
+        self.mine()
             .iter()
             .filter(|m| m.pool == pool)
             .map(|m| m.ip)
-            .collect();
-        own.into_iter()
+            .collect()
     }
 
     /// The pool's first list, at the walk's first miss; claims missing meanwhile wait for it

@@ -1,6 +1,6 @@
 //! One async lock per pool: the requests for a pool that come while one of them does the pool's
-//! one-time work (the start of its walk, its first list of claims, its registration) wait for that answer instead of each
-//! doing it again, and other pools' requests do not wait.
+//! one-time work (the start of its walk, its first list of claims, its registration) wait for
+//! that answer instead of each doing it again, and other pools' requests do not wait.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

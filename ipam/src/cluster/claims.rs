@@ -11,9 +11,9 @@
 //! to a place of its own (a hash of its node and the address) inside the widest stretch it
 //! believes free. What it believes taken comes from what the agent knew when it started the walk
 //! ([`Placement::start`]: its own claims of the pool, and what agents from before claims hold in
-//! its status), a list of the pool's claims (at its first
-//! miss, again after [`LIST_AFTER_MISSES`] misses in a row, and when it believes the pool full),
-//! its own creates and deletes, and its misses. A pool's first claims need no list: in its own
+//! its status), a list of the pool's claims (at its first miss, again after [`LIST_AFTER_MISSES`]
+//! misses in a row, and when it believes the pool full), its own creates and deletes, and its
+//! misses. A pool's first claims need no list: in its own
 //! part an agent rarely finds another's claim, and a list is read when it does (of a hundred
 //! agents starting at once, each reading the pool's claims cost more than the misses it saved).
 //! An address it never saw released is not handed out until the next list, which costs a little
@@ -68,7 +68,8 @@ impl Placement {
     }
 
     /// Starts the walk without a list: what the agent knows is held (its own claims of the pool,
-    /// the holders agents from before claims left in its status) is `known`; the rest is believed free until a miss says otherwise.
+    /// the holders agents from before claims left in its status) is `known`; the rest is believed
+    /// free until a miss says otherwise.
     pub fn start(&mut self, known: impl IntoIterator<Item = IpAddr>) {
         self.taken.extend(known.into_iter().map(ip_to_key));
         self.started = true;

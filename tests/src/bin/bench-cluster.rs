@@ -77,6 +77,7 @@ impl ServerCost {
 /// CPU seconds by command name of every process now running (/proc/PID/stat: utime + stime).
 fn cpu_by_process() -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
+    let me = std::process::id().to_string();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
     };
@@ -94,7 +95,7 @@ fn cpu_by_process() -> BTreeMap<String, f64> {
         *out.entry(comm).or_default() += (ticks(11) + ticks(12)) / 100.0;
         // This process's children that exited and were waited for (cutime, cstime): the plugin
         // processes (the agents, its other children, run until the peer ends).
-        if entry.file_name().to_str() == Some(&std::process::id().to_string()) {
+        if entry.file_name().to_str() == Some(me.as_str()) {
             *out.entry("plugins".to_string()).or_default() += (ticks(13) + ticks(14)) / 100.0;
         }
     }
